@@ -1,0 +1,240 @@
+"""The HTTP API (FastAPI): the contract's four endpoints. The same app runs in local mode and,
+through Mangum, in the API Lambda; it reaches live calls only through the ``Control`` port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from callscribe.api.schemas import (
+    ApiError,
+    ErrorCode,
+    ErrorResponse,
+    MessagesResponse,
+    Namespace,
+    StreamingResponse,
+    StreamUrlResponse,
+    parse_start,
+    parse_stop,
+)
+from callscribe.auth import AuthError, StreamTokens, authenticate
+from callscribe.control import Control
+from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, Store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+LOCK_TTL_S = 60.0
+TWILIO_MEDIA_PATH = "/twilio-media"
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "400-201, 400-202 or 400-203"},
+    401: {"model": ErrorResponse, "description": "401-201: missing or wrong credentials"},
+    409: {"model": ErrorResponse, "description": "409-201, 409-202 or 409-203"},
+    500: {"model": ErrorResponse, "description": "500-201"},
+}
+
+
+@dataclass
+class ApiServices:
+    store: Store
+    tokens: StreamTokens
+    control: Control
+    public_gateway_url: str | None = None
+    max_messages: int = 1000
+
+
+def _services(request: Request) -> ApiServices:
+    return request.app.state.services
+
+
+async def _tenant_key(
+    request: Request,
+    asapp_api_id: Annotated[str | None, Header(alias="asapp-api-id")] = None,
+    asapp_api_secret: Annotated[str | None, Header(alias="asapp-api-secret")] = None,
+) -> ApiKey:
+    store = _services(request).store
+    try:
+        return await asyncio.to_thread(authenticate, store, asapp_api_id, asapp_api_secret)
+    except AuthError as exc:
+        raise ApiError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+
+
+Authenticated = Annotated[ApiKey, Depends(_tenant_key)]
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(ErrorCode.PARAMETER, f"body of {len(raw)} bytes exceeds {MAX_BODY_BYTES}")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(ErrorCode.PARAMETER, f"body is not valid JSON: {exc}") from None
+
+
+class _CallLock:
+    """The Store's per-call request lock: a second request for a call in flight gets 409-202."""
+
+    def __init__(self, store: Store, key: CallKey) -> None:
+        self.store, self.key, self.holder = store, key, str(uuid.uuid4())
+
+    async def __aenter__(self) -> None:
+        taken = await asyncio.to_thread(
+            self.store.acquire_call_lock, self.key, self.holder, time.time(), LOCK_TTL_S
+        )
+        if not taken:
+            raise ApiError(ErrorCode.PENDING, "another request for this guid is pending")
+
+    async def __aexit__(self, *_: Any) -> None:
+        await asyncio.to_thread(self.store.release_call_lock, self.key, self.holder)
+
+
+async def _call(store: Store, key: CallKey) -> CallRecord:
+    call = await asyncio.to_thread(store.get_call, key)
+    if call is None:
+        raise ApiError(ErrorCode.NO_SUCH_CALL, f"no {key.namespace} call with guid {key.guid}")
+    if call.status is CallStatus.COMPLETED:
+        raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has ended")
+    return call
+
+
+router = APIRouter()
+
+
+@router.get(
+    "/mg-autotranscribe/v1/twilio-media-stream-url",
+    response_model=StreamUrlResponse,
+    responses=ERROR_RESPONSES,
+    summary="A short-lived WebSocket URL for a Twilio Media Stream",
+    description="The URL's token lives 5 minutes and is checked once, when a WebSocket opens; "
+    "one URL may open any number of streams during its life.",
+)
+async def twilio_media_stream_url(request: Request, key: Authenticated) -> StreamUrlResponse:
+    services = _services(request)
+    base = services.public_gateway_url
+    if not base:
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        base = f"{scheme}://{request.url.netloc}"
+    token = services.tokens.issue(key)
+    return StreamUrlResponse(streamingUrl=f"{base.rstrip('/')}{TWILIO_MEDIA_PATH}?token={token}")
+
+
+@router.post(
+    "/mg-autotranscribe/v1/start-streaming",
+    response_model=StreamingResponse,
+    response_model_exclude_none=True,
+    responses=ERROR_RESPONSES,
+    summary="Start or resume transcription of a call",
+)
+async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
+    services = _services(request)
+    start = parse_start(await _json_body(request))
+    call_key = CallKey(key.tenant, start.namespace.value, start.guid)
+    call = await _call(services.store, call_key)
+    async with _CallLock(services.store, call_key):
+        result = await services.control.start(call, start)
+    return StreamingResponse(autotranscribeResponse=result)
+
+
+@router.post(
+    "/mg-autotranscribe/v1/stop-streaming",
+    response_model=StreamingResponse,
+    response_model_exclude_none=True,
+    responses=ERROR_RESPONSES,
+    summary="Pause or end transcription of a call",
+    description="Each participant carries a summary of its stream. The last utterance is "
+    "finished and transcribed before the response, so `transcripts` counts it.",
+)
+async def stop_streaming(request: Request, key: Authenticated) -> StreamingResponse:
+    services = _services(request)
+    stop = parse_stop(await _json_body(request))
+    call_key = CallKey(key.tenant, stop.namespace.value, stop.guid)
+    call = await _call(services.store, call_key)
+    async with _CallLock(services.store, call_key):
+        result = await services.control.stop(call)
+    return StreamingResponse(autotranscribeResponse=result)
+
+
+@router.get(
+    "/conversation/v1/conversation/messages",
+    response_model=MessagesResponse,
+    responses=ERROR_RESPONSES,
+    summary="Every message of a call, in order (after-call)",
+    description="Messages of all legs, in the order transcribed, exactly as POSTed to the "
+    "webhook, up to 1,000, kept 7 days after the call completes. A call still in progress "
+    "returns what it has so far with `complete: false`.",
+)
+async def conversation_messages(
+    request: Request,
+    key: Authenticated,
+    externalConversationId: Annotated[str, Query(min_length=1, max_length=128)],
+    namespace: Annotated[Namespace | None, Query()] = None,
+) -> MessagesResponse:
+    store = _services(request).store
+    calls = await asyncio.to_thread(store.find_calls, key.tenant, externalConversationId)
+    if namespace is not None:
+        calls = [c for c in calls if c.key.namespace == namespace.value]
+    if not calls:
+        raise ApiError(ErrorCode.NO_SUCH_CALL, f"no call with guid {externalConversationId}")
+    if len(calls) > 1:
+        raise ApiError(
+            ErrorCode.PARAMETER,
+            "calls in several namespaces share this guid: add the namespace query parameter",
+        )
+    call = calls[0]
+    messages = await asyncio.to_thread(
+        store.list_messages, call.key, _services(request).max_messages, time.time()
+    )
+    return MessagesResponse(
+        externalConversationId=externalConversationId,
+        namespace=Namespace(call.key.namespace),
+        complete=call.status is CallStatus.COMPLETED,
+        messages=[m.body for m in messages],
+    )
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    if exc.code is not ErrorCode.UNAUTHENTICATED:
+        log.info("API error %s: %s", exc.code.value, exc.message)
+    return JSONResponse(exc.body(), status_code=exc.http_status)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        ApiError(ErrorCode.PARAMETER, str(exc)).body(), status_code=400
+    )
+
+
+async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error", exc_info=exc)
+    return JSONResponse(
+        ApiError(ErrorCode.INTERNAL, "internal error").body(), status_code=500
+    )
+
+
+def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
+    from fastapi.exceptions import RequestValidationError
+
+    app = FastAPI(
+        title="CallScribe",
+        version="0.1.0",
+        description="Real-time call transcription, wire-compatible with the AutoTranscribe "
+        "media-gateway API. Every request carries asapp-api-id and asapp-api-secret headers.",
+        **fastapi_kwargs,
+    )
+    app.state.services = services
+    app.include_router(router)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    return app

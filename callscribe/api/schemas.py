@@ -1,0 +1,289 @@
+"""The wire contract (autotranscribe-api.md): request and response bodies, error codes.
+
+Requests are validated in two steps so that each failure gets the contract's code: the API
+envelope (``namespace``, ``guid``, participant ids) → 400-201; the transcription settings and
+their combination with the namespace → 400-202.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+GUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+
+
+class ErrorCode(StrEnum):
+    PARAMETER = "400-201"
+    TRANSCRIPTION_PARAMETER = "400-202"
+    NO_SUCH_CALL = "400-203"
+    ALREADY = "409-201"
+    PENDING = "409-202"
+    BYE_IN_PROGRESS = "409-203"
+    INTERNAL = "500-201"
+    # Beyond the reference table (which covers start and stop only):
+    UNAUTHENTICATED = "401-201"
+
+
+_HTTP_STATUS = {
+    ErrorCode.PARAMETER: 400,
+    ErrorCode.TRANSCRIPTION_PARAMETER: 400,
+    ErrorCode.NO_SUCH_CALL: 400,
+    ErrorCode.ALREADY: 409,
+    ErrorCode.PENDING: 409,
+    ErrorCode.BYE_IN_PROGRESS: 409,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAUTHENTICATED: 401,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS[self.code]
+
+    def body(self) -> dict[str, Any]:
+        return {"isOk": False, "error": {"code": self.code.value, "message": self.message}}
+
+
+class Namespace(StrEnum):
+    TWILIO = "twilio"
+    SIPREC = "siprec"
+    AMAZON_CONNECT = "amazonconnect"
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    AGENT = "agent"
+
+
+class RedactionOutput(StrEnum):
+    REDACTED = "redacted"
+    UNREDACTED = "unredacted"
+    BOTH = "redacted_and_unredacted"
+
+
+def _whisper_languages() -> frozenset[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
+LANGUAGE_PATTERN = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+
+
+class AutotranscribeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    language: str = Field("en-US", description="BCP-47 locale, e.g. en-US, es-US")
+    detailedToken: bool = Field(False, description="Add word tokens with times and confidence")
+    audioRecordingAllowed: bool = False
+    redactionOutput: RedactionOutput = Field(
+        RedactionOutput.REDACTED,
+        description=(
+            "redacted: utterance[].text is redacted. unredacted: the raw text. "
+            "redacted_and_unredacted: utterance[].text is redacted and "
+            "utterance[].unredactedText holds the raw text (tokens likewise: tokens / "
+            "unredactedTokens)."
+        ),
+    )
+
+    @field_validator("language")
+    @classmethod
+    def _supported_language(cls, value: str) -> str:
+        if not LANGUAGE_PATTERN.match(value):
+            raise ValueError(f"language {value!r} is not a BCP-47 locale such as en-US")
+        if value.split("-")[0].split("_")[0].lower() not in _whisper_languages():
+            raise ValueError(f"language {value!r} is not supported")
+        return value
+
+
+class TwilioParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trackMap: dict[Literal["inbound", "outbound"], Role] = Field(
+        default_factory=lambda: {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}
+    )
+
+    @field_validator("trackMap")
+    @classmethod
+    def _one_role_per_track(cls, value: dict[str, Role]) -> dict[str, Role]:
+        if len(set(value.values())) != len(value):
+            raise ValueError("trackMap must map each track to a different role")
+        return value
+
+
+class AmazonConnectParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    streamArn: str = Field(pattern=r"^arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:\d{12}:stream/.+")
+    startSelectorType: Literal["NOW", "FRAGMENT_NUMBER"] = "NOW"
+    afterFragmentNumber: str | None = Field(None, pattern=r"^\d{1,128}$")
+
+    @model_validator(mode="after")
+    def _fragment_number_when_asked(self) -> AmazonConnectParams:
+        if self.startSelectorType == "FRAGMENT_NUMBER" and not self.afterFragmentNumber:
+            raise ValueError("startSelectorType FRAGMENT_NUMBER needs afterFragmentNumber")
+        return self
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    namespace: Namespace
+    guid: str = Field(min_length=1, max_length=128)
+
+    @field_validator("guid")
+    @classmethod
+    def _guid_shape(cls, value: str) -> str:
+        if not GUID_PATTERN.match(value):
+            raise ValueError("guid must be 1-128 letters, digits, '.', '_', ':' or '-'")
+        return value
+
+
+class StopRequest(_Envelope):
+    pass
+
+
+class StartEnvelope(_Envelope):
+    customerId: str | None = Field(None, min_length=1, max_length=256)
+    agentId: str | None = Field(None, min_length=1, max_length=256)
+    autotranscribeParams: dict[str, Any] | None = None
+    twilioParams: dict[str, Any] | None = None
+    amazonConnectParams: dict[str, Any] | None = None
+
+
+class StartRequest(BaseModel):
+    """A validated start-streaming request (what the ingest side receives)."""
+
+    namespace: Namespace
+    guid: str
+    customerId: str | None = None
+    agentId: str | None = None
+    autotranscribeParams: AutotranscribeParams = Field(default_factory=AutotranscribeParams)
+    twilioParams: TwilioParams | None = None
+    amazonConnectParams: AmazonConnectParams | None = None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse_stop(body: Any) -> StopRequest:
+    try:
+        return StopRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(ErrorCode.PARAMETER, _describe(exc)) from None
+
+
+def parse_start(body: Any) -> StartRequest:
+    try:
+        envelope = StartEnvelope.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(ErrorCode.PARAMETER, _describe(exc)) from None
+    try:
+        request = StartRequest(
+            namespace=envelope.namespace,
+            guid=envelope.guid,
+            customerId=envelope.customerId,
+            agentId=envelope.agentId,
+            autotranscribeParams=AutotranscribeParams.model_validate(
+                envelope.autotranscribeParams or {}
+            ),
+            twilioParams=(
+                TwilioParams.model_validate(envelope.twilioParams)
+                if envelope.twilioParams is not None
+                else None
+            ),
+            amazonConnectParams=(
+                AmazonConnectParams.model_validate(envelope.amazonConnectParams)
+                if envelope.amazonConnectParams is not None
+                else None
+            ),
+        )
+    except ValidationError as exc:
+        raise ApiError(ErrorCode.TRANSCRIPTION_PARAMETER, _describe(exc)) from None
+    if request.twilioParams is not None and request.namespace is not Namespace.TWILIO:
+        raise ApiError(
+            ErrorCode.TRANSCRIPTION_PARAMETER,
+            f"twilioParams cannot be used with namespace {request.namespace.value}",
+        )
+    if request.amazonConnectParams is not None and (
+        request.namespace is not Namespace.AMAZON_CONNECT
+    ):
+        raise ApiError(
+            ErrorCode.TRANSCRIPTION_PARAMETER,
+            f"amazonConnectParams cannot be used with namespace {request.namespace.value}",
+        )
+    if request.namespace is Namespace.AMAZON_CONNECT and request.amazonConnectParams is None:
+        raise ApiError(
+            ErrorCode.TRANSCRIPTION_PARAMETER, "namespace amazonconnect needs amazonConnectParams"
+        )
+    return request
+
+
+# Response bodies (documented in OpenAPI).
+
+
+class Status(BaseModel):
+    code: int = Field(1000, description="1000 = OK")
+    description: str = "OK"
+
+
+class StreamSummary(BaseModel):
+    totalAudioBytes: int = Field(description="16-bit PCM at 8 kHz received: 16,000 bytes a second")
+    audioDurationMs: int
+    streamingSeconds: int = Field(description="Wall-clock seconds since the media connected")
+    transcripts: int = Field(description="Messages produced for this participant")
+
+
+class ParticipantResult(BaseModel):
+    streamId: str
+    status: Status = Field(default_factory=Status)
+    summary: StreamSummary | None = None
+
+
+class AutotranscribeResult(BaseModel):
+    customer: ParticipantResult | None = None
+    agent: ParticipantResult | None = None
+
+
+class StreamingResponse(BaseModel):
+    isOk: bool = True
+    autotranscribeResponse: AutotranscribeResult
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="400-201, 400-202, 400-203, 409-201, 409-202, 409-203, 500-201")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    isOk: Literal[False] = False
+    error: ErrorDetail
+
+
+class StreamUrlResponse(BaseModel):
+    streamingUrl: str
+
+
+class MessagesResponse(BaseModel):
+    externalConversationId: str
+    namespace: Namespace
+    complete: bool = Field(description="True once the call's media has ended")
+    messages: list[dict[str, Any]] = Field(
+        description="Every message of the call (all legs), in the order transcribed, exactly "
+        "as POSTed to the webhook; at most 1,000"
+    )

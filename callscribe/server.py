@@ -1,0 +1,199 @@
+"""Local mode: the API, the Twilio gateway, endpointing, ASR, redaction, the SQLite store and
+webhook delivery in one process (``callscribe serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+
+from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
+from callscribe.asr.base import AsrEngine, AsrRequest
+from callscribe.asr.whisper import FasterWhisperEngine
+from callscribe.auth import StreamTokens
+from callscribe.bus import InProcessEventBus
+from callscribe.calls import CallRegistry
+from callscribe.config import Settings
+from callscribe.control import LocalControl
+from callscribe.delivery import WebhookDispatcher, WebhookTarget
+from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, new_signing_key
+from callscribe.store.sqlite import SqliteStore
+from callscribe.transcription import TranscriptionPipeline
+from callscribe.twilio.gateway import GatewayServices, TwilioGateway
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86_400
+DRAIN_TIMEOUT_S = 15.0
+
+
+@dataclass
+class LocalRuntime:
+    settings: Settings
+    store: SqliteStore
+    asr: AsrEngine
+    pipeline: TranscriptionPipeline
+    registry: CallRegistry
+    dispatcher: WebhookDispatcher | None
+    gateway: TwilioGateway
+    api: ApiServices
+
+    @classmethod
+    def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = SqliteStore(settings.store_path)
+        secrets = FileSecrets(settings.data_dir / "secrets.json")
+        tokens = StreamTokens(
+            secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key), settings.stream_token_ttl_s
+        )
+        bus = InProcessEventBus()
+        dispatcher = None
+        webhook = settings.webhook
+        if webhook.url is not None:
+            dispatcher = WebhookDispatcher(
+                WebhookTarget(
+                    url=str(webhook.url),
+                    secret_name=webhook.secret_name,
+                    secret=webhook.secret,
+                    secret_in=webhook.secret_in,
+                    timeout_s=webhook.timeout_s,
+                ),
+                store,
+                max_pending=webhook.max_pending,
+            )
+            bus.subscribe(dispatcher)
+        asr = asr or FasterWhisperEngine(settings.asr)
+        pipeline = TranscriptionPipeline(
+            asr, store, bus, retention_s=settings.message_retention_days * DAY_S
+        )
+        registry = CallRegistry()
+        owner = f"local:{socket.gethostname()}:{os.getpid()}"
+        gateway = TwilioGateway(
+            GatewayServices(
+                store=store,
+                tokens=tokens,
+                pipeline=pipeline,
+                registry=registry,
+                endpointing=settings.endpointing,
+                max_frame_bytes=settings.max_ws_frame_bytes,
+                owner=owner,
+            )
+        )
+        api = ApiServices(
+            store=store,
+            tokens=tokens,
+            control=LocalControl(registry),
+            public_gateway_url=settings.public_gateway_url,
+            max_messages=settings.max_messages_per_call,
+        )
+        return cls(settings, store, asr, pipeline, registry, dispatcher, gateway, api)
+
+    async def warm_up(self) -> None:
+        """One tiny transcription so the first caller does not pay for lazy initialisation."""
+        await self.asr.transcribe(AsrRequest(audio=np.zeros(16_000, dtype=np.float32)))
+
+    def stats(self) -> dict[str, Any]:
+        delivery = self.dispatcher.stats if self.dispatcher else None
+        return {
+            "status": "ok",
+            "liveCalls": len(self.registry),
+            "twilioStreams": {
+                "opened": self.gateway.streams_opened,
+                "rejected": self.gateway.streams_rejected,
+            },
+            "asr": self.pipeline.stats.as_dict(),
+            "delivery": (
+                {
+                    "delivered": delivery.delivered,
+                    "failed": delivery.failed,
+                    "dropped": delivery.dropped,
+                    "pending": self.dispatcher.pending if self.dispatcher else 0,
+                }
+                if delivery
+                else None
+            ),
+        }
+
+    async def shutdown(self) -> None:
+        """Finish open utterances, deliver what is pending, then release resources."""
+        await self.registry.complete_all()
+        if self.dispatcher is not None:
+            await self.dispatcher.drain(DRAIN_TIMEOUT_S)
+            await self.dispatcher.close()
+        await self.asr.close()
+        self.store.close()
+
+
+def create_local_app(runtime: LocalRuntime) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.warm_up()
+        purge = asyncio.get_running_loop().create_task(_purge_expired(runtime))
+        yield
+        purge.cancel()
+        await runtime.shutdown()
+
+    app = create_api_app(runtime.api, lifespan=lifespan)
+    app.add_api_websocket_route(TWILIO_MEDIA_PATH, runtime.gateway)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return runtime.stats()
+
+    return app
+
+
+async def _purge_expired(runtime: LocalRuntime) -> None:
+    while True:
+        removed = await asyncio.to_thread(runtime.store.purge_expired, time.time())
+        if removed:
+            log.info("purged %d expired messages", removed)
+        await asyncio.sleep(3600)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        # Our protocol object reports oversized frames with a precise reason; the server's own
+        # limit only guards memory, above it.
+        ws_max_size=max(1 << 20, settings.max_ws_frame_bytes * 4),
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        timeout_graceful_shutdown=30,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=True,
+    )
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    runtime = LocalRuntime.build(settings)
+    app = create_local_app(runtime)
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    serving = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        print(
+            f"CallScribe listening on http://{settings.host}:{port} "
+            f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}); "
+            f"data in {settings.data_dir}",
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+    await serving

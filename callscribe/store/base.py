@@ -1,0 +1,123 @@
+"""The ``Store`` port: API keys, calls and their ownership, messages, delivery failures.
+
+Every adapter (SQLite here, DynamoDB in the AWS deployment) passes the same contract tests
+(``tests/store_contract.py``). Methods are synchronous; async callers run them in a thread.
+Times are UNIX seconds (float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class CallStatus(StrEnum):
+    CONNECTED = "connected"  # media flowing, not transcribed yet
+    STREAMING = "streaming"  # transcription on
+    STOPPED = "stopped"  # transcription paused (hold, survey)
+    COMPLETED = "completed"  # media ended; after-call API ready
+
+
+@dataclass(frozen=True)
+class CallKey:
+    tenant: str
+    namespace: str
+    guid: str
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.namespace}/{self.guid}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    api_id: str
+    tenant: str
+    secret_hash: str
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass
+class CallRecord:
+    key: CallKey
+    status: CallStatus
+    owner: str  # which process holds the media (local: "local"; AWS: a task's private URL)
+    created_at: float
+    updated_at: float
+    completed_at: float | None = None
+    # The settings of the last start-streaming (they govern the after-call API too).
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    key: CallKey
+    seq: int  # order of transcription within the call, from 0
+    message_id: str
+    body: dict[str, Any]  # the webhook JSON, exactly as delivered
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    tenant: str
+    conversation_id: str
+    message_id: str
+    reason: str  # "http 500", "timeout", "dropped: queue full", ...
+    status_code: int | None
+    at: float
+
+
+class Store(Protocol):
+    # API keys
+    def put_api_key(self, key: ApiKey) -> None: ...
+    def get_api_key(self, api_id: str) -> ApiKey | None: ...
+    def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]: ...
+    def revoke_api_key(self, api_id: str, at: float) -> bool: ...
+
+    # calls
+    def create_call(self, call: CallRecord) -> bool:
+        """Insert; False if the key exists already (a Twilio stream reconnecting)."""
+        ...
+
+    def get_call(self, key: CallKey) -> CallRecord | None: ...
+    def find_calls(self, tenant: str, guid: str) -> list[CallRecord]: ...
+    def update_call(
+        self,
+        key: CallKey,
+        *,
+        status: CallStatus | None = None,
+        owner: str | None = None,
+        params: dict[str, Any] | None = None,
+        completed_at: float | None = None,
+        updated_at: float,
+    ) -> None: ...
+
+    def acquire_call_lock(self, key: CallKey, holder: str, now: float, ttl_s: float) -> bool:
+        """Take the per-call request lock (409-202 when another request holds it)."""
+        ...
+
+    def release_call_lock(self, key: CallKey, holder: str) -> None: ...
+
+    # messages
+    def put_message(self, message: StoredMessage) -> None: ...
+    def list_messages(self, key: CallKey, limit: int, now: float) -> list[StoredMessage]: ...
+    def last_message_seq(self, key: CallKey) -> int | None: ...
+    def set_message_expiry(self, key: CallKey, expires_at: float) -> int: ...
+
+    # delivery failures
+    def put_delivery_failure(self, failure: DeliveryFailure) -> None: ...
+    def list_delivery_failures(
+        self, tenant: str, conversation_id: str | None = None, limit: int = 1000
+    ) -> list[DeliveryFailure]: ...
+
+    # retention
+    def purge_expired(self, now: float) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,341 @@
+"""SQLite adapter of the ``Store`` port (local mode). One file, WAL journal, a connection per
+thread (sqlite3 connections must not be shared between threads)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from callscribe.store.base import (
+    ApiKey,
+    CallKey,
+    CallRecord,
+    CallStatus,
+    DeliveryFailure,
+    StoredMessage,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    api_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    tenant TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    guid TEXT NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    completed_at REAL,
+    params TEXT NOT NULL,
+    PRIMARY KEY (tenant, namespace, guid)
+);
+CREATE INDEX IF NOT EXISTS calls_by_guid ON calls (tenant, guid);
+CREATE TABLE IF NOT EXISTS call_locks (
+    tenant TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    guid TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (tenant, namespace, guid)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    tenant TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    guid TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (tenant, namespace, guid, seq)
+);
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
+CREATE TABLE IF NOT EXISTS delivery_failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status_code INTEGER,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS failures_by_tenant ON delivery_failures (tenant, conversation_id);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._db().executescript(SCHEMA)  # executescript manages its own transaction
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    class _Transaction:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> _Transaction:
+        return self._Transaction(self._db())
+
+    # API keys
+    def put_api_key(self, key: ApiKey) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?, ?)",
+                (key.api_id, key.tenant, key.secret_hash, key.created_at, key.revoked_at),
+            )
+
+    def get_api_key(self, api_id: str) -> ApiKey | None:
+        row = self._db().execute("SELECT * FROM api_keys WHERE api_id = ?", (api_id,)).fetchone()
+        return ApiKey(**dict(row)) if row else None
+
+    def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        if tenant is None:
+            rows = self._db().execute("SELECT * FROM api_keys ORDER BY created_at")
+        else:
+            rows = self._db().execute(
+                "SELECT * FROM api_keys WHERE tenant = ? ORDER BY created_at", (tenant,)
+            )
+        return [ApiKey(**dict(row)) for row in rows]
+
+    def revoke_api_key(self, api_id: str, at: float) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE api_id = ? AND revoked_at IS NULL",
+                (at, api_id),
+            )
+            return cursor.rowcount == 1
+
+    # calls
+    @staticmethod
+    def _call(row: sqlite3.Row) -> CallRecord:
+        return CallRecord(
+            key=CallKey(row["tenant"], row["namespace"], row["guid"]),
+            status=CallStatus(row["status"]),
+            owner=row["owner"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            completed_at=row["completed_at"],
+            params=json.loads(row["params"]),
+        )
+
+    def create_call(self, call: CallRecord) -> bool:
+        k = call.key
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    k.tenant,
+                    k.namespace,
+                    k.guid,
+                    call.status.value,
+                    call.owner,
+                    call.created_at,
+                    call.updated_at,
+                    call.completed_at,
+                    json.dumps(call.params),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def get_call(self, key: CallKey) -> CallRecord | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT * FROM calls WHERE tenant = ? AND namespace = ? AND guid = ?",
+                (key.tenant, key.namespace, key.guid),
+            )
+            .fetchone()
+        )
+        return self._call(row) if row else None
+
+    def find_calls(self, tenant: str, guid: str) -> list[CallRecord]:
+        rows = self._db().execute(
+            "SELECT * FROM calls WHERE tenant = ? AND guid = ? ORDER BY created_at", (tenant, guid)
+        )
+        return [self._call(row) for row in rows]
+
+    def update_call(
+        self,
+        key: CallKey,
+        *,
+        status: CallStatus | None = None,
+        owner: str | None = None,
+        params: dict[str, Any] | None = None,
+        completed_at: float | None = None,
+        updated_at: float,
+    ) -> None:
+        assignments = ["updated_at = ?"]
+        values: list[Any] = [updated_at]
+        for column, value in (
+            ("status", status.value if status else None),
+            ("owner", owner),
+            ("params", json.dumps(params) if params is not None else None),
+            ("completed_at", completed_at),
+        ):
+            if value is not None:
+                assignments.append(f"{column} = ?")
+                values.append(value)
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE calls SET {', '.join(assignments)} "
+                "WHERE tenant = ? AND namespace = ? AND guid = ?",
+                (*values, key.tenant, key.namespace, key.guid),
+            )
+
+    def acquire_call_lock(self, key: CallKey, holder: str, now: float, ttl_s: float) -> bool:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM call_locks WHERE tenant = ? AND namespace = ? AND guid = ? "
+                "AND expires_at <= ?",
+                (key.tenant, key.namespace, key.guid, now),
+            )
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO call_locks VALUES (?, ?, ?, ?, ?)",
+                (key.tenant, key.namespace, key.guid, holder, now + ttl_s),
+            )
+            return cursor.rowcount == 1
+
+    def release_call_lock(self, key: CallKey, holder: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM call_locks WHERE tenant = ? AND namespace = ? AND guid = ? "
+                "AND holder = ?",
+                (key.tenant, key.namespace, key.guid, holder),
+            )
+
+    # messages
+    def put_message(self, message: StoredMessage) -> None:
+        k = message.key
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    k.tenant,
+                    k.namespace,
+                    k.guid,
+                    message.seq,
+                    message.message_id,
+                    json.dumps(message.body),
+                    message.created_at,
+                    message.expires_at,
+                ),
+            )
+
+    def list_messages(self, key: CallKey, limit: int, now: float) -> list[StoredMessage]:
+        rows = self._db().execute(
+            "SELECT * FROM messages WHERE tenant = ? AND namespace = ? AND guid = ? "
+            "AND expires_at > ? ORDER BY seq LIMIT ?",
+            (key.tenant, key.namespace, key.guid, now, limit),
+        )
+        return [
+            StoredMessage(
+                key=key,
+                seq=row["seq"],
+                message_id=row["message_id"],
+                body=json.loads(row["body"]),
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+            )
+            for row in rows
+        ]
+
+    def last_message_seq(self, key: CallKey) -> int | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT MAX(seq) FROM messages WHERE tenant = ? AND namespace = ? AND guid = ?",
+                (key.tenant, key.namespace, key.guid),
+            )
+            .fetchone()
+        )
+        return row[0]
+
+    def set_message_expiry(self, key: CallKey, expires_at: float) -> int:
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE messages SET expires_at = ? WHERE tenant = ? AND namespace = ? AND guid = ?",
+                (expires_at, key.tenant, key.namespace, key.guid),
+            ).rowcount
+
+    # delivery failures
+    def put_delivery_failure(self, failure: DeliveryFailure) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO delivery_failures "
+                "(tenant, conversation_id, message_id, reason, status_code, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    failure.tenant,
+                    failure.conversation_id,
+                    failure.message_id,
+                    failure.reason,
+                    failure.status_code,
+                    failure.at,
+                ),
+            )
+
+    def list_delivery_failures(
+        self, tenant: str, conversation_id: str | None = None, limit: int = 1000
+    ) -> list[DeliveryFailure]:
+        query = "SELECT * FROM delivery_failures WHERE tenant = ?"
+        args: list[Any] = [tenant]
+        if conversation_id is not None:
+            query += " AND conversation_id = ?"
+            args.append(conversation_id)
+        rows = self._db().execute(query + " ORDER BY id LIMIT ?", (*args, limit))
+        return [
+            DeliveryFailure(
+                tenant=row["tenant"],
+                conversation_id=row["conversation_id"],
+                message_id=row["message_id"],
+                reason=row["reason"],
+                status_code=row["status_code"],
+                at=row["at"],
+            )
+            for row in rows
+        ]
+
+    def purge_expired(self, now: float) -> int:
+        with self._tx() as db:
+            return db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.ProgrammingError:
+                    pass  # created in another thread that is gone; sqlite frees it
+            self._connections.clear()
+        self._local = threading.local()

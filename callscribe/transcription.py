@@ -1,0 +1,186 @@
+"""Utterance → message: ASR, redaction, the webhook JSON, persist, then publish.
+
+Messages are persisted to the Store before they are published, so a webhook failure never
+loses a transcript: the after-call API still has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from callscribe.api.schemas import AutotranscribeParams, RedactionOutput
+from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult, AsrWord, whisper_language
+from callscribe.bus import EventBus, TranscriptEvent
+from callscribe.endpointing import Utterance
+from callscribe.redaction import find_sensitive_spans, redact
+from callscribe.store.base import CallKey, Store, StoredMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """Who said an utterance, frozen when the utterance ended (a transfer may follow)."""
+
+    role: str
+    external_id: str
+    stream_id: str
+
+
+@dataclass
+class AsrStats:
+    utterances: int = 0
+    audio_s: float = 0.0
+    processing_s: float = 0.0
+    empty: int = 0
+    errors: int = 0
+    queue_wait_s: list[float] = field(default_factory=list)
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.processing_s / self.audio_s if self.audio_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "utterances": self.utterances,
+            "audioSeconds": round(self.audio_s, 3),
+            "processingSeconds": round(self.processing_s, 3),
+            "realTimeFactor": round(self.real_time_factor, 4),
+            "emptyResults": self.empty,
+            "errors": self.errors,
+        }
+
+
+def _redact_words(words: tuple[AsrWord, ...]) -> list[str]:
+    """Mask each word that overlaps a sensitive span of the words' joined text."""
+    offsets, parts, cursor = [], [], 0
+    for word in words:
+        offsets.append((cursor, cursor + len(word.text)))
+        parts.append(word.text)
+        cursor += len(word.text) + 1
+    spans = find_sensitive_spans(" ".join(parts))
+    masked = []
+    for (start, end), text in zip(offsets, parts, strict=True):
+        if any(s.start < end and start < s.end for s in spans):
+            redacted = redact(text)
+            masked.append(redacted if redacted != text else "#" * len(text))
+        else:
+            masked.append(text)
+    return masked
+
+
+def _tokens(words: tuple[AsrWord, ...], texts: list[str], offset_ms: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "text": text,
+            "start": offset_ms + w.start_ms,
+            "end": offset_ms + w.end_ms,
+            "confidence": w.confidence,
+        }
+        for w, text in zip(words, texts, strict=True)
+    ]
+
+
+def build_utterance(
+    result: AsrResult, params: AutotranscribeParams, offset_ms: int
+) -> dict[str, Any]:
+    mode = params.redactionOutput
+    raw = result.text
+    entry: dict[str, Any] = {"text": raw if mode is RedactionOutput.UNREDACTED else redact(raw)}
+    if mode is RedactionOutput.BOTH:
+        entry["unredactedText"] = raw
+    if params.detailedToken:
+        raw_words = [w.text for w in result.words]
+        if mode is RedactionOutput.UNREDACTED:
+            entry["tokens"] = _tokens(result.words, raw_words, offset_ms)
+        else:
+            entry["tokens"] = _tokens(result.words, _redact_words(result.words), offset_ms)
+        if mode is RedactionOutput.BOTH:
+            entry["unredactedTokens"] = _tokens(result.words, raw_words, offset_ms)
+    return entry
+
+
+class TranscriptionPipeline:
+    def __init__(
+        self, asr: AsrEngine, store: Store, bus: EventBus, retention_s: float
+    ) -> None:
+        self.asr = asr
+        self.store = store
+        self.bus = bus
+        self.retention_s = retention_s
+        self.stats = AsrStats()
+
+    async def transcribe(
+        self, utterance: Utterance, params: AutotranscribeParams
+    ) -> AsrResult | None:
+        queued = time.perf_counter()
+        try:
+            result = await self.asr.transcribe(
+                AsrRequest(
+                    audio=utterance.audio,
+                    language=whisper_language(params.language),
+                    word_timestamps=params.detailedToken,
+                )
+            )
+        except Exception:
+            self.stats.errors += 1
+            log.exception("ASR failed for an utterance of %d ms", utterance.end_ms - utterance.start_ms)
+            return None
+        self.stats.utterances += 1
+        self.stats.audio_s += result.audio_ms / 1000
+        self.stats.processing_s += result.processing_ms / 1000
+        self.stats.queue_wait_s.append(time.perf_counter() - queued - result.processing_ms / 1000)
+        if not result.text.strip():
+            self.stats.empty += 1
+            return None
+        return result
+
+    def message_body(
+        self,
+        key: CallKey,
+        speaker: Speaker,
+        utterance: Utterance,
+        result: AsrResult,
+        params: AutotranscribeParams,
+    ) -> dict[str, Any]:
+        return {
+            "type": "transcript",
+            "externalConversationId": key.guid,
+            "streamId": speaker.stream_id,
+            "sender": {"externalId": speaker.external_id, "role": speaker.role},
+            "autotranscribeResponse": {
+                "message": "transcript",
+                "start": utterance.start_ms,
+                "end": utterance.end_ms,
+                "utterance": [build_utterance(result, params, utterance.start_ms)],
+            },
+        }
+
+    async def persist_and_publish(self, key: CallKey, seq: int, body: dict[str, Any]) -> str:
+        now = time.time()
+        message_id = str(uuid.uuid4())
+        stored = StoredMessage(
+            key=key,
+            seq=seq,
+            message_id=message_id,
+            body=body,
+            created_at=now,
+            expires_at=now + self.retention_s,
+        )
+        await asyncio.to_thread(self.store.put_message, stored)
+        await self.bus.publish(
+            TranscriptEvent(
+                tenant=key.tenant,
+                namespace=key.namespace,
+                conversation_id=key.guid,
+                message_id=message_id,
+                seq=seq,
+                body=body,
+            )
+        )
+        return message_id

@@ -1,0 +1,155 @@
+"""The Twilio Media Streams WebSocket endpoint: wraps the sans-IO ``TwilioStreamProtocol``.
+
+The stream token is checked once, when the WebSocket opens. Each accepted stream becomes a
+``CallSession`` keyed by (tenant, "twilio", callSid) on its ``start`` frame. A malformed,
+oversized or out-of-order frame closes that one WebSocket with a precise close code and
+reason; the call's audio so far is kept and its open utterances are finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from callscribe.api.schemas import Namespace, Role
+from callscribe.audio import TELEPHONE_RATE, ulaw_to_pcm16
+from callscribe.auth import AuthError, StreamGrant, StreamTokens
+from callscribe.calls import CallRegistry, CallSession
+from callscribe.config import EndpointingSettings
+from callscribe.store.base import CallKey, Store
+from callscribe.transcription import TranscriptionPipeline
+from callscribe.twilio.protocol import (
+    CloseCode,
+    MediaReceived,
+    StreamStarted,
+    StreamStopped,
+    TwilioProtocolError,
+    TwilioStreamProtocol,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACK_ROLES = {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}
+
+
+@dataclass
+class GatewayServices:
+    store: Store
+    tokens: StreamTokens
+    pipeline: TranscriptionPipeline
+    registry: CallRegistry
+    endpointing: EndpointingSettings
+    max_frame_bytes: int = 16_384
+    owner: str = "local"
+
+
+class TwilioGateway:
+    def __init__(self, services: GatewayServices) -> None:
+        self.services = services
+        self.streams_opened = 0
+        self.streams_rejected = 0
+
+    async def __call__(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            grant = await asyncio.to_thread(
+                self.services.tokens.verify,
+                websocket.query_params.get("token"),
+                self.services.store,
+            )
+        except AuthError as exc:
+            self.streams_rejected += 1
+            log.warning("twilio stream from %s rejected: %s", websocket.client, exc)
+            await websocket.close(CloseCode.POLICY_VIOLATION, str(exc))
+            return
+        self.streams_opened += 1
+        await _TwilioStream(self.services, websocket, grant).run()
+
+
+class _TwilioStream:
+    def __init__(self, services: GatewayServices, websocket: WebSocket, grant: StreamGrant):
+        self.services = services
+        self.websocket = websocket
+        self.grant = grant
+        self.protocol = TwilioStreamProtocol(max_frame_bytes=services.max_frame_bytes)
+        self.session: CallSession | None = None
+
+    async def run(self) -> None:
+        close: tuple[int, str] | None = (CloseCode.NORMAL, "stream stopped")
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    close = None
+                    break
+                frame = message.get("text")
+                if frame is None:
+                    frame = message.get("bytes") or b""
+                if await self._handle(self.protocol.receive(frame)):
+                    break
+        except TwilioProtocolError as exc:
+            close = (exc.close_code, exc.reason)
+            log.warning(
+                "twilio stream %s (call %s) closed: %s",
+                self.protocol.stream_sid,
+                self.protocol.call_sid,
+                exc.reason,
+            )
+        except WebSocketDisconnect:
+            close = None
+        except Exception:
+            log.exception("twilio stream %s failed", self.protocol.stream_sid)
+            close = (CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if self.session is not None:
+                await self.session.complete()
+                self.services.registry.remove(self.session)
+        if close is not None:
+            try:
+                await self.websocket.close(close[0], close[1])
+            except RuntimeError:
+                pass  # the peer went away first
+
+    async def _handle(self, events: list[object]) -> bool:
+        """Apply a frame's events; True once the stream has stopped."""
+        for event in events:
+            if isinstance(event, MediaReceived):
+                assert self.session is not None  # the protocol refuses media before start
+                self.session.audio(
+                    event.track,
+                    ulaw_to_pcm16(event.payload),
+                    event.timestamp_ms * TELEPHONE_RATE // 1000,
+                )
+            elif isinstance(event, StreamStarted):
+                await self._open(event)
+            elif isinstance(event, StreamStopped):
+                return True
+        return False
+
+    async def _open(self, started: StreamStarted) -> None:
+        key = CallKey(self.grant.tenant, Namespace.TWILIO.value, started.call_sid)
+        if self.services.registry.get(key) is not None:
+            raise TwilioProtocolError(
+                CloseCode.POLICY_VIOLATION, f"call {started.call_sid} already has a live stream"
+            )
+        session = CallSession(
+            key,
+            self.services.pipeline,
+            self.services.store,
+            self.services.endpointing,
+            channels=started.tracks,
+            channel_roles={t: DEFAULT_TRACK_ROLES[t] for t in started.tracks},
+            owner=self.services.owner,
+        )
+        await session.open()
+        self.services.registry.add(session)
+        self.session = session
+        log.info(
+            "twilio stream %s opened call %s (tracks %s)",
+            started.stream_sid,
+            key,
+            ",".join(started.tracks),
+        )
