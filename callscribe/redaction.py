@@ -185,13 +185,14 @@ del _cls, _table, _w, _v
 # E-mail addresses
 # --------------------------------------------------------------------------
 
+# Both kinds of address are found from their "@" / "at" and then grown
+# outwards (local part to the left, domain to the right), so the work is
+# linear in the length of the text, whatever the text.
+
 _LABEL = r"[^\W_]+(?:-[^\W_]+)*"
-_LITERAL_EMAIL_RE = re.compile(
-    r"[\w%+-]+(?:\.[\w%+-]+)*"          # local part
-    r"@"
-    rf"{_LABEL}(?:\.{_LABEL})*\.[^\W\d_]{{2,}}"  # domain
-    r"(?![^\W\d]|-)"  # may be glued to digits: "a@b.com4729"
-)
+# The address may be glued to digits ("a@b.com4729"); those are masked too.
+_END = r"(?![^\W\d]|-)"
+_LITERAL_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.[^\W\d_]{{2,}}{_END}")
 
 _TLDS = (
     "com", "org", "net", "edu", "gov", "mil", "int", "info", "biz", "io",
@@ -199,50 +200,119 @@ _TLDS = (
     "be", "ch", "at", "se", "no", "dk", "fi", "pl", "pt", "in", "jp", "cn",
     "br", "mx", "za", "me", "tv", "ai", "app", "dev", "email", "online",
 )
-_SPOKEN_EMAIL_RE = re.compile(
-    r"(?<!\w)"  # the local part starts a word
-    r"(?P<local>\w+(?:(?:[._+-]|\s+(?:dot|underscore|dash|hyphen|plus)\s+)\w+)*)"
-    r"(?:\s*@\s*|\s+at\s+)"
-    rf"{_LABEL}(?:(?:\.|\s+dot\s+){_LABEL})*"
-    rf"(?:\.|\s+dot\s+)(?:{'|'.join(_TLDS)})"
-    r"(?![^\W\d]|-)",  # may be glued to digits: "dot com4729"
+_SPOKEN_AT_RE = re.compile(r"\s*@|\s+at(?=\s)", re.IGNORECASE)
+_SPOKEN_DOMAIN_RE = re.compile(
+    rf"\s*{_LABEL}(?:(?:\.|\s+dot\s+){_LABEL})*"
+    rf"(?:\.|\s+dot\s+)(?:{'|'.join(_TLDS)}){_END}",
     re.IGNORECASE,
 )
+_SPOKEN_LOCAL_SEP_RE = re.compile(
+    r"\s+(?:dot|underscore|dash|hyphen|plus)\s+$", re.IGNORECASE
+)
+_SPOKEN_SEP_MAX = 20  # longest spoken separator looked back for, in chars
+_WORD_CHAR_RE = re.compile(r"\w")
+_LITERAL_LOCAL_CHAR_RE = re.compile(r"[\w%+-]")
+
 # A spoken "<word> at <domain> dot com" whose "local part" is one of these is
 # ordinary speech ("I bought it at amazon dot com"), not an address.
 _NOT_A_LOCAL_PART = frozenset({
-    "a", "am", "an", "and", "are", "be", "been", "bought", "buy", "buying",
-    "email", "emails", "emailed", "e", "find", "found", "go", "going", "goes",
-    "went", "here", "him", "her", "i", "is", "it", "its", "log", "logged",
-    "login", "look", "looked", "looking", "me", "online", "order", "ordered",
-    "page", "shop", "shopped", "sign", "signed", "site", "that", "them",
-    "there", "this", "us", "was", "we", "were", "website", "work", "worked",
-    "works", "working", "you", "up", "in", "on", "out", "available",
-    "registered", "address", "mail", "contact", "reach", "me", "or", "but",
-    "so", "then", "just", "also", "only", "still", "him", "they",
+    "a", "address", "also", "am", "an", "and", "are", "available", "be",
+    "been", "bought", "but", "buy", "buying", "contact", "e", "email",
+    "emailed", "emails", "find", "found", "go", "goes", "going", "her",
+    "here", "him", "i", "in", "is", "it", "its", "just", "log", "logged",
+    "login", "look", "looked", "looking", "mail", "me", "on", "online",
+    "only", "or", "order", "ordered", "out", "page", "reach", "registered",
+    "shop", "shopped", "sign", "signed", "site", "so", "still", "that",
+    "them", "then", "there", "they", "this", "up", "us", "was", "we",
+    "website", "went", "were", "work", "worked", "working", "works", "you",
 })
 
 
-def _find_emails(text: str) -> list[tuple[int, int]]:
-    found: list[tuple[int, int]] = []
-    for m in _LITERAL_EMAIL_RE.finditer(text):
-        found.append((m.start(), m.end()))
+def _unit_start(text: str, end: int, lo: int, char_re: re.Pattern[str]) -> int:
+    """Start of the run of ``char_re`` characters ending at ``end`` (>= lo)."""
+    start = end
+    while start > lo and char_re.match(text, start - 1):
+        start -= 1
+    return start
 
-    pos = 0
-    while True:
-        m = _SPOKEN_EMAIL_RE.search(text, pos)
-        if m is None:
+
+def _literal_local_start(text: str, at: int, lo: int) -> int | None:
+    """Start of ``[\\w%+-]+(?:\\.[\\w%+-]+)*`` ending at ``at``, or None."""
+    start = _unit_start(text, at, lo, _LITERAL_LOCAL_CHAR_RE)
+    if start == at:
+        return None
+    while start - 1 > lo and text[start - 1] == ".":
+        before = _unit_start(text, start - 1, lo, _LITERAL_LOCAL_CHAR_RE)
+        if before == start - 1:
             break
-        local = m.group("local")
-        if (
-            any(s < m.end() and m.start() < e for s, e in found)
-            or ("@" not in m.group(0) and local.lower() in _NOT_A_LOCAL_PART)
-        ):
-            pos = m.start() + 1
+        start = before
+    return start
+
+
+def _spoken_local_start(text: str, end: int, lo: int) -> int | None:
+    """Start of a spoken local part (``john dot smith``) ending at ``end``.
+
+    Words joined by ``.``/``_``/``+``/``-`` or by a spoken separator; the
+    first word must start a word in the text.  None if there is none.
+    """
+
+    def word_start(word_end: int) -> int | None:
+        start = _unit_start(text, word_end, lo, _WORD_CHAR_RE)
+        if start == word_end or (start > 0 and _WORD_CHAR_RE.match(text, start - 1)):
+            return None  # no word, or a word cut off by the previous address
+        return start
+
+    start = word_start(end)
+    if start is None:
+        return None
+    while start > lo:
+        if text[start - 1] in "._+-":
+            sep_start = start - 1
+        else:
+            window = text[max(lo, start - _SPOKEN_SEP_MAX):start]
+            sep = _SPOKEN_LOCAL_SEP_RE.search(window)
+            if sep is None:
+                break
+            sep_start = start - (len(window) - sep.start())
+        before = word_start(sep_start)
+        if before is None:
+            break
+        start = before
+    return start
+
+
+def _find_emails(text: str) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping (start, end) of e-mail addresses."""
+    literal: list[tuple[int, int]] = []
+    prev_end = 0
+    for at in (m.start() for m in re.finditer("@", text)):
+        if at < prev_end:
             continue
-        found.append((m.start(), m.end()))
-        pos = m.end()
-    return sorted(found)
+        start = _literal_local_start(text, at, prev_end)
+        domain = _LITERAL_DOMAIN_RE.match(text, at + 1)
+        if start is not None and domain is not None:
+            literal.append((start, domain.end()))
+            prev_end = domain.end()
+
+    spoken: list[tuple[int, int]] = []
+    prev_end = 0
+    for at in _SPOKEN_AT_RE.finditer(text):
+        if at.start() < prev_end:
+            continue
+        domain = _SPOKEN_DOMAIN_RE.match(text, at.end())
+        if domain is None:
+            continue
+        start = _spoken_local_start(text, at.start(), prev_end)
+        if start is None:
+            continue
+        local = text[start:at.start()]
+        if "@" not in at.group() and local.lower() in _NOT_A_LOCAL_PART:
+            continue
+        if any(s < domain.end() and start < e for s, e in literal):
+            continue
+        spoken.append((start, domain.end()))
+        prev_end = domain.end()
+    return sorted(literal + spoken)
 
 
 # --------------------------------------------------------------------------

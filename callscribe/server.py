@@ -47,6 +47,7 @@ class LocalRuntime:
     dispatcher: WebhookDispatcher | None
     gateway: TwilioGateway
     api: ApiServices
+    owns_asr: bool = True
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
@@ -72,6 +73,7 @@ class LocalRuntime:
                 max_pending=webhook.max_pending,
             )
             bus.subscribe(dispatcher)
+        owns_asr = asr is None
         asr = asr or FasterWhisperEngine(settings.asr)
         pipeline = TranscriptionPipeline(
             asr, store, bus, retention_s=settings.message_retention_days * DAY_S
@@ -96,7 +98,9 @@ class LocalRuntime:
             public_gateway_url=settings.public_gateway_url,
             max_messages=settings.max_messages_per_call,
         )
-        return cls(settings, store, asr, pipeline, registry, dispatcher, gateway, api)
+        return cls(
+            settings, store, asr, pipeline, registry, dispatcher, gateway, api, owns_asr=owns_asr
+        )
 
     async def warm_up(self) -> None:
         """One tiny transcription so the first caller does not pay for lazy initialisation."""
@@ -130,7 +134,8 @@ class LocalRuntime:
         if self.dispatcher is not None:
             await self.dispatcher.drain(DRAIN_TIMEOUT_S)
             await self.dispatcher.close()
-        await self.asr.close()
+        if self.owns_asr:
+            await self.asr.close()
         self.store.close()
 
 

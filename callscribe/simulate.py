@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import importlib.resources
 import json
 import socket
@@ -315,3 +319,64 @@ async def running_receiver(**kwargs: Any) -> AsyncIterator[WebhookReceiver]:
         yield receiver
     finally:
         await receiver.stop()
+
+
+# The server as a separate process ---------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    data_dir: Path
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    data_dir: Path, webhook_url: str, extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[ServerProcess]:
+    """``callscribe serve`` in a child process; SIGTERM on exit (a clean shutdown)."""
+    port = free_port()
+    log_path = data_dir / "server.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "callscribe", "-v", "serve",
+            "--port", str(port), "--data-dir", str(data_dir), "--webhook-url", webhook_url,
+            *(extra_args or []),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", data_dir)
+    try:
+        await _wait_healthy(server, log_path)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+async def _wait_healthy(server: ServerProcess, log_path: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(
+                    f"callscribe serve exited with {server.process.returncode}:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            try:
+                if (await client.get(f"{server.base_url}/healthz", timeout=2)).is_success:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("callscribe serve did not become healthy in time")

@@ -1,0 +1,95 @@
+"""Shared fixtures: the real Whisper model (loaded once), a real local server on loopback with
+a real webhook receiver, and API clients for tenants."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from callscribe.asr.whisper import FasterWhisperEngine
+from callscribe.auth import IssuedKey, create_api_key
+from callscribe.config import AsrSettings, Settings, WebhookSettings
+from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
+from callscribe.simulate import ApiClient, WebhookReceiver, bind_loopback, running_receiver
+
+WEBHOOK_SECRET_NAME = "X-Test-Webhook-Token"
+WEBHOOK_SECRET = "s3cr3t-for-tests"
+
+
+@pytest.fixture(scope="session")
+def asr_engine() -> FasterWhisperEngine:
+    return FasterWhisperEngine(AsrSettings())
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    ws_base: str
+    runtime: LocalRuntime
+    clients: list[ApiClient]
+
+    def client(self, tenant: str) -> ApiClient:
+        issued = self.issue_key(tenant)
+        client = ApiClient(self.base_url, issued.api_id, issued.api_secret)
+        self.clients.append(client)
+        return client
+
+    def issue_key(self, tenant: str) -> IssuedKey:
+        return create_api_key(self.runtime.store, tenant)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with running_receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def server_factory(
+    tmp_path: Path, asr_engine: FasterWhisperEngine
+) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    """Start local servers (in this process, each on a real loopback socket); all are shut
+    down cleanly (SIGTERM-equivalent) at the end of the test."""
+    started: list[tuple[uvicorn.Server, asyncio.Task[None], RunningServer]] = []
+
+    async def start(webhook_url: str | None, **overrides: object) -> RunningServer:
+        webhook = WebhookSettings(
+            url=webhook_url,
+            secret_name=WEBHOOK_SECRET_NAME,
+            secret=WEBHOOK_SECRET,
+            timeout_s=2.0,
+        )
+        settings = Settings(data_dir=tmp_path / f"data{len(started)}", webhook=webhook, **overrides)
+        runtime = LocalRuntime.build(settings, asr=asr_engine)
+        app = create_local_app(runtime)
+        sock = bind_loopback()
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn_config(app, settings))
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        running = RunningServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", runtime, [])
+        started.append((server, task, running))
+        return running
+
+    yield start
+
+    for server, task, running in started:
+        for client in running.clients:
+            await client.close()
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def server(
+    server_factory: Callable[..., Awaitable[RunningServer]], receiver: WebhookReceiver
+) -> RunningServer:
+    return await server_factory(receiver.url)

@@ -1,0 +1,502 @@
+"""The contract every ``Store`` adapter must honour (``callscribe/store/base.py``).
+
+Reuse it from an adapter's test module by subclassing and overriding the ``store`` fixture::
+
+    class TestSqliteStore(StoreContract):
+        @pytest.fixture
+        def store(self, tmp_path):
+            s = SqliteStore(tmp_path / "store.sqlite3")
+            yield s
+            s.close()
+
+Only the ``Store`` Protocol's methods are used, and every test works in tenants of its own
+(random names), so an adapter backed by shared storage (a DynamoDB table that outlives the
+test) passes as well as one created empty for each test. Times are explicit arguments; no test
+depends on the wall clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from callscribe.store.base import (
+    ApiKey,
+    CallKey,
+    CallRecord,
+    CallStatus,
+    DeliveryFailure,
+    Store,
+    StoredMessage,
+)
+
+T0 = 1_700_000_000.0  # an arbitrary "now" for the timelines below
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def make_call(
+    key: CallKey,
+    *,
+    status: CallStatus = CallStatus.CONNECTED,
+    owner: str = "local",
+    created_at: float = T0,
+    params: dict[str, Any] | None = None,
+) -> CallRecord:
+    return CallRecord(
+        key=key,
+        status=status,
+        owner=owner,
+        created_at=created_at,
+        updated_at=created_at,
+        completed_at=None,
+        params=dict(params or {}),
+    )
+
+
+def make_message(
+    key: CallKey,
+    seq: int,
+    *,
+    expires_at: float = T0 + 3600,
+    created_at: float = T0,
+    body: dict[str, Any] | None = None,
+) -> StoredMessage:
+    return StoredMessage(
+        key=key,
+        seq=seq,
+        message_id=f"msg-{key.guid}-{seq}",
+        body=body if body is not None else {"seq": seq, "utterance": [{"text": f"words {seq}"}]},
+        created_at=created_at,
+        expires_at=expires_at,
+    )
+
+
+def make_failure(
+    tenant: str, conversation_id: str, n: int, *, reason: str = "http 500", status: int | None = 500
+) -> DeliveryFailure:
+    return DeliveryFailure(
+        tenant=tenant,
+        conversation_id=conversation_id,
+        message_id=f"msg-{conversation_id}-{n}",
+        reason=reason,
+        status_code=status,
+        at=T0 + n,
+    )
+
+
+class StoreContract:
+    """Adapter-agnostic tests of the ``Store`` port. Subclasses override ``store``."""
+
+    @pytest.fixture
+    def store(self) -> Store:
+        raise NotImplementedError("an adapter's test class must override the `store` fixture")
+
+    @pytest.fixture
+    def tenant(self) -> str:
+        return unique("tenant-a")
+
+    @pytest.fixture
+    def other_tenant(self) -> str:
+        return unique("tenant-b")
+
+    @pytest.fixture
+    def key(self, tenant: str) -> CallKey:
+        return CallKey(tenant, "twilio", unique("CA"))
+
+    # ------------------------------------------------------------------------- API keys
+
+    def test_api_key_round_trip(self, store: Store, tenant: str) -> None:
+        key = ApiKey(unique("cs"), tenant, "sha256:" + "ab" * 32, T0)
+        store.put_api_key(key)
+        got = store.get_api_key(key.api_id)
+        assert got == key
+        assert got is not None and got.active and got.revoked_at is None
+
+    def test_unknown_api_key_is_none(self, store: Store) -> None:
+        assert store.get_api_key(unique("cs-missing")) is None
+
+    def test_list_api_keys_by_tenant(self, store: Store, tenant: str, other_tenant: str) -> None:
+        mine = [ApiKey(unique("cs"), tenant, f"sha256:{i}", T0 + i) for i in range(3)]
+        theirs = [ApiKey(unique("cs"), other_tenant, "sha256:x", T0 + 10)]
+        for k in mine + theirs:
+            store.put_api_key(k)
+
+        assert {k.api_id for k in store.list_api_keys(tenant)} == {k.api_id for k in mine}
+        assert [k.tenant for k in store.list_api_keys(other_tenant)] == [other_tenant]
+        assert store.list_api_keys(unique("tenant-nobody")) == []
+        # Without a tenant: every tenant's keys (a superset when storage is shared).
+        everyone = {k.api_id for k in store.list_api_keys()}
+        assert {k.api_id for k in mine + theirs} <= everyone
+
+    def test_revoke_api_key(self, store: Store, tenant: str) -> None:
+        key = ApiKey(unique("cs"), tenant, "sha256:h", T0)
+        other = ApiKey(unique("cs"), tenant, "sha256:h2", T0)
+        store.put_api_key(key)
+        store.put_api_key(other)
+
+        assert store.revoke_api_key(key.api_id, T0 + 5) is True
+        revoked = store.get_api_key(key.api_id)
+        assert revoked is not None
+        assert revoked.revoked_at == T0 + 5
+        assert not revoked.active
+        assert revoked.secret_hash == key.secret_hash and revoked.tenant == tenant
+
+        # A second revoke is refused and keeps the first revocation time.
+        assert store.revoke_api_key(key.api_id, T0 + 99) is False
+        again = store.get_api_key(key.api_id)
+        assert again is not None and again.revoked_at == T0 + 5
+
+        # The other key of the same tenant is untouched; the listing shows both states.
+        still = store.get_api_key(other.api_id)
+        assert still is not None and still.active
+        states = {k.api_id: k.active for k in store.list_api_keys(tenant)}
+        assert states == {key.api_id: False, other.api_id: True}
+
+    def test_revoke_unknown_api_key_is_false(self, store: Store) -> None:
+        assert store.revoke_api_key(unique("cs-missing"), T0) is False
+
+    # ------------------------------------------------------------------------- calls
+
+    def test_create_and_get_call(self, store: Store, key: CallKey) -> None:
+        call = make_call(
+            key,
+            status=CallStatus.STREAMING,
+            owner="http://10.0.0.7:8080",
+            params={"language": "en-US", "redaction": {"pin": True}, "n": [1, 2]},
+        )
+        assert store.create_call(call) is True
+        got = store.get_call(key)
+        assert got == call
+        assert got is not None and isinstance(got.status, CallStatus)
+
+    def test_create_call_duplicate_is_false_and_keeps_original(
+        self, store: Store, key: CallKey
+    ) -> None:
+        first = make_call(key, owner="first", params={"a": 1})
+        assert store.create_call(first) is True
+        second = make_call(key, owner="second", status=CallStatus.STREAMING, created_at=T0 + 1)
+        assert store.create_call(second) is False
+        assert store.get_call(key) == first
+
+    def test_get_missing_call_is_none(self, store: Store, key: CallKey) -> None:
+        assert store.get_call(key) is None
+        assert store.find_calls(key.tenant, key.guid) == []
+
+    def test_tenant_isolation_with_same_guid(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        guid = unique("CA")
+        mine = CallKey(tenant, "twilio", guid)
+        assert store.create_call(make_call(mine, owner="a"))
+
+        # Tenant B sees nothing of tenant A's call, even knowing its guid.
+        theirs = CallKey(other_tenant, "twilio", guid)
+        assert store.get_call(theirs) is None
+        assert store.find_calls(other_tenant, guid) == []
+
+        # B creating a call with the same guid is a different call, not a duplicate.
+        assert store.create_call(make_call(theirs, owner="b")) is True
+        assert [c.key for c in store.find_calls(tenant, guid)] == [mine]
+        assert [c.key for c in store.find_calls(other_tenant, guid)] == [theirs]
+        a, b = store.get_call(mine), store.get_call(theirs)
+        assert a is not None and a.owner == "a"
+        assert b is not None and b.owner == "b"
+
+    def test_find_calls_across_namespaces(self, store: Store, tenant: str) -> None:
+        guid = unique("call")
+        keys = [CallKey(tenant, ns, guid) for ns in ("twilio", "siprec", "connect")]
+        for i, k in enumerate(keys):
+            assert store.create_call(make_call(k, created_at=T0 + i, owner=k.namespace))
+        # A call with another guid in the same tenant is not found.
+        assert store.create_call(make_call(CallKey(tenant, "twilio", unique("call"))))
+
+        found = store.find_calls(tenant, guid)
+        assert sorted(c.key.namespace for c in found) == ["connect", "siprec", "twilio"]
+        assert all(c.key.guid == guid and c.key.tenant == tenant for c in found)
+        assert {c.key.namespace: c.owner for c in found} == {k.namespace: k.namespace for k in keys}
+
+    def test_update_call_status_keeps_other_fields(self, store: Store, key: CallKey) -> None:
+        call = make_call(key, owner="task-1", params={"language": "en-US"})
+        store.create_call(call)
+
+        store.update_call(key, status=CallStatus.STREAMING, updated_at=T0 + 10)
+        got = store.get_call(key)
+        assert got is not None
+        assert got.status is CallStatus.STREAMING
+        assert got.updated_at == T0 + 10
+        assert (got.owner, got.params, got.created_at, got.completed_at) == (
+            "task-1",
+            {"language": "en-US"},
+            T0,
+            None,
+        )
+
+    def test_update_call_each_field_independently(self, store: Store, key: CallKey) -> None:
+        store.create_call(make_call(key, owner="task-1", params={"language": "en-US"}))
+
+        store.update_call(key, owner="task-2", updated_at=T0 + 1)
+        store.update_call(key, params={"language": "es-US", "x": [1]}, updated_at=T0 + 2)
+        got = store.get_call(key)
+        assert got is not None
+        assert got.owner == "task-2"
+        assert got.params == {"language": "es-US", "x": [1]}  # replaced, not merged
+        assert got.status is CallStatus.CONNECTED
+        assert got.updated_at == T0 + 2
+
+        store.update_call(
+            key, status=CallStatus.COMPLETED, completed_at=T0 + 30, updated_at=T0 + 30
+        )
+        done = store.get_call(key)
+        assert done is not None
+        assert done.status is CallStatus.COMPLETED
+        assert done.completed_at == T0 + 30
+        assert done.owner == "task-2" and done.params == {"language": "es-US", "x": [1]}
+        assert done.created_at == T0
+
+    def test_update_call_only_touches_its_key(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        guid = unique("CA")
+        target = CallKey(tenant, "twilio", guid)
+        same_guid_other_ns = CallKey(tenant, "siprec", guid)
+        same_guid_other_tenant = CallKey(other_tenant, "twilio", guid)
+        for k in (target, same_guid_other_ns, same_guid_other_tenant):
+            store.create_call(make_call(k, owner="orig"))
+
+        store.update_call(target, status=CallStatus.STOPPED, owner="new", updated_at=T0 + 1)
+
+        changed = store.get_call(target)
+        assert changed is not None and (changed.status, changed.owner) == (
+            CallStatus.STOPPED,
+            "new",
+        )
+        for k in (same_guid_other_ns, same_guid_other_tenant):
+            untouched = store.get_call(k)
+            assert untouched is not None
+            assert (untouched.status, untouched.owner, untouched.updated_at) == (
+                CallStatus.CONNECTED,
+                "orig",
+                T0,
+            )
+
+    def test_update_missing_call_does_not_create_it(self, store: Store, key: CallKey) -> None:
+        store.update_call(key, status=CallStatus.STREAMING, owner="x", updated_at=T0)
+        assert store.get_call(key) is None
+        # ... so a later create still succeeds.
+        assert store.create_call(make_call(key)) is True
+
+    # ------------------------------------------------------------------------- call locks
+
+    def test_lock_acquire_and_refuse_second_holder(self, store: Store, key: CallKey) -> None:
+        assert store.acquire_call_lock(key, "req-1", now=T0, ttl_s=30) is True
+        assert store.acquire_call_lock(key, "req-2", now=T0 + 1, ttl_s=30) is False
+
+    def test_lock_release_lets_next_holder_in(self, store: Store, key: CallKey) -> None:
+        assert store.acquire_call_lock(key, "req-1", now=T0, ttl_s=30)
+        store.release_call_lock(key, "req-1")
+        assert store.acquire_call_lock(key, "req-2", now=T0 + 1, ttl_s=30) is True
+        assert store.acquire_call_lock(key, "req-1", now=T0 + 2, ttl_s=30) is False
+
+    def test_lock_release_by_wrong_holder_does_nothing(self, store: Store, key: CallKey) -> None:
+        assert store.acquire_call_lock(key, "req-1", now=T0, ttl_s=30)
+        store.release_call_lock(key, "req-2")
+        assert store.acquire_call_lock(key, "req-3", now=T0 + 1, ttl_s=30) is False
+        # The real holder can still release it.
+        store.release_call_lock(key, "req-1")
+        assert store.acquire_call_lock(key, "req-3", now=T0 + 2, ttl_s=30) is True
+
+    def test_release_without_lock_is_harmless(self, store: Store, key: CallKey) -> None:
+        store.release_call_lock(key, "nobody")
+        assert store.acquire_call_lock(key, "req-1", now=T0, ttl_s=30) is True
+
+    def test_lock_expiry_lets_new_holder_in(self, store: Store, key: CallKey) -> None:
+        assert store.acquire_call_lock(key, "stuck", now=T0, ttl_s=10)
+        assert store.acquire_call_lock(key, "req-2", now=T0 + 9.5, ttl_s=10) is False
+        assert store.acquire_call_lock(key, "req-2", now=T0 + 10.5, ttl_s=10) is True
+        # The new holder's lock runs from its own acquisition time.
+        assert store.acquire_call_lock(key, "req-3", now=T0 + 20, ttl_s=10) is False
+        # The expired holder's late release must not free the new holder's lock.
+        store.release_call_lock(key, "stuck")
+        assert store.acquire_call_lock(key, "req-3", now=T0 + 20.1, ttl_s=10) is False
+
+    def test_locks_are_per_call(self, store: Store, tenant: str, other_tenant: str) -> None:
+        guid = unique("CA")
+        keys = [
+            CallKey(tenant, "twilio", guid),
+            CallKey(tenant, "siprec", guid),
+            CallKey(other_tenant, "twilio", guid),
+            CallKey(tenant, "twilio", unique("CA")),
+        ]
+        for k in keys:
+            assert store.acquire_call_lock(k, "same-holder", now=T0, ttl_s=30) is True
+
+    # ------------------------------------------------------------------------- messages
+
+    def test_messages_listed_by_seq_regardless_of_insert_order(
+        self, store: Store, key: CallKey
+    ) -> None:
+        for seq in (3, 0, 4, 1, 2):
+            store.put_message(make_message(key, seq))
+        listed = store.list_messages(key, limit=100, now=T0)
+        assert [m.seq for m in listed] == [0, 1, 2, 3, 4]
+        assert listed == [make_message(key, seq) for seq in range(5)]
+
+    def test_message_body_round_trips(self, store: Store, key: CallKey) -> None:
+        body = {
+            "externalConversationId": key.guid,
+            "utterance": [{"text": "héllo — ¿qué tal? 你好", "start": 0, "confidence": 0.93}],
+            "nested": {"empty": [], "none": None, "flag": False, "n": 12345678901},
+        }
+        store.put_message(make_message(key, 0, body=body))
+        (got,) = store.list_messages(key, limit=10, now=T0)
+        assert got.body == body
+        assert got.key == key and got.message_id == f"msg-{key.guid}-0"
+
+    def test_list_messages_limit_returns_lowest_seqs(self, store: Store, key: CallKey) -> None:
+        for seq in reversed(range(10)):
+            store.put_message(make_message(key, seq))
+        assert [m.seq for m in store.list_messages(key, limit=3, now=T0)] == [0, 1, 2]
+        assert len(store.list_messages(key, limit=10, now=T0)) == 10
+        assert len(store.list_messages(key, limit=50, now=T0)) == 10
+
+    def test_list_messages_excludes_expired(self, store: Store, key: CallKey) -> None:
+        store.put_message(make_message(key, 0, expires_at=T0 + 10))
+        store.put_message(make_message(key, 1, expires_at=T0 + 100))
+        store.put_message(make_message(key, 2, expires_at=T0 + 5))
+
+        assert [m.seq for m in store.list_messages(key, limit=10, now=T0)] == [0, 1, 2]
+        assert [m.seq for m in store.list_messages(key, limit=10, now=T0 + 7)] == [0, 1]
+        assert [m.seq for m in store.list_messages(key, limit=10, now=T0 + 50)] == [1]
+        assert store.list_messages(key, limit=10, now=T0 + 1000) == []
+
+    def test_message_expiring_exactly_now_is_expired(self, store: Store, key: CallKey) -> None:
+        store.put_message(make_message(key, 0, expires_at=T0 + 10))
+        assert store.list_messages(key, limit=10, now=T0 + 10) == []
+
+    def test_limit_applies_after_expiry_filter(self, store: Store, key: CallKey) -> None:
+        store.put_message(make_message(key, 0, expires_at=T0 + 1))
+        store.put_message(make_message(key, 1, expires_at=T0 + 1))
+        for seq in (2, 3, 4):
+            store.put_message(make_message(key, seq, expires_at=T0 + 100))
+        assert [m.seq for m in store.list_messages(key, limit=2, now=T0 + 10)] == [2, 3]
+
+    def test_messages_are_per_call(self, store: Store, tenant: str, other_tenant: str) -> None:
+        guid = unique("CA")
+        a = CallKey(tenant, "twilio", guid)
+        b = CallKey(other_tenant, "twilio", guid)
+        c = CallKey(tenant, "siprec", guid)
+        store.put_message(make_message(a, 0))
+        store.put_message(make_message(a, 1))
+        store.put_message(make_message(b, 0, body={"who": "b"}))
+
+        assert [m.seq for m in store.list_messages(a, limit=10, now=T0)] == [0, 1]
+        assert [m.body for m in store.list_messages(b, limit=10, now=T0)] == [{"who": "b"}]
+        assert store.list_messages(c, limit=10, now=T0) == []
+        assert store.last_message_seq(a) == 1
+        assert store.last_message_seq(b) == 0
+        assert store.last_message_seq(c) is None
+
+    def test_last_message_seq(self, store: Store, key: CallKey) -> None:
+        assert store.last_message_seq(key) is None
+        store.put_message(make_message(key, 2))
+        assert store.last_message_seq(key) == 2
+        store.put_message(make_message(key, 7))
+        store.put_message(make_message(key, 5))
+        assert store.last_message_seq(key) == 7
+
+    def test_set_message_expiry(self, store: Store, tenant: str) -> None:
+        key = CallKey(tenant, "twilio", unique("CA"))
+        other = CallKey(tenant, "twilio", unique("CA"))
+        for seq in range(3):
+            store.put_message(make_message(key, seq, expires_at=T0 + 3600))
+        store.put_message(make_message(other, 0, expires_at=T0 + 3600))
+
+        assert store.set_message_expiry(key, T0 + 60) == 3
+        assert [m.expires_at for m in store.list_messages(key, limit=10, now=T0)] == [T0 + 60] * 3
+        assert store.list_messages(key, limit=10, now=T0 + 61) == []
+        # The other call's messages keep their expiry.
+        (kept,) = store.list_messages(other, limit=10, now=T0 + 61)
+        assert kept.expires_at == T0 + 3600
+
+        # Expiry can be extended as well as shortened.
+        assert store.set_message_expiry(key, T0 + 7200) == 3
+        assert len(store.list_messages(key, limit=10, now=T0 + 3601)) == 3
+
+    def test_set_message_expiry_without_messages(self, store: Store, key: CallKey) -> None:
+        assert store.set_message_expiry(key, T0) == 0
+
+    # ------------------------------------------------------------------------- delivery failures
+
+    def test_delivery_failures_filtered_by_tenant_and_conversation(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        conv1, conv2 = unique("CA"), unique("CA")
+        f1 = make_failure(tenant, conv1, 1)
+        f2 = make_failure(tenant, conv2, 2, reason="timeout after 5 s", status=None)
+        f3 = make_failure(tenant, conv1, 3, reason="dropped: more than 100 pending", status=None)
+        g1 = make_failure(other_tenant, conv1, 4)
+        for f in (f1, f2, f3, g1):
+            store.put_delivery_failure(f)
+
+        assert store.list_delivery_failures(tenant) == [f1, f2, f3]
+        assert store.list_delivery_failures(tenant, conv1) == [f1, f3]
+        assert store.list_delivery_failures(tenant, conv2) == [f2]
+        assert store.list_delivery_failures(other_tenant) == [g1]
+        assert store.list_delivery_failures(other_tenant, conv2) == []
+        assert store.list_delivery_failures(unique("tenant-nobody")) == []
+
+    def test_delivery_failures_keep_duplicates_and_limit(self, store: Store, tenant: str) -> None:
+        conv = unique("CA")
+        failures = [make_failure(tenant, conv, n) for n in range(5)]
+        for f in failures:
+            store.put_delivery_failure(f)
+        # The same message failing twice is two records.
+        store.put_delivery_failure(failures[0])
+        assert len(store.list_delivery_failures(tenant, conv)) == 6
+        limited = store.list_delivery_failures(tenant, conv, limit=2)
+        assert len(limited) == 2
+        assert all(f in failures for f in limited)
+
+    # ------------------------------------------------------------------------- retention
+
+    def test_purge_expired_removes_only_expired(self, store: Store, tenant: str) -> None:
+        key = CallKey(tenant, "twilio", unique("CA"))
+        other = CallKey(tenant, "twilio", unique("CA"))
+        for seq in range(3):
+            store.put_message(make_message(key, seq, expires_at=T0 + 1000))
+        store.put_message(make_message(key, 3, expires_at=T0 + 10))
+        store.put_message(make_message(key, 4, expires_at=T0 + 20))
+        store.put_message(make_message(other, 0, expires_at=T0 + 20))
+
+        purged = store.purge_expired(now=T0 + 20)
+        assert purged >= 3  # at least ours (shared storage may hold other expired messages)
+
+        # Asked as of long ago, only what survived physically remains.
+        assert [m.seq for m in store.list_messages(key, limit=10, now=0)] == [0, 1, 2]
+        assert store.list_messages(other, limit=10, now=0) == []
+        assert store.last_message_seq(key) == 2
+        assert store.last_message_seq(other) is None
+
+    def test_purge_expired_with_nothing_expired(self, store: Store, key: CallKey) -> None:
+        store.put_message(make_message(key, 0, expires_at=T0 + 100))
+        store.purge_expired(now=T0)
+        assert [m.seq for m in store.list_messages(key, limit=10, now=0)] == [0]
+
+    def test_purge_does_not_touch_calls_keys_or_failures(self, store: Store, key: CallKey) -> None:
+        api_key = ApiKey(unique("cs"), key.tenant, "sha256:h", T0)
+        store.put_api_key(api_key)
+        store.create_call(make_call(key))
+        failure = make_failure(key.tenant, key.guid, 1)
+        store.put_delivery_failure(failure)
+        store.put_message(make_message(key, 0, expires_at=T0))
+
+        store.purge_expired(now=T0 + 10**6)
+
+        assert store.get_api_key(api_key.api_id) == api_key
+        assert store.get_call(key) == make_call(key)
+        assert store.list_delivery_failures(key.tenant, key.guid) == [failure]
