@@ -209,6 +209,20 @@ async def test_stream_tokens(server: RunningServer) -> None:
     token = good_url.split("token=")[1]
     base = f"{server.ws_base}/twilio-media"
 
+    # No token in the URL: the start frame's custom parameter "token" must carry it.
+    writer = TwilioStreamWriter("MZnotoken", "CAnotoken", "AC" + "3" * 32)
+    async with websockets.connect(base) as ws:
+        await ws.send(writer.start())
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), timeout=10)
+        assert (ws.close_code, ws.close_reason) == (1008, "missing token")
+    assert server.runtime.store.get_call(CallKey("acme", "twilio", "CAnotoken")) is None
+    writer = TwilioStreamWriter("MZparam", "CAparam", "AC" + "3" * 32)
+    async with websockets.connect(base) as ws:
+        await ws.send(writer.start(custom_parameters={"token": token}))
+        await asyncio.sleep(0.3)
+        assert server.runtime.registry.get(CallKey("acme", "twilio", "CAparam")) is not None
+    server.runtime.gateway.services.token_deadline_s = 0.5
     assert await _closed_with(base) == (1008, "missing token")
     forged = URLSafeTimedSerializer("not-the-key", salt=TOKEN_SALT).dumps({"t": "acme", "k": "x"})
     assert await _closed_with(f"{base}?token={forged}") == (1008, "stream token invalid")

@@ -1,6 +1,9 @@
 """The Twilio Media Streams WebSocket endpoint: wraps the sans-IO ``TwilioStreamProtocol``.
 
-The stream token is checked once, when the WebSocket opens. Each accepted stream becomes a
+The stream token is checked once, when the WebSocket opens. Twilio's ``<Stream url>`` may not
+carry a query string in every setup, so a token can also come as the ``token`` custom
+parameter (``<Parameter name="token" value="…"/>``) of the ``start`` frame: it is then checked
+on that frame, before any audio is accepted. Each accepted stream becomes a
 ``CallSession`` keyed by (tenant, "twilio", callSid) on its ``start`` frame. A malformed,
 oversized or out-of-order frame closes that one WebSocket with a precise close code and
 reason; the call's audio so far is kept and its open utterances are finished.
@@ -44,6 +47,8 @@ class GatewayServices:
     endpointing: EndpointingSettings
     max_frame_bytes: int = 16_384
     owner: str = "local"
+    # A WebSocket opened without a token must present one in its start frame within this time.
+    token_deadline_s: float = 10.0
 
 
 class TwilioGateway:
@@ -54,34 +59,47 @@ class TwilioGateway:
 
     async def __call__(self, websocket: WebSocket) -> None:
         await websocket.accept()
-        try:
-            grant = await asyncio.to_thread(
-                self.services.tokens.verify,
-                websocket.query_params.get("token"),
-                self.services.store,
-            )
-        except AuthError as exc:
-            self.streams_rejected += 1
-            log.warning("twilio stream from %s rejected: %s", websocket.client, exc)
-            await websocket.close(CloseCode.POLICY_VIOLATION, str(exc))
-            return
-        self.streams_opened += 1
-        await _TwilioStream(self.services, websocket, grant).run()
+        token = websocket.query_params.get("token")
+        grant = None
+        if token is not None:
+            try:
+                grant = await self.verify(token)
+            except AuthError as exc:
+                self.reject(websocket, exc)
+                await websocket.close(CloseCode.POLICY_VIOLATION, str(exc))
+                return
+        await _TwilioStream(self, websocket, grant).run()
+
+    async def verify(self, token: str | None) -> StreamGrant:
+        return await asyncio.to_thread(self.services.tokens.verify, token, self.services.store)
+
+    def reject(self, websocket: WebSocket, exc: AuthError) -> None:
+        self.streams_rejected += 1
+        log.warning("twilio stream from %s rejected: %s", websocket.client, exc)
 
 
 class _TwilioStream:
-    def __init__(self, services: GatewayServices, websocket: WebSocket, grant: StreamGrant):
-        self.services = services
+    def __init__(self, gateway: TwilioGateway, websocket: WebSocket, grant: StreamGrant | None):
+        self.gateway = gateway
+        self.services = gateway.services
         self.websocket = websocket
         self.grant = grant
-        self.protocol = TwilioStreamProtocol(max_frame_bytes=services.max_frame_bytes)
+        self.protocol = TwilioStreamProtocol(max_frame_bytes=self.services.max_frame_bytes)
         self.session: CallSession | None = None
 
     async def run(self) -> None:
         close: tuple[int, str] | None = (CloseCode.NORMAL, "stream stopped")
         try:
             while True:
-                message = await self.websocket.receive()
+                if self.grant is None:
+                    try:
+                        message = await asyncio.wait_for(
+                            self.websocket.receive(), self.services.token_deadline_s
+                        )
+                    except TimeoutError:
+                        raise AuthError("missing token") from None
+                else:
+                    message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     close = None
                     break
@@ -90,6 +108,9 @@ class _TwilioStream:
                     frame = message.get("bytes") or b""
                 if await self._handle(self.protocol.receive(frame)):
                     break
+        except AuthError as exc:
+            self.gateway.reject(self.websocket, exc)
+            close = (CloseCode.POLICY_VIOLATION, str(exc))
         except TwilioProtocolError as exc:
             close = (exc.close_code, exc.reason)
             log.warning(
@@ -130,6 +151,9 @@ class _TwilioStream:
         return False
 
     async def _open(self, started: StreamStarted) -> None:
+        if self.grant is None:
+            self.grant = await self.gateway.verify(started.custom_parameters.get("token"))
+        self.gateway.streams_opened += 1
         key = CallKey(self.grant.tenant, Namespace.TWILIO.value, started.call_sid)
         if self.services.registry.get(key) is not None:
             raise TwilioProtocolError(
