@@ -104,6 +104,7 @@ is not understood; two numbers separated only by spaces merge into one run
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -308,7 +309,9 @@ def _find_emails(text: str) -> list[tuple[int, int]]:
         local = text[start:at.start()]
         if "@" not in at.group() and local.lower() in _NOT_A_LOCAL_PART:
             continue
-        if any(s < domain.end() and start < e for s, e in literal):
+        # skip it if it overlaps a literal address (both lists are sorted)
+        k = bisect.bisect_left(literal, (domain.end(),))
+        if k > 0 and literal[k - 1][1] > start:
             continue
         spoken.append((start, domain.end()))
         prev_end = domain.end()
@@ -429,24 +432,19 @@ def _candidate_runs(text: str, tokens: list[_Token]) -> list[tuple[int, int]]:
     return runs
 
 
-def _cue_words_before(tokens: list[_Token], i: int) -> set[str]:
+def _cue_words_before(
+    tokens: list[_Token], word_indexes: list[int], i: int
+) -> set[str]:
     """The nearest ``_CUE_WINDOW + 1`` ordinary words before token ``i``.
 
     A cue word among them means at most ``_CUE_WINDOW`` ordinary words sit
     between the cue and the number.  Number tokens (masked or not) and
     ordinals are skipped, not counted, so the answer is the same after
     redaction (which is what makes ``redact`` idempotent).
+    ``word_indexes`` lists the indexes of the ordinary-word tokens.
     """
-    words: set[str] = set()
-    seen = 0
-    j = i - 1
-    while j >= 0 and seen <= _CUE_WINDOW:
-        tok = tokens[j]
-        if tok.cls == _WORD:
-            words.add(tok.base)
-            seen += 1
-        j -= 1
-    return words
+    k = bisect.bisect_left(word_indexes, i)
+    return {tokens[j].base for j in word_indexes[max(0, k - _CUE_WINDOW - 1):k]}
 
 
 def _split_run(run: list[_Token], cued: bool) -> list[list[_Token]]:
@@ -485,10 +483,12 @@ def _split_run(run: list[_Token], cued: bool) -> list[list[_Token]]:
 
     result = []
     for seg in segments:
-        while seg and seg[0].cls == _HOMO:
-            seg = seg[1:]
-        while seg and seg[-1].cls == _HOMO:
-            seg = seg[:-1]
+        lo, hi = 0, len(seg)
+        while lo < hi and seg[lo].cls == _HOMO:
+            lo += 1
+        while hi > lo and seg[hi - 1].cls == _HOMO:
+            hi -= 1
+        seg = seg[lo:hi]
         # "one one one one" is a PIN; a lone "one" (or "one to one") is not.
         if (
             any(tok.cls in _ANCHOR for tok in seg)
@@ -673,8 +673,9 @@ def _find(text: str) -> list[_Finding]:
 
     tokens = _tokenize(text, emails)
     index_of = {tok.start: k for k, tok in enumerate(tokens)}
+    word_indexes = [k for k, tok in enumerate(tokens) if tok.cls == _WORD]
     for i, j in _candidate_runs(text, tokens):
-        cue_words = _cue_words_before(tokens, i)
+        cue_words = _cue_words_before(tokens, word_indexes, i)
         cued = bool(cue_words & _CUE_WORDS)
         for seg in _split_run(tokens[i:j], cued):
             finding = _number_finding(

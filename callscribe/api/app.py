@@ -20,10 +20,14 @@ from callscribe.api.schemas import (
     ErrorResponse,
     MessagesResponse,
     Namespace,
+    StartRequest,
+    StopRequest,
     StreamingResponse,
     StreamUrlResponse,
+    TranscriptMessage,
     parse_start,
     parse_stop,
+    request_body_schema,
 )
 from callscribe.auth import AuthError, StreamTokens, authenticate
 from callscribe.control import Control
@@ -134,6 +138,9 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     response_model_exclude_none=True,
     responses=ERROR_RESPONSES,
     summary="Start or resume transcription of a call",
+    description="A new customerId or agentId on a later start is a new leg (a transfer): that "
+    "participant gets a new streamId; messages of all legs stay under the call.",
+    openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
     services = _services(request)
@@ -151,6 +158,7 @@ async def start_streaming(request: Request, key: Authenticated) -> StreamingResp
     response_model_exclude_none=True,
     responses=ERROR_RESPONSES,
     summary="Pause or end transcription of a call",
+    openapi_extra=request_body_schema(StopRequest),
     description="Each participant carries a summary of its stream. The last utterance is "
     "finished and transcribed before the response, so `transcripts` counts it.",
 )
@@ -234,6 +242,12 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
     )
     app.state.services = services
     app.include_router(router)
+
+    @app.webhooks.post("transcript", summary="One finished utterance, POSTed to your target")
+    def transcript_webhook(body: TranscriptMessage) -> None:
+        """Sent in the order transcribed, per call; an error answer is recorded and the message
+        dropped (no retries). Header X-CallScribe-Message-Id identifies the message."""
+
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)

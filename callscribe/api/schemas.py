@@ -234,7 +234,57 @@ def parse_start(body: Any) -> StartRequest:
     return request
 
 
-# Response bodies (documented in OpenAPI).
+# Bodies documented in OpenAPI.
+
+
+def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """An OpenAPI requestBody for endpoints that read the raw body (to map each validation
+    failure to its contract code) but still document what they take."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+class Token(BaseModel):
+    text: str
+    start: int = Field(description="ms from the start of the call's audio")
+    end: int
+    confidence: float = Field(ge=0, le=1)
+
+
+class UtteranceEntry(BaseModel):
+    text: str = Field(description="Redacted unless redactionOutput is unredacted")
+    unredactedText: str | None = Field(None, description="Only with redacted_and_unredacted")
+    tokens: list[Token] | None = Field(None, description="Only with detailedToken")
+    unredactedTokens: list[Token] | None = Field(
+        None, description="Only with detailedToken and redacted_and_unredacted"
+    )
+
+
+class TranscriptBody(BaseModel):
+    message: Literal["transcript"] = "transcript"
+    start: int = Field(description="ms from the start of the call's audio")
+    end: int
+    utterance: list[UtteranceEntry]
+
+
+class Sender(BaseModel):
+    externalId: str = Field(description="customerId or agentId from start-streaming")
+    role: Role
+
+
+class TranscriptMessage(BaseModel):
+    """What the webhook receives for each finished utterance (and the after-call API returns)."""
+
+    type: Literal["transcript"] = "transcript"
+    externalConversationId: str = Field(description="The call's guid")
+    streamId: str
+    sender: Sender
+    autotranscribeResponse: TranscriptBody
+
 
 
 class Status(BaseModel):
