@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from callscribe.store.base import ApiKey, Store
 
 TOKEN_SALT = "callscribe.twilio-stream-url"
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class AuthError(Exception):
@@ -37,7 +39,7 @@ class IssuedKey:
 
 
 def create_api_key(store: Store, tenant: str) -> IssuedKey:
-    if not tenant or len(tenant) > 128 or not tenant.replace("-", "").replace("_", "").isalnum():
+    if not TENANT_PATTERN.fullmatch(tenant):
         raise ValueError("tenant must be 1-128 letters, digits, '-' or '_'")
     api_id = "cs-" + secrets.token_hex(12)
     api_secret = secrets.token_urlsafe(32)
@@ -82,6 +84,10 @@ class StreamTokens:
         except BadSignature:
             raise AuthError("stream token invalid") from None
         key = store.get_api_key(payload["k"])
-        if key is None or not key.active or key.tenant != payload["t"]:
+        if key is None:
+            raise AuthError("stream token's API key no longer exists")
+        if key.tenant != payload["t"]:
+            raise AuthError("stream token invalid")  # signed by us, yet inconsistent
+        if not key.active:
             raise AuthError("stream token's API key is revoked")
         return StreamGrant(tenant=payload["t"], api_id=payload["k"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -58,7 +59,14 @@ class WebhookDispatcher:
         self.store = store
         self.max_pending = max_pending
         self.stats = DeliveryStats()
-        self._client = client or httpx.AsyncClient(timeout=target.timeout_s)
+        self._client = client or httpx.AsyncClient(
+            timeout=target.timeout_s,
+            # httpx writes headers and body separately; without TCP_NODELAY, Nagle's algorithm
+            # and the receiver's delayed ACK add ~40 ms to every POST.
+            transport=httpx.AsyncHTTPTransport(
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+            ),
+        )
         self._queues: dict[str, deque[TranscriptEvent]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
 

@@ -115,6 +115,9 @@ class Endpointer:
         self._speech_start = 0
         self._voiced_windows = 0
         self._silent_run = 0
+        # The last utterance was cut by max_utterance_ms mid-speech: what follows continues it,
+        # so it opens without waiting for the VAD and is kept however short it is.
+        self._continuing = False
 
     @property
     def in_speech(self) -> bool:
@@ -139,23 +142,23 @@ class Endpointer:
 
     def flush(self) -> Utterance | None:
         """End of audio (stop-streaming, hang-up): finish what is open, if it was speech."""
-        if len(self._pending) and self._speech:
-            self._speech.append(self._pending)
-        self._pending = np.zeros(0, dtype=np.float32)
-        return self._finish(trim_windows=self._silent_run)
+        pending, self._pending = self._pending, np.zeros(0, dtype=np.float32)
+        self._position += len(pending)
+        if self._speech and self._silent_run == 0 and len(pending):
+            self._speech.append(pending)  # speech ran up to the very end
+        return self._finish(trim_windows=self._silent_run - self._post_roll_windows)
 
     def _step(self, window: np.ndarray, position: int) -> Utterance | None:
         prob = self._vad(window)
         if not self._speech:
-            if prob >= self._threshold:
-                self._speech = [*self._pre_roll, window]
-                self._speech_start = position - WINDOW * len(self._pre_roll)
-                self._pre_roll.clear()
-                self._voiced_windows = 1
-                self._silent_run = 0
-            else:
+            if prob < self._threshold and not self._continuing:
                 self._pre_roll.append(window)
-            return None
+                return None
+            self._speech = list(self._pre_roll)
+            self._speech_start = position - WINDOW * len(self._pre_roll)
+            self._pre_roll.clear()
+            self._voiced_windows = 0
+            self._silent_run = 0
 
         self._speech.append(window)
         if prob >= self._threshold:
@@ -169,19 +172,22 @@ class Endpointer:
         if self._silent_run >= self._end_windows:
             return self._finish(trim_windows=self._silent_run - self._post_roll_windows)
         if len(self._speech) >= self._max_windows:
-            # A monologue: cut here; the next voiced window opens the next utterance.
+            # A monologue: cut here and carry straight on with the next utterance.
             return self._finish(trim_windows=0, forced=True)
         return None
 
     def _finish(self, trim_windows: int, forced: bool = False) -> Utterance | None:
-        speech, start = self._speech, self._speech_start
-        voiced = self._voiced_windows
+        speech, start, voiced = self._speech, self._speech_start, self._voiced_windows
+        continuing, self._continuing = self._continuing, forced
         self._speech = []
         self._voiced_windows = 0
         self._silent_run = 0
-        if not speech or voiced < self._min_speech_windows:
+        if trim_windows > 0 and speech:
+            trim_windows = min(trim_windows, len(speech) - 1)
+            # The trailing silence is the next utterance's pre-roll.
+            self._pre_roll.extend(speech[len(speech) - trim_windows :])
+            speech = speech[: len(speech) - trim_windows]
+        if not speech or voiced == 0 or (voiced < self._min_speech_windows and not continuing):
+            self._pre_roll.extend(speech)  # a click: at most context for what follows
             return None
-        if trim_windows > 0:
-            speech = speech[: max(1, len(speech) - trim_windows)]
-        audio = np.concatenate(speech)
-        return Utterance(start_sample=start, audio=audio, forced_cut=forced)
+        return Utterance(start_sample=start, audio=np.concatenate(speech), forced_cut=forced)

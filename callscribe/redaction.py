@@ -41,16 +41,16 @@ A *digit run* is a sequence of number tokens joined only by separators:
 * Number tokens: numerals (``4729``; a numeral glued to ``st``/``nd``/``rd``/
   ``th`` is an ordinal and never counts), digit words ``zero``/``nought``/
   ``two`` ... ``nine``, and ``double``/``triple`` + a single digit
-  (``double five`` = 55).
-* Ambiguous words ``one``, ``oh``, ``o`` (1, 0, 0) count only inside a run
-  that has other digits or is made of at least three of them (``one one
-  one one``; but not ``one, one to one``),
-  and never join a multi-digit numeral (``4 7 2 one`` yes, ``4729 one
-  moment`` no).  Homophones ``to``/``too``/``won`` (2, 2, 1) and
-  ``for`` (4) count only *between* two spoken digit words
-  (``four for two nine``); at the edge of a run, next to a numeral, or
-  alone they are ordinary words.  So ``one moment please``, ``the one I
-  have``, ``press one for billing`` or ``18 to 25`` are never masked.
+  (``double five`` = 55; ``a double room`` is just words).
+* Ambiguous words ``one``, ``oh``, ``o`` (1, 0, 0) count only in a run that
+  has other digits, or that is made of at least three of them (``one one
+  one one``), and never join a multi-digit numeral (``4 7 2 one`` yes,
+  ``4729 one moment`` no).  Homophones ``to``/``too``/``won`` (2, 2, 1) and
+  ``for`` (4) count only *between* two spoken digit words, separated by
+  spaces (``four for two nine``); at the edge of a run, next to a numeral,
+  or alone they are ordinary words.  So ``one moment please``, ``the one I
+  have``, ``press one for billing``, ``one, one to one`` or ``18 to 25``
+  are never masked.
 * Separators: whitespace (no line break), ``-``, ``(``, ``)``; a comma or
   period without surrounding space (``1,500``, ``555.123.4567``); a comma,
   period or ``...`` *with* space only when neither side is a multi-digit
@@ -63,8 +63,8 @@ A *digit run* is a sequence of number tokens joined only by separators:
   ``and`` is not part of a number ("one hundred and five" is two runs).
 
 A run is masked when it has **>= 4 digits**, or **>= 3 digits** when a *cue
-word* appears at most 4 ordinary words before it (number tokens and e-mail
-addresses in between are not counted).  Cue words: pin, passcode, password,
+word* appears at most 4 ordinary words before it (number tokens, ``plus``
+and e-mail addresses in between are not counted).  Cue words: pin, passcode, password,
 code, account, acct, card, security, cvv, cvc, cv2, verification, number,
 digits, ssn, social, routing, iban (plural and ``'s`` forms included).
 Any >= 4 digit run is masked even when it is harmless (``in 2024``,
@@ -96,10 +96,15 @@ a spoken address is a single word or a chain joined by dot/underscore/...;
 ``john smith at example dot com`` masks only ``smith at example dot com``.
 Digits inside an address belong to the address.
 
+Masking is idempotent: ``redact(redact(t)) == redact(t)`` (the cue window
+ignores number tokens, so masking one number never changes the decision
+for another).  Everything runs in time linear in the text length.
+
 Known limits: a comma/period with a space between multi-digit groups ends
 a run (``123, 45, 6789`` masks only ``6789``); ``and`` inside spoken amounts
 is not understood; two numbers separated only by spaces merge into one run
-(both are masked either way).
+(both are masked, under one kind); amounts right after a cue word may be
+masked (``card was charged two hundred fifty`` -> ``###``).
 """
 
 from __future__ import annotations
@@ -208,7 +213,7 @@ _SPOKEN_DOMAIN_RE = re.compile(
     re.IGNORECASE,
 )
 _SPOKEN_LOCAL_SEP_RE = re.compile(
-    r"\s+(?:dot|underscore|dash|hyphen|plus)\s+$", re.IGNORECASE
+    r"\s+(?:dot|underscore|dash|hyphen|plus)\s+\Z", re.IGNORECASE
 )
 _SPOKEN_SEP_MAX = 20  # longest spoken separator looked back for, in chars
 _WORD_CHAR_RE = re.compile(r"\w")
@@ -253,15 +258,14 @@ def _literal_local_start(text: str, at: int, lo: int) -> int | None:
 def _spoken_local_start(text: str, end: int, lo: int) -> int | None:
     """Start of a spoken local part (``john dot smith``) ending at ``end``.
 
-    Words joined by ``.``/``_``/``+``/``-`` or by a spoken separator; the
-    first word must start a word in the text.  None if there is none.
+    Words joined by ``.``/``_``/``+``/``-`` or by a spoken separator, not
+    reaching before ``lo`` (the end of the previous address).  None if there
+    is no word right before ``end``.
     """
 
     def word_start(word_end: int) -> int | None:
         start = _unit_start(text, word_end, lo, _WORD_CHAR_RE)
-        if start == word_end or (start > 0 and _WORD_CHAR_RE.match(text, start - 1)):
-            return None  # no word, or a word cut off by the previous address
-        return start
+        return None if start == word_end else start
 
     start = word_start(end)
     if start is None:
@@ -295,6 +299,8 @@ def _find_emails(text: str) -> list[tuple[int, int]]:
             literal.append((start, domain.end()))
             prev_end = domain.end()
 
+    # Spoken forms may not overlap a literal address; the local part may
+    # start right after one.
     spoken: list[tuple[int, int]] = []
     prev_end = 0
     for at in _SPOKEN_AT_RE.finditer(text):
@@ -303,15 +309,17 @@ def _find_emails(text: str) -> list[tuple[int, int]]:
         domain = _SPOKEN_DOMAIN_RE.match(text, at.end())
         if domain is None:
             continue
-        start = _spoken_local_start(text, at.start(), prev_end)
+        lo = prev_end
+        k = bisect.bisect_left(literal, (at.start(),))  # literals before "at"
+        if k > 0:
+            lo = max(lo, literal[k - 1][1])
+        if lo > at.start() or (k < len(literal) and literal[k][0] < domain.end()):
+            continue
+        start = _spoken_local_start(text, at.start(), lo)
         if start is None:
             continue
         local = text[start:at.start()]
         if "@" not in at.group() and local.lower() in _NOT_A_LOCAL_PART:
-            continue
-        # skip it if it overlaps a literal address (both lists are sorted)
-        k = bisect.bisect_left(literal, (domain.end(),))
-        if k > 0 and literal[k - 1][1] > start:
             continue
         spoken.append((start, domain.end()))
         prev_end = domain.end()
@@ -340,31 +348,35 @@ class _Token:
 
 
 def _tokenize(text: str, blocked: list[tuple[int, int]]) -> list[_Token]:
-    """Words and numerals with their class and value.
+    """Words and numerals with their class and value, in text order.
 
-    Tokens overlapping an e-mail span are left out, so no digit run can
-    reach into an address and no cue word is taken from one.
+    The e-mail spans in ``blocked`` are skipped (each stretch of text between
+    them is tokenized on its own, exactly as it reads once the address is
+    masked), so no digit run can reach into an address and no cue word is
+    taken from one.
     """
     tokens: list[_Token] = []
-    b = 0
-    for m in _TOKEN_RE.finditer(text):
-        start, end = m.span()
-        while b < len(blocked) and blocked[b][1] <= start:
-            b += 1
-        if b < len(blocked) and blocked[b][0] < end:
-            continue
-        if m.group("num") is not None:
-            if m.group("ord"):
-                tokens.append(_Token(start, end, _ORD))
-            else:
-                digits = "".join(str(int(c)) for c in m.group("num"))
-                tokens.append(_Token(start, end, _NUM, digits=digits))
-            continue
-        word = m.group("word")
-        lower = word.lower()
-        cls, value = _WORD_CLASSES.get(lower, (_WORD, 0))
-        base = re.split(r"['\u2019]", lower, maxsplit=1)[0]
-        tokens.append(_Token(start, end, cls, value=value, base=base))
+    stretches = []
+    pos = 0
+    for start, end in blocked:
+        stretches.append((pos, start))
+        pos = end
+    stretches.append((pos, len(text)))
+
+    for pos, endpos in stretches:
+        for m in _TOKEN_RE.finditer(text, pos, endpos):
+            start, end = m.span()
+            if m.group("num") is not None:
+                if m.group("ord"):
+                    tokens.append(_Token(start, end, _ORD))
+                else:
+                    digits = "".join(str(int(c)) for c in m.group("num"))
+                    tokens.append(_Token(start, end, _NUM, digits=digits))
+                continue
+            lower = m.group("word").lower()
+            cls, value = _WORD_CLASSES.get(lower, (_WORD, 0))
+            base = re.split(r"['\u2019]", lower, maxsplit=1)[0]
+            tokens.append(_Token(start, end, cls, value=value, base=base))
     return tokens
 
 
@@ -455,12 +467,11 @@ def _split_run(run: list[_Token], cued: bool) -> list[list[_Token]]:
         if tok.cls in _COMPOUND and not cued:
             ok = False  # "twenty minutes" is an amount, not a code
         elif tok.cls == _MULT:
+            # "double five", "triple 7"; a "double room" is not a number
             nxt = run[k + 1] if k + 1 < len(run) else None
-            ok = (
-                nxt is not None
-                and nxt.cls != _HOMO
-                and _single_digit(nxt)
-                and nxt.cls != _MULT
+            ok = nxt is not None and (
+                nxt.cls in (_DIGIT, _WEAK)
+                or (nxt.cls == _NUM and len(nxt.digits) == 1)
             )
         elif tok.cls == _SCALE:
             prev = run[k - 1] if k > 0 else None
@@ -642,11 +653,8 @@ def _number_finding(
 
     start, end = seg[0].start, seg[-1].end
     # "(555) 123-4567": take the opening parenthesis along.
-    if (
-        start > 0
-        and text[start - 1] == "("
-        and ")" in text[seg[0].end:seg[1].start if len(seg) > 1 else seg[0].end]
-    ):
+    after_first = text[seg[0].end:seg[1].start] if len(seg) > 1 else ""
+    if start > 0 and text[start - 1] == "(" and ")" in after_first:
         start -= 1
     # "+1 555 123 4567" / "plus 44 20 7946 0958"
     plus_start = None
@@ -673,7 +681,11 @@ def _find(text: str) -> list[_Finding]:
 
     tokens = _tokenize(text, emails)
     index_of = {tok.start: k for k, tok in enumerate(tokens)}
-    word_indexes = [k for k, tok in enumerate(tokens) if tok.cls == _WORD]
+    # "plus" may be masked with a phone number, so it never counts as a word
+    # between a cue and a number either (keeps redact idempotent).
+    word_indexes = [
+        k for k, tok in enumerate(tokens) if tok.cls == _WORD and tok.base != "plus"
+    ]
     for i, j in _candidate_runs(text, tokens):
         cue_words = _cue_words_before(tokens, word_indexes, i)
         cued = bool(cue_words & _CUE_WORDS)

@@ -349,7 +349,7 @@ class StoreContract:
     def test_message_body_round_trips(self, store: Store, key: CallKey) -> None:
         body = {
             "externalConversationId": key.guid,
-            "utterance": [{"text": "héllo — ¿qué tal? 你好", "start": 0, "confidence": 0.93}],
+            "utterance": [{"text": "héllo — ¿qué tal? 你好", "confidence": 0.93}],
             "nested": {"empty": [], "none": None, "flag": False, "n": 12345678901},
         }
         store.put_message(make_message(key, 0, body=body))
