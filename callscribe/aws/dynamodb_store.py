@@ -1,0 +1,410 @@
+"""DynamoDB adapter of the ``Store`` port (the AWS deployment).
+
+One on-demand table, partition key ``pk`` and sort key ``sk`` (strings), one GSI ``gsi1``
+(``gsi1pk`` / ``gsi1sk``) and the TTL attribute ``ttl`` (epoch seconds). Items:
+
+| item | pk | sk | gsi1pk / gsi1sk |
+| --- | --- | --- | --- |
+| API key | ``KEY#<apiId>`` | ``KEY`` | ``TENANTKEYS#<tenant>`` / created time |
+| call | ``CALL#<tenant>#<namespace>#<guid>`` | ``CALL`` | ``GUID#<tenant>#<guid>`` / namespace |
+| request lock | same pk as its call | ``LOCK`` | |
+| message | ``MSG#<tenant>#<namespace>#<guid>`` | zero-padded seq | |
+| delivery failure | ``FAIL#<tenant>`` | time and id | |
+
+Messages carry ``ttl`` = their expiry, so DynamoDB deletes them itself; reads still filter on
+``expires_at`` because TTL deletion can lag by up to a couple of days. The request lock is a
+conditional put: two API workers racing for the same call get exactly one lock (409-202 for the
+other), with no read-then-write window.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from callscribe.store.base import (
+    ApiKey,
+    CallKey,
+    CallRecord,
+    CallStatus,
+    DeliveryFailure,
+    StoredMessage,
+)
+
+GSI1 = "gsi1"
+FAILURE_RETENTION_S = 30 * 86_400
+
+
+def table_definition(name: str) -> dict[str, Any]:
+    """``create_table`` arguments matching the CDK stack's table (tests, local tooling)."""
+    return {
+        "TableName": name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": a, "AttributeType": "S"} for a in ("pk", "sk", "gsi1pk", "gsi1sk")
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": GSI1,
+                "KeySchema": [
+                    {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+                    {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
+
+
+def create_table(client: Any, name: str) -> None:
+    client.create_table(**table_definition(name))
+    client.get_waiter("table_exists").wait(TableName=name)
+    client.update_time_to_live(
+        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"}
+    )
+
+
+def _num(value: float | None) -> Decimal | None:
+    return None if value is None else Decimal(repr(float(value)))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _call_pk(key: CallKey) -> str:
+    return f"CALL#{key.tenant}#{key.namespace}#{key.guid}"
+
+
+def _messages_pk(key: CallKey) -> str:
+    return f"MSG#{key.tenant}#{key.namespace}#{key.guid}"
+
+
+def _seq_sk(seq: int) -> str:
+    return f"{seq:010d}"
+
+
+class DynamoStore:
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        if resource is None:
+            import boto3
+
+            resource = boto3.resource("dynamodb")
+        self.table = resource.Table(table_name)
+        self._errors = self.table.meta.client.exceptions
+
+    def _query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.table.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # API keys -----------------------------------------------------------------------------
+
+    def put_api_key(self, key: ApiKey) -> None:
+        item = {
+            "pk": f"KEY#{key.api_id}",
+            "sk": "KEY",
+            "gsi1pk": f"TENANTKEYS#{key.tenant}",
+            "gsi1sk": f"{key.created_at:020.6f}#{key.api_id}",
+            "api_id": key.api_id,
+            "tenant": key.tenant,
+            "secret_hash": key.secret_hash,
+            "created_at": _num(key.created_at),
+        }
+        if key.revoked_at is not None:
+            item["revoked_at"] = _num(key.revoked_at)
+        self.table.put_item(Item=item)
+
+    @staticmethod
+    def _api_key(item: dict[str, Any]) -> ApiKey:
+        return ApiKey(
+            api_id=item["api_id"],
+            tenant=item["tenant"],
+            secret_hash=item["secret_hash"],
+            created_at=float(item["created_at"]),
+            revoked_at=_float(item.get("revoked_at")),
+        )
+
+    def get_api_key(self, api_id: str) -> ApiKey | None:
+        item = self.table.get_item(Key={"pk": f"KEY#{api_id}", "sk": "KEY"}).get("Item")
+        return self._api_key(item) if item else None
+
+    def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        from boto3.dynamodb.conditions import Attr, Key
+
+        if tenant is not None:
+            items = self._query_all(
+                IndexName=GSI1, KeyConditionExpression=Key("gsi1pk").eq(f"TENANTKEYS#{tenant}")
+            )
+        else:  # an operator's listing of every key: rare, so a filtered scan is fine
+            items, kwargs = [], {"FilterExpression": Attr("sk").eq("KEY")}
+            while True:
+                page = self.table.scan(**kwargs)
+                items.extend(page.get("Items", []))
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        keys = [self._api_key(item) for item in items]
+        return sorted(keys, key=lambda k: (k.created_at, k.api_id))
+
+    def revoke_api_key(self, api_id: str, at: float) -> bool:
+        try:
+            self.table.update_item(
+                Key={"pk": f"KEY#{api_id}", "sk": "KEY"},
+                UpdateExpression="SET revoked_at = :at",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(revoked_at)",
+                ExpressionAttributeValues={":at": _num(at)},
+            )
+        except self._errors.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # calls ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _call(item: dict[str, Any]) -> CallRecord:
+        return CallRecord(
+            key=CallKey(item["tenant"], item["namespace"], item["guid"]),
+            status=CallStatus(item["status"]),
+            owner=item["owner"],
+            created_at=float(item["created_at"]),
+            updated_at=float(item["updated_at"]),
+            completed_at=_float(item.get("completed_at")),
+            params=json.loads(item["params"]),
+        )
+
+    def create_call(self, call: CallRecord) -> bool:
+        k = call.key
+        item: dict[str, Any] = {
+            "pk": _call_pk(k),
+            "sk": "CALL",
+            "gsi1pk": f"GUID#{k.tenant}#{k.guid}",
+            "gsi1sk": k.namespace,
+            "tenant": k.tenant,
+            "namespace": k.namespace,
+            "guid": k.guid,
+            "status": call.status.value,
+            "owner": call.owner,
+            "created_at": _num(call.created_at),
+            "updated_at": _num(call.updated_at),
+            "params": json.dumps(call.params),
+        }
+        if call.completed_at is not None:
+            item["completed_at"] = _num(call.completed_at)
+        try:
+            self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except self._errors.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def get_call(self, key: CallKey) -> CallRecord | None:
+        item = self.table.get_item(Key={"pk": _call_pk(key), "sk": "CALL"}).get("Item")
+        return self._call(item) if item else None
+
+    def find_calls(self, tenant: str, guid: str) -> list[CallRecord]:
+        from boto3.dynamodb.conditions import Key
+
+        items = self._query_all(
+            IndexName=GSI1, KeyConditionExpression=Key("gsi1pk").eq(f"GUID#{tenant}#{guid}")
+        )
+        return sorted((self._call(i) for i in items), key=lambda c: c.created_at)
+
+    def update_call(
+        self,
+        key: CallKey,
+        *,
+        status: CallStatus | None = None,
+        owner: str | None = None,
+        params: dict[str, Any] | None = None,
+        completed_at: float | None = None,
+        updated_at: float,
+    ) -> None:
+        values: dict[str, Any] = {":updated_at": _num(updated_at)}
+        assignments = ["updated_at = :updated_at"]
+        names: dict[str, str] = {}
+        for column, value in (
+            ("status", status.value if status else None),
+            ("owner", owner),
+            ("params", json.dumps(params) if params is not None else None),
+            ("completed_at", _num(completed_at)),
+        ):
+            if value is not None:
+                names[f"#{column}"] = column  # "status" and "owner" are reserved words
+                assignments.append(f"#{column} = :{column}")
+                values[f":{column}"] = value
+        try:
+            self.table.update_item(
+                Key={"pk": _call_pk(key), "sk": "CALL"},
+                UpdateExpression="SET " + ", ".join(assignments),
+                ConditionExpression="attribute_exists(pk)",  # never create a call by updating
+                ExpressionAttributeValues=values,
+                **({"ExpressionAttributeNames": names} if names else {}),
+            )
+        except self._errors.ConditionalCheckFailedException:
+            pass
+
+    def acquire_call_lock(self, key: CallKey, holder: str, now: float, ttl_s: float) -> bool:
+        try:
+            self.table.put_item(
+                Item={
+                    "pk": _call_pk(key),
+                    "sk": "LOCK",
+                    "holder": holder,
+                    "expires_at": _num(now + ttl_s),
+                    "ttl": int(now + ttl_s) + 3600,
+                },
+                ConditionExpression="attribute_not_exists(pk) OR expires_at <= :now",
+                ExpressionAttributeValues={":now": _num(now)},
+            )
+        except self._errors.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def release_call_lock(self, key: CallKey, holder: str) -> None:
+        try:
+            self.table.delete_item(
+                Key={"pk": _call_pk(key), "sk": "LOCK"},
+                ConditionExpression="holder = :holder",
+                ExpressionAttributeValues={":holder": holder},
+            )
+        except self._errors.ConditionalCheckFailedException:
+            pass  # someone else's lock (ours expired and was taken over)
+
+    # messages -------------------------------------------------------------------------------
+
+    def put_message(self, message: StoredMessage) -> None:
+        self.table.put_item(
+            Item={
+                "pk": _messages_pk(message.key),
+                "sk": _seq_sk(message.seq),
+                "seq": message.seq,
+                "message_id": message.message_id,
+                "body": json.dumps(message.body),
+                "created_at": _num(message.created_at),
+                "expires_at": _num(message.expires_at),
+                "ttl": int(message.expires_at),
+            }
+        )
+
+    def list_messages(self, key: CallKey, limit: int, now: float) -> list[StoredMessage]:
+        from boto3.dynamodb.conditions import Key
+
+        messages: list[StoredMessage] = []
+        kwargs: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(_messages_pk(key))}
+        while len(messages) < limit:
+            page = self.table.query(**kwargs)
+            for item in page.get("Items", []):
+                if float(item["expires_at"]) > now and len(messages) < limit:
+                    messages.append(
+                        StoredMessage(
+                            key=key,
+                            seq=int(item["seq"]),
+                            message_id=item["message_id"],
+                            body=json.loads(item["body"]),
+                            created_at=float(item["created_at"]),
+                            expires_at=float(item["expires_at"]),
+                        )
+                    )
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return messages
+
+    def last_message_seq(self, key: CallKey) -> int | None:
+        from boto3.dynamodb.conditions import Key
+
+        page = self.table.query(
+            KeyConditionExpression=Key("pk").eq(_messages_pk(key)),
+            ScanIndexForward=False,
+            Limit=1,
+            ProjectionExpression="seq",
+        )
+        items = page.get("Items", [])
+        return int(items[0]["seq"]) if items else None
+
+    def set_message_expiry(self, key: CallKey, expires_at: float) -> int:
+        from boto3.dynamodb.conditions import Key
+
+        items = self._query_all(
+            KeyConditionExpression=Key("pk").eq(_messages_pk(key)), ProjectionExpression="pk, sk"
+        )
+        for item in items:
+            self.table.update_item(
+                Key={"pk": item["pk"], "sk": item["sk"]},
+                UpdateExpression="SET expires_at = :e, #ttl = :t",
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={":e": _num(expires_at), ":t": int(expires_at)},
+            )
+        return len(items)
+
+    # delivery failures ----------------------------------------------------------------------
+
+    def put_delivery_failure(self, failure: DeliveryFailure) -> None:
+        item: dict[str, Any] = {
+            "pk": f"FAIL#{failure.tenant}",
+            "sk": f"{failure.at:020.6f}#{uuid.uuid4().hex}",
+            "tenant": failure.tenant,
+            "conversation_id": failure.conversation_id,
+            "message_id": failure.message_id,
+            "reason": failure.reason,
+            "at": _num(failure.at),
+            "ttl": int(failure.at + FAILURE_RETENTION_S),
+        }
+        if failure.status_code is not None:
+            item["status_code"] = failure.status_code
+        self.table.put_item(Item=item)
+
+    def list_delivery_failures(
+        self, tenant: str, conversation_id: str | None = None, limit: int = 1000
+    ) -> list[DeliveryFailure]:
+        from boto3.dynamodb.conditions import Key
+
+        items = self._query_all(KeyConditionExpression=Key("pk").eq(f"FAIL#{tenant}"))
+        failures = [
+            DeliveryFailure(
+                tenant=item["tenant"],
+                conversation_id=item["conversation_id"],
+                message_id=item["message_id"],
+                reason=item["reason"],
+                status_code=int(item["status_code"]) if "status_code" in item else None,
+                at=float(item["at"]),
+            )
+            for item in items
+            if conversation_id is None or item["conversation_id"] == conversation_id
+        ]
+        return failures[:limit]
+
+    # retention ------------------------------------------------------------------------------
+
+    def purge_expired(self, now: float) -> int:
+        """DynamoDB's TTL deletes expired items on its own; this sweep makes expiry exact
+        where that matters (tests, an operator's clean-up). It scans the table."""
+        from boto3.dynamodb.conditions import Attr
+
+        removed = 0
+        kwargs: dict[str, Any] = {
+            "FilterExpression": Attr("pk").begins_with("MSG#") & Attr("expires_at").lte(_num(now)),
+            "ProjectionExpression": "pk, sk",
+        }
+        while True:
+            page = self.table.scan(**kwargs)
+            with self.table.batch_writer() as batch:
+                for item in page.get("Items", []):
+                    batch.delete_item(Key={"pk": item["pk"], "sk": item["sk"]})
+                    removed += 1
+            if "LastEvaluatedKey" not in page:
+                return removed
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def close(self) -> None:
+        pass
