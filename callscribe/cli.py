@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -46,24 +45,18 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from callscribe.server import serve
+    from callscribe.server import exit_cleanly_on_sigterm, serve
 
     settings = _settings(args)
     if (settings.webhook.secret_name is None) != (settings.webhook.secret is None):
         print("--webhook-secret-name and --webhook-secret go together", file=sys.stderr)
         return 2
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: let that
-    # end the process with status 0, as a requested stop is not a failure.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    exit_cleanly_on_sigterm()
     try:
         asyncio.run(serve(settings))
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
 
 
 def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]

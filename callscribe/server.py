@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,17 +17,23 @@ from typing import Any
 import numpy as np
 import uvicorn
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
 from callscribe.asr.base import AsrEngine, AsrRequest
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import StreamTokens
-from callscribe.bus import InProcessEventBus
+from callscribe.bus import EventBus, InProcessEventBus
 from callscribe.calls import CallRegistry
 from callscribe.config import Settings
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher, WebhookTarget
-from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, new_signing_key
+from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, Secrets, new_signing_key
+from callscribe.store.base import Store
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
@@ -40,23 +47,21 @@ DRAIN_TIMEOUT_S = 15.0
 @dataclass
 class LocalRuntime:
     settings: Settings
-    store: SqliteStore
+    store: Store
     asr: AsrEngine
     pipeline: TranscriptionPipeline
     registry: CallRegistry
     dispatcher: WebhookDispatcher | None
     gateway: TwilioGateway
-    api: ApiServices
+    tokens: StreamTokens
+    api: ApiServices | None = None  # the API runs here in local mode only (in AWS: a Lambda)
     owns_asr: bool = True
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
+        """Local mode: SQLite, secrets in the data dir, in-process bus and webhook delivery."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteStore(settings.store_path)
-        secrets = FileSecrets(settings.data_dir / "secrets.json")
-        tokens = StreamTokens(
-            secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key), settings.stream_token_ttl_s
-        )
         bus = InProcessEventBus()
         dispatcher = None
         webhook = settings.webhook
@@ -73,13 +78,46 @@ class LocalRuntime:
                 max_pending=webhook.max_pending,
             )
             bus.subscribe(dispatcher)
+        runtime = cls.assemble(
+            settings,
+            store=store,
+            secrets=FileSecrets(settings.data_dir / "secrets.json"),
+            bus=bus,
+            asr=asr,
+            owner=f"local:{socket.gethostname()}:{os.getpid()}",
+            dispatcher=dispatcher,
+        )
+        runtime.api = ApiServices(
+            store=store,
+            tokens=runtime.tokens,
+            control=LocalControl(runtime.registry),
+            public_gateway_url=settings.public_gateway_url,
+            max_messages=settings.max_messages_per_call,
+        )
+        return runtime
+
+    @classmethod
+    def assemble(
+        cls,
+        settings: Settings,
+        *,
+        store: Store,
+        secrets: Secrets,
+        bus: EventBus,
+        asr: AsrEngine | None,
+        owner: str,
+        dispatcher: WebhookDispatcher | None = None,
+    ) -> LocalRuntime:
+        """The ingest side (gateway, calls, transcription) on whichever adapters are given."""
+        tokens = StreamTokens(
+            secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key), settings.stream_token_ttl_s
+        )
         owns_asr = asr is None
         asr = asr or FasterWhisperEngine(settings.asr)
         pipeline = TranscriptionPipeline(
             asr, store, bus, retention_s=settings.message_retention_days * DAY_S
         )
         registry = CallRegistry()
-        owner = f"local:{socket.gethostname()}:{os.getpid()}"
         gateway = TwilioGateway(
             GatewayServices(
                 store=store,
@@ -91,15 +129,9 @@ class LocalRuntime:
                 owner=owner,
             )
         )
-        api = ApiServices(
-            store=store,
-            tokens=tokens,
-            control=LocalControl(registry),
-            public_gateway_url=settings.public_gateway_url,
-            max_messages=settings.max_messages_per_call,
-        )
         return cls(
-            settings, store, asr, pipeline, registry, dispatcher, gateway, api, owns_asr=owns_asr
+            settings, store, asr, pipeline, registry, dispatcher, gateway, tokens,
+            owns_asr=owns_asr,
         )
 
     async def warm_up(self) -> None:
@@ -140,6 +172,9 @@ class LocalRuntime:
 
 
 def create_local_app(runtime: LocalRuntime) -> FastAPI:
+    """Local mode: the API, the Twilio gateway and /healthz on one port."""
+    assert runtime.api is not None
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.warm_up()
@@ -149,13 +184,23 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
         await runtime.shutdown()
 
     app = create_api_app(runtime.api, lifespan=lifespan)
-    app.add_api_websocket_route(TWILIO_MEDIA_PATH, runtime.gateway)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, Any]:
-        return runtime.stats()
-
+    add_gateway_routes(app, runtime)
     return app
+
+
+def add_gateway_routes(app: Starlette, runtime: LocalRuntime) -> None:
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse(runtime.stats())
+
+    async def twilio_media(websocket: WebSocket) -> None:
+        await runtime.gateway(websocket)
+
+    app.router.routes.extend(
+        [
+            WebSocketRoute(TWILIO_MEDIA_PATH, twilio_media),
+            Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
+        ]
+    )
 
 
 async def _purge_expired(runtime: LocalRuntime) -> None:
@@ -202,3 +247,13 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
     await serving
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: let that end
+    the process with status 0, as a requested stop is not a failure."""
+
+    def exit_zero(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exit_zero)

@@ -1,0 +1,65 @@
+"""The API Lambda: the same FastAPI app as local mode, through Mangum, on the AWS adapters
+(DynamoDB store, Secrets Manager, HTTP control of the gateway tasks), with powertools logging,
+tracing and metrics. Works for API Gateway REST (v1) and HTTP API (v2) events."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from mangum import Mangum
+
+from callscribe.api.app import ApiServices, create_api_app
+from callscribe.auth import StreamTokens
+from callscribe.aws.dynamodb_store import DynamoStore
+from callscribe.aws.secrets_manager import SecretsManagerSecrets
+from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
+from callscribe.config import Settings
+from callscribe.control_http import HttpControl
+from callscribe.secrets import TOKEN_SIGNING_KEY
+
+logger = Logger(service="callscribe-api")
+tracer = Tracer(service="callscribe-api")
+metrics = Metrics(namespace="CallScribe", service="callscribe-api")
+
+
+def _required(secrets: SecretsManagerSecrets, name: str) -> str:
+    value = secrets.get(name)
+    if not value:
+        raise RuntimeError(f"secret {name!r} is missing from Secrets Manager")
+    return value
+
+
+@functools.cache
+def asgi_handler() -> Mangum:
+    """Built once per Lambda container (cold start), reused by every invocation."""
+    aws, settings = AwsSettings(), Settings()
+    secrets = SecretsManagerSecrets(
+        {TOKEN_SIGNING_KEY: aws.token_secret_arn, CONTROL_SECRET: aws.control_secret_arn}
+    )
+    services = ApiServices(
+        store=DynamoStore(aws.table_name),
+        tokens=StreamTokens(_required(secrets, TOKEN_SIGNING_KEY), settings.stream_token_ttl_s),
+        control=HttpControl(_required(secrets, CONTROL_SECRET)),
+        public_gateway_url=settings.public_gateway_url,
+        max_messages=settings.max_messages_per_call,
+    )
+    return Mangum(create_api_app(services), lifespan="off")
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    response = asgi_handler()(event, context)
+    status = int(response.get("statusCode", 500))
+    metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
+    if status >= 400:
+        metrics.add_metric(
+            name="ApiClientErrors" if status < 500 else "ApiServerErrors",
+            unit=MetricUnit.Count,
+            value=1,
+        )
+    return response

@@ -1,0 +1,150 @@
+"""The Twilio gateway task of the AWS deployment (a Fargate service behind the ALB).
+
+One process, one uvicorn server listening on two ports:
+- ``CALLSCRIBE_PORT`` (8080): Twilio's WebSockets and ``/healthz``, behind the ALB;
+- ``CALLSCRIBE_CONTROL_PORT`` (8081): the signed private control endpoint the API Lambda calls
+  (the security group admits only the Lambda).
+Calls are recorded in DynamoDB with this task's control URL as owner; transcripts go out on
+EventBridge; ASR runs wherever ``CALLSCRIBE_ASR_URL`` points (the GPU workers) or in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import urllib.request
+from collections.abc import AsyncIterator
+import uvicorn
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from callscribe.asr.base import AsrEngine
+from callscribe.aws.dynamodb_store import DynamoStore
+from callscribe.aws.eventbridge_bus import EventBridgeBus
+from callscribe.aws.secrets_manager import SecretsManagerSecrets
+from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
+from callscribe.config import Settings
+from callscribe.control_http import create_control_app
+from callscribe.secrets import TOKEN_SIGNING_KEY
+from callscribe.server import (
+    LocalRuntime,
+    add_gateway_routes,
+    exit_cleanly_on_sigterm,
+    uvicorn_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+def task_private_ip() -> str:
+    """This task's VPC address, from the ECS task metadata endpoint (awsvpc networking)."""
+    metadata_uri = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if metadata_uri:
+        with urllib.request.urlopen(f"{metadata_uri}/task", timeout=5) as response:
+            task = json.load(response)
+        for container in task.get("Containers", []):
+            for network in container.get("Networks", []):
+                addresses = network.get("IPv4Addresses") or []
+                if addresses:
+                    return addresses[0]
+    return socket.gethostbyname(socket.gethostname())
+
+
+class RouteByPort:
+    """One server, two listeners: requests to the control port reach only the control app."""
+
+    def __init__(self, control_port: int, control_app: ASGIApp, gateway_app: ASGIApp) -> None:
+        self.control_port = control_port
+        self.control_app = control_app
+        self.gateway_app = gateway_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.gateway_app(scope, receive, send)
+            return
+        server = scope.get("server") or (None, None)
+        app = self.control_app if server[1] == self.control_port else self.gateway_app
+        await app(scope, receive, send)
+
+
+def build_runtime(
+    aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None
+) -> tuple[LocalRuntime, str]:
+    if not aws.event_bus_name:
+        raise RuntimeError("CALLSCRIBE_EVENT_BUS_NAME must name the transcript event bus")
+    secrets = SecretsManagerSecrets(
+        {TOKEN_SIGNING_KEY: aws.token_secret_arn, CONTROL_SECRET: aws.control_secret_arn}
+    )
+    control_secret = secrets.get(CONTROL_SECRET)
+    if not control_secret:
+        raise RuntimeError("the control secret is missing from Secrets Manager")
+    owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
+    runtime = LocalRuntime.assemble(
+        settings,
+        store=DynamoStore(aws.table_name),
+        secrets=secrets,
+        bus=EventBridgeBus(aws.event_bus_name),
+        asr=asr,
+        owner=owner,
+    )
+    return runtime, control_secret
+
+
+def create_gateway_app(runtime: LocalRuntime, control_secret: str, control_port: int) -> ASGIApp:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            await runtime.warm_up()
+        except Exception:  # a worker still starting must not keep the gateway down
+            log.exception("ASR warm-up failed; continuing")
+        yield
+        await runtime.shutdown()
+
+    gateway_app = Starlette(lifespan=lifespan)
+    add_gateway_routes(gateway_app, runtime)
+    return RouteByPort(control_port, create_control_app(runtime.registry, control_secret), gateway_app)
+
+
+async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
+                ready: asyncio.Event | None = None) -> None:
+    runtime, control_secret = build_runtime(aws, settings, asr)
+    app = create_gateway_app(runtime, control_secret, aws.control_port)
+    config = uvicorn_config(app, settings)  # type: ignore[arg-type]
+    sockets = []
+    for port in (aws.port, aws.control_port):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, port))
+        sockets.append(sock)
+    server = uvicorn.Server(config)
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        print(
+            f"CallScribe gateway on :{aws.port} (Twilio media, /healthz), control on "
+            f":{aws.control_port}, owner {runtime.gateway.services.owner}",
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+    await serving
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings(host=os.environ.get("CALLSCRIBE_HOST", "0.0.0.0"))
+    aws = AwsSettings()
+    exit_cleanly_on_sigterm()
+    try:
+        asyncio.run(serve(aws, settings))
+    except KeyboardInterrupt:
+        pass
+    return 0

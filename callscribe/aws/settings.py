@@ -1,0 +1,23 @@
+"""Where the AWS adapters find their resources: environment variables set by the CDK stack."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONTROL_SECRET = "control-shared-secret"
+
+
+class AwsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
+
+    table_name: str
+    event_bus_name: str | None = None
+    token_secret_arn: str
+    control_secret_arn: str
+    webhook_secret_arn: str | None = None
+    # The gateway task's private control endpoint; the API reaches it at the address the task
+    # advertises in the Store (derived from the ECS task metadata unless given).
+    control_port: int = Field(8081, ge=1, le=65535)
+    control_url: str | None = None
+    port: int = Field(8080, ge=1, le=65535)

@@ -1,0 +1,148 @@
+"""``Control`` over private HTTP: the API (a Lambda in the VPC) reaches the gateway task that
+holds a call's media.
+
+The gateway task records its control URL (``http://<private ip>:8081``) as the call's owner in
+the Store. Requests carry an HMAC-SHA256 signature over a timestamp and the body, made with a
+secret shared by the API and the gateways (Secrets Manager); the gateway refuses unsigned,
+mis-signed or stale (> 60 s) requests, so the control port is never an open door even inside
+the VPC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from callscribe.api.schemas import (
+    ApiError,
+    AutotranscribeResult,
+    ErrorCode,
+    StartRequest,
+)
+from callscribe.calls import CallRegistry
+from callscribe.store.base import CallKey, CallRecord
+
+log = logging.getLogger(__name__)
+
+TIMESTAMP_HEADER = "X-CallScribe-Timestamp"
+SIGNATURE_HEADER = "X-CallScribe-Signature"
+MAX_SKEW_S = 60
+MAX_BODY_BYTES = 64 * 1024
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _key_json(key: CallKey) -> dict[str, str]:
+    return {"tenant": key.tenant, "namespace": key.namespace, "guid": key.guid}
+
+
+class HttpControl:
+    """The API side: implements the ``Control`` port by calling the owning gateway."""
+
+    def __init__(self, secret: str, timeout_s: float = 25.0) -> None:
+        self._secret = secret
+        self._timeout_s = timeout_s
+
+    async def start(self, call: CallRecord, request: StartRequest) -> AutotranscribeResult:
+        payload = {"key": _key_json(call.key), "request": request.model_dump(mode="json")}
+        return await self._post(call, "start", payload)
+
+    async def stop(self, call: CallRecord) -> AutotranscribeResult:
+        return await self._post(call, "stop", {"key": _key_json(call.key)})
+
+    async def _post(self, call: CallRecord, action: str, payload: dict[str, Any]) -> AutotranscribeResult:
+        if not call.owner.startswith(("http://", "https://")):
+            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media")
+        body = json.dumps(payload).encode()
+        timestamp = str(int(time.time()))
+        try:
+            # A client per request: control calls are rare, and a Lambda may run each
+            # invocation on a fresh event loop, which a pooled client must not outlive.
+            async with httpx.AsyncClient(timeout=self._timeout_s) as client:
+                response = await client.post(
+                    f"{call.owner.rstrip('/')}/control/{action}",
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        TIMESTAMP_HEADER: timestamp,
+                        SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+                    },
+                )
+        except httpx.TransportError as exc:
+            log.warning("control %s of %s at %s failed: %s", action, call.key, call.owner, exc)
+            raise ApiError(
+                ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media (owner unreachable)"
+            ) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if response.is_success:
+            return AutotranscribeResult.model_validate(answer["autotranscribeResponse"])
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if response.status_code == 401:
+            # Our own deployment's secrets disagree: the customer's request was fine.
+            raise ApiError(ErrorCode.INTERNAL, "the gateway refused the control signature")
+        if isinstance(error, dict) and error.get("code") in {c.value for c in ErrorCode}:
+            raise ApiError(ErrorCode(error["code"]), str(error.get("message", "")))
+        raise ApiError(ErrorCode.INTERNAL, f"gateway answered HTTP {response.status_code}")
+
+
+def create_control_app(registry: CallRegistry, secret: str) -> Starlette:
+    """The gateway side: the private control endpoint of a gateway task."""
+
+    async def control(request: Request) -> JSONResponse:
+        action = request.path_params["action"]
+        if action not in ("start", "stop"):
+            return JSONResponse(ApiError(ErrorCode.PARAMETER, "unknown action").body(), 404)
+        body = await request.body()
+        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        try:
+            fresh = abs(time.time() - int(timestamp)) <= MAX_SKEW_S
+        except ValueError:
+            fresh = False
+        if (
+            len(body) > MAX_BODY_BYTES
+            or not fresh
+            or not hmac.compare_digest(sign(secret, timestamp, body), signature)
+        ):
+            log.warning("control request from %s refused: bad signature", request.client)
+            return JSONResponse(
+                ApiError(ErrorCode.UNAUTHENTICATED, "bad control signature").body(), 401
+            )
+        try:
+            payload = json.loads(body)
+            key = CallKey(**payload["key"])
+            session = registry.get(key)
+            if session is None:
+                raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has no live media here")
+            if action == "start":
+                result = await session.start(StartRequest.model_validate(payload["request"]))
+            else:
+                result = await session.stop()
+        except ApiError as exc:
+            return JSONResponse(exc.body(), exc.http_status)
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse(
+                ApiError(ErrorCode.PARAMETER, f"bad control request: {exc}").body(), 400
+            )
+        return JSONResponse(
+            {"isOk": True, "autotranscribeResponse": result.model_dump(mode="json", exclude_none=True)}
+        )
+
+    return Starlette(
+        routes=[Route("/control/{action:str}", control, methods=["POST"])],
+    )

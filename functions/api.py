@@ -1,0 +1,5 @@
+"""API Gateway → the CallScribe API (FastAPI through Mangum). Logic lives in callscribe/."""
+
+from callscribe.aws.api_lambda import handler
+
+__all__ = ["handler"]
