@@ -44,6 +44,18 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _store_args(parser: argparse.ArgumentParser) -> None:
+    _data_dir_arg(parser)
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "dynamodb"],
+        default="sqlite",
+        help="sqlite: local mode's data dir; dynamodb: a deployment's table (AWS credentials "
+        "from the environment)",
+    )
+    parser.add_argument("--table", help="the deployment's DynamoDB table (with --store dynamodb)")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from callscribe.server import exit_cleanly_on_sigterm, serve
 
@@ -60,6 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if args.store == "dynamodb":
+        import os
+
+        from callscribe.aws.dynamodb_store import DynamoStore
+
+        table = args.table or os.environ.get("CALLSCRIBE_TABLE_NAME")
+        if not table:
+            raise SystemExit("--store dynamodb needs --table (or CALLSCRIBE_TABLE_NAME)")
+        return DynamoStore(table)
     from callscribe.store.sqlite import SqliteStore
 
     return SqliteStore(_settings(args).store_path)
@@ -143,15 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = keys.add_parser("create", help="issue a key; the secret is printed once")
     create.add_argument("--tenant", required=True)
-    _data_dir_arg(create)
+    _store_args(create)
     create.set_defaults(func=cmd_keys_create)
     listing = keys.add_parser("list", help="list keys (never secrets)")
     listing.add_argument("--tenant")
-    _data_dir_arg(listing)
+    _store_args(listing)
     listing.set_defaults(func=cmd_keys_list)
     revoke = keys.add_parser("revoke", help="revoke a key")
     revoke.add_argument("api_id")
-    _data_dir_arg(revoke)
+    _store_args(revoke)
     revoke.set_defaults(func=cmd_keys_revoke)
 
     demo = commands.add_parser("demo", help="stream a sample two-party call and show transcripts")

@@ -1,0 +1,152 @@
+"""Control over private HTTP: the API side (HttpControl) against a real gateway control
+endpoint on loopback, its signatures, and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from callscribe.api.schemas import ApiError, ErrorCode, Role, StartRequest
+from callscribe.asr.base import AsrRequest, AsrResult
+from callscribe.calls import CallSession
+from callscribe.config import Settings
+from callscribe.control_http import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    HttpControl,
+    create_control_app,
+    sign,
+)
+from callscribe.server import LocalRuntime
+from callscribe.simulate import bind_loopback
+from callscribe.store.base import CallKey, CallRecord, CallStatus
+
+SECRET = "shared-control-secret"
+
+
+class SilentAsr:
+    async def transcribe(self, request: AsrRequest) -> AsrResult:
+        return AsrResult(text="")
+
+    async def close(self) -> None:
+        pass
+
+
+class Gateway:
+    def __init__(self, runtime: LocalRuntime, url: str) -> None:
+        self.runtime = runtime
+        self.url = url
+
+    async def add_call(self, guid: str) -> CallRecord:
+        key = CallKey("acme", "twilio", guid)
+        session = CallSession(
+            key, self.runtime.pipeline, self.runtime.store, self.runtime.settings.endpointing,
+            channels=("inbound", "outbound"),
+            channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT}, owner=self.url,
+        )
+        await session.open()
+        self.runtime.registry.add(session)
+        record = self.runtime.store.get_call(key)
+        assert record is not None
+        return record
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    runtime = LocalRuntime.build(Settings(data_dir=tmp_path), asr=SilentAsr())
+    sock = bind_loopback()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(
+        uvicorn.Config(create_control_app(runtime.registry, SECRET), log_level="warning",
+                       lifespan="off")
+    )
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield Gateway(runtime, url)
+    server.should_exit = True
+    await task
+    await runtime.shutdown()
+
+
+def start_request(guid: str) -> StartRequest:
+    return StartRequest.model_validate(
+        {"namespace": "twilio", "guid": guid, "customerId": "C1", "agentId": "A1"}
+    )
+
+
+async def test_start_and_stop_reach_the_owning_gateway(gateway: Gateway) -> None:
+    call = await gateway.add_call("CA1")
+    assert call.owner == gateway.url
+    control = HttpControl(SECRET)
+    started = await control.start(call, start_request("CA1"))
+    assert started.customer is not None and started.agent is not None
+    session = gateway.runtime.registry.get(call.key)
+    assert session is not None and session.status is CallStatus.STREAMING
+    stopped = await control.stop(call)
+    assert stopped.customer is not None and stopped.customer.summary is not None
+    with pytest.raises(ApiError) as again:
+        await control.stop(call)
+    assert again.value.code is ErrorCode.ALREADY
+
+
+async def test_errors_travel_back_with_their_codes(gateway: Gateway) -> None:
+    call = await gateway.add_call("CA2")
+    gone = CallRecord(CallKey("acme", "twilio", "CAgone"), CallStatus.CONNECTED, gateway.url, 0, 0)
+    with pytest.raises(ApiError) as missing:
+        await HttpControl(SECRET).start(gone, start_request("CAgone"))
+    assert missing.value.code is ErrorCode.NO_SUCH_CALL
+    with pytest.raises(ApiError) as wrong_secret:
+        await HttpControl("not-the-secret").start(call, start_request("CA2"))
+    assert wrong_secret.value.code is ErrorCode.INTERNAL
+    local_owner = CallRecord(call.key, CallStatus.CONNECTED, "local:host:1", 0, 0)
+    with pytest.raises(ApiError) as not_http:
+        await HttpControl(SECRET).start(local_owner, start_request("CA2"))
+    assert not_http.value.code is ErrorCode.NO_SUCH_CALL
+
+
+async def test_gateway_refuses_unsigned_stale_and_tampered_requests(gateway: Gateway) -> None:
+    await gateway.add_call("CA3")
+    body = json.dumps(
+        {"key": {"tenant": "acme", "namespace": "twilio", "guid": "CA3"},
+         "request": start_request("CA3").model_dump(mode="json")}
+    ).encode()
+    now = str(int(time.time()))
+    stale = str(int(time.time()) - 120)
+    cases = [
+        {},
+        {TIMESTAMP_HEADER: now, SIGNATURE_HEADER: "0" * 64},
+        {TIMESTAMP_HEADER: stale, SIGNATURE_HEADER: sign(SECRET, stale, body)},
+        {TIMESTAMP_HEADER: "soon", SIGNATURE_HEADER: sign(SECRET, "soon", body)},
+    ]
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        for headers in cases:
+            response = await http.post("/control/start", content=body, headers=headers)
+            assert response.status_code == 401
+        tampered = body.replace(b"CA3", b"CA4")
+        response = await http.post(
+            "/control/start", content=tampered,
+            headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, body)},
+        )
+        assert response.status_code == 401
+        session = gateway.runtime.registry.get(CallKey("acme", "twilio", "CA3"))
+        assert session is not None and session.status is CallStatus.CONNECTED
+        garbage = b'{"key": "nope"}'
+        response = await http.post(
+            "/control/start", content=garbage,
+            headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, garbage)},
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "400-201"
+        response = await http.post(
+            "/control/delete", content=body,
+            headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, body)},
+        )
+        assert response.status_code == 404
