@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from callscribe.api.schemas import (
     ApiError,
+    AutotranscribeResult,
     ErrorCode,
     ErrorResponse,
     MessagesResponse,
@@ -111,6 +113,18 @@ async def _call(store: Store, key: CallKey) -> CallRecord:
     return call
 
 
+async def _control_call(
+    services: ApiServices,
+    key: CallKey,
+    action: Callable[[Control, CallRecord], Awaitable[AutotranscribeResult]],
+) -> StreamingResponse:
+    """Start or stop: the call must exist for this tenant, and only one request at a time."""
+    call = await _call(services.store, key)
+    async with _CallLock(services.store, key):
+        result = await action(services.control, call)
+    return StreamingResponse(autotranscribeResponse=result)
+
+
 router = APIRouter()
 
 
@@ -143,13 +157,11 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
-    services = _services(request)
     start = parse_start(await _json_body(request))
-    call_key = CallKey(key.tenant, start.namespace.value, start.guid)
-    call = await _call(services.store, call_key)
-    async with _CallLock(services.store, call_key):
-        result = await services.control.start(call, start)
-    return StreamingResponse(autotranscribeResponse=result)
+    return await _control_call(
+        _services(request), CallKey(key.tenant, start.namespace.value, start.guid),
+        lambda control, call: control.start(call, start),
+    )
 
 
 @router.post(
@@ -163,13 +175,11 @@ async def start_streaming(request: Request, key: Authenticated) -> StreamingResp
     "finished and transcribed before the response, so `transcripts` counts it.",
 )
 async def stop_streaming(request: Request, key: Authenticated) -> StreamingResponse:
-    services = _services(request)
     stop = parse_stop(await _json_body(request))
-    call_key = CallKey(key.tenant, stop.namespace.value, stop.guid)
-    call = await _call(services.store, call_key)
-    async with _CallLock(services.store, call_key):
-        result = await services.control.stop(call)
-    return StreamingResponse(autotranscribeResponse=result)
+    return await _control_call(
+        _services(request), CallKey(key.tenant, stop.namespace.value, stop.guid),
+        lambda control, call: control.stop(call),
+    )
 
 
 @router.get(
