@@ -141,7 +141,7 @@ class EventsConstruct(Construct):
             )
         )
 
-        pipe_role = iam.Role(
+        self.pipe_role = pipe_role = iam.Role(
             self, "PipeRole", assumed_by=iam.ServicePrincipal("pipes.amazonaws.com")
         )
         self.ingress_queue.grant_consume_messages(pipe_role)

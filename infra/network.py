@@ -27,6 +27,10 @@ class NetworkConstruct(Construct):
             "Vpc",
             max_azs=config.max_azs,
             nat_gateways=config.nat_gateways,
+            # Nothing is ever placed in the default security group (every ENI here gets its
+            # own group), so locking it down would protect nothing and cost a custom-resource
+            # Lambda whose log group CDK cannot give a retention period.
+            restrict_default_security_group=False,
             subnet_configuration=[
                 ec2.SubnetConfiguration(
                     name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24

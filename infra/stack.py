@@ -27,7 +27,6 @@ class CallScribeStack(Stack):
         id: str,
         *,
         config: DeploymentConfig,
-        exporter: lambda_.IFunction | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(
@@ -79,11 +78,9 @@ class CallScribeStack(Stack):
         self.asr.allow_from(self.gateway.service)
         self.gateway.allow_control_from(self.api.security_group)
 
-        self.export_schedule = (
-            DailyExportSchedule(self, "DailyExport", config=config, exporter=exporter)
-            if exporter is not None
-            else None
-        )
+        # Set by add_daily_export: the exporter is built by the exports work, from this
+        # stack's table and bucket, and handed back here to be scheduled.
+        self.export_schedule: DailyExportSchedule | None = None
 
         self._dns_records(config)
         CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL of the CallScribe API")
@@ -121,6 +118,15 @@ class CallScribeStack(Stack):
             value=self.events.delivery_dlq.queue_url,
             description="Transcript events the webhook Lambda could not process",
         )
+
+    def add_daily_export(self, exporter: lambda_.IFunction) -> DailyExportSchedule:
+        """Invoke `exporter` every day at 02:00 UTC (EventBridge Scheduler)."""
+        if self.export_schedule is not None:
+            raise ValueError("the daily export is already scheduled")
+        self.export_schedule = DailyExportSchedule(
+            self, "DailyExport", config=self.config, exporter=exporter
+        )
+        return self.export_schedule
 
     def _dns_records(self, config: DeploymentConfig) -> None:
         if config.hosted_zone_id is None or config.hosted_zone_name is None:
