@@ -24,7 +24,13 @@ class DailyExportSchedule(Construct):
         role = iam.Role(
             self, "SchedulerRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com")
         )
-        exporter.grant_invoke(role)
+        # The unqualified function only: grant_invoke would add "<arn>:*" (every version and
+        # alias), which the schedule never calls.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["lambda:InvokeFunction"], resources=[exporter.function_arn]
+            )
+        )
         self.schedule = scheduler.CfnSchedule(
             self,
             "Schedule",

@@ -660,4 +660,4 @@ def test_schedule_at_two_utc_invokes_the_given_exporter():
     ]
     assert len(statements) == 1
     assert statements[0]["Action"] == "lambda:InvokeFunction"
-    assert EXPORTER_ARN in json.dumps(statements[0]["Resource"])
+    assert statements[0]["Resource"] == EXPORTER_ARN
