@@ -28,7 +28,7 @@ def main() -> None:
         env=cdk.Environment(account=account, region=region),
     )
     # cdk-nag 3 runs as a policy-validation plugin: an unacknowledged finding fails synthesis
-    # and is listed in cdk.out/policy-validation-report.json.
+    # and is listed in cdk.out/validation-report.json.
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
     app.synth()
 

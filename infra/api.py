@@ -18,11 +18,11 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.nag import acknowledge, acknowledge_table_index_grant
 from infra.data import DataConstruct
 from infra.functions import callscribe_function
 from infra.images import API_HANDLER
 from infra.logs import log_group
+from infra.nag import acknowledge, acknowledge_table_index_grant
 from infra.network import NetworkConstruct
 
 # The reference API's two path families; nothing else (not /docs, not /healthz) is public.

@@ -15,9 +15,9 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.nag import acknowledge, acknowledge_ecr_authorization
 from infra.images import asr_worker_image
 from infra.logs import log_group
+from infra.nag import acknowledge, acknowledge_ecr_authorization
 from infra.network import NetworkConstruct
 
 ASR_PORT = 8000
@@ -84,7 +84,9 @@ class AsrConstruct(Construct):
             vpc_subnets=network.private_subnets,
             launch_template=launch_template,
             min_capacity=config.asr_min_count,
-            max_capacity=config.asr_max_count,
+            # One spare instance: a deployment at full scale starts each replacement task
+            # before it stops an old one (minimum healthy 100 %), one instance at a time.
+            max_capacity=config.asr_max_count + 1,
         )
         self.capacity_provider = ecs.AsgCapacityProvider(
             self,

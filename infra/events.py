@@ -28,11 +28,11 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.nag import acknowledge, acknowledge_table_index_grant
 from infra.data import DataConstruct
 from infra.functions import callscribe_function
 from infra.images import WEBHOOK_HANDLER
 from infra.logs import log_group
+from infra.nag import acknowledge, acknowledge_table_index_grant
 from infra.network import NetworkConstruct
 
 EVENT_SOURCE = "callscribe"

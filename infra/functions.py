@@ -10,9 +10,9 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.nag import acknowledge
 from infra.images import lambda_code
 from infra.logs import log_group
+from infra.nag import acknowledge
 
 
 def callscribe_function(

@@ -17,10 +17,10 @@ from aws_cdk import aws_events as events
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.nag import acknowledge, acknowledge_ecr_authorization, acknowledge_table_index_grant
 from infra.data import DataConstruct
 from infra.images import twilio_gateway_image
 from infra.logs import log_group
+from infra.nag import acknowledge, acknowledge_ecr_authorization, acknowledge_table_index_grant
 from infra.network import NetworkConstruct
 
 GATEWAY_PORT = 8080

@@ -468,6 +468,9 @@ def test_asr_runs_on_gpu_instances_through_a_capacity_provider():
     assert service["Properties"]["CapacityProviderStrategy"] == [
         {"CapacityProvider": ref(stack.asr.capacity_provider), "Weight": 1}
     ]
+    template.has_resource_properties(
+        "AWS::AutoScaling::AutoScalingGroup", {"MinSize": "1", "MaxSize": "5"}
+    )
     variant = only(variant_template(), "AWS::EC2::LaunchTemplate")["Properties"]
     assert variant["LaunchTemplateData"]["InstanceType"] == "g6.xlarge"
 
