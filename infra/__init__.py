@@ -1,0 +1,1 @@
+"""CallScribe's AWS deployment (AWS CDK): see stack.py for the composition."""

@@ -1,0 +1,290 @@
+"""The deployment's settings, read from CDK context (`cdk.json`, `cdk deploy -c key=value`).
+
+Context keys are camelCase (`gpuInstanceType`); values given with `-c` arrive as strings and are
+coerced (`-c gatewayMaxCount=20`). Anything wrong — a missing required value, a typo in a key,
+an impossible combination — fails synthesis with one message that names every problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+)  # fmt: skip
+
+# Instance families that carry an NVIDIA GPU supported by the ECS GPU-optimised AMI.
+GPU_INSTANCE_TYPE = re.compile(r"^(g4dn|g5|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e)\.[0-9a-z]+$")
+ACM_CERTIFICATE_ARN = re.compile(
+    r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-fA-F-]{36}$"
+)
+DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# A faster-whisper model name ("large-v3-turbo") or a Hugging Face repository ("org/model"); it
+# becomes a directory under /models in the ASR image, so no "..", no leading slash.
+WHISPER_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+class ConfigError(ValueError):
+    """The CDK context does not describe a deployable CallScribe."""
+
+
+class ServiceCounts(BaseModel):
+    desired: int
+    min: int
+    max: int
+
+
+class DeploymentConfig(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel),
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # Names every resource and the event bus (`callscribe-<stage>`); several stages can live in
+    # one account and region.
+    stage: str = Field("prod", pattern=r"^[a-z][a-z0-9-]{0,19}$")
+
+    # TLS. Twilio opens media streams only to wss:// URLs, and an ALB terminates TLS only with a
+    # certificate for a name you control: the gateway's host name and an ACM certificate that
+    # covers it (in the deployment's region) are required. The API gets a custom domain only
+    # when apiDomainName is given (the same certificate must cover it); otherwise it is served
+    # at its execute-api URL, which has TLS of its own.
+    gateway_domain_name: str
+    certificate_arn: str
+    api_domain_name: str | None = None
+    # With a Route 53 public hosted zone, alias records are created for both names; without
+    # one, point CNAMEs at the stack outputs yourself.
+    hosted_zone_id: str | None = None
+    hosted_zone_name: str | None = None
+
+    # Network: an existing VPC (looked up; needs private subnets with internet egress) or a new
+    # one with this many AZs and NAT gateways.
+    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$")
+    max_azs: int = Field(2, ge=2, le=6)
+    nat_gateways: int = Field(1, ge=1, le=6)
+
+    # Webhook delivery.
+    webhook_url: HttpUrl
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60)
+    # False: the webhook Lambda runs outside the VPC (egress from AWS's shared addresses). True:
+    # in private subnets behind the NAT gateways, so that the customer can allowlist the NAT
+    # gateways' Elastic IPs on the webhook receiver.
+    webhook_via_nat: bool = False
+
+    # The API (HTTP API stage throttling: steady requests per second and burst).
+    api_throttle_rate_limit: int = Field(100, ge=1, le=10_000)
+    api_throttle_burst_limit: int = Field(200, ge=1, le=5_000)
+
+    # Twilio gateway (Fargate).
+    gateway_cpu: int = Field(1024, description="Fargate CPU units")
+    gateway_memory_mib: int = Field(2048, ge=512, le=30_720)
+    gateway_desired_count: int = Field(2, ge=0)
+    gateway_min_count: int = Field(2, ge=0)
+    gateway_max_count: int = Field(10, ge=1, le=1000)
+    # Target tracking: new WebSocket streams + API requests per target per minute, and CPU.
+    gateway_requests_per_target: int = Field(600, ge=1)
+    gateway_cpu_target_percent: int = Field(60, ge=10, le=95)
+
+    # GPU ASR workers (ECS on EC2, one GPU per task).
+    gpu_instance_type: str = "g5.xlarge"
+    asr_model: str = "large-v3-turbo"
+    asr_desired_count: int = Field(1, ge=0)
+    asr_min_count: int = Field(1, ge=0)
+    asr_max_count: int = Field(4, ge=1, le=100)
+    asr_cpu_target_percent: int = Field(70, ge=10, le=95)
+    asr_root_volume_gib: int = Field(100, ge=50, le=1000)
+
+    # Retention: exported objects and recordings in S3, transcripts in DynamoDB (TTL), logs.
+    retention_days: int = Field(7, ge=1, le=3650)
+    log_retention_days: int = 30
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("gateway_domain_name", "api_domain_name", "hosted_zone_name")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and not DOMAIN_NAME.match(value):
+            raise ValueError(f"{value!r} is not a DNS name (lower case, e.g. gw.example.com)")
+        return value
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _certificate(cls, value: str) -> str:
+        if not ACM_CERTIFICATE_ARN.match(value):
+            raise ValueError(
+                f"{value!r} is not an ACM certificate ARN "
+                "(arn:aws:acm:<region>:<account>:certificate/<id>)"
+            )
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https_webhook(cls, value: HttpUrl) -> HttpUrl:
+        if value.scheme != "https":
+            raise ValueError("the webhook must be https:// (transcripts leave AWS over it)")
+        return value
+
+    @field_validator("gpu_instance_type")
+    @classmethod
+    def _gpu(cls, value: str) -> str:
+        if not GPU_INSTANCE_TYPE.match(value):
+            raise ValueError(
+                f"{value!r} is not an NVIDIA GPU instance type (e.g. g5.xlarge, g6.xlarge, g4dn.xlarge)"
+            )
+        return value
+
+    @field_validator("asr_model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not WHISPER_MODEL.match(value) or ".." in value:
+            raise ValueError(
+                f"{value!r} is not a faster-whisper model name (e.g. large-v3-turbo) "
+                "or a Hugging Face repository (org/model)"
+            )
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _log_retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(
+                f"CloudWatch Logs accepts only {', '.join(map(str, LOG_RETENTION_DAYS))}"
+            )
+        return value
+
+    @field_validator("gateway_cpu")
+    @classmethod
+    def _fargate_cpu(cls, value: int) -> int:
+        if value not in (256, 512, 1024, 2048, 4096, 8192, 16384):
+            raise ValueError("Fargate CPU is one of 256, 512, 1024, 2048, 4096, 8192, 16384")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentConfig:
+        problems = []
+        for name, counts in (("gateway", self.gateway_counts), ("asr", self.asr_counts)):
+            if not counts.min <= counts.desired <= counts.max:
+                problems.append(
+                    f"{name}MinCount <= {name}DesiredCount <= {name}MaxCount does not hold "
+                    f"({counts.min}, {counts.desired}, {counts.max})"
+                )
+        if (self.hosted_zone_id is None) != (self.hosted_zone_name is None):
+            problems.append("hostedZoneId and hostedZoneName go together: give both or neither")
+        if self.hosted_zone_name is not None:
+            for name in filter(None, (self.gateway_domain_name, self.api_domain_name)):
+                if not (
+                    name == self.hosted_zone_name or name.endswith("." + self.hosted_zone_name)
+                ):
+                    problems.append(f"{name} is not inside the hosted zone {self.hosted_zone_name}")
+        if self.api_domain_name is not None and self.api_domain_name == self.gateway_domain_name:
+            problems.append(
+                "apiDomainName and gatewayDomainName must differ: the API is served by API "
+                "Gateway, the media WebSockets by the load balancer"
+            )
+        if self.api_throttle_burst_limit < self.api_throttle_rate_limit:
+            problems.append("apiThrottleBurstLimit must be at least apiThrottleRateLimit")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def gateway_counts(self) -> ServiceCounts:
+        return ServiceCounts(
+            desired=self.gateway_desired_count,
+            min=self.gateway_min_count,
+            max=self.gateway_max_count,
+        )
+
+    @property
+    def asr_counts(self) -> ServiceCounts:
+        return ServiceCounts(
+            desired=self.asr_desired_count, min=self.asr_min_count, max=self.asr_max_count
+        )
+
+    @property
+    def public_gateway_url(self) -> str:
+        return f"wss://{self.gateway_domain_name}"
+
+    @property
+    def asr_model_dir(self) -> str:
+        """Where containers/asr_worker/Dockerfile puts the model (its WHISPER_MODEL build arg)."""
+        return f"/models/{self.asr_model}"
+
+    @property
+    def event_bus_name(self) -> str:
+        return f"callscribe-{self.stage}"
+
+
+def _is_callscribe_key(key: str) -> bool:
+    # CDK's own context (feature flags "@aws-cdk/…", "aws:cdk:…", cached lookups
+    # "vpc-provider:…") lives beside ours; ours are plain camelCase words.
+    return not key.startswith("@") and ":" not in key
+
+
+def load_config(context: Mapping[str, Any]) -> DeploymentConfig:
+    """Validate the CallScribe keys of a CDK context; raise ConfigError naming every problem."""
+    values = {k: v for k, v in context.items() if _is_callscribe_key(k)}
+    try:
+        return DeploymentConfig.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "context"
+            if error["type"] == "missing":
+                lines.append(f"  {key}: required (cdk deploy -c {key}=…)")
+            elif error["type"] == "extra_forbidden":
+                lines.append(f"  {key}: not a CallScribe setting (a typo?)")
+            else:
+                lines.append(f"  {key}: {error['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid CallScribe deployment settings:\n" + "\n".join(lines)) from None
+
+
+def certificate_region(arn: str) -> str:
+    return arn.split(":")[3]
+
+
+def deployment_target(
+    config: DeploymentConfig, environ: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """(account, region) to deploy to, from the variables the CDK CLI sets from the credentials
+    in use. The region is required (the load balancer's access-log policy names the region's
+    ELB service); the account only when an existing VPC has to be looked up."""
+    region = environ.get("CDK_DEFAULT_REGION") or environ.get("AWS_REGION")
+    account = environ.get("CDK_DEFAULT_ACCOUNT")
+    problems = []
+    if not region:
+        problems.append(
+            "  no AWS region: run through the CDK CLI with credentials for the target account "
+            "(it sets CDK_DEFAULT_REGION), or set AWS_REGION"
+        )
+    elif certificate_region(config.certificate_arn) != region:
+        problems.append(
+            f"  certificateArn: the certificate is in {certificate_region(config.certificate_arn)}, "
+            f"the deployment in {region}; ALB and API Gateway need it in the same region"
+        )
+    if config.vpc_id is not None and not account:
+        problems.append(
+            "  vpcId: looking up an existing VPC needs the account (CDK_DEFAULT_ACCOUNT, set by "
+            "the CDK CLI)"
+        )
+    if problems:
+        raise ConfigError("invalid CallScribe deployment settings:\n" + "\n".join(problems))
+    assert region is not None
+    return account, region

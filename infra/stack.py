@@ -1,0 +1,158 @@
+"""CallScribeStack: the whole deployment of one stage, composed of its logical units."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_route53 as route53
+from aws_cdk import aws_route53_targets as route53_targets
+from aws_cdk import aws_servicediscovery as servicediscovery
+from constructs import Construct
+
+from infra.api import ApiConstruct
+from infra.asr import AsrConstruct
+from infra.config import DeploymentConfig
+from infra.data import DataConstruct
+from infra.events import EventsConstruct
+from infra.export_schedule import DailyExportSchedule
+from infra.gateway import GatewayConstruct
+from infra.network import NetworkConstruct
+
+
+class CallScribeStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DeploymentConfig,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(
+            scope, id, description=f"CallScribe real-time transcription ({config.stage})", **kwargs
+        )
+        self.config = config
+
+        self.network = NetworkConstruct(self, "Network", config=config)
+        self.data = DataConstruct(self, "Data", config=config)
+
+        self.cluster = ecs.Cluster(
+            self,
+            "Cluster",
+            vpc=self.network.vpc,
+            container_insights_v2=ecs.ContainerInsights.ENABLED,
+        )
+        # Private DNS inside the VPC: how the gateway tasks find the ASR workers.
+        self.namespace = servicediscovery.PrivateDnsNamespace(
+            self,
+            "Namespace",
+            name=f"{config.stage}.callscribe.internal",
+            vpc=self.network.vpc,
+            description="CallScribe internal services",
+        )
+
+        self.asr = AsrConstruct(
+            self,
+            "Asr",
+            config=config,
+            network=self.network,
+            cluster=self.cluster,
+            namespace=self.namespace,
+        )
+        self.events = EventsConstruct(
+            self, "Events", config=config, data=self.data, network=self.network
+        )
+        self.gateway = GatewayConstruct(
+            self,
+            "Gateway",
+            config=config,
+            network=self.network,
+            cluster=self.cluster,
+            data=self.data,
+            bus=self.events.bus,
+            asr_url=self.asr.url,
+        )
+        self.api = ApiConstruct(self, "Api", config=config, data=self.data, network=self.network)
+
+        self.asr.allow_from(self.gateway.service)
+        self.gateway.allow_control_from(self.api.security_group)
+
+        # Set by add_daily_export: the exporter is built by the exports work, from this
+        # stack's table and bucket, and handed back here to be scheduled.
+        self.export_schedule: DailyExportSchedule | None = None
+
+        self._dns_records(config)
+        CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL of the CallScribe API")
+        CfnOutput(
+            self,
+            "GatewayUrl",
+            value=config.public_gateway_url,
+            description="WebSocket base that stream URLs carry (Twilio connects here)",
+        )
+        CfnOutput(
+            self,
+            "GatewayLoadBalancerDns",
+            value=self.gateway.load_balancer.load_balancer_dns_name,
+            description=f"Point {config.gateway_domain_name} here (CNAME or alias)",
+        )
+        if self.api.domain_name is not None:
+            CfnOutput(
+                self,
+                "ApiDomainTarget",
+                value=self.api.domain_name.regional_domain_name,
+                description=f"Point {config.api_domain_name} here (CNAME or alias)",
+            )
+        CfnOutput(self, "TableName", value=self.data.table.table_name)
+        CfnOutput(self, "ExportsBucketName", value=self.data.exports_bucket.bucket_name)
+        CfnOutput(
+            self,
+            "WebhookSecretArn",
+            value=self.data.webhook_secret.secret_arn,
+            description="Webhook credentials {name, value, in}: set them after deploying",
+        )
+        CfnOutput(self, "EventBusName", value=self.events.bus.event_bus_name)
+        CfnOutput(
+            self,
+            "DeliveryDeadLetterQueueUrl",
+            value=self.events.delivery_dlq.queue_url,
+            description="Transcript events the webhook Lambda could not process",
+        )
+
+    def add_daily_export(self, exporter: lambda_.IFunction) -> DailyExportSchedule:
+        """Invoke `exporter` every day at 02:00 UTC (EventBridge Scheduler)."""
+        if self.export_schedule is not None:
+            raise ValueError("the daily export is already scheduled")
+        self.export_schedule = DailyExportSchedule(
+            self, "DailyExport", config=self.config, exporter=exporter
+        )
+        return self.export_schedule
+
+    def _dns_records(self, config: DeploymentConfig) -> None:
+        if config.hosted_zone_id is None or config.hosted_zone_name is None:
+            return
+        zone = route53.HostedZone.from_hosted_zone_attributes(
+            self, "Zone", hosted_zone_id=config.hosted_zone_id, zone_name=config.hosted_zone_name
+        )
+        route53.ARecord(
+            self,
+            "GatewayAlias",
+            zone=zone,
+            record_name=config.gateway_domain_name,
+            target=route53.RecordTarget.from_alias(
+                route53_targets.LoadBalancerTarget(self.gateway.load_balancer)
+            ),
+        )
+        if self.api.domain_name is not None:
+            route53.ARecord(
+                self,
+                "ApiAlias",
+                zone=zone,
+                record_name=config.api_domain_name,
+                target=route53.RecordTarget.from_alias(
+                    route53_targets.ApiGatewayv2DomainProperties(
+                        self.api.domain_name.regional_domain_name,
+                        self.api.domain_name.regional_hosted_zone_id,
+                    )
+                ),
+            )

@@ -1,0 +1,666 @@
+"""What `cdk deploy` creates: the synthesised template's properties that the runtime contract
+and the operators depend on (never its hashed logical ids)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aws_cdk.assertions import Match
+
+from infra.events import EVENT_SOURCE, TRANSCRIPT_DETAIL_TYPE
+from infra.images import API_HANDLER, WEBHOOK_HANDLER
+from tests.infra_support import (
+    CERTIFICATE_ARN,
+    EXPORTER_ARN,
+    actions_on,
+    container_environment,
+    default_stack,
+    default_template,
+    logical_id,
+    only,
+    policy_statements,
+    variant_stack,
+    variant_template,
+)
+
+SECRET_READ = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
+
+
+def ref(construct) -> dict:
+    return {"Ref": logical_id(construct)}
+
+
+def function_named(template, handler: str) -> dict:
+    functions = template.find_resources(
+        "AWS::Lambda::Function", {"Properties": {"ImageConfig": {"Command": [handler]}}}
+    )
+    assert len(functions) == 1, f"one function with handler {handler}"
+    return next(iter(functions.values()))
+
+
+# --- DynamoDB -------------------------------------------------------------------------------
+
+
+def test_one_table_on_demand_with_pitr_ttl_keys_and_gsi():
+    template = default_template()
+    template.resource_count_is("AWS::DynamoDB::Table", 1)
+    template.has_resource(
+        "AWS::DynamoDB::Table",
+        {
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "BillingMode": "PAY_PER_REQUEST",
+                "DeletionProtectionEnabled": True,
+                "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+                "TimeToLiveSpecification": {"AttributeName": "ttl", "Enabled": True},
+                "KeySchema": [
+                    {"AttributeName": "pk", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                "AttributeDefinitions": Match.array_equals(
+                    [
+                        {"AttributeName": "pk", "AttributeType": "S"},
+                        {"AttributeName": "sk", "AttributeType": "S"},
+                        {"AttributeName": "gsi1pk", "AttributeType": "S"},
+                        {"AttributeName": "gsi1sk", "AttributeType": "S"},
+                    ]
+                ),
+                "GlobalSecondaryIndexes": [
+                    {
+                        "IndexName": "gsi1",
+                        "KeySchema": [
+                            {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+                            {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "ALL"},
+                    }
+                ],
+            },
+        },
+    )
+
+
+# --- Events: bus, rule, queues, pipe, webhook Lambda -----------------------------------------
+
+
+def test_custom_bus_named_after_the_stage():
+    default_template().has_resource_properties("AWS::Events::EventBus", {"Name": "callscribe-prod"})
+    variant_template().has_resource_properties(
+        "AWS::Events::EventBus", {"Name": "callscribe-staging"}
+    )
+
+
+def test_rule_matches_transcripts_on_the_bus_into_the_ingress_fifo_queue():
+    stack = default_stack()
+    events = stack.events
+    rule = only(default_template(), "AWS::Events::Rule")["Properties"]
+    assert rule["EventBusName"] == ref(events.bus)
+    assert rule["EventPattern"] == {
+        "source": [EVENT_SOURCE],
+        "detail-type": [TRANSCRIPT_DETAIL_TYPE],
+    }
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [logical_id(events.ingress_queue), "Arn"]}
+    # EventBridge takes only a literal group id: one group keeps the arrival order.
+    assert target["SqsParameters"] == {"MessageGroupId": "transcripts"}
+    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": [logical_id(events.rule_dlq), "Arn"]}
+
+
+def test_pipe_regroups_each_event_by_conversation_into_the_delivery_queue():
+    events = default_stack().events
+    pipe = only(default_template(), "AWS::Pipes::Pipe")["Properties"]
+    assert pipe["Source"] == {"Fn::GetAtt": [logical_id(events.ingress_queue), "Arn"]}
+    assert pipe["Target"] == {"Fn::GetAtt": [logical_id(events.delivery_queue), "Arn"]}
+    assert pipe["SourceParameters"] == {"SqsQueueParameters": {"BatchSize": 10}}
+    assert pipe["TargetParameters"] == {
+        # The delivery queue's messages are the original EventBridge events.
+        "InputTemplate": "<$.body>",
+        "SqsQueueParameters": {
+            "MessageGroupId": "$.body.detail.group",
+            "MessageDeduplicationId": "$.body.detail.messageId",
+        },
+    }
+    statements = policy_statements(default_template(), events.pipe_role)
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage"} <= actions_on(
+        statements, {"Ref": logical_id(events.ingress_queue)}
+    )
+    assert "sqs:SendMessage" in actions_on(statements, {"Ref": logical_id(events.delivery_queue)})
+
+
+def test_fifo_queues_encrypted_with_dead_letter_queues():
+    stack = default_stack()
+    events = stack.events
+    template = default_template()
+    queues = template.find_resources("AWS::SQS::Queue")
+    for queue in queues.values():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True
+    delivery = queues[logical_id(events.delivery_queue)]["Properties"]
+    assert delivery["FifoQueue"] is True
+    assert delivery["ContentBasedDeduplication"] is False  # explicit ids from the pipe
+    assert delivery["DeduplicationScope"] == "messageGroup"
+    assert delivery["FifoThroughputLimit"] == "perMessageGroupId"
+    assert delivery["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": [logical_id(events.delivery_dlq), "Arn"]},
+        "maxReceiveCount": 3,
+    }
+    assert queues[logical_id(events.delivery_dlq)]["Properties"]["FifoQueue"] is True
+    ingress = queues[logical_id(events.ingress_queue)]["Properties"]
+    assert ingress["FifoQueue"] is True
+    assert ingress["ContentBasedDeduplication"] is True
+    assert ingress["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": [logical_id(events.ingress_dlq), "Arn"]
+    }
+    # The webhook Lambda may run for ten POSTs at the webhook timeout each.
+    function_timeout = function_named(template, WEBHOOK_HANDLER)["Properties"]["Timeout"]
+    assert delivery["VisibilityTimeout"] >= 6 * function_timeout
+
+
+def test_every_queue_refuses_non_tls_access():
+    template = default_template()
+    queue_ids = set(template.find_resources("AWS::SQS::Queue"))
+    policies = template.find_resources("AWS::SQS::QueuePolicy")
+    protected = set()
+    for policy in policies.values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Deny" and statement.get("Condition") == {
+                "Bool": {"aws:SecureTransport": "false"}
+            }:
+                protected.update(q["Ref"] for q in policy["Properties"]["Queues"])
+    assert protected == queue_ids
+
+
+def test_webhook_function_consumes_the_delivery_queue_outside_the_vpc():
+    stack = default_stack()
+    template = default_template()
+    function = function_named(template, WEBHOOK_HANDLER)["Properties"]
+    assert function["PackageType"] == "Image"
+    assert "VpcConfig" not in function
+    assert function["TracingConfig"] == {"Mode": "Active"}
+    assert function["Environment"]["Variables"] == {
+        "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
+        "CALLSCRIBE_WEBHOOK_URL": "https://hooks.example.com/callscribe",
+        "CALLSCRIBE_WEBHOOK_SECRET_ARN": ref(stack.data.webhook_secret),
+        "CALLSCRIBE_WEBHOOK_TIMEOUT_S": "5",
+        "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
+        "POWERTOOLS_SERVICE_NAME": "callscribe-webhook",
+        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
+        "LOG_LEVEL": "INFO",
+    }
+    template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": {"Fn::GetAtt": [logical_id(stack.events.delivery_queue), "Arn"]},
+            "FunctionName": ref(stack.events.webhook_function),
+            "BatchSize": 10,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        },
+    )
+
+
+def test_webhook_function_permissions_are_table_writes_and_its_secret():
+    stack = default_stack()
+    statements = policy_statements(default_template(), stack.events.webhook_function.role)
+    table_actions = actions_on(statements, ref(stack.data.table))
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem"} <= table_actions
+    assert "dynamodb:Query" not in table_actions and "dynamodb:GetItem" not in table_actions
+    assert actions_on(statements, ref(stack.data.webhook_secret)) == SECRET_READ
+    for secret in (stack.data.token_secret, stack.data.control_secret):
+        assert not actions_on(statements, ref(secret))
+
+
+def test_webhook_via_nat_puts_the_function_in_private_subnets():
+    stack = variant_stack()
+    function = function_named(variant_template(), WEBHOOK_HANDLER)["Properties"]
+    assert function["VpcConfig"]["SubnetIds"]
+    assert function["Environment"]["Variables"]["CALLSCRIBE_WEBHOOK_TIMEOUT_S"] == "8"
+    assert function["Timeout"] == 10 * 8 + 30
+    assert stack.config.webhook_via_nat
+
+
+# --- API ------------------------------------------------------------------------------------
+
+
+def test_api_function_in_private_subnets_with_contract_environment():
+    stack = default_stack()
+    function = function_named(default_template(), API_HANDLER)["Properties"]
+    assert function["PackageType"] == "Image"
+    assert function["Environment"]["Variables"] == {
+        "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
+        "CALLSCRIBE_TOKEN_SECRET_ARN": ref(stack.data.token_secret),
+        "CALLSCRIBE_CONTROL_SECRET_ARN": ref(stack.data.control_secret),
+        "CALLSCRIBE_PUBLIC_GATEWAY_URL": "wss://gw.callscribe.example.com",
+        "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
+        "POWERTOOLS_SERVICE_NAME": "callscribe-api",
+        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
+        "LOG_LEVEL": "INFO",
+    }
+    private_subnets = [{"Ref": logical_id(subnet)} for subnet in stack.network.vpc.private_subnets]
+    assert function["VpcConfig"] == {
+        "SecurityGroupIds": [{"Fn::GetAtt": [logical_id(stack.api.security_group), "GroupId"]}],
+        "SubnetIds": private_subnets,
+    }
+    assert function["Timeout"] <= 29
+
+
+def test_api_function_permissions():
+    stack = default_stack()
+    statements = policy_statements(default_template(), stack.api.function.role)
+    table_actions = actions_on(statements, ref(stack.data.table))
+    assert {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem"} <= (
+        table_actions
+    )
+    assert actions_on(statements, ref(stack.data.token_secret)) == SECRET_READ
+    assert actions_on(statements, ref(stack.data.control_secret)) == SECRET_READ
+    assert not actions_on(statements, ref(stack.data.webhook_secret))
+    # No statement grants anything on every resource except X-Ray's (no resource scoping).
+    for statement in statements:
+        if statement["Resource"] == "*":
+            assert set(statement["Action"]) <= {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+def test_http_api_routes_throttling_and_access_logs():
+    stack = default_stack()
+    template = default_template()
+    routes = {
+        route["Properties"]["RouteKey"]
+        for route in template.find_resources("AWS::ApiGatewayV2::Route").values()
+    }
+    assert routes == {"ANY /mg-autotranscribe/v1/{proxy+}", "ANY /conversation/v1/{proxy+}"}
+    stage = only(template, "AWS::ApiGatewayV2::Stage")["Properties"]
+    assert stage["StageName"] == "$default" and stage["AutoDeploy"] is True
+    assert stage["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": 100,
+        "ThrottlingBurstLimit": 200,
+    }
+    log_group_id = stage["AccessLogSettings"]["DestinationArn"]["Fn::GetAtt"][0]
+    assert (
+        template.find_resources("AWS::Logs::LogGroup")[log_group_id]["Properties"][
+            "RetentionInDays"
+        ]
+        == 30
+    )
+    # Without apiDomainName the execute-api URL serves it and no custom domain exists.
+    template.resource_count_is("AWS::ApiGatewayV2::DomainName", 0)
+    assert stack.api.domain_name is None
+
+
+def test_api_custom_domain_with_the_certificate_and_alias_record():
+    template = variant_template()
+    template.has_resource_properties(
+        "AWS::ApiGatewayV2::DomainName",
+        {
+            "DomainName": "api.callscribe.example.com",
+            "DomainNameConfigurations": [Match.object_like({"CertificateArn": CERTIFICATE_ARN})],
+        },
+    )
+    template.has_resource_properties("AWS::ApiGatewayV2::Api", {"DisableExecuteApiEndpoint": True})
+    records = {
+        r["Properties"]["Name"]: r["Properties"]
+        for r in template.find_resources("AWS::Route53::RecordSet").values()
+    }
+    assert set(records) == {"api.callscribe.example.com.", "gw.callscribe.example.com."}
+    for record in records.values():
+        assert record["Type"] == "A" and record["HostedZoneId"] == "Z0123456789ABCDEFGHIJ"
+
+
+# --- Twilio gateway -------------------------------------------------------------------------
+
+
+def test_gateway_task_definition():
+    stack = default_stack()
+    task = default_template().find_resources("AWS::ECS::TaskDefinition")[
+        logical_id(stack.gateway.service.task_definition)
+    ]
+    assert task["Properties"]["RequiresCompatibilities"] == ["FARGATE"]
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    assert [p["ContainerPort"] for p in container["PortMappings"]] == [8080, 8081]
+    assert container_environment(task) == {
+        "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
+        "CALLSCRIBE_EVENT_BUS_NAME": ref(stack.events.bus),
+        "CALLSCRIBE_TOKEN_SECRET_ARN": ref(stack.data.token_secret),
+        "CALLSCRIBE_CONTROL_SECRET_ARN": ref(stack.data.control_secret),
+        "CALLSCRIBE_ASR_URL": "http://asr.prod.callscribe.internal:8000",
+        "CALLSCRIBE_PORT": "8080",
+        "CALLSCRIBE_CONTROL_PORT": "8081",
+        "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
+        "LOG_LEVEL": "INFO",
+    }
+    command = container["HealthCheck"]["Command"]
+    assert command[0] == "CMD" and "http://localhost:8080/healthz" in command[-1]
+    assert container["StopTimeout"] == 120
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+
+
+def test_gateway_task_role_permissions():
+    stack = default_stack()
+    statements = policy_statements(
+        default_template(), stack.gateway.service.task_definition.task_role
+    )
+    assert {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"} <= actions_on(
+        statements, ref(stack.data.table)
+    )
+    bus_arn = {"Fn::GetAtt": [logical_id(stack.events.bus), "Arn"]}
+    assert [s["Resource"] for s in statements if s["Action"] == "events:PutEvents"] == [bus_arn]
+    assert actions_on(statements, ref(stack.data.token_secret)) == SECRET_READ
+    assert actions_on(statements, ref(stack.data.control_secret)) == SECRET_READ
+    assert not actions_on(statements, ref(stack.data.webhook_secret))
+
+
+def test_alb_internet_facing_https_only_with_websocket_idle_timeout_and_access_logs():
+    stack = default_stack()
+    template = default_template()
+    balancer = only(template, "AWS::ElasticLoadBalancingV2::LoadBalancer")["Properties"]
+    assert balancer["Scheme"] == "internet-facing"
+    attributes = {a["Key"]: a["Value"] for a in balancer["LoadBalancerAttributes"]}
+    assert attributes["idle_timeout.timeout_seconds"] == "4000"
+    assert attributes["access_logs.s3.enabled"] == "true"
+    assert attributes["access_logs.s3.bucket"] == ref(stack.data.logs_bucket)
+    listener = only(template, "AWS::ElasticLoadBalancingV2::Listener")["Properties"]
+    assert listener["Port"] == 443 and listener["Protocol"] == "HTTPS"
+    assert listener["Certificates"] == [{"CertificateArn": CERTIFICATE_ARN}]
+    # Only 443 is open to the world; nothing listens on 80.
+    (lb_group,) = [
+        sg["Properties"]
+        for sg_id, sg in template.find_resources("AWS::EC2::SecurityGroup").items()
+        if sg_id == logical_id(stack.gateway.load_balancer.connections.security_groups[0])
+    ]
+    assert [
+        (r["FromPort"], r["ToPort"], r["CidrIp"]) for r in lb_group["SecurityGroupIngress"]
+    ] == [(443, 443, "0.0.0.0/0")]
+
+
+def test_target_group_health_check_and_draining():
+    group = only(default_template(), "AWS::ElasticLoadBalancingV2::TargetGroup")["Properties"]
+    assert group["Port"] == 8080 and group["TargetType"] == "ip"
+    assert group["HealthCheckPath"] == "/healthz"
+    attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
+    assert attributes["deregistration_delay.timeout_seconds"] == "3600"
+    assert attributes["stickiness.enabled"] == "false"
+
+
+def test_control_port_reachable_only_from_the_api_function():
+    stack = default_stack()
+    template = default_template()
+    gateway_group = {
+        "Fn::GetAtt": [logical_id(stack.gateway.service.connections.security_groups[0]), "GroupId"]
+    }
+    rules = [
+        r["Properties"]
+        for r in template.find_resources("AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == gateway_group
+    ]
+    by_port = {(r["FromPort"], r["ToPort"]): r["SourceSecurityGroupId"] for r in rules}
+    assert by_port == {
+        (8081, 8081): {"Fn::GetAtt": [logical_id(stack.api.security_group), "GroupId"]},
+        (8080, 8080): {
+            "Fn::GetAtt": [
+                logical_id(stack.gateway.load_balancer.connections.security_groups[0]),
+                "GroupId",
+            ]
+        },
+    }
+
+
+def test_gateway_autoscaling_on_requests_per_target_and_cpu():
+    template = default_template()
+    template.has_resource_properties(
+        "AWS::ApplicationAutoScaling::ScalableTarget",
+        {"MinCapacity": 2, "MaxCapacity": 10, "ScalableDimension": "ecs:service:DesiredCount"},
+    )
+    metrics = {
+        p["Properties"]["TargetTrackingScalingPolicyConfiguration"][
+            "PredefinedMetricSpecification"
+        ]["PredefinedMetricType"]
+        for p in template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
+    }
+    assert metrics == {"ALBRequestCountPerTarget", "ECSServiceAverageCPUUtilization"}
+
+
+# --- ASR workers ----------------------------------------------------------------------------
+
+
+def test_asr_task_has_one_gpu_and_the_contract_environment():
+    stack = default_stack()
+    task = default_template().find_resources("AWS::ECS::TaskDefinition")[
+        logical_id(stack.asr.service.task_definition)
+    ]
+    assert task["Properties"]["RequiresCompatibilities"] == ["EC2"]
+    assert task["Properties"]["NetworkMode"] == "awsvpc"
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    assert container["ResourceRequirements"] == [{"Type": "GPU", "Value": "1"}]
+    assert [p["ContainerPort"] for p in container["PortMappings"]] == [8000]
+    environment = container_environment(task)
+    assert {k: environment[k] for k in environment if k.startswith("CALLSCRIBE_")} == {
+        "CALLSCRIBE_ASR_MODEL": "/models/large-v3-turbo",
+        "CALLSCRIBE_ASR_DEVICE": "cuda",
+        "CALLSCRIBE_ASR_COMPUTE_TYPE": "float16",
+        "CALLSCRIBE_ASR_PORT": "8000",
+    }
+    assert "http://localhost:8000/healthz" in container["HealthCheck"]["Command"][-1]
+
+
+def test_asr_runs_on_gpu_instances_through_a_capacity_provider():
+    stack = default_stack()
+    template = default_template()
+    launch = only(template, "AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+    assert launch["InstanceType"] == "g5.xlarge"
+    assert launch["MetadataOptions"] == {"HttpTokens": "required"}
+    assert launch["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    # The ECS GPU-optimised Amazon Linux 2 AMI, resolved from its public SSM parameter.
+    ami_parameter = launch["ImageId"]["Ref"]
+    assert template.to_json()["Parameters"][ami_parameter]["Default"] == (
+        "/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id"
+    )
+    template.has_resource_properties(
+        "AWS::ECS::CapacityProvider",
+        {
+            "AutoScalingGroupProvider": Match.object_like(
+                {
+                    "ManagedScaling": Match.object_like({"Status": "ENABLED"}),
+                    "ManagedTerminationProtection": "ENABLED",
+                }
+            )
+        },
+    )
+    service = template.find_resources("AWS::ECS::Service")[logical_id(stack.asr.service)]
+    assert service["Properties"]["CapacityProviderStrategy"] == [
+        {"CapacityProvider": ref(stack.asr.capacity_provider), "Weight": 1}
+    ]
+    template.has_resource_properties(
+        "AWS::AutoScaling::AutoScalingGroup", {"MinSize": "1", "MaxSize": "5"}
+    )
+    variant = only(variant_template(), "AWS::EC2::LaunchTemplate")["Properties"]
+    assert variant["LaunchTemplateData"]["InstanceType"] == "g6.xlarge"
+
+
+def test_asr_is_private_reachable_from_gateways_through_cloud_map():
+    stack = default_stack()
+    template = default_template()
+    template.has_resource_properties(
+        "AWS::ServiceDiscovery::PrivateDnsNamespace", {"Name": "prod.callscribe.internal"}
+    )
+    template.has_resource_properties(
+        "AWS::ServiceDiscovery::Service",
+        {"Name": "asr", "DnsConfig": Match.object_like({"DnsRecords": [{"TTL": 10, "Type": "A"}]})},
+    )
+    asr_group = {
+        "Fn::GetAtt": [logical_id(stack.asr.service.connections.security_groups[0]), "GroupId"]
+    }
+    rules = [
+        r["Properties"]
+        for r in template.find_resources("AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == asr_group
+    ]
+    assert [(r["FromPort"], r["ToPort"], r["SourceSecurityGroupId"]) for r in rules] == [
+        (
+            8000,
+            8000,
+            {
+                "Fn::GetAtt": [
+                    logical_id(stack.gateway.service.connections.security_groups[0]),
+                    "GroupId",
+                ]
+            },
+        )
+    ]
+    assert stack.asr.url == "http://asr.prod.callscribe.internal:8000"
+
+
+def test_asr_model_choice_reaches_the_image_build_and_the_task():
+    stack = variant_stack()
+    task = variant_template().find_resources("AWS::ECS::TaskDefinition")[
+        logical_id(stack.asr.service.task_definition)
+    ]
+    assert container_environment(task)["CALLSCRIBE_ASR_MODEL"] == "/models/distil-large-v3"
+    assembly = stack.node.root.synth()
+    assets = json.loads(
+        (Path(assembly.directory) / f"{stack.artifact_id}.assets.json").read_text()
+    )["dockerImages"]
+    build_args = [
+        image["source"].get("dockerBuildArgs")
+        for image in assets.values()
+        if image["source"]["dockerFile"] == "containers/asr_worker/Dockerfile"
+    ]
+    assert build_args == [{"WHISPER_MODEL": "distil-large-v3"}]
+
+
+def test_cluster_has_container_insights():
+    default_template().has_resource_properties(
+        "AWS::ECS::Cluster",
+        {"ClusterSettings": [{"Name": "containerInsights", "Value": "enabled"}]},
+    )
+
+
+# --- S3, network, logs ----------------------------------------------------------------------
+
+
+def test_buckets_block_public_access_encrypt_and_enforce_tls():
+    template = default_template()
+    buckets = template.find_resources("AWS::S3::Bucket")
+    assert len(buckets) == 2
+    for bucket in buckets.values():
+        properties = bucket["Properties"]
+        assert properties["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        assert properties["BucketEncryption"] == {
+            "ServerSideEncryptionConfiguration": [
+                {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+            ]
+        }
+    denied = set()
+    for policy in template.find_resources("AWS::S3::BucketPolicy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Deny" and statement.get("Condition") == {
+                "Bool": {"aws:SecureTransport": "false"}
+            }:
+                denied.add(policy["Properties"]["Bucket"]["Ref"])
+    assert denied == set(buckets)
+
+
+def test_exports_bucket_expires_objects_after_retention_and_logs_access():
+    stack = default_stack()
+    exports = default_template().find_resources("AWS::S3::Bucket")[
+        logical_id(stack.data.exports_bucket)
+    ]["Properties"]
+    rules = exports["LifecycleConfiguration"]["Rules"]
+    assert any(rule.get("ExpirationInDays") == 7 and rule["Status"] == "Enabled" for rule in rules)
+    assert exports["LoggingConfiguration"]["DestinationBucketName"] == ref(stack.data.logs_bucket)
+    variant = variant_template().find_resources("AWS::S3::Bucket")[
+        logical_id(variant_stack().data.exports_bucket)
+    ]["Properties"]
+    assert any(r.get("ExpirationInDays") == 30 for r in variant["LifecycleConfiguration"]["Rules"])
+
+
+def test_secrets_generated_and_webhook_secret_shaped_for_the_runtime():
+    template = default_template()
+    secrets = template.find_resources("AWS::SecretsManager::Secret")
+    assert len(secrets) == 3
+    stack = default_stack()
+    webhook = secrets[logical_id(stack.data.webhook_secret)]["Properties"]["GenerateSecretString"]
+    assert webhook["GenerateStringKey"] == "value"
+    assert (
+        webhook["SecretStringTemplate"] == '{"name": "X-CallScribe-Webhook-Token", "in": "header"}'
+    )
+    for secret in (stack.data.token_secret, stack.data.control_secret):
+        generated = secrets[logical_id(secret)]["Properties"]["GenerateSecretString"]
+        assert generated["PasswordLength"] >= 48
+
+
+def test_new_vpc_with_private_egress_flow_logs_and_gateway_endpoints():
+    template = default_template()
+    template.resource_count_is("AWS::EC2::VPC", 1)
+    template.resource_count_is("AWS::EC2::NatGateway", 1)
+    template.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "REJECT"})
+    endpoints = template.find_resources("AWS::EC2::VPCEndpoint")
+    services = {
+        "".join(str(part) for part in e["Properties"]["ServiceName"]["Fn::Join"][1])
+        for e in endpoints.values()
+    }
+    assert any(s.endswith(".dynamodb") for s in services)
+    assert any(s.endswith(".s3") for s in services)
+
+
+def test_existing_vpc_is_looked_up_not_created():
+    template = variant_template()
+    template.resource_count_is("AWS::EC2::VPC", 0)
+    template.resource_count_is("AWS::EC2::NatGateway", 0)
+    assert not variant_stack().network.created_vpc
+
+
+def test_every_log_group_has_the_configured_retention():
+    for template, days in ((default_template(), 30), (variant_template(), 90)):
+        groups = template.find_resources("AWS::Logs::LogGroup")
+        assert groups
+        assert {g["Properties"].get("RetentionInDays") for g in groups.values()} == {days}
+    # Every Lambda function of the deployment logs into one of those groups.
+    template = default_template()
+    group_ids = set(template.find_resources("AWS::Logs::LogGroup"))
+    for function in template.find_resources("AWS::Lambda::Function").values():
+        assert function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] in group_ids
+
+
+def test_pipe_logs_errors_to_a_retained_log_group():
+    pipe = only(default_template(), "AWS::Pipes::Pipe")["Properties"]
+    assert pipe["LogConfiguration"]["Level"] == "ERROR"
+    group_id = pipe["LogConfiguration"]["CloudwatchLogsLogDestination"]["LogGroupArn"][
+        "Fn::GetAtt"
+    ][0]
+    assert (
+        default_template().find_resources("AWS::Logs::LogGroup")[group_id]["Properties"][
+            "RetentionInDays"
+        ]
+        == 30
+    )
+
+
+# --- The daily export seam ------------------------------------------------------------------
+
+
+def test_no_schedule_without_an_exporter():
+    default_template().resource_count_is("AWS::Scheduler::Schedule", 0)
+    assert default_stack().export_schedule is None
+
+
+def test_schedule_at_two_utc_invokes_the_given_exporter():
+    template = variant_template()
+    schedule = only(template, "AWS::Scheduler::Schedule")["Properties"]
+    assert schedule["ScheduleExpression"] == "cron(0 2 * * ? *)"
+    assert schedule["ScheduleExpressionTimezone"] == "UTC"
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert schedule["Target"]["Arn"] == EXPORTER_ARN
+    role = schedule["Target"]["RoleArn"]["Fn::GetAtt"][0]
+    statements = [
+        statement
+        for policy in template.find_resources("AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert len(statements) == 1
+    assert statements[0]["Action"] == "lambda:InvokeFunction"
+    assert statements[0]["Resource"] == EXPORTER_ARN
