@@ -18,8 +18,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
-from callscribe.asr.base import AsrEngine, AsrRequest
-from callscribe.asr.whisper import FasterWhisperEngine
+from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
+from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import StreamTokens
 from callscribe.bus import InProcessEventBus
 from callscribe.calls import CallRegistry
@@ -74,7 +74,7 @@ class LocalRuntime:
             )
             bus.subscribe(dispatcher)
         owns_asr = asr is None
-        asr = asr or FasterWhisperEngine(settings.asr)
+        asr = asr or make_asr_engine(settings.asr)
         pipeline = TranscriptionPipeline(
             asr, store, bus, retention_s=settings.message_retention_days * DAY_S
         )
@@ -104,7 +104,12 @@ class LocalRuntime:
 
     async def warm_up(self) -> None:
         """One tiny transcription so the first caller does not pay for lazy initialisation."""
-        await self.asr.transcribe(AsrRequest(audio=np.zeros(16_000, dtype=np.float32)))
+        try:
+            await self.asr.transcribe(AsrRequest(audio=np.zeros(16_000, dtype=np.float32)))
+        except AsrError as exc:
+            # A remote ASR worker may start after this gateway: serve anyway; utterances
+            # fail (and are counted) until it answers.
+            log.warning("ASR warm-up failed: %s", exc)
 
     def stats(self) -> dict[str, Any]:
         delivery = self.dispatcher.stats if self.dispatcher else None
