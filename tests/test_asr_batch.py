@@ -140,3 +140,17 @@ def test_bench_rows_cover_single_and_each_batch_size(asr_engine: FasterWhisperEn
 def test_word_error_rate() -> None:
     assert word_error_rate(["a b c d"], ["a x c"]) == 0.5
     assert word_error_rate(["Hello, there."], ["hello there"]) == 0.0
+
+
+def test_bench_asr_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from callscribe.cli import main
+
+    assert main(["bench-asr", "--batch-sizes", "1,x"]) == 2
+    assert main(["bench-asr", "--batch-sizes", "0"]) == 2
+    assert main(["bench-asr", "--batch-sizes", "2", "--utterances", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("ASR benchmark: packaged:whisper-base on cpu (int8), encoder context")
+    assert len(out) == 4
+    assert out[2].split()[:2] == ["single", "1"]
+    assert out[3].split()[:2] == ["batched", "2"]
+    assert out[3].split()[-1].endswith("/2")

@@ -47,7 +47,6 @@ def _max_new_tokens(samples: int) -> int:
 class _Decode:
     """One decoder hypothesis for one utterance, with what Whisper's fallback rules look at."""
 
-    tokens: list[int]
     text: str
     avg_logprob: float
     no_speech_prob: float
@@ -321,7 +320,6 @@ class FasterWhisperEngine:
         tokens = tokens[:token_cap]
         text = tokenizer.decode(tokens).strip()
         return _Decode(
-            tokens=tokens,
             text=text,
             avg_logprob=avg_logprob,
             no_speech_prob=result.no_speech_prob,

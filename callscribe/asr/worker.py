@@ -103,7 +103,6 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
         description=__doc__,
         lifespan=lifespan,
     )
-    app.state.batcher = batcher
 
     @app.post(
         TRANSCRIBE_PATH,
@@ -126,6 +125,15 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
         },
     )
     async def transcribe(request: Request):  # type: ignore[no-untyped-def]
+        # The body is read (or, past the limit, drained) before anything is refused, so that
+        # the client reads our answer rather than a connection reset mid-upload.
+        body = await _read_body(request, max_bytes)
+        if body is None:
+            return _error(
+                413,
+                "payload_too_large",
+                f"at most {settings.max_audio_s:g} s of audio ({max_bytes} bytes) per request",
+            )
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/octet-stream":
             return _error(
@@ -145,20 +153,6 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
         word_timestamps_text = request.query_params.get("wordTimestamps", "false").lower()
         if word_timestamps_text not in _TRUE | _FALSE:
             return _error(400, "invalid_parameter", "wordTimestamps must be true or false")
-
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > DISCARD_LIMIT_BYTES:
-            return _too_large(settings)
-        body = bytearray()
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received <= max_bytes:
-                body += chunk
-            elif received > DISCARD_LIMIT_BYTES:
-                break
-        if received > max_bytes:
-            return _too_large(settings)
         if not body:
             return _error(400, "invalid_audio", "the body is empty: send at least one sample")
         if len(body) % 2:
@@ -168,7 +162,7 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
                 f"the body has {len(body)} bytes: 16-bit PCM needs an even number",
             )
 
-        audio = np.frombuffer(bytes(body), dtype="<i2").astype(np.float32) / 32768.0
+        audio = np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
         asr_request = AsrRequest(
             audio=audio, language=language, word_timestamps=word_timestamps_text in _TRUE
         )
@@ -208,13 +202,21 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
     return app
 
 
-def _too_large(settings: AsrWorkerSettings):  # type: ignore[no-untyped-def]
-    return _error(
-        413,
-        "payload_too_large",
-        f"at most {settings.max_audio_s:g} s of audio "
-        f"({int(settings.max_audio_s * SAMPLE_RATE) * 2} bytes) per request",
-    )
+async def _read_body(request: Request, max_bytes: int) -> bytes | None:
+    """The body, or None when it is longer than ``max_bytes`` (then drained, up to a limit,
+    without being kept)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > DISCARD_LIMIT_BYTES:
+        return None
+    body = bytearray()
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received <= max_bytes:
+            body += chunk
+        elif received > DISCARD_LIMIT_BYTES:
+            break
+    return bytes(body) if received <= max_bytes else None
 
 
 def worker_uvicorn_config(app: FastAPI, settings: AsrWorkerSettings) -> uvicorn.Config:
