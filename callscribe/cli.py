@@ -1,4 +1,4 @@
-"""The ``callscribe`` command: serve, keys, demo, bench."""
+"""The ``callscribe`` command: serve, keys, demo, bench, asr-worker, bench-asr."""
 
 from __future__ import annotations
 
@@ -141,6 +141,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_asr_worker(args: argparse.Namespace) -> int:
+    from callscribe.asr.worker import run_worker
+    from callscribe.config import AsrWorkerSettings
+
+    overrides = {name: getattr(args, name) for name in ("host", "port")}
+    settings = AsrWorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    return run_worker(settings)
+
+
+def cmd_bench_asr(args: argparse.Namespace) -> int:
+    from callscribe.asr.bench import run_asr_bench
+
+    try:
+        batch_sizes = [int(n) for n in args.batch_sizes.split(",")]
+    except ValueError:
+        print("--batch-sizes takes comma-separated whole numbers", file=sys.stderr)
+        return 2
+    if any(n < 1 for n in batch_sizes) or args.utterances < 1:
+        print("batch sizes and --utterances must be at least 1", file=sys.stderr)
+        return 2
+    return run_asr_bench(batch_sizes, args.utterances, encoder_context=args.encoder_context)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callscribe", description="Real-time contact-centre call transcription."
@@ -186,6 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=None, help="play only this much")
     bench.add_argument("--end-silence-ms", type=int, default=None)
     bench.set_defaults(func=cmd_bench)
+
+    worker = commands.add_parser(
+        "asr-worker", help="serve Whisper over HTTP, batching utterances from many calls"
+    )
+    worker.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    worker.add_argument("--port", type=int, help="port to listen on (default 8000; 0 = any)")
+    worker.set_defaults(func=cmd_asr_worker)
+
+    bench_asr = commands.add_parser(
+        "bench-asr", help="ASR latency and throughput per batch size on this device"
+    )
+    bench_asr.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated sizes")
+    bench_asr.add_argument("--utterances", type=int, default=16, help="utterances per size")
+    bench_asr.add_argument(
+        "--encoder-context", choices=["trimmed", "full"], help="override the setting"
+    )
+    bench_asr.set_defaults(func=cmd_bench_asr)
     return parser
 
 

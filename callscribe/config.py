@@ -60,6 +60,24 @@ class AsrSettings(BaseSettings):
     # Whisper invents text on noise: segments this unlikely to be speech are dropped.
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
+    # Base URL of a remote ASR worker (``callscribe asr-worker``), e.g. "http://asr.internal:8000".
+    # Set: utterances are sent there and no model is loaded in this process.
+    url: str | None = Field(None, pattern=r"^https?://[^\s/]+")
+    timeout_s: float = Field(15.0, gt=0, le=300, description="per request to a remote worker")
+
+
+class AsrWorkerSettings(AsrSettings):
+    """The ASR worker service (``callscribe asr-worker``): model settings above, plus how it
+    listens and batches. Same ``CALLSCRIBE_ASR_`` prefix (``CALLSCRIBE_ASR_PORT=8000``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # A batch closes when it holds max_batch utterances or max_wait_ms after its first arrived.
+    max_batch: int = Field(16, ge=1, le=256)
+    max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    # Utterances waiting for a batch; beyond this the worker answers 503 at once.
+    max_queue: int = Field(256, ge=1, le=100_000)
+    max_audio_s: float = Field(30.0, gt=0, le=120)
 
 
 class WebhookSettings(BaseSettings):

@@ -24,8 +24,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
-from callscribe.asr.base import AsrEngine, AsrRequest
-from callscribe.asr.whisper import FasterWhisperEngine
+from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
+from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import StreamTokens
 from callscribe.bus import EventBus, InProcessEventBus
 from callscribe.calls import CallRegistry
@@ -113,7 +113,7 @@ class LocalRuntime:
             secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key), settings.stream_token_ttl_s
         )
         owns_asr = asr is None
-        asr = asr or FasterWhisperEngine(settings.asr)
+        asr = asr or make_asr_engine(settings.asr)
         pipeline = TranscriptionPipeline(
             asr, store, bus, retention_s=settings.message_retention_days * DAY_S
         )
@@ -136,7 +136,12 @@ class LocalRuntime:
 
     async def warm_up(self) -> None:
         """One tiny transcription so the first caller does not pay for lazy initialisation."""
-        await self.asr.transcribe(AsrRequest(audio=np.zeros(16_000, dtype=np.float32)))
+        try:
+            await self.asr.transcribe(AsrRequest(audio=np.zeros(16_000, dtype=np.float32)))
+        except AsrError as exc:
+            # A remote ASR worker may start after this gateway: serve anyway; utterances
+            # fail (and are counted) until it answers.
+            log.warning("ASR warm-up failed: %s", exc)
 
     def stats(self) -> dict[str, Any]:
         delivery = self.dispatcher.stats if self.dispatcher else None

@@ -2,6 +2,6 @@
 # Set up (first run only) and run the whole test suite. Tests make speech with espeak-ng and
 # check audio against sox, so those Debian packages are installed when missing.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" dev,infra espeak-ng sox
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" dev,infra,aws espeak-ng sox
 cd "$ROOT"
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

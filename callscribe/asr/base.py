@@ -23,6 +23,11 @@ class AsrResult:
     language: str | None = None
     audio_ms: int = 0
     processing_ms: float = 0.0
+    # How a batching ASR service (``callscribe.asr.worker``) served the utterance: the time it
+    # waited in the service's queue and how many utterances shared its batch. An engine that
+    # transcribes one utterance at a time leaves the defaults.
+    queue_ms: float = 0.0
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,22 @@ class AsrRequest:
     audio: np.ndarray = field(repr=False)  # float32 mono at 16 kHz, -1..1
     language: str | None = None  # ISO 639-1 ("en"), or None to detect
     word_timestamps: bool = False
+
+
+class AsrError(RuntimeError):
+    """The engine could not transcribe an utterance (the pipeline counts it and moves on)."""
+
+
+class AsrOverloadedError(AsrError):
+    """A remote ASR service refused the utterance because it is at capacity (HTTP 503)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AsrUnavailableError(AsrError):
+    """A remote ASR service could not be reached, timed out, or answered with an error."""
 
 
 class AsrEngine(Protocol):

@@ -1,4 +1,10 @@
-"""faster-whisper behind the ``AsrEngine`` port, run in worker threads off the event loop."""
+"""faster-whisper behind the ``AsrEngine`` port, run in worker threads off the event loop.
+
+Two ways in: ``transcribe`` / ``transcribe_blocking`` run one utterance through faster-whisper's
+own ``transcribe``; ``transcribe_batch`` runs several utterances through one encoder call and
+one decoder (``generate``) call of the CTranslate2 model, which is how the GPU ASR worker
+(``callscribe.asr.worker``) serves many calls at once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +29,28 @@ SAMPLE_RATE = 16_000
 
 FRAMES_PER_SECOND = 100  # mel frames
 FULL_CONTEXT_FRAMES = 3000  # Whisper's 30 s window
+MAX_BATCHED_SAMPLES = FULL_CONTEXT_FRAMES * SAMPLE_RATE // FRAMES_PER_SECOND
+
+# faster-whisper's defaults, which ``transcribe_blocking`` uses too: a decode whose text
+# compresses better than this (gzip) is a repetition loop, and is retried at the next
+# temperature; sampled retries keep the best of this many hypotheses.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+SAMPLED_HYPOTHESES = 5
+
+
+def _max_new_tokens(samples: int) -> int:
+    # People say at most ~5 tokens a second; a bound stops a decoding loop early.
+    return min(440, 16 + samples * 8 // SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class _Decode:
+    """One decoder hypothesis for one utterance, with what Whisper's fallback rules look at."""
+
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
 
 
 def _trimmed_whisper_model_class() -> type:
@@ -67,6 +96,7 @@ class FasterWhisperEngine:
             time.perf_counter() - started,
         )
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="asr")
+        self._tokenizers: dict[str, object] = {}
 
     async def transcribe(self, request: AsrRequest) -> AsrResult:
         loop = asyncio.get_running_loop()
@@ -93,8 +123,7 @@ class FasterWhisperEngine:
             no_speech_threshold=self.settings.no_speech_threshold,
             log_prob_threshold=self.settings.log_prob_threshold,
             temperature=self.settings.temperatures,
-            # People say at most ~5 tokens a second; a bound stops a decoding loop early.
-            max_new_tokens=min(440, 16 + len(request.audio) * 8 // SAMPLE_RATE),
+            max_new_tokens=_max_new_tokens(len(request.audio)),
         )
         texts: list[str] = []
         words: list[AsrWord] = []
@@ -121,6 +150,203 @@ class FasterWhisperEngine:
             audio_ms=int(math.ceil(len(request.audio) * 1000 / SAMPLE_RATE)),
             processing_ms=(time.perf_counter() - started) * 1000,
         )
+
+    # ------------------------------------------------------------------ batched transcription
+
+    @property
+    def supported_languages(self) -> list[str]:
+        return list(self._model.supported_languages)
+
+    def batchable(self, request: AsrRequest) -> bool:
+        """Whether ``transcribe_batch`` decodes this request in the shared batch.
+
+        Word timings need faster-whisper's alignment pass, a missing language needs its
+        language detection, and more than 30 s needs its sliding window: such requests take
+        the per-utterance ``transcribe_blocking`` path instead (still inside the same call).
+        """
+        return (
+            request.language is not None
+            and not request.word_timestamps
+            and 0 < len(request.audio) <= MAX_BATCHED_SAMPLES
+        )
+
+    def transcribe_batch(self, requests: list[AsrRequest]) -> list[AsrResult]:
+        """Transcribe several utterances; results in the order of ``requests``.
+
+        The batchable ones (see ``batchable``) share one encoder call and one ``generate`` call:
+        their mel features are zero-padded to a common width, the largest trimmed context in
+        the batch (or Whisper's 30 s with ``encoder_context="full"``). Each gets the same
+        decoding rules as ``transcribe_blocking``: temperature fallback on loops or improbable
+        text, Whisper's no-speech filter, the per-utterance token bound. Their
+        ``processing_ms`` is the time the shared batch took, which every one of them waited
+        for. The others are transcribed one by one with ``transcribe_blocking``.
+        """
+        self._check_languages(requests)
+        results: list[AsrResult | None] = [None] * len(requests)
+        batched = [i for i, request in enumerate(requests) if self.batchable(request)]
+        if batched:
+            for i, result in zip(
+                batched, self._transcribe_together([requests[i] for i in batched]), strict=True
+            ):
+                results[i] = result
+        return [
+            result if result is not None else self.transcribe_blocking(request)
+            for request, result in zip(requests, results, strict=True)
+        ]
+
+    def _check_languages(self, requests: list[AsrRequest]) -> None:
+        """Refuse the batch before any work rather than fail it halfway. (An English-only
+        model transcribes any language as English, as faster-whisper does.)"""
+        if not self._model.model.is_multilingual:
+            return
+        supported = set(self._model.supported_languages)
+        for request in requests:
+            if request.language is not None and request.language not in supported:
+                raise ValueError(f"language {request.language!r} is not supported")
+
+    def _tokenizer(self, language: str):  # type: ignore[no-untyped-def]
+        from faster_whisper.tokenizer import Tokenizer
+
+        multilingual = self._model.model.is_multilingual
+        language = language if multilingual else "en"
+        tokenizer = self._tokenizers.get(language)
+        if tokenizer is None:
+            tokenizer = Tokenizer(
+                self._model.hf_tokenizer, multilingual, task="transcribe", language=language
+            )
+            self._tokenizers[language] = tokenizer
+        return tokenizer
+
+    def _transcribe_together(self, requests: list[AsrRequest]) -> list[AsrResult]:
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        started = time.perf_counter()
+        extractor = self._model.feature_extractor
+        features = [extractor(request.audio) for request in requests]
+        # As faster-whisper does: the last frame is the STFT's tail, not content.
+        contents = [min(FULL_CONTEXT_FRAMES, f.shape[-1] - 1) for f in features]
+        widths = [
+            self._context_frames(len(request.audio)) or FULL_CONTEXT_FRAMES
+            for request in requests
+        ]
+        width = max(widths)
+        # Zeros past the content, as Whisper's pad_or_trim pads its 30 s window.
+        mel = np.zeros((len(requests), features[0].shape[0], width), dtype=np.float32)
+        for row, (f, content) in enumerate(zip(features, contents, strict=True)):
+            used = min(content, width)
+            mel[row, :, :used] = f[:, :used]
+
+        tokenizers = [self._tokenizer(request.language or "en") for request in requests]
+        prompts = [[*t.sot_sequence, t.no_timestamps] for t in tokenizers]
+        token_caps = [_max_new_tokens(len(request.audio)) for request in requests]
+        # One max_length for the whole batch: the longest utterance's bound. Shorter ones are
+        # cut back to their own bound afterwards, so their text is what a single decode gives.
+        max_length = max(len(p) for p in prompts) + max(token_caps)
+        suppress_tokens = list(get_suppressed_tokens(tokenizers[0], [-1]))
+
+        decodes: list[list[_Decode]] = [[] for _ in requests]
+        pending = list(range(len(requests)))
+        for round_index, temperature in enumerate(self.settings.temperatures):
+            # The first round encodes the whole batch; a retry re-encodes only the utterances
+            # being retried (rare), which is simpler and cheaper than slicing the encoder
+            # output where it lives (on the GPU).
+            encoded = self._encode(mel if round_index == 0 else mel[pending])
+            if temperature > 0:
+                sampling = {
+                    "beam_size": 1,
+                    "num_hypotheses": SAMPLED_HYPOTHESES,
+                    "sampling_topk": 0,
+                    "sampling_temperature": temperature,
+                }
+            else:
+                sampling = {"beam_size": self.settings.beam_size, "patience": 1.0}
+            generated = self._model.model.generate(
+                encoded,
+                [prompts[i] for i in pending],
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=suppress_tokens,
+                **sampling,
+            )
+            retry = []
+            for i, result in zip(pending, generated, strict=True):
+                decode = self._decode(result, tokenizers[i], token_caps[i])
+                decodes[i].append(decode)
+                if self._needs_fallback(decode):
+                    retry.append(i)
+            pending = retry
+            if not pending:
+                break
+        elapsed_ms = (time.perf_counter() - started) * 1000
+
+        results = []
+        for request, tokenizer, tried in zip(requests, tokenizers, decodes, strict=True):
+            chosen = self._choose(tried)
+            speechless = (
+                chosen.no_speech_prob > self.settings.no_speech_threshold
+                and not chosen.avg_logprob > self.settings.log_prob_threshold
+            )
+            results.append(
+                AsrResult(
+                    text="" if speechless else chosen.text,
+                    language=tokenizer.language_code,
+                    audio_ms=int(math.ceil(len(request.audio) * 1000 / SAMPLE_RATE)),
+                    processing_ms=elapsed_ms,
+                )
+            )
+        return results
+
+    def _encode(self, mel: np.ndarray):  # type: ignore[no-untyped-def]
+        import ctranslate2
+
+        model = self._model.model
+        # As faster-whisper does: with several GPUs the next call may run on another one.
+        to_cpu = model.device == "cuda" and len(model.device_index) > 1
+        return model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=to_cpu
+        )
+
+    @staticmethod
+    def _decode(result, tokenizer, token_cap: int) -> _Decode:  # type: ignore[no-untyped-def]
+        from faster_whisper.transcribe import get_compression_ratio
+
+        tokens = list(result.sequences_ids[0])
+        # The score covers the whole generated sequence, as faster-whisper reads it; only a
+        # decode that ran past this utterance's bound (a loop) has its tokens cut here.
+        cumulative_logprob = result.scores[0] * len(tokens)
+        avg_logprob = cumulative_logprob / (len(tokens) + 1)
+        tokens = tokens[:token_cap]
+        text = tokenizer.decode(tokens).strip()
+        return _Decode(
+            text=text,
+            avg_logprob=avg_logprob,
+            no_speech_prob=result.no_speech_prob,
+            compression_ratio=get_compression_ratio(text),
+        )
+
+    def _needs_fallback(self, decode: _Decode) -> bool:
+        """faster-whisper's rule for trying the next temperature."""
+        looks_silent = (
+            decode.no_speech_prob > self.settings.no_speech_threshold
+            and decode.avg_logprob < self.settings.log_prob_threshold
+        )
+        if looks_silent:
+            return False
+        return (
+            decode.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+            or decode.avg_logprob < self.settings.log_prob_threshold
+        )
+
+    def _choose(self, tried: list[_Decode]) -> _Decode:
+        """The last decode if it was accepted; when every temperature failed, the most
+        probable one that is not a loop (faster-whisper's choice)."""
+        last = tried[-1]
+        if not self._needs_fallback(last):
+            return last
+        not_loops = [d for d in tried if d.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
+        return max(not_loops or tried, key=lambda d: d.avg_logprob)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)

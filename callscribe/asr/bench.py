@@ -1,0 +1,177 @@
+"""``callscribe bench-asr``: ASR latency and throughput per batch size on this device.
+
+The utterances are the agent's and customer's lines of the bundled sample call (the part a
+real call transcribes: telephone audio, 8 kHz μ-law, upsampled to 16 kHz as the pipeline does),
+each with 200 ms of audio either side as the endpointer leaves it. Each is first transcribed
+alone with faster-whisper's own ``transcribe`` (the "single" row: what local mode does), then
+in batches of each requested size with ``transcribe_batch`` (what the ASR worker does). Per row:
+
+- latency: the time an utterance waits for its text once its batch starts (the batch's wall
+  time; every utterance of a batch gets its result at the end), mean and max;
+- compute per utterance: wall time / utterances;
+- throughput: utterances per second, and the real-time factor (processing / audio seconds);
+- accuracy: word error rate against the call's script, and how many texts equal the single
+  decode's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from callscribe.asr.base import AsrRequest, AsrResult
+from callscribe.audio import resample_8k_to_16k, ulaw_to_pcm16
+from callscribe.config import AsrSettings
+from callscribe.simulate import load_sample_call
+
+SAMPLE_RATE = 16_000
+MARGIN_MS = 200
+
+
+@dataclass(frozen=True)
+class Utterance:
+    audio: np.ndarray
+    script: str
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    mode: str  # "single" or "batched"
+    batch_size: int
+    utterances: int
+    wall_s: float
+    audio_s: float
+    latency_mean_ms: float
+    latency_max_ms: float
+    word_error_rate: float
+    same_as_single: int
+
+    @property
+    def compute_ms_per_utterance(self) -> float:
+        return self.wall_s * 1000 / self.utterances
+
+    @property
+    def utterances_per_s(self) -> float:
+        return self.utterances / self.wall_s
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.wall_s / self.audio_s
+
+
+def sample_utterances(count: int) -> list[Utterance]:
+    """``count`` utterances from the sample call's speech, cycling through them if needed."""
+    call = load_sample_call()
+    speech = [s for s in call.segments if s.transcribed]
+    utterances = []
+    for index in range(count):
+        segment = speech[index % len(speech)]
+        start = max(0, (segment.start_ms - MARGIN_MS) * 8)
+        end = (segment.end_ms + MARGIN_MS) * 8
+        pcm = ulaw_to_pcm16(call.tracks[segment.track][start:end])
+        utterances.append(Utterance(resample_8k_to_16k(pcm).astype(np.float32), segment.text))
+    return utterances
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Word-level edit distance over all pairs / reference words."""
+    errors = total = 0
+    for reference, hypothesis in zip(references, hypotheses, strict=True):
+        ref, hyp = _words(reference), _words(hypothesis)
+        previous = list(range(len(hyp) + 1))
+        for i, r in enumerate(ref, 1):
+            current = [i]
+            for j, h in enumerate(hyp, 1):
+                current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+            previous = current
+        errors += previous[-1]
+        total += len(ref)
+    return errors / total if total else 0.0
+
+
+def measure(
+    engine, utterances: list[Utterance], batch_size: int | None, single_texts: list[str] | None
+) -> tuple[BenchRow, list[str]]:  # type: ignore[no-untyped-def]
+    """Transcribe every utterance alone (``batch_size=None``) or in batches of ``batch_size``."""
+    requests = [AsrRequest(u.audio, language="en") for u in utterances]
+    size = batch_size or 1
+    results: list[AsrResult] = []
+    latencies_ms: list[float] = []
+    started = time.perf_counter()
+    for first in range(0, len(requests), size):
+        chunk = requests[first : first + size]
+        batch_started = time.perf_counter()
+        if batch_size is None:
+            results.append(engine.transcribe_blocking(chunk[0]))
+        else:
+            results.extend(engine.transcribe_batch(chunk))
+        latencies_ms.extend([(time.perf_counter() - batch_started) * 1000] * len(chunk))
+    wall_s = time.perf_counter() - started
+    texts = [r.text for r in results]
+    row = BenchRow(
+        mode="single" if batch_size is None else "batched",
+        batch_size=size,
+        utterances=len(requests),
+        wall_s=wall_s,
+        audio_s=sum(len(u.audio) for u in utterances) / SAMPLE_RATE,
+        latency_mean_ms=float(np.mean(latencies_ms)),
+        latency_max_ms=float(np.max(latencies_ms)),
+        word_error_rate=word_error_rate([u.script for u in utterances], texts),
+        same_as_single=sum(
+            a == b for a, b in zip(texts, single_texts or texts, strict=True)
+        ),
+    )
+    return row, texts
+
+
+def bench_rows(engine, batch_sizes: list[int], count: int) -> list[BenchRow]:  # type: ignore[no-untyped-def]
+    utterances = sample_utterances(count)
+    # Warm-up: the first inference of each shape pays for allocations.
+    engine.transcribe_batch([AsrRequest(utterances[0].audio, language="en")])
+    single, single_texts = measure(engine, utterances, None, None)
+    rows = [single]
+    for size in batch_sizes:
+        rows.append(measure(engine, utterances, size, single_texts)[0])
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    lines = [
+        (
+            f"{'mode':<8} {'batch':>5} {'latency mean ms':>15} {'latency max ms':>14} "
+            f"{'compute ms/utt':>14} {'utt/s':>7} {'RTF':>7} {'WER':>6} {'same as single':>14}"
+        )
+    ]
+    for row in rows:
+        lines.append(
+            f"{row.mode:<8} {row.batch_size:>5} {row.latency_mean_ms:>15.0f} "
+            f"{row.latency_max_ms:>14.0f} {row.compute_ms_per_utterance:>14.0f} "
+            f"{row.utterances_per_s:>7.2f} {row.real_time_factor:>7.3f} "
+            f"{row.word_error_rate:>6.3f} {row.same_as_single:>9}/{row.utterances}"
+        )
+    return "\n".join(lines)
+
+
+def run_asr_bench(batch_sizes: list[int], count: int, encoder_context: str | None = None) -> int:
+    from callscribe.asr.whisper import FasterWhisperEngine
+
+    settings = AsrSettings()
+    if encoder_context is not None:
+        settings = settings.model_copy(update={"encoder_context": encoder_context})
+    engine = FasterWhisperEngine(settings)
+    rows = bench_rows(engine, batch_sizes, count)
+    audio_s = rows[0].audio_s
+    print(
+        f"ASR benchmark: {settings.model} on {settings.device} ({settings.compute_type}), "
+        f"encoder context {settings.encoder_context}, {count} utterances "
+        f"({audio_s:.1f} s of audio, mean {audio_s / count:.1f} s)"
+    )
+    print(format_table(rows))
+    return 0

@@ -1,0 +1,1 @@
+"""The GPU ASR worker container (``python -m containers.asr_worker.entrypoint``)."""

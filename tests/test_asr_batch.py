@@ -1,0 +1,156 @@
+"""``FasterWhisperEngine.transcribe_batch``: several utterances through one encoder call and
+one decoder call give what each gives alone; the requests it cannot batch take the single path.
+Real Whisper base on the CPU, real (espeak-ng) speech."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+
+from callscribe.asr.base import AsrRequest
+from callscribe.asr.bench import bench_rows, format_table, word_error_rate
+from callscribe.asr.whisper import FasterWhisperEngine
+from callscribe.config import AsrSettings
+from tests.speech import SENTENCES, needs_speech_tools, padded_to, speak
+
+pytestmark = needs_speech_tools
+
+
+@pytest.fixture(scope="module")
+def utterances(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[np.ndarray, str]]:
+    directory: Path = tmp_path_factory.mktemp("speech")
+    return [(speak(text, directory, f"u{i}"), text) for i, text in enumerate(SENTENCES)]
+
+
+@pytest.fixture(scope="module")
+def full_context_engine() -> Iterator[FasterWhisperEngine]:
+    yield FasterWhisperEngine(AsrSettings(encoder_context="full"))
+
+
+def normalise(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c in " '").split())
+
+
+def test_batch_of_equal_lengths_matches_single_decodes(
+    asr_engine: FasterWhisperEngine, utterances: list[tuple[np.ndarray, str]]
+) -> None:
+    """Trimmed context: utterances of one length share one context width, so the batch sees
+    exactly the features each single decode sees."""
+    longest = max(len(audio) for audio, _ in utterances)
+    requests = [AsrRequest(padded_to(audio, longest), language="en") for audio, _ in utterances]
+    singles = [asr_engine.transcribe_blocking(r) for r in requests]
+    batch = asr_engine.transcribe_batch(requests)
+    assert [r.text for r in batch] == [r.text for r in singles]
+    assert all(r.text for r in batch)
+    assert [r.language for r in batch] == ["en"] * len(requests)
+    assert [r.audio_ms for r in batch] == [r.audio_ms for r in singles]
+    # The batch decoded what was said.
+    assert jiwer.wer(
+        [normalise(t) for _, t in utterances], [normalise(r.text) for r in batch]
+    ) <= 0.15
+
+
+def test_batch_of_mixed_lengths_matches_single_decodes_with_full_context(
+    full_context_engine: FasterWhisperEngine, utterances: list[tuple[np.ndarray, str]]
+) -> None:
+    """Full context: every utterance is padded to Whisper's 30 s alone or in a batch."""
+    requests = [AsrRequest(audio, language="en") for audio, _ in utterances[:4]]
+    assert len({len(r.audio) for r in requests}) == 4
+    singles = [full_context_engine.transcribe_blocking(r) for r in requests]
+    batch = full_context_engine.transcribe_batch(requests)
+    assert [r.text for r in batch] == [r.text for r in singles]
+    assert all(r.text for r in batch)
+
+
+def test_batch_of_mixed_lengths_with_trimmed_context_transcribes_correctly(
+    asr_engine: FasterWhisperEngine, utterances: list[tuple[np.ndarray, str]]
+) -> None:
+    """Padded to the widest context in the batch, shorter utterances see more silence than
+    alone (a word's punctuation may differ); the words must still be right."""
+    requests = [AsrRequest(audio, language="en") for audio, _ in utterances]
+    batch = asr_engine.transcribe_batch(requests)
+    assert jiwer.wer(
+        [normalise(t) for _, t in utterances], [normalise(r.text) for r in batch]
+    ) <= 0.15
+
+
+def test_requests_that_need_the_single_path_take_it_inside_a_batch(
+    asr_engine: FasterWhisperEngine, utterances: list[tuple[np.ndarray, str]]
+) -> None:
+    plain = AsrRequest(utterances[0][0], language="en")
+    with_words = AsrRequest(utterances[1][0], language="en", word_timestamps=True)
+    undetected = AsrRequest(utterances[2][0], language=None)
+    assert asr_engine.batchable(plain)
+    assert not asr_engine.batchable(with_words) and not asr_engine.batchable(undetected)
+
+    batch = asr_engine.transcribe_batch([with_words, plain, undetected])
+    alone = [asr_engine.transcribe_blocking(r) for r in (with_words, plain, undetected)]
+    assert [r.text for r in batch] == [r.text for r in alone]
+    assert batch[0].words == alone[0].words
+    assert len(batch[0].words) >= 6
+    assert all(0 <= w.start_ms <= w.end_ms <= batch[0].audio_ms + 20 for w in batch[0].words)
+    assert batch[1].words == ()
+    assert batch[2].language == "en"
+
+
+def test_silence_and_noise_in_a_batch_give_no_text(
+    asr_engine: FasterWhisperEngine, utterances: list[tuple[np.ndarray, str]]
+) -> None:
+    noise = (np.random.default_rng(7).standard_normal(32_000) * 0.003).astype(np.float32)
+    requests = [
+        AsrRequest(np.zeros(32_000, dtype=np.float32), language="en"),
+        AsrRequest(utterances[1][0], language="en"),
+        AsrRequest(noise, language="en"),
+    ]
+    batch = asr_engine.transcribe_batch(requests)
+    assert batch[0].text == "" and batch[2].text == ""
+    assert normalise(batch[1].text) == normalise(utterances[1][1])
+
+
+def test_an_unknown_language_refuses_the_batch_before_any_work(
+    asr_engine: FasterWhisperEngine, utterances: list[tuple[np.ndarray, str]]
+) -> None:
+    with pytest.raises(ValueError, match="'xx'"):
+        asr_engine.transcribe_batch(
+            [AsrRequest(utterances[0][0], "en"), AsrRequest(utterances[1][0], "xx")]
+        )
+    assert asr_engine.transcribe_batch([]) == []
+
+
+def test_bench_rows_cover_single_and_each_batch_size(asr_engine: FasterWhisperEngine) -> None:
+    rows = bench_rows(asr_engine, [1, 3], 3)
+    assert [(r.mode, r.batch_size, r.utterances) for r in rows] == [
+        ("single", 1, 3),
+        ("batched", 1, 3),
+        ("batched", 3, 3),
+    ]
+    assert rows[1].same_as_single == 3  # a batch of one is the single decode
+    for row in rows:
+        assert row.word_error_rate <= 0.2
+        assert 0 < row.latency_mean_ms <= row.latency_max_ms
+        assert row.real_time_factor > 0 and row.utterances_per_s > 0
+    table = format_table(rows).splitlines()
+    assert len(table) == 4 and table[0].split()[:2] == ["mode", "batch"]
+
+
+def test_word_error_rate() -> None:
+    assert word_error_rate(["a b c d"], ["a x c"]) == 0.5
+    assert word_error_rate(["Hello, there."], ["hello there"]) == 0.0
+
+
+def test_bench_asr_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from callscribe.cli import main
+
+    assert main(["bench-asr", "--batch-sizes", "1,x"]) == 2
+    assert main(["bench-asr", "--batch-sizes", "0"]) == 2
+    assert main(["bench-asr", "--batch-sizes", "2", "--utterances", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("ASR benchmark: packaged:whisper-base on cpu (int8), encoder context")
+    assert len(out) == 4
+    assert out[2].split()[:2] == ["single", "1"]
+    assert out[3].split()[:2] == ["batched", "2"]
+    assert out[3].split()[-1].endswith("/2")
