@@ -121,6 +121,52 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_connect_access_set(args: argparse.Namespace) -> int:
+    from callscribe.connect.kvs import role_account
+    from callscribe.store.base import ConnectAccess
+
+    if args.own_credentials == bool(args.role_arn):
+        print("error: give --role-arn (with --external-id) or --own-credentials", file=sys.stderr)
+        return 2
+    if args.role_arn and (role_account(args.role_arn) is None or ":role/" not in args.role_arn):
+        print(f"error: {args.role_arn!r} is not an IAM role ARN", file=sys.stderr)
+        return 2
+    if args.role_arn and not args.external_id:
+        print("error: --role-arn needs the --external-id that the role's trust demands",
+              file=sys.stderr)
+        return 2
+    access = ConnectAccess(args.tenant, args.role_arn, args.external_id, time.time())
+    _store(args).put_connect_access(access)
+    print(json.dumps(_connect_access_json(access)))
+    return 0
+
+
+def _connect_access_json(access: Any) -> dict[str, Any]:
+    return {
+        "tenant": access.tenant,
+        "roleArn": access.role_arn,
+        "externalId": access.external_id,
+        "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(access.updated_at)),
+    }
+
+
+def cmd_connect_access_show(args: argparse.Namespace) -> int:
+    access = _store(args).get_connect_access(args.tenant)
+    if access is None:
+        print(f"error: no Amazon Connect access for tenant {args.tenant}", file=sys.stderr)
+        return 1
+    print(json.dumps(_connect_access_json(access)))
+    return 0
+
+
+def cmd_connect_access_clear(args: argparse.Namespace) -> int:
+    if _store(args).delete_connect_access(args.tenant):
+        print(f"cleared Amazon Connect access of tenant {args.tenant}")
+        return 0
+    print(f"error: no Amazon Connect access for tenant {args.tenant}", file=sys.stderr)
+    return 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from callscribe.demo import run_demo
 
@@ -197,6 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("api_id")
     _store_args(revoke)
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    access = commands.add_parser(
+        "connect-access", help="a tenant's Amazon Connect role (KVS media in its account)"
+    ).add_subparsers(dest="connect_access_command", required=True)
+    set_access = access.add_parser(
+        "set", help="the role the KVS readers assume in the tenant's account, and its external id"
+    )
+    set_access.add_argument("--tenant", required=True)
+    set_access.add_argument("--role-arn", help="arn:aws:iam::<account>:role/<name>")
+    set_access.add_argument("--external-id", help="the sts:ExternalId the role's trust demands")
+    set_access.add_argument(
+        "--own-credentials",
+        action="store_true",
+        help="read with CallScribe's own AWS credentials (Connect in the same account)",
+    )
+    _store_args(set_access)
+    set_access.set_defaults(func=cmd_connect_access_set)
+    for name, func, text in (
+        ("show", cmd_connect_access_show, "show a tenant's Amazon Connect access"),
+        ("clear", cmd_connect_access_clear, "remove a tenant's Amazon Connect access"),
+    ):
+        command = access.add_parser(name, help=text)
+        command.add_argument("--tenant", required=True)
+        _store_args(command)
+        command.set_defaults(func=func)
 
     demo = commands.add_parser("demo", help="stream a sample two-party call and show transcripts")
     demo.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")

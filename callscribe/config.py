@@ -92,6 +92,28 @@ class WebhookSettings(BaseSettings):
     max_pending: int = Field(100, ge=1, le=100_000)
 
 
+class ConnectSettings(BaseSettings):
+    """Amazon Connect ingest: how the KVS readers read GetMedia and when a stream is over."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_CONNECT_", extra="ignore")
+
+    # Connect writes audio continuously (silence included) while it streams, so no bytes for
+    # this long means the connection is dead or the producer has stopped.
+    read_timeout_s: float = Field(5.0, gt=0, le=300)
+    # GetMedia responses in a row that bring no new audio (errors, or only what was already
+    # read) before the stream is taken as ended and the call completed.
+    max_attempts_without_progress: int = Field(3, ge=1, le=50)
+    retry_backoff_s: float = Field(0.5, ge=0, le=60)
+    # A call stopped by stop-streaming is complete after this long without a new start (a
+    # later start still reopens it).
+    stopped_call_timeout_s: float = Field(120.0, gt=0)
+    # Millis-behind-now above this is logged as a warning: the reader is falling behind.
+    lag_warning_ms: int = Field(5000, ge=100)
+    read_chunk_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
+    # Name of the role session in the tenant's account (its CloudTrail shows it).
+    role_session_name: str = Field("callscribe-kvs-reader", pattern=r"^[\w+=,.@-]{2,64}$")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
 
@@ -108,6 +130,7 @@ class Settings(BaseSettings):
     endpointing: EndpointingSettings = Field(default_factory=EndpointingSettings)
     asr: AsrSettings = Field(default_factory=AsrSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    connect: ConnectSettings = Field(default_factory=ConnectSettings)
 
     @property
     def store_path(self) -> Path:

@@ -1,4 +1,5 @@
-"""The ``Control`` port: reach the process that holds a call's media to start or stop it.
+"""The ``Control`` port: reach the process that holds a call's media to start or stop it; and
+``CallOpener``, which starts a call that no process holds yet.
 
 Local mode: the API and the gateways share one process, so control is a direct call into the
 registry of live calls. In AWS the owner recorded in the Store is a gateway task's private
@@ -11,13 +12,21 @@ from typing import Protocol
 
 from callscribe.api.schemas import ApiError, AutotranscribeResult, ErrorCode, StartRequest
 from callscribe.calls import CallRegistry, CallSession
-from callscribe.store.base import CallRecord
+from callscribe.store.base import CallKey, CallRecord
 
 
 class Control(Protocol):
     async def start(self, call: CallRecord, request: StartRequest) -> AutotranscribeResult: ...
 
     async def stop(self, call: CallRecord) -> AutotranscribeResult: ...
+
+
+class CallOpener(Protocol):
+    """Starts a call whose media no process holds yet (Amazon Connect: start-streaming itself
+    opens the media). Local mode: the Connect ingest in this process; AWS: a KVS reader task
+    over the signed control HTTP (``control_http.HttpCallOpener``)."""
+
+    async def open(self, key: CallKey, request: StartRequest) -> AutotranscribeResult: ...
 
 
 class LocalControl:

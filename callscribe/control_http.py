@@ -30,6 +30,7 @@ from callscribe.api.schemas import (
     StartRequest,
 )
 from callscribe.calls import CallRegistry
+from callscribe.control import CallOpener
 from callscribe.store.base import CallKey, CallRecord
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,42 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 def _key_json(key: CallKey) -> dict[str, str]:
     return {"tenant": key.tenant, "namespace": key.namespace, "guid": key.guid}
+
+
+async def _signed_post(
+    secret: str, timeout_s: float, url: str, payload: dict[str, Any], unreachable: ApiError
+) -> AutotranscribeResult:
+    body = json.dumps(payload).encode()
+    timestamp = str(int(time.time()))
+    try:
+        # A client per request: control calls are rare, and a Lambda may run each
+        # invocation on a fresh event loop, which a pooled client must not outlive.
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.post(
+                url,
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    TIMESTAMP_HEADER: timestamp,
+                    SIGNATURE_HEADER: sign(secret, timestamp, body),
+                },
+            )
+    except httpx.TransportError as exc:
+        log.warning("control POST %s failed: %s", url, exc)
+        raise unreachable from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.is_success:
+        return AutotranscribeResult.model_validate(answer["autotranscribeResponse"])
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if response.status_code == 401:
+        # Our own deployment's secrets disagree: the customer's request was fine.
+        raise ApiError(ErrorCode.INTERNAL, "the gateway refused the control signature")
+    if isinstance(error, dict) and error.get("code") in {c.value for c in ErrorCode}:
+        raise ApiError(ErrorCode(error["code"]), str(error.get("message", "")))
+    raise ApiError(ErrorCode.INTERNAL, f"gateway answered HTTP {response.status_code}")
 
 
 class HttpControl:
@@ -65,47 +102,44 @@ class HttpControl:
     async def _post(self, call: CallRecord, action: str, payload: dict[str, Any]) -> AutotranscribeResult:
         if not call.owner.startswith(("http://", "https://")):
             raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media")
-        body = json.dumps(payload).encode()
-        timestamp = str(int(time.time()))
-        try:
-            # A client per request: control calls are rare, and a Lambda may run each
-            # invocation on a fresh event loop, which a pooled client must not outlive.
-            async with httpx.AsyncClient(timeout=self._timeout_s) as client:
-                response = await client.post(
-                    f"{call.owner.rstrip('/')}/control/{action}",
-                    content=body,
-                    headers={
-                        "Content-Type": "application/json",
-                        TIMESTAMP_HEADER: timestamp,
-                        SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-                    },
-                )
-        except httpx.TransportError as exc:
-            log.warning("control %s of %s at %s failed: %s", action, call.key, call.owner, exc)
-            raise ApiError(
-                ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media (owner unreachable)"
-            ) from None
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = {}
-        if response.is_success:
-            return AutotranscribeResult.model_validate(answer["autotranscribeResponse"])
-        error = answer.get("error") if isinstance(answer, dict) else None
-        if response.status_code == 401:
-            # Our own deployment's secrets disagree: the customer's request was fine.
-            raise ApiError(ErrorCode.INTERNAL, "the gateway refused the control signature")
-        if isinstance(error, dict) and error.get("code") in {c.value for c in ErrorCode}:
-            raise ApiError(ErrorCode(error["code"]), str(error.get("message", "")))
-        raise ApiError(ErrorCode.INTERNAL, f"gateway answered HTTP {response.status_code}")
+        unreachable = ApiError(
+            ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media (owner unreachable)"
+        )
+        return await _signed_post(
+            self._secret, self._timeout_s, f"{call.owner.rstrip('/')}/control/{action}", payload,
+            unreachable,
+        )
 
 
-def create_control_app(registry: CallRegistry, secret: str) -> Starlette:
-    """The gateway side: the private control endpoint of a gateway task."""
+class HttpCallOpener:
+    """The API side of ``CallOpener`` in AWS: asks a KVS reader task (any of them, through the
+    service's private DNS name) to open an Amazon Connect call; the task that opens it records
+    itself as the call's owner, and later stops and starts go there."""
+
+    def __init__(self, secret: str, url: str, timeout_s: float = 25.0) -> None:
+        self._secret = secret
+        self._url = url.rstrip("/")
+        self._timeout_s = timeout_s
+
+    async def open(self, key: CallKey, request: StartRequest) -> AutotranscribeResult:
+        payload = {"key": _key_json(key), "request": request.model_dump(mode="json")}
+        unreachable = ApiError(ErrorCode.INTERNAL, "the Amazon Connect readers are unreachable")
+        return await _signed_post(
+            self._secret, self._timeout_s, f"{self._url}/control/open", payload, unreachable
+        )
+
+
+def create_control_app(
+    registry: CallRegistry, secret: str, opener: CallOpener | None = None
+) -> Starlette:
+    """The gateway side: the private control endpoint of a gateway task (and, with an
+    ``opener``, of a KVS reader task, which also opens new Amazon Connect calls)."""
+
+    actions = ("start", "stop", "open") if opener is not None else ("start", "stop")
 
     async def control(request: Request) -> JSONResponse:
         action = request.path_params["action"]
-        if action not in ("start", "stop"):
+        if action not in actions:
             return JSONResponse(ApiError(ErrorCode.PARAMETER, "unknown action").body(), 404)
         body = await request.body()
         timestamp = request.headers.get(TIMESTAMP_HEADER, "")
@@ -127,9 +161,12 @@ def create_control_app(registry: CallRegistry, secret: str) -> Starlette:
             payload = json.loads(body)
             key = CallKey(**payload["key"])
             session = registry.get(key)
-            if session is None:
+            if action == "open":
+                assert opener is not None
+                result = await opener.open(key, StartRequest.model_validate(payload["request"]))
+            elif session is None:
                 raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has no live media here")
-            if action == "start":
+            elif action == "start":
                 result = await session.start(StartRequest.model_validate(payload["request"]))
             else:
                 result = await session.stop()

@@ -24,12 +24,15 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
+from callscribe.api.schemas import Namespace
 from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
 from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import StreamTokens
 from callscribe.bus import EventBus, InProcessEventBus
 from callscribe.calls import CallRegistry
 from callscribe.config import Settings
+from callscribe.connect.ingest import ConnectIngest
+from callscribe.connect.kvs import BotoMediaSources
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher, WebhookTarget
 from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, Secrets, new_signing_key
@@ -56,6 +59,7 @@ class LocalRuntime:
     tokens: StreamTokens
     api: ApiServices | None = None  # the API runs here in local mode only (in AWS: a Lambda)
     owns_asr: bool = True
+    connect: ConnectIngest | None = None  # Amazon Connect calls and their KVS readers
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
@@ -93,6 +97,7 @@ class LocalRuntime:
             control=LocalControl(runtime.registry),
             public_gateway_url=settings.public_gateway_url,
             max_messages=settings.max_messages_per_call,
+            openers={Namespace.AMAZON_CONNECT: runtime.connect} if runtime.connect else {},
         )
         return runtime
 
@@ -129,9 +134,19 @@ class LocalRuntime:
                 owner=owner,
             )
         )
+        connect = ConnectIngest(
+            store=store,
+            pipeline=pipeline,
+            registry=registry,
+            endpointing=settings.endpointing,
+            settings=settings.connect,
+            # boto3 is imported only when a tenant's first Connect call starts.
+            sources=BotoMediaSources(store, settings.connect),
+            owner=owner,
+        )
         return cls(
             settings, store, asr, pipeline, registry, dispatcher, gateway, tokens,
-            owns_asr=owns_asr,
+            owns_asr=owns_asr, connect=connect,
         )
 
     async def warm_up(self) -> None:
@@ -153,6 +168,7 @@ class LocalRuntime:
                 "rejected": self.gateway.streams_rejected,
             },
             "asr": self.pipeline.stats.as_dict(),
+            "amazonConnect": self.connect.stats() if self.connect else None,
             "delivery": (
                 {
                     "delivered": delivery.delivered,
@@ -168,6 +184,8 @@ class LocalRuntime:
     async def shutdown(self) -> None:
         """Finish open utterances, deliver what is pending, then release resources."""
         await self.registry.complete_all()
+        if self.connect is not None:
+            await self.connect.close()
         if self.dispatcher is not None:
             await self.dispatcher.drain(DRAIN_TIMEOUT_S)
             await self.dispatcher.close()

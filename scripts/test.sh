@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (first run only) and run the whole test suite. Tests make speech with espeak-ng and
-# check audio against sox, so those Debian packages are installed when missing.
+# Set up (first run only) and run the whole test suite. Tests make speech with espeak-ng,
+# check audio against sox and Matroska against ffprobe (ffmpeg), so those Debian packages are
+# installed when missing.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" dev,infra,aws espeak-ng sox
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" dev,infra,aws espeak-ng sox ffmpeg
 cd "$ROOT"
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

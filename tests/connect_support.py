@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from callscribe.audio import ulaw_to_pcm16
-from callscribe.connect.simulate import SimulatedFragment, connect_fragments, two_party_pcm
+from callscribe.connect.simulate import (
+    SimulatedFragment,
+    SimulatedKvsStream,
+    connect_fragments,
+    two_party_pcm,
+)
 from callscribe.simulate import load_sample_call
 
 # Read-only real GetMedia output, beside the repository (../shared/fixtures/kvs).
@@ -94,3 +99,68 @@ def fragment_pcm(fragments: list[SimulatedFragment], track: int) -> np.ndarray:
         for _, pcm in (f.audio.customer if track == 0 else f.audio.agent)
     ]
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int16)
+
+
+# AWS: moto for STS and Kinesis Video Streams, botocore's Stubber for GetMedia -------------------
+
+REGION = "us-east-1"
+MOTO_ACCOUNT = "123456789012"
+READER_ROLE_ARN = f"arn:aws:iam::{MOTO_ACCOUNT}:role/CallScribeConnectMediaReader"
+EXTERNAL_ID = "acme-7Hq2-callscribe"
+
+
+class StubbedKvs:
+    """The media sources' client factory for tests: real (moto-backed) STS and Kinesis Video
+    clients, and a Stubber on each Kinesis Video Media client that answers GetMedia with the
+    simulated stream, as a streaming body. Records what the reader asked for."""
+
+    def __init__(self, stream: SimulatedKvsStream, stream_arn: str,
+                 drops: list[int] | None = None) -> None:
+        self.stream = stream
+        self.stream_arn = stream_arn
+        self.drops = list(drops or [])
+        self.get_media: list[dict[str, str]] = []
+        self.assume_role: list[dict[str, object]] = []
+        self.data_endpoint: list[dict[str, object]] = []
+
+    def __call__(self, service: str, *, region: str, credentials=None, **kwargs):
+        from botocore.response import StreamingBody
+        from botocore.stub import Stubber
+
+        from callscribe.connect.kvs import boto3_client
+
+        client = boto3_client(service, region=region, credentials=credentials, **kwargs)
+        events = client.meta.events
+        if service == "sts":
+            events.register("provide-client-params.sts.AssumeRole",
+                            lambda params, **_: self.assume_role.append(dict(params)))
+        elif service == "kinesisvideo":
+            events.register("provide-client-params.kinesis-video.GetDataEndpoint",
+                            lambda params, **_: self.data_endpoint.append(dict(params)))
+        elif service == "kinesis-video-media":
+            stubber = Stubber(client)
+
+            def answer(params, **_):
+                # provide-client-params comes before the Stubber checks and answers the call.
+                selector = dict(params["StartSelector"])
+                self.get_media.append(selector)
+                drop = self.drops.pop(0) if self.drops else None
+                body = self.stream.get_media(selector, drop_after_bytes=drop)
+                stubber.add_response(
+                    "get_media",
+                    {"ContentType": "video/webm", "Payload": StreamingBody(body, None)},
+                    expected_params={"StreamARN": self.stream_arn, "StartSelector": selector},
+                )
+
+            events.register("provide-client-params.kinesis-video-media.GetMedia", answer)
+            stubber.activate()
+        return client
+
+
+def create_kvs_stream(name: str = "connect-acme-contact-d111f871") -> str:
+    import boto3
+
+    client = boto3.client("kinesisvideo", region_name=REGION)
+    return client.create_stream(StreamName=name, DataRetentionInHours=24, MediaType="audio/L16")[
+        "StreamARN"
+    ]

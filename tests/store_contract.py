@@ -27,6 +27,7 @@ from callscribe.store.base import (
     CallKey,
     CallRecord,
     CallStatus,
+    ConnectAccess,
     DeliveryFailure,
     Store,
     StoredMessage,
@@ -500,3 +501,24 @@ class StoreContract:
         assert store.get_api_key(api_key.api_id) == api_key
         assert store.get_call(key) == make_call(key)
         assert store.list_delivery_failures(key.tenant, key.guid) == [failure]
+
+    # Amazon Connect access ---------------------------------------------------------------------
+
+    def test_connect_access_put_get_replace_delete(self, store: Store, tenant: str) -> None:
+        assert store.get_connect_access(tenant) is None
+        access = ConnectAccess(
+            tenant, "arn:aws:iam::111122223333:role/CallScribeConnectMediaReader", "x-7Hq2", T0
+        )
+        store.put_connect_access(access)
+        assert store.get_connect_access(tenant) == access
+        other = unique("tenant")
+        assert store.get_connect_access(other) is None
+
+        # One per tenant: a new one replaces it, and "own credentials" has no role.
+        own = ConnectAccess(tenant, None, None, T0 + 1)
+        store.put_connect_access(own)
+        assert store.get_connect_access(tenant) == own
+
+        assert store.delete_connect_access(tenant) is True
+        assert store.get_connect_access(tenant) is None
+        assert store.delete_connect_access(tenant) is False

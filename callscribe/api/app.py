@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -32,7 +32,7 @@ from callscribe.api.schemas import (
     request_body_schema,
 )
 from callscribe.auth import AuthError, StreamTokens, authenticate
-from callscribe.control import Control
+from callscribe.control import CallOpener, Control
 from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class ApiServices:
     control: Control
     public_gateway_url: str | None = None
     max_messages: int = 1000
+    # Namespaces whose calls start-streaming itself opens (amazonconnect).
+    openers: dict[Namespace, CallOpener] = field(default_factory=dict)
 
 
 def _services(request: Request) -> ApiServices:
@@ -153,15 +155,48 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     responses=ERROR_RESPONSES,
     summary="Start or resume transcription of a call",
     description="A new customerId or agentId on a later start is a new leg (a transfer): that "
-    "participant gets a new streamId; messages of all legs stay under the call.",
+    "participant gets a new streamId; messages of all legs stay under the call. For namespace "
+    "amazonconnect the call need not exist: start-streaming creates it and reads the Kinesis "
+    "Video Stream that amazonConnectParams names (from the fragment given, or from now), "
+    "customer audio from AUDIO_FROM_CUSTOMER and agent audio from AUDIO_TO_CUSTOMER; a later "
+    "start on a stopped or ended contact reads again from its own selector.",
     openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
     start = parse_start(await _json_body(request))
+    services = _services(request)
+    call_key = CallKey(key.tenant, start.namespace.value, start.guid)
+    if start.namespace is Namespace.AMAZON_CONNECT:
+        return await _open_or_start(services, call_key, start)
     return await _control_call(
-        _services(request), CallKey(key.tenant, start.namespace.value, start.guid),
-        lambda control, call: control.start(call, start),
+        services, call_key, lambda control, call: control.start(call, start),
     )
+
+
+async def _open_or_start(
+    services: ApiServices, key: CallKey, start: StartRequest
+) -> StreamingResponse:
+    """A call whose media start-streaming opens: started where it lives, or opened afresh when
+    it does not exist, has ended, or its holder is gone."""
+    opener = services.openers.get(start.namespace)
+    if opener is None:
+        raise ApiError(
+            ErrorCode.TRANSCRIPTION_PARAMETER,
+            f"this deployment does not ingest namespace {start.namespace.value}",
+        )
+    async with _CallLock(services.store, key):
+        call = await asyncio.to_thread(services.store.get_call, key)
+        result = None
+        if call is not None and call.status is not CallStatus.COMPLETED:
+            try:
+                result = await services.control.start(call, start)
+            except ApiError as exc:
+                if exc.code is not ErrorCode.NO_SUCH_CALL:
+                    raise
+                log.info("call %s: its holder is gone; opening it afresh", key)
+        if result is None:
+            result = await opener.open(key, start)
+    return StreamingResponse(autotranscribeResponse=result)
 
 
 @router.post(

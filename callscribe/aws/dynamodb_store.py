@@ -10,6 +10,7 @@ One on-demand table, partition key ``pk`` and sort key ``sk`` (strings), one GSI
 | request lock | same pk as its call | ``LOCK`` | |
 | message | ``MSG#<tenant>#<namespace>#<guid>`` | zero-padded seq | |
 | delivery failure | ``FAIL#<tenant>`` | time and id | |
+| Amazon Connect access | ``CONNECT#<tenant>`` | ``ACCESS`` | |
 
 Messages carry ``ttl`` = their expiry, so DynamoDB deletes them itself; reads still filter on
 ``expires_at`` because TTL deletion can lag by up to a couple of days. The request lock is a
@@ -29,6 +30,7 @@ from callscribe.store.base import (
     CallKey,
     CallRecord,
     CallStatus,
+    ConnectAccess,
     DeliveryFailure,
     StoredMessage,
 )
@@ -383,6 +385,38 @@ class DynamoStore:
             if conversation_id is None or item["conversation_id"] == conversation_id
         ]
         return failures[:limit]
+
+    # Amazon Connect access ------------------------------------------------------------------
+
+    def put_connect_access(self, access: ConnectAccess) -> None:
+        item: dict[str, Any] = {
+            "pk": f"CONNECT#{access.tenant}",
+            "sk": "ACCESS",
+            "tenant": access.tenant,
+            "updated_at": _num(access.updated_at),
+        }
+        if access.role_arn is not None:
+            item["role_arn"] = access.role_arn
+        if access.external_id is not None:
+            item["external_id"] = access.external_id
+        self.table.put_item(Item=item)
+
+    def get_connect_access(self, tenant: str) -> ConnectAccess | None:
+        item = self.table.get_item(Key={"pk": f"CONNECT#{tenant}", "sk": "ACCESS"}).get("Item")
+        if not item:
+            return None
+        return ConnectAccess(
+            tenant=item["tenant"],
+            role_arn=item.get("role_arn"),
+            external_id=item.get("external_id"),
+            updated_at=float(item["updated_at"]),
+        )
+
+    def delete_connect_access(self, tenant: str) -> bool:
+        answer = self.table.delete_item(
+            Key={"pk": f"CONNECT#{tenant}", "sk": "ACCESS"}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in answer
 
     # retention ------------------------------------------------------------------------------
 

@@ -193,6 +193,15 @@ class ConnectMediaDemuxer:
         of it was delivered already is skipped."""
         return self._last_number
 
+    def carry_over(self, earlier: ConnectMediaDemuxer) -> None:
+        """Continue where an earlier reader of the same stream for the same call stopped (a
+        start after a stop): what it delivered is not delivered again, and its contact is
+        expected."""
+        self.contact_id = self.contact_id or earlier.contact_id
+        self._completed = deque(earlier._completed, maxlen=_COMPLETED_MEMORY)
+        self._last_number = earlier._last_number
+        self._last_delivered = earlier._last_delivered
+
     # input ------------------------------------------------------------------------------------
 
     def new_body(self) -> None:

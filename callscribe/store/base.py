@@ -1,4 +1,5 @@
-"""The ``Store`` port: API keys, calls and their ownership, messages, delivery failures.
+"""The ``Store`` port: API keys, calls and their ownership, messages, delivery failures,
+tenants' Amazon Connect access.
 
 Every adapter (SQLite here, DynamoDB in the AWS deployment) passes the same contract tests
 (``tests/store_contract.py``). Methods are synchronous; async callers run them in a thread.
@@ -74,6 +75,21 @@ class DeliveryFailure:
     at: float
 
 
+@dataclass(frozen=True)
+class ConnectAccess:
+    """How CallScribe reads a tenant's Amazon Connect media (Kinesis Video Streams).
+
+    ``role_arn``: the role in the tenant's AWS account that the KVS readers assume (it trusts
+    CallScribe's reader role with ``external_id``, see README "Amazon Connect"). None: read
+    with CallScribe's own credentials (the Connect instance is in CallScribe's own account, or
+    local mode with the developer's credentials)."""
+
+    tenant: str
+    role_arn: str | None
+    external_id: str | None
+    updated_at: float
+
+
 class Store(Protocol):
     # API keys
     def put_api_key(self, key: ApiKey) -> None: ...
@@ -116,6 +132,11 @@ class Store(Protocol):
     def list_delivery_failures(
         self, tenant: str, conversation_id: str | None = None, limit: int = 1000
     ) -> list[DeliveryFailure]: ...
+
+    # Amazon Connect access (one per tenant)
+    def put_connect_access(self, access: ConnectAccess) -> None: ...
+    def get_connect_access(self, tenant: str) -> ConnectAccess | None: ...
+    def delete_connect_access(self, tenant: str) -> bool: ...
 
     # retention
     def purge_expired(self, now: float) -> int: ...

@@ -14,6 +14,7 @@ from callscribe.store.base import (
     CallKey,
     CallRecord,
     CallStatus,
+    ConnectAccess,
     DeliveryFailure,
     StoredMessage,
 )
@@ -69,6 +70,12 @@ CREATE TABLE IF NOT EXISTS delivery_failures (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS failures_by_tenant ON delivery_failures (tenant, conversation_id);
+CREATE TABLE IF NOT EXISTS connect_access (
+    tenant TEXT PRIMARY KEY,
+    role_arn TEXT,
+    external_id TEXT,
+    updated_at REAL NOT NULL
+);
 """
 
 
@@ -325,6 +332,27 @@ class SqliteStore:
             )
             for row in rows
         ]
+
+    # Amazon Connect access
+    def put_connect_access(self, access: ConnectAccess) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO connect_access VALUES (?, ?, ?, ?)",
+                (access.tenant, access.role_arn, access.external_id, access.updated_at),
+            )
+
+    def get_connect_access(self, tenant: str) -> ConnectAccess | None:
+        row = (
+            self._db()
+            .execute("SELECT * FROM connect_access WHERE tenant = ?", (tenant,))
+            .fetchone()
+        )
+        return ConnectAccess(**dict(row)) if row else None
+
+    def delete_connect_access(self, tenant: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute("DELETE FROM connect_access WHERE tenant = ?", (tenant,))
+            return cursor.rowcount == 1
 
     def purge_expired(self, now: float) -> int:
         with self._tx() as db:
