@@ -150,6 +150,7 @@ class CallSession:
                 self.participants = {
                     Role(role): ids for role, ids in existing.params.get("participants", {}).items()
                 }
+                self.restore_params(existing.params)
             last = await asyncio.to_thread(self.store.last_message_seq, self.key)
             self._next_seq = 0 if last is None else last + 1
             await asyncio.to_thread(
@@ -159,6 +160,13 @@ class CallSession:
                 owner=self.owner,
                 updated_at=now,
             )
+
+    def ingest_params(self) -> dict[str, Any]:
+        """What an ingest keeps in the call record beside the request (for a takeover)."""
+        return {}
+
+    def restore_params(self, params: dict[str, Any]) -> None:
+        """Take back what ``ingest_params`` kept, when this process takes the call over."""
 
     def _apply_roles(self) -> None:
         for channel, stream in self.streams.items():
@@ -259,6 +267,7 @@ class CallSession:
         params: dict[str, Any] = {
             "request": self.request.model_dump(mode="json") if self.request else None,
             "participants": {role.value: ids for role, ids in self.participants.items()},
+            **self.ingest_params(),
         }
         await asyncio.to_thread(
             self.store.update_call, self.key, status=status, params=params, updated_at=time.time()

@@ -140,6 +140,15 @@ class ConnectCall(CallSession):
         self._idle = asyncio.get_running_loop().create_task(self._complete_when_idle())
         return result
 
+    def ingest_params(self) -> dict[str, Any]:
+        # A call reopened later (by this task or another) keeps one timeline.
+        return {"amazonConnect": {"timelineOriginMs": self.timeline.origin_ms}}
+
+    def restore_params(self, params: dict[str, Any]) -> None:
+        origin = (params.get("amazonConnect") or {}).get("timelineOriginMs")
+        if origin is not None:
+            self.timeline.origin_ms = float(origin)
+
     async def complete(self) -> None:
         self._cancel_idle()
         await self._stop_reader()

@@ -101,11 +101,13 @@ class StreamFailed:
 
 @dataclass(frozen=True)
 class AudioDiscarded:
-    """Audio of one fragment could not be used (corrupt data, a body that ended early)."""
+    """Audio of one fragment was set aside: lost for good when the data was corrupt
+    (``lost``), or to be read again when the response ended before the fragment did."""
 
     reason: str
     fragment_number: str | None
     blocks: int
+    lost: bool = False
 
 
 Output: TypeAlias = AudioReceived | FragmentCompleted | ContactChanged | StreamFailed | AudioDiscarded
@@ -276,7 +278,7 @@ class ConnectMediaDemuxer:
                 # Reported even when nothing was held yet: the rest of the fragment is lost.
                 number = fragment.number if fragment is not None else None
                 held = len(fragment.held) if fragment is not None else 0
-                out.append(AudioDiscarded(event.reason, number, held))
+                out.append(AudioDiscarded(event.reason, number, held, lost=True))
             elif fragment is not None:
                 self._discard(fragment, event.reason, out)
 

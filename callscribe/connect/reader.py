@@ -97,7 +97,7 @@ class ReaderStats:
     blocks: int = 0
     responses: int = 0
     reconnects: int = 0
-    discarded_blocks: int = 0
+    lost_blocks: int = 0
     millis_behind_now: int | None = None
     max_millis_behind_now: int | None = None
     last_fragment: str | None = None
@@ -108,7 +108,7 @@ class ReaderStats:
             "fragments": self.fragments,
             "responses": self.responses,
             "reconnects": self.reconnects,
-            "discardedBlocks": self.discarded_blocks,
+            "lostBlocks": self.lost_blocks,
             "millisBehindNow": self.millis_behind_now,
             "maxMillisBehindNow": self.max_millis_behind_now,
             "lastFragment": self.last_fragment,
@@ -280,10 +280,15 @@ class KvsStreamReader:
                         behind, self.stats.max_millis_behind_now or 0
                     )
                     self._watch_lag(behind)
-            elif isinstance(output, AudioDiscarded):
-                self.stats.discarded_blocks += output.blocks
+            elif isinstance(output, AudioDiscarded) and output.lost:
+                self.stats.lost_blocks += output.blocks
                 log.warning(
-                    "reader %s: fragment %s: %d blocks lost (%s)",
+                    "reader %s: fragment %s: corrupt data, %d blocks lost (%s)",
+                    self.label, output.fragment_number, output.blocks, output.reason,
+                )
+            elif isinstance(output, AudioDiscarded):
+                log.debug(
+                    "reader %s: fragment %s: %d blocks to be read again (%s)",
                     self.label, output.fragment_number, output.blocks, output.reason,
                 )
         return progress
