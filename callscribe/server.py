@@ -27,6 +27,7 @@ from callscribe.config import Settings
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher, WebhookTarget
 from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, new_signing_key
+from callscribe.siprec.gateway import SiprecGateway, SiprecServices
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
@@ -48,6 +49,7 @@ class LocalRuntime:
     gateway: TwilioGateway
     api: ApiServices
     owns_asr: bool = True
+    siprec: SiprecGateway | None = None
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
@@ -98,8 +100,22 @@ class LocalRuntime:
             public_gateway_url=settings.public_gateway_url,
             max_messages=settings.max_messages_per_call,
         )
+        siprec = None
+        if settings.siprec.enabled:
+            siprec = SiprecGateway(
+                SiprecServices(
+                    store=store,
+                    pipeline=pipeline,
+                    registry=registry,
+                    endpointing=settings.endpointing,
+                    settings=settings.siprec,
+                    host=settings.host,
+                    owner=owner,
+                )
+            )
         return cls(
-            settings, store, asr, pipeline, registry, dispatcher, gateway, api, owns_asr=owns_asr
+            settings, store, asr, pipeline, registry, dispatcher, gateway, api, owns_asr=owns_asr,
+            siprec=siprec,
         )
 
     async def warm_up(self) -> None:
@@ -115,6 +131,7 @@ class LocalRuntime:
                 "opened": self.gateway.streams_opened,
                 "rejected": self.gateway.streams_rejected,
             },
+            "siprec": self.siprec.snapshot() if self.siprec else None,
             "asr": self.pipeline.stats.as_dict(),
             "delivery": (
                 {
@@ -130,6 +147,8 @@ class LocalRuntime:
 
     async def shutdown(self) -> None:
         """Finish open utterances, deliver what is pending, then release resources."""
+        if self.siprec is not None:
+            await self.siprec.stop()  # no new sessions; buffered RTP goes into the calls
         await self.registry.complete_all()
         if self.dispatcher is not None:
             await self.dispatcher.drain(DRAIN_TIMEOUT_S)
@@ -143,6 +162,8 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.warm_up()
+        if runtime.siprec is not None:
+            await runtime.siprec.start()
         purge = asyncio.get_running_loop().create_task(_purge_expired(runtime))
         yield
         purge.cancel()
@@ -193,9 +214,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await asyncio.sleep(0.05)
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
+        sip = f"; SIPREC on {settings.host}:{runtime.siprec.port} (UDP, TCP)" if runtime.siprec else ""
         print(
             f"CallScribe listening on http://{settings.host}:{port} "
-            f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}); "
+            f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}){sip}; "
             f"data in {settings.data_dir}",
             flush=True,
         )
