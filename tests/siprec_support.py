@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -438,6 +439,20 @@ class SiprecApi:
 # sipp -------------------------------------------------------------------------------------
 
 
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP on loopback right now."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
 def sipp_binary() -> str:
     path = shutil.which("sipp")
     assert path is not None, "sipp is not installed: scripts/test.sh installs sip-tester"
@@ -500,10 +515,12 @@ async def start_sipp(
 ) -> SippRun:
     """sipp as the SBC: runs ``tests/sipp/<scenario>.xml`` against the recorder."""
     workdir.mkdir(parents=True, exist_ok=True)
+    # sipp binds 5060 and 6000 unless told otherwise: give it free ports, so that runs side by
+    # side (and a real SIP stack on this machine) do not collide.
     args = [
         sipp_binary(), f"{target[0]}:{target[1]}",
         "-sf", str(SIPP_DIR / f"{scenario}.xml"),
-        "-i", "127.0.0.1", "-p", "0",
+        "-i", "127.0.0.1", "-p", str(free_udp_tcp_port()), "-mp", str(free_udp_tcp_port()),
         "-t", transport,
         "-m", str(calls), "-r", str(rate), "-l", str(max(calls, 1)),
         "-d", str(pause_ms),
@@ -511,8 +528,7 @@ async def start_sipp(
         "-trace_logs", "-log_file", str(workdir / "sipp.log"),
         "-trace_err", "-error_file", str(workdir / "sipp_errors.log"),
         "-timeout", f"{timeout_s}s", "-timeout_error",
-        "-nostdin", "-bg" if False else "-nd",
-        "-max_recv_loops", "1000",
+        "-nostdin",
     ]
     for name, value in (variables or {}).items():
         args += ["-set", name, value]

@@ -410,7 +410,11 @@ class RecordingServerUas:
                 "Not Acceptable Here: no RTP/AVP audio stream in PCMU, PCMA or G729",
                 now,
             )
-        contacts = request.contact
+        try:
+            contacts = request.contact
+            route_set = [str(a) for a in request.record_route]
+        except ValueError:
+            return self._respond(transaction, 400, "malformed Contact or Record-Route header", now)
         session = _Session(
             session_id=secrets.token_hex(12),
             call_id=request.call_id,
@@ -419,7 +423,7 @@ class RecordingServerUas:
             remote_from=request.headers["From"],
             local_to="",
             remote_target=str(contacts[0].uri) if contacts else str(request.uri),
-            route_set=[str(a) for a in request.record_route],
+            route_set=route_set,
             peer=transaction.peer,
             invite_key=transaction.key,
             invite_cseq=request.cseq.sequence,
