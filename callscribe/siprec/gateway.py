@@ -215,9 +215,6 @@ class SiprecStats:
     messages_dropped: int = 0
     tcp_connections: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
 
 class SiprecGateway:
     def __init__(self, services: SiprecServices) -> None:
@@ -660,10 +657,17 @@ class SiprecGateway:
         task.add_done_callback(self._tasks.discard)
 
     def snapshot(self) -> dict[str, Any]:
+        """Counters for /healthz."""
+        stats = self.stats
         return {
             "port": self.port,
             "liveSessions": self.live_sessions,
-            **self.stats.as_dict(),
+            "sessionsOffered": stats.sessions_offered,
+            "sessionsAnswered": stats.sessions_answered,
+            "sessionsRejected": stats.sessions_rejected,
+            "sessionsEnded": stats.sessions_ended,
+            "messagesDropped": stats.messages_dropped,
+            "tcpConnections": stats.tcp_connections,
             "sip": self.uas.stats.as_dict() if self.uas else {},
         }
 
