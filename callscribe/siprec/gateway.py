@@ -36,7 +36,7 @@ from callscribe.siprec.message import KeepAlive, SipFramingError, SipStreamFrame
 from callscribe.siprec.metadata import RecordingMetadata
 from callscribe.siprec.offer import RecordingOffer
 from callscribe.siprec.roles import RoleRules, assign_roles
-from callscribe.siprec.rtp import CallClock, RtpStreamReceiver
+from callscribe.siprec.rtp import CallClock, RtpStats, RtpStreamReceiver
 from callscribe.siprec.sdp import (
     Codec,
     MediaSection,
@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 TICK_S = 0.05
 MEDIA_CHECK_S = 1.0
 BIND_ATTEMPTS = 50
+# RTP is not flow-controlled: while the event loop is busy (VAD runs in it) packets wait in
+# the socket. 1 MiB holds several seconds of a stream (the kernel may cap it at rmem_max).
+RTP_RECEIVE_BUFFER_BYTES = 1 << 20
 
 
 class SiprecConfigError(ValueError):
@@ -154,6 +157,10 @@ class RtpPortAllocator:
                 )
             except OSError:
                 continue
+            with contextlib.suppress(OSError):
+                rtp.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVBUF, RTP_RECEIVE_BUFFER_BYTES
+                )
             try:
                 rtcp, _ = await loop.create_datagram_endpoint(
                     lambda: _RtpProtocol(on_rtcp), local_addr=(host, port + 1)
@@ -214,6 +221,8 @@ class SiprecStats:
     sessions_ended: int = 0
     messages_dropped: int = 0
     tcp_connections: int = 0
+    # RTP counters of finished sessions (live ones are added in snapshot()).
+    rtp: RtpStats = field(default_factory=RtpStats)
 
 
 class SiprecGateway:
@@ -590,6 +599,11 @@ class SiprecGateway:
     async def _finish(self, recording: _Recording) -> None:
         self._flush_media(recording)
         self._close_media(recording)
+        for stream in recording.streams.values():
+            counters = stream.receiver.stats.as_dict()
+            for name, value in counters.items():
+                setattr(self.stats.rtp, name, getattr(self.stats.rtp, name) + value)
+            log.info("SIPREC call %s stream %s RTP: %s", recording.key, stream.label, counters)
         call = recording.call
         try:
             if call is not None:
@@ -669,7 +683,18 @@ class SiprecGateway:
             "messagesDropped": stats.messages_dropped,
             "tcpConnections": stats.tcp_connections,
             "sip": self.uas.stats.as_dict() if self.uas else {},
+            "rtp": self._rtp_totals(),
         }
+
+    def _rtp_totals(self) -> dict[str, int]:
+        totals = self.stats.rtp.as_dict()
+        for recording in self._recordings.values():
+            if recording.ended:
+                continue  # counted when it finishes
+            for stream in recording.streams.values():
+                for name, value in stream.receiver.stats.as_dict().items():
+                    totals[name] += value
+        return totals
 
     # Connections ------------------------------------------------------------------------------
 
