@@ -305,6 +305,8 @@ def test_metadata_partial_update_merges() -> None:
         b"<recording",
         b"<other xmlns='urn:ietf:params:xml:ns:recording:1'/>",
         b"<recording xmlns='urn:example'/>",
+        # An encoding Python does not know (found by the fuzzer).
+        b'<?xml version="1.0" encoding="klingon"?><recording/>',
         # Entity expansion (billion laughs) and external entities are refused, not expanded.
         b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
         b"<recording xmlns='urn:ietf:params:xml:ns:recording:1'>&b;</recording>",

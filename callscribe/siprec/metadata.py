@@ -97,7 +97,8 @@ def parse_metadata(data: bytes) -> RecordingMetadata:
         root = SafeElementTree.fromstring(data, forbid_dtd=True)
     except DefusedXmlException as exc:
         raise MetadataParseError(f"metadata refused: {type(exc).__name__}") from None
-    except (ParseError, ValueError, UnicodeError) as exc:
+    except (ParseError, ValueError, UnicodeError, LookupError) as exc:
+        # LookupError: an XML declaration naming an encoding Python does not know.
         raise MetadataParseError(f"metadata is not well-formed XML: {str(exc)[:80]}") from None
     namespace, local = _split(root.tag)
     if local != "recording" or namespace not in RECORDING_NAMESPACES:
