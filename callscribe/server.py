@@ -1,5 +1,5 @@
-"""Local mode: the API, the Twilio gateway, endpointing, ASR, redaction, the SQLite store and
-webhook delivery in one process (``callscribe serve``)."""
+"""Local mode: the API, the Twilio gateway, the SIPREC recorder, endpointing, ASR, redaction, the
+SQLite store and webhook delivery in one process (``callscribe serve``)."""
 
 from __future__ import annotations
 
