@@ -1,5 +1,5 @@
-"""Local mode: the API, the Twilio gateway, endpointing, ASR, redaction, the SQLite store and
-webhook delivery in one process (``callscribe serve``)."""
+"""Local mode: the API, the Twilio gateway, the SIPREC recorder, endpointing, ASR, redaction, the
+SQLite store and webhook delivery in one process (``callscribe serve``)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from callscribe.config import Settings
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher, WebhookTarget
 from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, Secrets, new_signing_key
+from callscribe.siprec.gateway import SiprecGateway, SiprecServices
 from callscribe.store.base import Store
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
@@ -56,6 +57,7 @@ class LocalRuntime:
     tokens: StreamTokens
     api: ApiServices | None = None  # the API runs here in local mode only (in AWS: a Lambda)
     owns_asr: bool = True
+    siprec: SiprecGateway | None = None
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
@@ -129,9 +131,22 @@ class LocalRuntime:
                 owner=owner,
             )
         )
+        siprec = None
+        if settings.siprec.enabled:
+            siprec = SiprecGateway(
+                SiprecServices(
+                    store=store,
+                    pipeline=pipeline,
+                    registry=registry,
+                    endpointing=settings.endpointing,
+                    settings=settings.siprec,
+                    host=settings.host,
+                    owner=owner,
+                )
+            )
         return cls(
             settings, store, asr, pipeline, registry, dispatcher, gateway, tokens,
-            owns_asr=owns_asr,
+            owns_asr=owns_asr, siprec=siprec,
         )
 
     async def warm_up(self) -> None:
@@ -152,6 +167,7 @@ class LocalRuntime:
                 "opened": self.gateway.streams_opened,
                 "rejected": self.gateway.streams_rejected,
             },
+            "siprec": self.siprec.snapshot() if self.siprec else None,
             "asr": self.pipeline.stats.as_dict(),
             "delivery": (
                 {
@@ -167,6 +183,8 @@ class LocalRuntime:
 
     async def shutdown(self) -> None:
         """Finish open utterances, deliver what is pending, then release resources."""
+        if self.siprec is not None:
+            await self.siprec.stop()  # no new sessions; buffered RTP goes into the calls
         await self.registry.complete_all()
         if self.dispatcher is not None:
             await self.dispatcher.drain(DRAIN_TIMEOUT_S)
@@ -183,6 +201,8 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.warm_up()
+        if runtime.siprec is not None:
+            await runtime.siprec.start()
         purge = asyncio.get_running_loop().create_task(_purge_expired(runtime))
         yield
         purge.cancel()
@@ -243,9 +263,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await asyncio.sleep(0.05)
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
+        sip = f"; SIPREC on {settings.host}:{runtime.siprec.port} (UDP, TCP)" if runtime.siprec else ""
         print(
             f"CallScribe listening on http://{settings.host}:{port} "
-            f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}); "
+            f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}){sip}; "
             f"data in {settings.data_dir}",
             flush=True,
         )
