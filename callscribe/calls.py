@@ -23,6 +23,7 @@ from callscribe.api.schemas import (
     ApiError,
     AutotranscribeResult,
     ErrorCode,
+    Namespace,
     ParticipantResult,
     Role,
     StartRequest,
@@ -125,10 +126,13 @@ class CallSession:
         self.pipeline = pipeline
         self.store = store
         self.owner = owner
+        self._settings = settings
         self.streams = {channel: ParticipantStream(channel, settings) for channel in channels}
         self.channel_roles: dict[str, Role] = dict(channel_roles or {})
         self._apply_roles()
         self.status = CallStatus.CONNECTED
+        # True while complete() finishes the last utterances (e.g. after a SIPREC BYE).
+        self.closing = False
         self.connected_at = time.monotonic()
         self.request: StartRequest | None = None
         self.participants: dict[Role, dict[str, str]] = {}  # role -> externalId, streamId
@@ -172,6 +176,22 @@ class CallSession:
         for channel, stream in self.streams.items():
             stream.role = self.channel_roles.get(channel)
 
+    def add_channel(self, channel: str) -> None:
+        """A stream that joined the call (a SIPREC re-INVITE adding a stream)."""
+        if channel not in self.streams:
+            self.streams[channel] = ParticipantStream(channel, self._settings)
+            self._apply_roles()
+
+    def assign_roles(self, channel_roles: dict[str, Role]) -> None:
+        """Who each channel is, decided again by the ingest (new SIPREC metadata): a channel
+        that gains a role while transcription is on starts being transcribed."""
+        self.channel_roles = dict(channel_roles)
+        self._apply_roles()
+        for stream in self.streams.values():
+            wanted = self.status is CallStatus.STREAMING and stream.role is not None
+            for utterance in stream.set_transcribing(wanted):
+                self._submit(stream, utterance)
+
     def stream_for(self, role: Role) -> ParticipantStream | None:
         for stream in self.streams.values():
             if stream.role is role:
@@ -185,7 +205,16 @@ class CallSession:
 
     # control (start / stop) ---------------------------------------------------------------
 
+    def _refuse_while_closing(self) -> None:
+        if self.closing and self.key.namespace == Namespace.SIPREC.value:
+            raise ApiError(
+                ErrorCode.BYE_IN_PROGRESS,
+                f"call {self.key.guid} received a SIPREC BYE; its last utterances are being "
+                "transcribed",
+            )
+
     async def start(self, request: StartRequest) -> AutotranscribeResult:
+        self._refuse_while_closing()
         if self.status is CallStatus.COMPLETED:
             raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
         if self.status is CallStatus.STREAMING:
@@ -219,6 +248,7 @@ class CallSession:
         return self._result(summary=False)
 
     async def stop(self) -> AutotranscribeResult:
+        self._refuse_while_closing()
         if self.status is CallStatus.COMPLETED:
             raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
         if self.status is not CallStatus.STREAMING:
@@ -235,6 +265,7 @@ class CallSession:
         if self.status is CallStatus.COMPLETED:
             return
         self.status = CallStatus.COMPLETED
+        self.closing = True
         self._stop_transcribing()
         await self.wait_for_transcripts(COMPLETE_WAIT_S)
         now = time.time()
@@ -249,6 +280,7 @@ class CallSession:
         await asyncio.to_thread(
             self.store.set_message_expiry, self.key, now + self.pipeline.retention_s
         )
+        self.closing = False
         self._closed.set()
         log.info("call %s: completed", self.key)
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from callscribe.config import Settings, WebhookSettings, default_data_dir
+from callscribe.config import Settings, SiprecSettings, WebhookSettings, default_data_dir
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -33,7 +33,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings(**overrides)
     if webhook:
         settings.webhook = WebhookSettings(**{**settings.webhook.model_dump(), **webhook})
+    sip_port = getattr(args, "sip_port", None)
+    if sip_port is not None:
+        siprec = {"enabled": False} if sip_port == "off" else {"enabled": True, "port": sip_port}
+        settings.siprec = SiprecSettings(**{**settings.siprec.model_dump(), **siprec})
     return settings
+
+
+def _sip_port(value: str) -> int | str:
+    if value == "off":
+        return value
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port number, 0 (any free port) or off")
+    return port
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -226,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--webhook-secret-name", help="name of the secret header/parameter")
     serve.add_argument("--webhook-secret", help="the secret's value")
     serve.add_argument("--webhook-secret-in", choices=["header", "query"])
+    serve.add_argument(
+        "--sip-port",
+        type=_sip_port,
+        help="SIPREC recorder port, UDP and TCP (default 5070; 0 = any free port; off)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(

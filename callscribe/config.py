@@ -114,6 +114,40 @@ class ConnectSettings(BaseSettings):
     role_session_name: str = Field("callscribe-kvs-reader", pattern=r"^[\w+=,.@-]{2,64}$")
 
 
+class SiprecSettings(BaseSettings):
+    """The SIPREC recording server (RFC 7866) that SBCs fork calls to. See README "SIPREC"."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_SIPREC_", extra="ignore")
+
+    enabled: bool = True
+    # SIP over UDP and TCP, both on this port; 0 picks a free port (tests, several servers).
+    port: int = Field(5070, ge=0, le=65535)
+    # Where SBCs send RTP: one even port per stream (the odd one above it takes RTCP).
+    rtp_ports: str = Field("20000-20999", pattern=r"^\d{1,5}-\d{1,5}$")
+    # The address written into Contact, Via and the SDP answer. Unset: the listening address,
+    # or (listening on 0.0.0.0) the local address that routes to the SBC that sent the INVITE.
+    advertised_address: str | None = None
+    # SIPREC has no token: calls belong to this tenant unless the SBC's address is mapped
+    # below. Empty: only mapped SBCs are accepted (others get 403).
+    tenant: str = "default"
+    # "192.0.2.0/24=acme,198.51.100.7=globex": an SBC address or network -> its tenant.
+    tenant_by_source: str = ""
+    # Where the call's guid comes from, tried in order: user-to-user (Avaya UCID, shown in
+    # decimal), cisco-guid, header:<Name> (e.g. header:X-UCID), metadata-session, call-id.
+    call_id_sources: str = "user-to-user,cisco-guid,metadata-session,call-id"
+    # Which stream is the customer's: a metadata participant whose AOR or name matches
+    # agent_pattern is the agent (customer_pattern likewise), then label_roles
+    # ("1=customer,2=agent"), then SDP order (the first m= line is first_stream_role).
+    agent_pattern: str | None = None
+    customer_pattern: str | None = None
+    label_roles: str = ""
+    first_stream_role: Literal["customer", "agent"] = "customer"
+    # Packets held to put reordered RTP back in sequence (20 ms each).
+    jitter_packets: int = Field(4, ge=1, le=50)
+    # A session that sends no RTP for this long (and is not on hold) is ended with a BYE.
+    media_timeout_s: float = Field(120.0, ge=5.0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
 
@@ -131,6 +165,7 @@ class Settings(BaseSettings):
     asr: AsrSettings = Field(default_factory=AsrSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
+    siprec: SiprecSettings = Field(default_factory=SiprecSettings)
 
     @property
     def store_path(self) -> Path:

@@ -1,5 +1,5 @@
-"""Local mode: the API, the Twilio gateway, endpointing, ASR, redaction, the SQLite store and
-webhook delivery in one process (``callscribe serve``)."""
+"""Local mode: the API, the Twilio gateway, the SIPREC recorder, endpointing, ASR, redaction, the
+SQLite store and webhook delivery in one process (``callscribe serve``)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from callscribe.connect.kvs import BotoMediaSources
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher, WebhookTarget
 from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, Secrets, new_signing_key
+from callscribe.siprec.gateway import SiprecGateway, SiprecServices
 from callscribe.store.base import Store
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
@@ -60,6 +61,7 @@ class LocalRuntime:
     api: ApiServices | None = None  # the API runs here in local mode only (in AWS: a Lambda)
     owns_asr: bool = True
     connect: ConnectIngest | None = None  # Amazon Connect calls and their KVS readers
+    siprec: SiprecGateway | None = None
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
@@ -144,9 +146,22 @@ class LocalRuntime:
             sources=BotoMediaSources(store, settings.connect),
             owner=owner,
         )
+        siprec = None
+        if settings.siprec.enabled:
+            siprec = SiprecGateway(
+                SiprecServices(
+                    store=store,
+                    pipeline=pipeline,
+                    registry=registry,
+                    endpointing=settings.endpointing,
+                    settings=settings.siprec,
+                    host=settings.host,
+                    owner=owner,
+                )
+            )
         return cls(
             settings, store, asr, pipeline, registry, dispatcher, gateway, tokens,
-            owns_asr=owns_asr, connect=connect,
+            owns_asr=owns_asr, connect=connect, siprec=siprec,
         )
 
     async def warm_up(self) -> None:
@@ -167,6 +182,7 @@ class LocalRuntime:
                 "opened": self.gateway.streams_opened,
                 "rejected": self.gateway.streams_rejected,
             },
+            "siprec": self.siprec.snapshot() if self.siprec else None,
             "asr": self.pipeline.stats.as_dict(),
             "amazonConnect": self.connect.stats() if self.connect else None,
             "delivery": (
@@ -183,6 +199,8 @@ class LocalRuntime:
 
     async def shutdown(self) -> None:
         """Finish open utterances, deliver what is pending, then release resources."""
+        if self.siprec is not None:
+            await self.siprec.stop()  # no new sessions; buffered RTP goes into the calls
         await self.registry.complete_all()
         if self.connect is not None:
             await self.connect.close()
@@ -201,6 +219,8 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.warm_up()
+        if runtime.siprec is not None:
+            await runtime.siprec.start()
         purge = asyncio.get_running_loop().create_task(_purge_expired(runtime))
         yield
         purge.cancel()
@@ -261,9 +281,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await asyncio.sleep(0.05)
     if server.started:
         port = server.servers[0].sockets[0].getsockname()[1]
+        sip = f"; SIPREC on {settings.host}:{runtime.siprec.port} (UDP, TCP)" if runtime.siprec else ""
         print(
             f"CallScribe listening on http://{settings.host}:{port} "
-            f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}); "
+            f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}){sip}; "
             f"data in {settings.data_dir}",
             flush=True,
         )

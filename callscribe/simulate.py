@@ -346,6 +346,8 @@ async def running_server(
         [
             sys.executable, "-m", "callscribe", "-v", "serve",
             "--port", str(port), "--data-dir", str(data_dir), "--webhook-url", webhook_url,
+            # Any free SIPREC port, so that servers side by side do not fight over 5070.
+            "--sip-port", "0",
             *(extra_args or []),
         ],
         stdout=log,

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import secrets
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import boto3
@@ -19,6 +26,7 @@ class AwsResources:
     control_secret_arn: str
     control_secret: str
     event_bus_name: str
+    ingress_url: str
     queue_url: str
     dlq_url: str
 
@@ -37,24 +45,25 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
         Name=f"callscribe/{stage}/control", SecretString=control_secret
     )["ARN"]
     sqs = boto3.client("sqs", **kwargs)
-    dlq_url = sqs.create_queue(
-        QueueName=f"callscribe-{stage}-webhook-dlq.fifo",
-        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
-    )["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    queue_url = sqs.create_queue(
-        QueueName=f"callscribe-{stage}-webhook.fifo",
-        Attributes={
-            "FifoQueue": "true",
-            "ContentBasedDeduplication": "true",
-            "RedrivePolicy": f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "3"}}',
-        },
-    )["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+
+    def fifo(name: str, **attributes: str) -> tuple[str, str]:
+        url = sqs.create_queue(
+            QueueName=f"callscribe-{stage}-{name}.fifo",
+            Attributes={"FifoQueue": "true", **attributes},
+        )["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        return url, arn
+
+    dlq_url, dlq_arn = fifo("webhook-dlq")
+    # As infra/events.py: the rule feeds an ingress FIFO queue with one fixed group; a pipe
+    # re-queues each event into its conversation's group on the delivery queue.
+    ingress_url, ingress_arn = fifo("ingress", ContentBasedDeduplication="true")
+    queue_url, _ = fifo(
+        "webhook",
+        RedrivePolicy=f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "3"}}',
+    )
     events = boto3.client("events", **kwargs)
     bus_name = f"callscribe-{stage}"
     events.create_event_bus(Name=bus_name)
@@ -68,12 +77,186 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
         EventBusName=bus_name,
         Targets=[
             {
-                "Id": "webhook-queue",
-                "Arn": queue_arn,
-                "SqsParameters": {"MessageGroupId": "$.detail.group"},
+                "Id": "ingress-queue",
+                "Arn": ingress_arn,
+                "SqsParameters": {"MessageGroupId": "transcripts"},
             }
         ],
     )
     return AwsResources(
-        table_name, token_arn, control_arn, control_secret, bus_name, queue_url, dlq_url
+        table_name, token_arn, control_arn, control_secret, bus_name, ingress_url, queue_url,
+        dlq_url,
     )
+
+
+def pipe_ingress_to_delivery(resources: AwsResources, endpoint_url: str | None = None) -> int:
+    """Do what the stack's EventBridge Pipe does (moto runs no pipes): move each event from the
+    ingress queue to the delivery queue, grouped by ``detail.group``, deduplicated by
+    ``detail.messageId``, the EventBridge event itself as the body. Returns how many moved."""
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint_url)
+    moved = 0
+    while True:
+        received = sqs.receive_message(
+            QueueUrl=resources.ingress_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        ).get("Messages", [])
+        if not received:
+            return moved
+        for message in received:
+            detail = json.loads(message["Body"])["detail"]
+            sqs.send_message(
+                QueueUrl=resources.queue_url,
+                MessageBody=message["Body"],
+                MessageGroupId=detail["group"],
+                MessageDeduplicationId=detail["messageId"],
+            )
+            sqs.delete_message(
+                QueueUrl=resources.ingress_url, ReceiptHandle=message["ReceiptHandle"]
+            )
+            moved += 1
+
+
+# Lambda invocation shapes ---------------------------------------------------------------
+
+
+class LambdaContext:
+    function_name = "callscribe-api"
+    function_version = "$LATEST"
+    invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:callscribe-api"
+    memory_limit_in_mb = 512
+    aws_request_id = "8f5b1c2e-0000-4000-8000-000000000001"
+    log_group_name = "/aws/lambda/callscribe-api"
+    log_stream_name = "2026/11/21/[$LATEST]abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+def rest_event(method: str, path: str, headers: dict[str, str], body: Any = None,
+               query: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway REST API (payload v1.0) proxy event."""
+    raw = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com",
+                    "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443", **headers},
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/{proxy+}",
+            "httpMethod": method,
+            "path": f"/prod{path}",
+            "stage": "prod",
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "identity": {"sourceIp": "203.0.113.7", "userAgent": "curl/8.5.0"},
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "protocol": "HTTP/1.1",
+            "requestTimeEpoch": int(time.time() * 1000),
+        },
+        "body": raw,
+        "isBase64Encoded": False,
+    }
+
+
+def http_api_event(method: str, path: str, headers: dict[str, str], body: Any = None,
+                   query: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload v2.0) event; its body arrives base64-encoded."""
+    raw = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+    query_string = "&".join(f"{k}={v}" for k, v in (query or {}).items())
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query_string,
+        "headers": {"host": "abc123.execute-api.us-east-1.amazonaws.com",
+                    "x-forwarded-proto": "https", "x-forwarded-port": "443",
+                    **{k.lower(): v for k, v in headers.items()}},
+        "queryStringParameters": query,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "203.0.113.7", "userAgent": "curl/8.5.0"},
+            "requestId": "JKJaXmPLvHcESHA=",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "21/Nov/2026:10:00:00 +0000",
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "body": base64.b64encode(raw.encode()).decode() if raw is not None else None,
+        "isBase64Encoded": raw is not None,
+    }
+
+
+def api_gateway_bridge(handler: Callable[[dict[str, Any], Any], dict[str, Any]]) -> Any:
+    """An ASGI app standing in for API Gateway (HTTP API, payload v2): each HTTP request
+    becomes the event API Gateway would send, given to the Lambda handler in a worker thread."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
+        event = http_api_event(
+            scope["method"], scope["path"], headers, body.decode() or None, query or None
+        )
+        response = await asyncio.to_thread(handler, event, LambdaContext())
+        payload = response.get("body") or ""
+        raw = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response["statusCode"],
+                "headers": [
+                    (k.lower().encode(), str(v).encode())
+                    for k, v in (response.get("headers") or {}).items()
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": raw})
+
+    return app
+
+
+def sqs_event(messages: list[dict[str, Any]], resources: AwsResources) -> dict[str, Any]:
+    """The event an SQS event source mapping gives a Lambda for received FIFO messages."""
+    queue_arn = (
+        f"arn:aws:sqs:{REGION}:123456789012:{resources.queue_url.rsplit('/', 1)[-1]}"
+    )
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": {
+                    "ApproximateReceiveCount": m["Attributes"].get("ApproximateReceiveCount", "1"),
+                    "SentTimestamp": m["Attributes"].get("SentTimestamp", str(int(time.time() * 1000))),
+                    "SequenceNumber": m["Attributes"].get("SequenceNumber", "1"),
+                    "MessageGroupId": m["Attributes"].get("MessageGroupId", ""),
+                    "SenderId": m["Attributes"].get("SenderId", "AIDAEXAMPLE"),
+                    "MessageDeduplicationId": m["Attributes"].get("MessageDeduplicationId", ""),
+                    "ApproximateFirstReceiveTimestamp": m["Attributes"].get(
+                        "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
+                    ),
+                },
+                "messageAttributes": {},
+                "md5OfBody": m.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
+            for m in messages
+        ]
+    }

@@ -13,7 +13,7 @@ import uvicorn
 
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import IssuedKey, create_api_key
-from callscribe.config import AsrSettings, Settings, WebhookSettings
+from callscribe.config import AsrSettings, Settings, SiprecSettings, WebhookSettings
 from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
 from callscribe.simulate import ApiClient, WebhookReceiver, bind_loopback, running_receiver
 
@@ -64,6 +64,8 @@ async def server_factory(
             secret=WEBHOOK_SECRET,
             timeout_s=2.0,
         )
+        # Any free SIPREC port unless a test asks: suites run side by side on one machine.
+        overrides.setdefault("siprec", SiprecSettings(port=0))
         settings = Settings(data_dir=tmp_path / f"data{len(started)}", webhook=webhook, **overrides)
         runtime = LocalRuntime.build(settings, asr=asr_engine)
         app = create_local_app(runtime)

@@ -17,83 +17,14 @@ from callscribe.auth import create_api_key
 from callscribe.aws import api_lambda
 from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.store.base import CallKey, CallRecord, CallStatus, StoredMessage
-from tests.aws_fixtures import REGION, AwsResources, create_resources
-
-
-class LambdaContext:
-    function_name = "callscribe-api"
-    function_version = "$LATEST"
-    invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:callscribe-api"
-    memory_limit_in_mb = 512
-    aws_request_id = "8f5b1c2e-0000-4000-8000-000000000001"
-    log_group_name = "/aws/lambda/callscribe-api"
-    log_stream_name = "2026/11/21/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
-
-
-def rest_event(method: str, path: str, headers: dict[str, str], body: Any = None,
-               query: dict[str, str] | None = None) -> dict[str, Any]:
-    """An API Gateway REST API (payload v1.0) proxy event."""
-    raw = None if body is None else (body if isinstance(body, str) else json.dumps(body))
-    return {
-        "resource": "/{proxy+}",
-        "path": path,
-        "httpMethod": method,
-        "headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com",
-                    "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443", **headers},
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": query,
-        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
-        "pathParameters": {"proxy": path.lstrip("/")},
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": "/{proxy+}",
-            "httpMethod": method,
-            "path": f"/prod{path}",
-            "stage": "prod",
-            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
-            "identity": {"sourceIp": "203.0.113.7", "userAgent": "curl/8.5.0"},
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "protocol": "HTTP/1.1",
-            "requestTimeEpoch": int(time.time() * 1000),
-        },
-        "body": raw,
-        "isBase64Encoded": False,
-    }
-
-
-def http_api_event(method: str, path: str, headers: dict[str, str], body: Any = None,
-                   query: dict[str, str] | None = None) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload v2.0) event; its body arrives base64-encoded."""
-    raw = None if body is None else (body if isinstance(body, str) else json.dumps(body))
-    query_string = "&".join(f"{k}={v}" for k, v in (query or {}).items())
-    return {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": query_string,
-        "headers": {"host": "abc123.execute-api.us-east-1.amazonaws.com",
-                    "x-forwarded-proto": "https", "x-forwarded-port": "443",
-                    **{k.lower(): v for k, v in headers.items()}},
-        "queryStringParameters": query,
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                     "sourceIp": "203.0.113.7", "userAgent": "curl/8.5.0"},
-            "requestId": "JKJaXmPLvHcESHA=",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "21/Nov/2026:10:00:00 +0000",
-            "timeEpoch": int(time.time() * 1000),
-        },
-        "body": base64.b64encode(raw.encode()).decode() if raw is not None else None,
-        "isBase64Encoded": raw is not None,
-    }
+from tests.aws_fixtures import (
+    REGION,
+    AwsResources,
+    LambdaContext,
+    create_resources,
+    http_api_event,
+    rest_event,
+)
 
 
 @pytest.fixture

@@ -83,6 +83,8 @@ def build_runtime(
     if not control_secret:
         raise RuntimeError("the control secret is missing from Secrets Manager")
     owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
+    # This task serves Twilio only; SIPREC has a service (and network load balancer) of its own.
+    settings.siprec.enabled = False
     runtime = LocalRuntime.assemble(
         settings,
         store=DynamoStore(aws.table_name),

@@ -1,0 +1,251 @@
+"""The AWS deployment's path, shaped as in the cloud, on loopback:
+
+    simulated Twilio ──wss──▶ gateway task (a real process: containers.twilio_gateway.entrypoint)
+        │  DynamoDB + Secrets Manager + EventBridge (moto server)
+        │  ASR over HTTP ──▶ ASR worker (a real process: callscribe asr-worker)
+        ▼
+    EventBridge rule ──▶ SQS FIFO ──(pipe)──▶ SQS FIFO ──▶ webhook Lambda ──▶ real HTTP receiver
+    customer ──HTTP──▶ "API Gateway" ──▶ API Lambda (functions.api.handler) ──signed HTTP──▶ gateway
+
+Only moto stands in for AWS, and the test's poller does the EventBridge Pipe's forwarding
+(moto runs no pipes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+import uvicorn
+from moto.server import ThreadedMotoServer
+
+from callscribe.aws import api_lambda
+from callscribe.simulate import (
+    ApiClient,
+    PlayedCall,
+    WebhookReceiver,
+    bind_loopback,
+    free_port,
+    load_sample_call,
+    play_call,
+)
+from tests.aws_fixtures import (
+    REGION,
+    AwsResources,
+    api_gateway_bridge,
+    create_resources,
+    pipe_ingress_to_delivery,
+    sqs_event,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in aws_env(endpoint).items():
+        monkeypatch.setenv(name, value)
+    yield endpoint
+    server.stop()
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
+    }
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 180
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"{proc.args} exited:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(url, timeout=2)).is_success:
+                    return
+            await asyncio.sleep(0.25)
+    raise AssertionError(f"{url} never became healthy:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.asynccontextmanager
+async def api_gateway(port_sock: object) -> AsyncIterator[str]:
+    from functions.api import handler
+
+    sock = bind_loopback()
+    server = uvicorn.Server(
+        uvicorn.Config(api_gateway_bridge(handler), log_level="warning", lifespan="off")
+    )
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def deliver_webhooks(resources: AwsResources, endpoint: str, stop: asyncio.Event) -> int:
+    """The pipe, the SQS event source mapping and the webhook Lambda, in a loop."""
+    from functions.webhook import handler
+
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    delivered = 0
+    while True:
+        await asyncio.to_thread(pipe_ingress_to_delivery, resources, endpoint)
+        received = await asyncio.to_thread(
+            lambda: sqs.receive_message(
+                QueueUrl=resources.queue_url,
+                MaxNumberOfMessages=10,
+                AttributeNames=["All"],
+                WaitTimeSeconds=0,
+            ).get("Messages", [])
+        )
+        if received:
+            result = await asyncio.to_thread(handler, sqs_event(received, resources), None)
+            failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+            for message in received:
+                if message["MessageId"] not in failed:
+                    sqs.delete_message(
+                        QueueUrl=resources.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                    )
+                    delivered += 1
+        elif stop.is_set():
+            return delivered
+        else:
+            await asyncio.sleep(0.2)
+
+
+async def test_call_through_the_cloud_shaped_deployment(
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    receiver: WebhookReceiver,
+) -> None:
+    resources = create_resources(moto_endpoint)
+    gateway_port, control_port, asr_port = free_port(), free_port(), free_port()
+    env = {
+        **aws_env(moto_endpoint),
+        "CALLSCRIBE_TABLE_NAME": resources.table_name,
+        "CALLSCRIBE_EVENT_BUS_NAME": resources.event_bus_name,
+        "CALLSCRIBE_TOKEN_SECRET_ARN": resources.token_secret_arn,
+        "CALLSCRIBE_CONTROL_SECRET_ARN": resources.control_secret_arn,
+        "CALLSCRIBE_PUBLIC_GATEWAY_URL": f"ws://127.0.0.1:{gateway_port}",
+        "CALLSCRIBE_WEBHOOK_URL": receiver.url,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    api_lambda.asgi_handler.cache_clear()
+
+    created = subprocess.run(
+        [sys.executable, "-m", "callscribe", "keys", "create", "--tenant", "acme",
+         "--store", "dynamodb", "--table", resources.table_name],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    issued = json.loads(created.stdout)
+
+    asr_log, gateway_log = tmp_path / "asr.log", tmp_path / "gateway.log"
+    with process(
+        [sys.executable, "-m", "callscribe", "asr-worker", "--host", "127.0.0.1",
+         "--port", str(asr_port)], env, asr_log,
+    ) as asr_worker, process(
+        [sys.executable, "-m", "containers.twilio_gateway.entrypoint"],
+        {
+            **env,
+            "CALLSCRIBE_HOST": "127.0.0.1",
+            "CALLSCRIBE_PORT": str(gateway_port),
+            "CALLSCRIBE_CONTROL_PORT": str(control_port),
+            "CALLSCRIBE_CONTROL_URL": f"http://127.0.0.1:{control_port}",
+            "CALLSCRIBE_ASR_URL": f"http://127.0.0.1:{asr_port}",
+        },
+        gateway_log,
+    ) as gateway:
+        await wait_healthy(f"http://127.0.0.1:{asr_port}/healthz", asr_worker, asr_log)
+        await wait_healthy(f"http://127.0.0.1:{gateway_port}/healthz", gateway, gateway_log)
+
+        async with api_gateway(None) as api_url:
+            api = ApiClient(api_url, issued["apiId"], issued["apiSecret"])
+            call = load_sample_call()
+            controls = sorted(call.controls, key=lambda c: c.at_ms)
+            first_window = replace(
+                call,
+                tracks={t: b[: (controls[1].at_ms + 500) * 8] for t, b in call.tracks.items()},
+                duration_ms=controls[1].at_ms + 500,
+                controls=tuple(controls[:2]),
+            )
+            stop_delivery = asyncio.Event()
+            delivery = asyncio.get_running_loop().create_task(
+                deliver_webhooks(resources, moto_endpoint, stop_delivery)
+            )
+            played = await play_call(
+                await api.stream_url(), first_window, api,
+                played=PlayedCall("CAcloud0000000000000000000000001", speed=4),
+            )
+            assert [r.status_code for _, r in played.control_responses] == [200, 200], [
+                r.text for _, r in played.control_responses
+            ]
+            stop_summary = played.control_responses[1][1].json()["autotranscribeResponse"]
+            assert stop_summary["agent"]["summary"]["transcripts"] >= 2
+
+            # The hang-up completes the call; the after-call API (the Lambda) sees it.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                after = (await api.messages(played.call_sid)).json()
+                if after.get("complete"):
+                    break
+                await asyncio.sleep(0.5)
+            assert after["complete"] is True
+            assert len(after["messages"]) >= 4
+
+            deadline = time.monotonic() + 60
+            while len(receiver.messages) < len(after["messages"]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+            stop_delivery.set()
+            await delivery
+            await api.close()
+
+    bodies = [m.body for m in receiver.messages]
+    assert bodies == after["messages"]
+    text = " ".join(u["text"] for b in bodies for u in b["autotranscribeResponse"]["utterance"])
+    assert "package" in text.lower()
+    health = gateway_log.read_text()
+    assert "Traceback" not in health, health[-3000:]
