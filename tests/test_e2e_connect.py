@@ -37,7 +37,7 @@ from tests.connect_support import (
     sample_fragments,
 )
 from tests.test_e2e_twilio import normalise, transcribed_windows, wait_for_quiet
-from tests.test_lambda_api import LambdaContext
+from tests.aws_fixtures import LambdaContext
 
 SPEED = 4.0
 FRAGMENT_MS = 1000

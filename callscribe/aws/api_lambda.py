@@ -17,7 +17,8 @@ from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
-from callscribe.control_http import HttpControl
+from callscribe.api.schemas import Namespace
+from callscribe.control_http import HttpCallOpener, HttpControl
 from callscribe.secrets import TOKEN_SIGNING_KEY
 
 logger = Logger(service="callscribe-api")
@@ -39,10 +40,16 @@ def asgi_handler() -> Mangum:
     secrets = SecretsManagerSecrets(
         {TOKEN_SIGNING_KEY: aws.token_secret_arn, CONTROL_SECRET: aws.control_secret_arn}
     )
+    control_secret = _required(secrets, CONTROL_SECRET)
+    openers = {}
+    if aws.kvs_reader_url:
+        # Amazon Connect calls are opened by start-streaming, on one of the KVS reader tasks.
+        openers[Namespace.AMAZON_CONNECT] = HttpCallOpener(control_secret, aws.kvs_reader_url)
     services = ApiServices(
         store=DynamoStore(aws.table_name),
         tokens=StreamTokens(_required(secrets, TOKEN_SIGNING_KEY), settings.stream_token_ttl_s),
-        control=HttpControl(_required(secrets, CONTROL_SECRET)),
+        control=HttpControl(control_secret),
+        openers=openers,
         public_gateway_url=settings.public_gateway_url,
         max_messages=settings.max_messages_per_call,
     )

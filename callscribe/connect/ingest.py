@@ -248,7 +248,12 @@ class ConnectIngest:
         over, when it was completed or its reader task went away) and start it."""
         existing = self.calls.get(key)
         if existing is not None and existing.status is not CallStatus.COMPLETED:
-            return await existing.start(request)
+            result = await existing.start(request)
+            # The API came here because the Store named another owner (or none it could reach).
+            await asyncio.to_thread(
+                self.store.update_call, key, owner=self.owner, updated_at=time.time()
+            )
+            return result
         params = request.amazonConnectParams
         if params is None:
             raise ApiError(

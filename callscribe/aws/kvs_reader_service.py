@@ -1,0 +1,123 @@
+"""The KVS reader task of the AWS deployment (a Fargate service without a load balancer).
+
+It holds the deployment's Amazon Connect calls: the API Lambda opens each one here through the
+signed control endpoint (``/control/open``, reached through the service's private DNS name), the
+task that opens it records its own control URL as the call's owner, and later stops and starts
+come to it directly. Its task role is the identity that tenants' Connect roles trust (see
+``infra/kvs_reader.py`` and ``infra/customer_account.py``); each GetMedia request signs with
+the assumed role of the call's tenant.
+
+One process, one uvicorn server on two ports: ``CALLSCRIBE_PORT`` (8080) serves ``/healthz``
+(readers, millis-behind-now, ASR and delivery counters) for the ECS health check;
+``CALLSCRIBE_CONTROL_PORT`` (8081) is the control endpoint, open to the API Lambda only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from callscribe.asr.base import AsrEngine
+from callscribe.aws.dynamodb_store import DynamoStore
+from callscribe.aws.eventbridge_bus import EventBridgeBus
+from callscribe.aws.gateway_service import RouteByPort, task_private_ip
+from callscribe.aws.secrets_manager import SecretsManagerSecrets
+from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
+from callscribe.config import Settings
+from callscribe.control_http import create_control_app
+from callscribe.secrets import TOKEN_SIGNING_KEY
+from callscribe.server import LocalRuntime, exit_cleanly_on_sigterm, uvicorn_config
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(
+    aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None
+) -> tuple[LocalRuntime, str]:
+    if not aws.event_bus_name:
+        raise RuntimeError("CALLSCRIBE_EVENT_BUS_NAME must name the transcript event bus")
+    secrets = SecretsManagerSecrets(
+        {TOKEN_SIGNING_KEY: aws.token_secret_arn, CONTROL_SECRET: aws.control_secret_arn}
+    )
+    control_secret = secrets.get(CONTROL_SECRET)
+    if not control_secret:
+        raise RuntimeError("the control secret is missing from Secrets Manager")
+    owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
+    settings.siprec.enabled = False  # SIPREC and Twilio have services of their own
+    runtime = LocalRuntime.assemble(
+        settings,
+        store=DynamoStore(aws.table_name),
+        secrets=secrets,
+        bus=EventBridgeBus(aws.event_bus_name),
+        asr=asr,
+        owner=owner,
+    )
+    return runtime, control_secret
+
+
+def create_reader_app(runtime: LocalRuntime, control_secret: str, control_port: int) -> ASGIApp:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await runtime.warm_up()
+        yield
+        await runtime.shutdown()
+
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse(runtime.stats())
+
+    health_app = Starlette(
+        routes=[Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan
+    )
+    control_app = create_control_app(runtime.registry, control_secret, opener=runtime.connect)
+    return RouteByPort(control_port, control_app, health_app)
+
+
+async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
+                ready: asyncio.Event | None = None) -> None:
+    runtime, control_secret = build_runtime(aws, settings, asr)
+    app = create_reader_app(runtime, control_secret, aws.control_port)
+    sockets = []
+    for port in (aws.port, aws.control_port):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, port))
+        sockets.append(sock)
+    server = uvicorn.Server(uvicorn_config(app, settings))  # type: ignore[arg-type]
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        print(
+            f"CallScribe KVS reader: /healthz on :{aws.port}, control on :{aws.control_port}, "
+            f"owner {runtime.gateway.services.owner}",
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+    await serving
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings(host=os.environ.get("CALLSCRIBE_HOST", "0.0.0.0"))
+    aws = AwsSettings()
+    exit_cleanly_on_sigterm()
+    try:
+        asyncio.run(serve(aws, settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
