@@ -112,6 +112,19 @@ class DeploymentConfig(BaseModel):
     asr_cpu_target_percent: int = Field(70, ge=10, le=95)
     asr_root_volume_gib: int = Field(100, ge=50, le=1000)
 
+    # Amazon Connect: the KVS reader tasks (Fargate), which read contacts' Kinesis Video Streams
+    # in tenants' accounts through the roles those accounts create for CallScribe.
+    kvs_reader_cpu: int = Field(1024, description="Fargate CPU units")
+    kvs_reader_memory_mib: int = Field(2048, ge=512, le=30_720)
+    kvs_reader_desired_count: int = Field(1, ge=0)
+    kvs_reader_min_count: int = Field(1, ge=0)
+    kvs_reader_max_count: int = Field(10, ge=1, le=1000)
+    kvs_reader_cpu_target_percent: int = Field(60, ge=10, le=95)
+    # Accounts whose Connect role (named CallScribeConnectMediaReader…) the readers may assume.
+    # Empty: any account; each tenant's role still trusts only this deployment's reader role,
+    # and only with that tenant's external id.
+    connect_account_ids: tuple[str, ...] = ()
+
     # Retention: exported objects and recordings in S3, transcripts in DynamoDB (TTL), logs.
     retention_days: int = Field(7, ge=1, le=3650)
     log_retention_days: int = 30
@@ -169,7 +182,19 @@ class DeploymentConfig(BaseModel):
             )
         return value
 
-    @field_validator("gateway_cpu")
+    @field_validator("connect_account_ids", mode="before")
+    @classmethod
+    def _accounts(cls, value: object) -> object:
+        if isinstance(value, str):  # `-c connectAccountIds=111122223333,444455556666`
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            for account in value:
+                if not re.fullmatch(r"\d{12}", str(account)):
+                    raise ValueError(f"{account!r} is not a 12-digit AWS account id")
+            return tuple(str(account) for account in value)
+        return value
+
+    @field_validator("gateway_cpu", "kvs_reader_cpu")
     @classmethod
     def _fargate_cpu(cls, value: int) -> int:
         if value not in (256, 512, 1024, 2048, 4096, 8192, 16384):
@@ -179,7 +204,11 @@ class DeploymentConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentConfig:
         problems = []
-        for name, counts in (("gateway", self.gateway_counts), ("asr", self.asr_counts)):
+        for name, counts in (
+            ("gateway", self.gateway_counts),
+            ("asr", self.asr_counts),
+            ("kvsReader", self.kvs_reader_counts),
+        ):
             if not counts.min <= counts.desired <= counts.max:
                 problems.append(
                     f"{name}MinCount <= {name}DesiredCount <= {name}MaxCount does not hold "
@@ -216,6 +245,14 @@ class DeploymentConfig(BaseModel):
     def asr_counts(self) -> ServiceCounts:
         return ServiceCounts(
             desired=self.asr_desired_count, min=self.asr_min_count, max=self.asr_max_count
+        )
+
+    @property
+    def kvs_reader_counts(self) -> ServiceCounts:
+        return ServiceCounts(
+            desired=self.kvs_reader_desired_count,
+            min=self.kvs_reader_min_count,
+            max=self.kvs_reader_max_count,
         )
 
     @property

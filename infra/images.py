@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_DOCKERFILE = "containers/lambda/Dockerfile"
 TWILIO_GATEWAY_DOCKERFILE = "containers/twilio_gateway/Dockerfile"
 ASR_WORKER_DOCKERFILE = "containers/asr_worker/Dockerfile"
+KVS_READER_DOCKERFILE = "containers/kvs_reader/Dockerfile"
 
 # Handlers (module path as Lambda's Python runtime interface client reads it: "dir/module.func").
 API_HANDLER = "functions/api.handler"
@@ -40,6 +41,12 @@ def lambda_code(handler: str) -> lambda_.DockerImageCode:
 def twilio_gateway_image() -> ecs.ContainerImage:
     return ecs.ContainerImage.from_asset(
         str(REPO_ROOT), file=TWILIO_GATEWAY_DOCKERFILE, platform=PLATFORM
+    )
+
+
+def kvs_reader_image() -> ecs.ContainerImage:
+    return ecs.ContainerImage.from_asset(
+        str(REPO_ROOT), file=KVS_READER_DOCKERFILE, platform=PLATFORM
     )
 
 

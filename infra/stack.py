@@ -17,6 +17,7 @@ from infra.data import DataConstruct
 from infra.events import EventsConstruct
 from infra.export_schedule import DailyExportSchedule
 from infra.gateway import GatewayConstruct
+from infra.kvs_reader import KvsReaderConstruct
 from infra.network import NetworkConstruct
 
 
@@ -74,9 +75,24 @@ class CallScribeStack(Stack):
             asr_url=self.asr.url,
         )
         self.api = ApiConstruct(self, "Api", config=config, data=self.data, network=self.network)
+        self.kvs_reader = KvsReaderConstruct(
+            self,
+            "KvsReader",
+            config=config,
+            network=self.network,
+            cluster=self.cluster,
+            namespace=self.namespace,
+            data=self.data,
+            bus=self.events.bus,
+            asr_url=self.asr.url,
+        )
 
         self.asr.allow_from(self.gateway.service)
+        self.asr.allow_from(self.kvs_reader.service)
         self.gateway.allow_control_from(self.api.security_group)
+        self.kvs_reader.allow_control_from(self.api.security_group)
+        # start-streaming for namespace amazonconnect opens the call on a reader task.
+        self.api.function.add_environment("CALLSCRIBE_KVS_READER_URL", self.kvs_reader.control_url)
 
         # Set by add_daily_export: the exporter is built by the exports work, from this
         # stack's table and bucket, and handed back here to be scheduled.
@@ -103,6 +119,12 @@ class CallScribeStack(Stack):
                 value=self.api.domain_name.regional_domain_name,
                 description=f"Point {config.api_domain_name} here (CNAME or alias)",
             )
+        CfnOutput(
+            self,
+            "ConnectReaderRoleArn",
+            value=self.kvs_reader.task_role.role_arn,
+            description="Tenants' Connect roles trust this role (customer_account_app.py)",
+        )
         CfnOutput(self, "TableName", value=self.data.table.table_name)
         CfnOutput(self, "ExportsBucketName", value=self.data.exports_bucket.bucket_name)
         CfnOutput(

@@ -53,6 +53,7 @@ def test_app_synthesises_the_stack_into_cdk_out(tmp_path):
         "containers/lambda/Dockerfile",
         "containers/twilio_gateway/Dockerfile",
         "containers/asr_worker/Dockerfile",
+        "containers/kvs_reader/Dockerfile",
     }
 
 

@@ -15,9 +15,11 @@ import pytest
 from infra.asr import ASR_PORT
 from infra.config import DeploymentConfig
 from infra.gateway import CONTROL_PORT, GATEWAY_PORT
+from infra.kvs_reader import HEALTH_PORT
 from infra.images import (
     API_HANDLER,
     ASR_WORKER_DOCKERFILE,
+    KVS_READER_DOCKERFILE,
     LAMBDA_DOCKERFILE,
     TWILIO_GATEWAY_DOCKERFILE,
     WEBHOOK_HANDLER,
@@ -93,7 +95,7 @@ def json_command(args: str) -> list[str]:
     return command
 
 
-ALL = [LAMBDA_DOCKERFILE, TWILIO_GATEWAY_DOCKERFILE, ASR_WORKER_DOCKERFILE]
+ALL = [LAMBDA_DOCKERFILE, TWILIO_GATEWAY_DOCKERFILE, ASR_WORKER_DOCKERFILE, KVS_READER_DOCKERFILE]
 
 
 @pytest.mark.parametrize("dockerfile", ALL)
@@ -135,6 +137,7 @@ def test_build_context_leaves_out_the_virtualenv_tests_and_cdk_out():
     [
         (TWILIO_GATEWAY_DOCKERFILE, "containers.twilio_gateway.entrypoint", GATEWAY_PORT),
         (ASR_WORKER_DOCKERFILE, "containers.asr_worker.entrypoint", ASR_PORT),
+        (KVS_READER_DOCKERFILE, "containers.kvs_reader.entrypoint", HEALTH_PORT),
     ],
 )
 def test_service_images_run_their_entrypoint_as_non_root_with_a_health_check(

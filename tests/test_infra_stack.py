@@ -232,6 +232,7 @@ def test_api_function_in_private_subnets_with_contract_environment():
         "CALLSCRIBE_CONTROL_SECRET_ARN": ref(stack.data.control_secret),
         "CALLSCRIBE_PUBLIC_GATEWAY_URL": "wss://gw.callscribe.example.com",
         "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
+        "CALLSCRIBE_KVS_READER_URL": "http://kvs-reader.prod.callscribe.internal:8081",
         "POWERTOOLS_SERVICE_NAME": "callscribe-api",
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
         "LOG_LEVEL": "INFO",
@@ -493,18 +494,17 @@ def test_asr_is_private_reachable_from_gateways_through_cloud_map():
         for r in template.find_resources("AWS::EC2::SecurityGroupIngress").values()
         if r["Properties"]["GroupId"] == asr_group
     ]
-    assert [(r["FromPort"], r["ToPort"], r["SourceSecurityGroupId"]) for r in rules] == [
+    # The callers: the Twilio gateways and the KVS readers (Amazon Connect).
+    callers = [stack.gateway.service, stack.kvs_reader.service]
+    assert sorted(
+        ((r["FromPort"], r["ToPort"], r["SourceSecurityGroupId"]) for r in rules), key=json.dumps
+    ) == sorted(
         (
-            8000,
-            8000,
-            {
-                "Fn::GetAtt": [
-                    logical_id(stack.gateway.service.connections.security_groups[0]),
-                    "GroupId",
-                ]
-            },
-        )
-    ]
+            (8000, 8000, {"Fn::GetAtt": [logical_id(c.connections.security_groups[0]), "GroupId"]})
+            for c in callers
+        ),
+        key=json.dumps,
+    )
     assert stack.asr.url == "http://asr.prod.callscribe.internal:8000"
 
 
