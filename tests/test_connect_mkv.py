@@ -454,3 +454,19 @@ def test_fuzz_inserted_garbage_costs_nothing_before_it(at: int, garbage: bytes) 
             assert got[k].blocks == original[k].blocks
             assert got[k].tags == original[k].tags
             assert got[k].ended == "next-document"
+
+
+def test_the_tool_writes_the_sample_call_as_connect_would(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_connect_stream", Path(__file__).resolve().parents[1] / "tools" / "make_connect_stream.py"
+    )
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "connect.mkv"
+    assert tool.main(["--out", str(out), "--rounds", "1"]) == 0  # parsed back sample-exact
+    probe = ffprobe_output(out.read_bytes(), tmp_path, "-show_streams")
+    assert probe.count("codec_type=audio") == 2
+    assert len(documents(parse(out.read_bytes()))) == 75
