@@ -115,9 +115,11 @@ class StubbedKvs:
     simulated stream, as a streaming body. Records what the reader asked for."""
 
     def __init__(self, stream: SimulatedKvsStream, stream_arn: str,
-                 drops: list[int] | None = None) -> None:
+                 drops: list[int] | None = None,
+                 more: dict[str, SimulatedKvsStream] | None = None) -> None:
         self.stream = stream
         self.stream_arn = stream_arn
+        self.streams = {stream_arn: stream, **(more or {})}
         self.drops = list(drops or [])
         self.get_media: list[dict[str, str]] = []
         self.assume_role: list[dict[str, object]] = []
@@ -145,11 +147,12 @@ class StubbedKvs:
                 selector = dict(params["StartSelector"])
                 self.get_media.append(selector)
                 drop = self.drops.pop(0) if self.drops else None
-                body = self.stream.get_media(selector, drop_after_bytes=drop)
+                stream_arn = params["StreamARN"]
+                body = self.streams[stream_arn].get_media(selector, drop_after_bytes=drop)
                 stubber.add_response(
                     "get_media",
                     {"ContentType": "video/webm", "Payload": StreamingBody(body, None)},
-                    expected_params={"StreamARN": self.stream_arn, "StartSelector": selector},
+                    expected_params={"StreamARN": stream_arn, "StartSelector": selector},
                 )
 
             events.register("provide-client-params.kinesis-video-media.GetMedia", answer)

@@ -235,3 +235,21 @@ def test_timeline_keeps_blocks_contiguous_and_places_gaps() -> None:
     # Half a second of lost audio is a gap at its true place.
     assert timeline.place(CUSTOMER_TRACK, 1692.0, 512) == 692 * 8
     assert timeline.place(CUSTOMER_TRACK, 0.0, 10) == 692 * 8 + 512  # no going back in time
+
+
+@pytest.mark.parametrize(
+    "name", ["output_get_media.mkv", "output_get_media_sparse_fragments.mkv", "test_mixed_tags.mkv"]
+)
+def test_real_getmedia_output_gives_its_fragments_and_no_audio_from_video(name: str) -> None:
+    from tests.connect_support import kvs_fixture
+    from tests.test_connect_mkv import EXPECTED
+
+    out = run(ConnectMediaDemuxer(), kvs_fixture(name), chunk=1500)
+    assert not [o for o in out if isinstance(o, AudioReceived)]  # H.264 is not a Connect track
+    completed = [o for o in out if isinstance(o, FragmentCompleted)]
+    expected = EXPECTED[name]
+    assert [(c.fragment_number, c.millis_behind_now) for c in completed][: len(expected)] == [
+        (number, behind) for number, _, _, behind in expected
+    ]
+    assert completed[0].server_timestamp == float(expected[0][1])
+    assert completed[0].continuation_token == expected[0][0]

@@ -55,19 +55,20 @@ class SilentAsr:
 
 @dataclass
 class FedAudio:
-    """What ConnectCall.audio received: (channel, samples, at_sample) in order."""
+    """What ConnectCall.audio received: (guid, channel, samples, at_sample) in order."""
 
-    calls: list[tuple[str, np.ndarray, int | None]] = field(default_factory=list)
+    calls: list[tuple[str, str, np.ndarray, int | None]] = field(default_factory=list)
 
-    def pcm(self, channel: str) -> np.ndarray:
-        chunks = [pcm for c, pcm, _ in self.calls if c == channel]
+    def of(self, channel: str, guid: str | None = None) -> list[tuple[np.ndarray, int | None]]:
+        return [(pcm, at) for g, c, pcm, at in self.calls if c == channel and guid in (None, g)]
+
+    def pcm(self, channel: str, guid: str | None = None) -> np.ndarray:
+        chunks = [pcm for pcm, _ in self.of(channel, guid)]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
-    def contiguous(self, channel: str) -> bool:
+    def contiguous(self, channel: str, guid: str | None = None) -> bool:
         position = None
-        for c, pcm, at in self.calls:
-            if c != channel:
-                continue
+        for pcm, at in self.of(channel, guid):
             if position is not None and at != position:
                 return False
             position = (at or 0) + len(pcm)
@@ -92,7 +93,7 @@ def fed(monkeypatch: pytest.MonkeyPatch) -> FedAudio:
     original = ConnectCall.audio
 
     def audio(self: ConnectCall, channel: str, pcm16: np.ndarray, at_sample: int | None = None) -> None:
-        record.calls.append((channel, pcm16.copy(), at_sample))
+        record.calls.append((self.key.guid, channel, pcm16.copy(), at_sample))
         original(self, channel, pcm16, at_sample)
 
     monkeypatch.setattr(ConnectCall, "audio", audio)
@@ -280,8 +281,8 @@ async def test_stop_then_start_again_reads_the_new_selector_on_the_same_call(
     assert len(after) > 0
     assert np.array_equal(after, fragment_pcm(fragments[8:], 0)[: len(after)])
     # The second read sits at its own time on the call's timeline: 4 s in.
-    first_after = next(at for c, pcm, at in fed.calls
-                       if c == CUSTOMER_TRACK and np.array_equal(pcm, after[: len(pcm)]))
+    first_after = next(at for pcm, at in fed.of(CUSTOMER_TRACK)
+                       if np.array_equal(pcm, after[: len(pcm)]))
     assert first_after == 4 * 8000
 
     # A start that goes back over what was read gets only what is new.
@@ -320,3 +321,40 @@ async def test_start_errors_leave_no_call_behind(server: Server, aws: None) -> N
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, "400-202")
     assert "connect-access set" in answer.json()["error"]["message"]
     assert await server.call_status() is None
+
+
+async def test_many_contacts_at_once_each_from_its_own_stream(server: Server, fed: FedAudio) -> None:
+    contacts = 6
+    arns = [create_kvs_stream(f"connect-acme-contact-{n}") for n in range(contacts)]
+    streams = {
+        arn: SimulatedKvsStream(
+            tone_fragments(3.0, fragment_ms=500, seed=10 + n, contact_id=f"contact-{n}"), speed=20
+        )
+        for n, arn in enumerate(arns)
+    }
+    first = next(iter(streams.values()))
+    server.use(StubbedKvs(first, arns[0], more=streams))
+    guids = [f"contact-{n}" for n in range(contacts)]
+
+    async def start(n: int) -> int:
+        body = server.start_body("FRAGMENT_NUMBER", streams[arns[n]].fragments[0].number)
+        body["guid"] = guids[n]
+        body["amazonConnectParams"]["streamArn"] = arns[n]
+        return (await server.http.post(START, json=body)).status_code
+
+    assert await asyncio.gather(*(start(n) for n in range(contacts))) == [200] * contacts
+    stats = (await server.http.get("/healthz")).json()["amazonConnect"]
+    assert stats["calls"] == contacts
+    # Each stream ends; each call completes on its own.
+    deadline = time.monotonic() + 60
+    while len(server.runtime.connect.calls) and time.monotonic() < deadline:  # type: ignore[union-attr]
+        await asyncio.sleep(0.1)
+    assert not server.runtime.connect.calls  # type: ignore[union-attr]
+    # Every contact's audio reached its own call, whole and in order.
+    for n, guid in enumerate(guids):
+        fragments = streams[arns[n]].fragments
+        assert np.array_equal(fed.pcm(CUSTOMER_TRACK, guid), fragment_pcm(fragments, 0)), guid
+        assert np.array_equal(fed.pcm(AGENT_TRACK, guid), fragment_pcm(fragments, 1)), guid
+        assert fed.contiguous(CUSTOMER_TRACK, guid) and fed.contiguous(AGENT_TRACK, guid)
+    stats = (await server.http.get("/healthz")).json()["amazonConnect"]
+    assert stats["readersFinished"] == {"end-of-stream": contacts}

@@ -134,7 +134,7 @@ class ConnectCall(CallSession):
 
     async def stop(self) -> AutotranscribeResult:
         if self.status is CallStatus.STREAMING:
-            await self._stop_reader()
+            await self.stop_reading()
         result = await super().stop()
         self._cancel_idle()
         self._idle = asyncio.get_running_loop().create_task(self._complete_when_idle())
@@ -151,7 +151,7 @@ class ConnectCall(CallSession):
 
     async def complete(self) -> None:
         self._cancel_idle()
-        await self._stop_reader()
+        await self.stop_reading()
         await super().complete()
         self.ingest.forget(self)
 
@@ -185,7 +185,8 @@ class ConnectCall(CallSession):
         self.ended = end
         self._completion = asyncio.get_running_loop().create_task(self.complete())
 
-    async def _stop_reader(self) -> None:
+    async def stop_reading(self) -> None:
+        """Stop the reader and apply what it read before it stopped."""
         reader, pump = self.reader, self._pump
         self.reader = self._pump = None
         if reader is not None:
@@ -363,4 +364,4 @@ class ConnectIngest:
         """Stop every reader (the calls themselves are completed by the registry)."""
         for call in list(self.calls.values()):
             with contextlib.suppress(Exception):
-                await call._stop_reader()
+                await call.stop_reading()

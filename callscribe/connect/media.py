@@ -253,7 +253,11 @@ class ConnectMediaDemuxer:
                 channel = channel_for_track(track.name)
                 if channel is not None:
                     fragment.track_channels[track.number] = channel
-            if len(event.tracks) == 1 and not fragment.track_channels:
+            if (
+                len(event.tracks) == 1
+                and not fragment.track_channels
+                and event.tracks[0].track_type in (None, 2)
+            ):
                 # One unnamed audio track: the old customer-only format.
                 fragment.track_channels[event.tracks[0].number] = CUSTOMER_TRACK
         elif isinstance(event, DocumentStarted):
