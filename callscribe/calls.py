@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from callscribe.config import EndpointingSettings
 from callscribe.endpointing import Endpointer, SileroVad, Utterance
 from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 from callscribe.transcription import Speaker, TranscriptionPipeline
+
+if TYPE_CHECKING:
+    from callscribe.recording import CallRecorder
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,9 @@ class CallSession:
         self._publish_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
+        # Audio is kept only while transcription is on and its start allowed recording.
+        self._recorder: CallRecorder | None = None
+        self._recording = False
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -174,6 +180,10 @@ class CallSession:
         stream = self.streams[channel]
         for utterance in stream.push(pcm16, at_sample):
             self._submit(stream, utterance)
+        if self._recording and stream.transcribing and stream.role is not None:
+            assert self._recorder is not None
+            # After push, the chunk ends at the stream's position (gaps and jumps applied).
+            self._recorder.write(stream.role, stream.position - len(pcm16), pcm16)
 
     # control (start / stop) ---------------------------------------------------------------
 
@@ -206,6 +216,7 @@ class CallSession:
         for stream in self.streams.values():
             if stream.role is not None:
                 stream.set_transcribing(True)
+        self._recording = self._recording_allowed(request)
         await self._save(CallStatus.STREAMING)
         log.info("call %s: transcription started", self.key)
         return self._result(summary=False)
@@ -216,6 +227,7 @@ class CallSession:
         if self.status is not CallStatus.STREAMING:
             raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
         self.status = CallStatus.STOPPED
+        self._recording = False
         self._stop_transcribing()
         await self._save(CallStatus.STOPPED)
         await self.wait_for_transcripts(STOP_WAIT_S)
@@ -227,8 +239,10 @@ class CallSession:
         if self.status is CallStatus.COMPLETED:
             return
         self.status = CallStatus.COMPLETED
+        self._recording = False
         self._stop_transcribing()
         await self.wait_for_transcripts(COMPLETE_WAIT_S)
+        await self._store_recording()
         now = time.time()
         await asyncio.to_thread(
             self.store.update_call,
@@ -243,6 +257,24 @@ class CallSession:
         )
         self._closed.set()
         log.info("call %s: completed", self.key)
+
+    def _recording_allowed(self, request: StartRequest) -> bool:
+        recordings = self.pipeline.recordings
+        if not request.autotranscribeParams.audioRecordingAllowed or recordings is None:
+            return False
+        if self._recorder is None:
+            origin = min((s.position for s in self.streams.values()), default=0)
+            self._recorder = recordings.recorder(self.key, origin)
+        return True
+
+    async def _store_recording(self) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return
+        try:
+            await asyncio.to_thread(recorder.finish)
+        except Exception:
+            log.exception("call %s: could not store the recording", self.key)
 
     def _stop_transcribing(self) -> None:
         for stream in self.streams.values():

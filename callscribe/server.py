@@ -1,5 +1,6 @@
-"""Local mode: the API, the Twilio gateway, endpointing, ASR, redaction, the SQLite store and
-webhook delivery in one process (``callscribe serve``)."""
+"""Local mode: the API, the Twilio gateway, endpointing, ASR, redaction, the SQLite store,
+webhook delivery, recordings, the daily export and retention in one process
+(``callscribe serve``)."""
 
 from __future__ import annotations
 
@@ -18,23 +19,65 @@ import uvicorn
 from fastapi import FastAPI
 
 from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
+from callscribe.api.outputs import OutputServices
 from callscribe.asr.base import AsrEngine, AsrRequest
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import StreamTokens
 from callscribe.bus import InProcessEventBus
+from callscribe.blobs.base import BlobStore
+from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore
 from callscribe.calls import CallRegistry
-from callscribe.config import Settings
+from callscribe.config import Settings, WebhookSettings
 from callscribe.control import LocalControl
-from callscribe.delivery import WebhookDispatcher, WebhookTarget
-from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, new_signing_key
+from callscribe.delivery import WebhookDispatcher
+from callscribe.export import UtteranceExporter, run_daily
+from callscribe.recording import Recordings
+from callscribe.retention import Retention
+from callscribe.secrets import (
+    FILE_LINK_SIGNING_KEY,
+    TOKEN_SIGNING_KEY,
+    FileSecrets,
+    Secrets,
+    new_signing_key,
+)
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
+from callscribe.webhook_targets import WebhookTarget, WebhookTargets
 
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400
 DRAIN_TIMEOUT_S = 15.0
+PURGE_INTERVAL_S = 3600
+
+
+def default_webhook_target(webhook: WebhookSettings) -> WebhookTarget | None:
+    """The deployment-wide target, for tenants without a webhook configuration of their own."""
+    if webhook.url is None:
+        return None
+    return WebhookTarget(
+        url=str(webhook.url),
+        secret_name=webhook.secret_name,
+        secret=webhook.secret,
+        secret_in=webhook.secret_in,
+        timeout_s=webhook.timeout_s,
+        retry_attempts=webhook.retry_attempts,
+        retry_backoff_s=webhook.retry_backoff_s,
+    )
+
+
+def open_blob_store(settings: Settings, secrets: Secrets) -> BlobStore:
+    """S3 when a bucket is configured, else the data directory's ``blobs/``."""
+    if settings.blob_s3_bucket:
+        from callscribe.blobs.s3 import S3BlobStore  # boto3 only when asked for
+
+        return S3BlobStore(settings.blob_s3_bucket, settings.blob_s3_prefix)
+    return DirectoryBlobStore(settings.blob_dir, link_signer(secrets))
+
+
+def link_signer(secrets: Secrets) -> BlobLinkSigner:
+    return BlobLinkSigner(secrets.get_or_create(FILE_LINK_SIGNING_KEY, new_signing_key))
 
 
 @dataclass
@@ -44,39 +87,49 @@ class LocalRuntime:
     asr: AsrEngine
     pipeline: TranscriptionPipeline
     registry: CallRegistry
-    dispatcher: WebhookDispatcher | None
+    dispatcher: WebhookDispatcher
     gateway: TwilioGateway
     api: ApiServices
+    secrets: FileSecrets
+    blobs: BlobStore
+    exporter: UtteranceExporter
+    retention: Retention
     owns_asr: bool = True
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteStore(settings.store_path)
-        secrets = FileSecrets(settings.data_dir / "secrets.json")
+        secrets = FileSecrets(settings.secrets_path)
         tokens = StreamTokens(
             secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key), settings.stream_token_ttl_s
         )
+        blobs = open_blob_store(settings, secrets)
+        recordings = Recordings(
+            blobs, settings.spool_dir, settings.recording_retention_days * DAY_S
+        )
         bus = InProcessEventBus()
-        dispatcher = None
         webhook = settings.webhook
-        if webhook.url is not None:
-            dispatcher = WebhookDispatcher(
-                WebhookTarget(
-                    url=str(webhook.url),
-                    secret_name=webhook.secret_name,
-                    secret=webhook.secret,
-                    secret_in=webhook.secret_in,
-                    timeout_s=webhook.timeout_s,
-                ),
+        # Always on: tenants may have their own target even without a deployment-wide one.
+        dispatcher = WebhookDispatcher(
+            WebhookTargets(
                 store,
-                max_pending=webhook.max_pending,
-            )
-            bus.subscribe(dispatcher)
+                secrets,
+                default=default_webhook_target(webhook),
+                refresh_s=webhook.config_refresh_s,
+            ),
+            store,
+            max_pending=webhook.max_pending,
+        )
+        bus.subscribe(dispatcher)
         owns_asr = asr is None
         asr = asr or FasterWhisperEngine(settings.asr)
         pipeline = TranscriptionPipeline(
-            asr, store, bus, retention_s=settings.message_retention_days * DAY_S
+            asr,
+            store,
+            bus,
+            retention_s=settings.message_retention_days * DAY_S,
+            recordings=recordings,
         )
         registry = CallRegistry()
         owner = f"local:{socket.gethostname()}:{os.getpid()}"
@@ -91,15 +144,36 @@ class LocalRuntime:
                 owner=owner,
             )
         )
+        export_retention_s = settings.export_retention_days * DAY_S
         api = ApiServices(
             store=store,
             tokens=tokens,
             control=LocalControl(registry),
             public_gateway_url=settings.public_gateway_url,
             max_messages=settings.max_messages_per_call,
+            outputs=OutputServices(
+                blobs=blobs,
+                recordings=recordings,
+                export_retention_s=export_retention_s,
+                link_ttl_s=settings.link_ttl_s,
+                public_url=settings.public_url,
+                link_signer=blobs.signer if isinstance(blobs, DirectoryBlobStore) else None,
+            ),
         )
         return cls(
-            settings, store, asr, pipeline, registry, dispatcher, gateway, api, owns_asr=owns_asr
+            settings,
+            store,
+            asr,
+            pipeline,
+            registry,
+            dispatcher,
+            gateway,
+            api,
+            secrets=secrets,
+            blobs=blobs,
+            exporter=UtteranceExporter(store, blobs, settings.spool_dir),
+            retention=Retention(store, blobs, recordings, export_retention_s),
+            owns_asr=owns_asr,
         )
 
     async def warm_up(self) -> None:
@@ -107,7 +181,6 @@ class LocalRuntime:
         await self.asr.transcribe(AsrRequest(audio=np.zeros(16_000, dtype=np.float32)))
 
     def stats(self) -> dict[str, Any]:
-        delivery = self.dispatcher.stats if self.dispatcher else None
         return {
             "status": "ok",
             "liveCalls": len(self.registry),
@@ -116,24 +189,14 @@ class LocalRuntime:
                 "rejected": self.gateway.streams_rejected,
             },
             "asr": self.pipeline.stats.as_dict(),
-            "delivery": (
-                {
-                    "delivered": delivery.delivered,
-                    "failed": delivery.failed,
-                    "dropped": delivery.dropped,
-                    "pending": self.dispatcher.pending if self.dispatcher else 0,
-                }
-                if delivery
-                else None
-            ),
+            "delivery": self.dispatcher.as_dict(),
         }
 
     async def shutdown(self) -> None:
         """Finish open utterances, deliver what is pending, then release resources."""
         await self.registry.complete_all()
-        if self.dispatcher is not None:
-            await self.dispatcher.drain(DRAIN_TIMEOUT_S)
-            await self.dispatcher.close()
+        await self.dispatcher.drain(DRAIN_TIMEOUT_S)
+        await self.dispatcher.close()
         if self.owns_asr:
             await self.asr.close()
         self.store.close()
@@ -143,9 +206,14 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.warm_up()
-        purge = asyncio.get_running_loop().create_task(_purge_expired(runtime))
+        loop = asyncio.get_running_loop()
+        background = [
+            loop.create_task(_purge_expired(runtime)),
+            loop.create_task(run_daily(runtime.exporter, runtime.settings.export_hour_utc)),
+        ]
         yield
-        purge.cancel()
+        for task in background:
+            task.cancel()
         await runtime.shutdown()
 
     app = create_api_app(runtime.api, lifespan=lifespan)
@@ -160,10 +228,13 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
 
 async def _purge_expired(runtime: LocalRuntime) -> None:
     while True:
-        removed = await asyncio.to_thread(runtime.store.purge_expired, time.time())
-        if removed:
-            log.info("purged %d expired messages", removed)
-        await asyncio.sleep(3600)
+        try:
+            removed = await asyncio.to_thread(runtime.retention.purge, time.time())
+            if any(removed.values()):
+                log.info("retention purge: %s", removed)
+        except Exception:
+            log.exception("retention purge failed; trying again at the next interval")
+        await asyncio.sleep(PURGE_INTERVAL_S)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
