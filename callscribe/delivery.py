@@ -34,6 +34,9 @@ from callscribe.webhook_targets import (
 )
 
 log = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO, and a tenant's secret token may travel as a query
+# parameter: credentials must never reach the logs.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 MESSAGE_ID_HEADER = "X-CallScribe-Message-Id"
 # Answers worth another attempt when a retry policy is on: the target may recover.
@@ -104,7 +107,11 @@ class WebhookDispatcher:
         body = json.dumps(event.body, ensure_ascii=False, separators=(",", ":")).encode()
         attempts = 1 + max(0, target.retry_attempts)
         for attempt in range(attempts):
-            outcome = await self._attempt(target, event, body)
+            try:
+                outcome = await self._attempt(target, event, body)
+            except Exception as exc:  # never lose a message silently, whatever went wrong
+                log.exception("webhook delivery of %s raised", event.message_id)
+                outcome = _Outcome(f"internal error: {type(exc).__name__}", None, retryable=False)
             if outcome is None:
                 self.stats.delivered += 1
                 return

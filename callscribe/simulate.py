@@ -103,11 +103,14 @@ class ReceivedMessage:
     headers: dict[str, str]
     query: dict[str, str]
     received_at: float  # time.time()
+    raw: bytes = b""  # the body as sent (what the webhook signature covers)
 
 
 @dataclass
 class WebhookReceiver:
-    """A real HTTP server on loopback that records every POST (optionally failing them)."""
+    """A real HTTP server on loopback that records every POST (optionally failing them).
+    With ``tls`` (uvicorn's ``ssl_certfile``, ``ssl_keyfile``, ``ssl_ca_certs``,
+    ``ssl_cert_reqs``) it serves HTTPS, and can require a client certificate."""
 
     path: str = "/webhook"
     status_code: int = 200
@@ -115,12 +118,14 @@ class WebhookReceiver:
     messages: list[ReceivedMessage] = field(default_factory=list)
     listeners: list[Callable[[ReceivedMessage], None]] = field(default_factory=list)
     port: int = 0
+    tls: dict[str, Any] = field(default_factory=dict)
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     async def _receive(self, request: Request) -> Response:
         raw = await request.body()
@@ -129,7 +134,7 @@ class WebhookReceiver:
         except ValueError:
             return JSONResponse({"error": "not JSON"}, status_code=400)
         message = ReceivedMessage(
-            body, dict(request.headers), dict(request.query_params), time.time()
+            body, dict(request.headers), dict(request.query_params), time.time(), raw
         )
         self.messages.append(message)
         for listener in self.listeners:
@@ -143,7 +148,7 @@ class WebhookReceiver:
         sock = bind_loopback()
         self.port = sock.getsockname()[1]
         self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **self.tls)
         )
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

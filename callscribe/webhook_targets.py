@@ -365,6 +365,7 @@ class WebhookTargets:
                 config.oauth_client_auth,
                 client,
                 config.timeout_s,
+                now=self._now,
             )
         return target
 
