@@ -213,6 +213,19 @@ class ApiClient:
             "/conversation/v1/conversation/messages", params={"externalConversationId": guid}
         )
 
+    async def recording(self, guid: str) -> httpx.Response:
+        return await self._http.get(
+            "/conversation/v1/conversation/recording", params={"externalConversationId": guid}
+        )
+
+    async def webhook_failures(self, **params: Any) -> httpx.Response:
+        return await self._http.get("/callscribe/v1/webhook-failures", params=params)
+
+    async def feed_files(self, feed: str, start: str, end: str) -> httpx.Response:
+        return await self._http.get(
+            f"/fileexporter/v1/feeds/{feed}/files", params={"start": start, "end": end}
+        )
+
     async def close(self) -> None:
         await self._http.aclose()
 
