@@ -229,10 +229,13 @@ class CallSession:
         self.status = CallStatus.STOPPED
         self._recording = False
         self._stop_transcribing()
+        # The summary counts the audio received up to the stop, not what keeps arriving while
+        # the last transcript is awaited (how long that takes depends on the machine's load).
+        audio_at_stop = {channel: st.total_audio_bytes for channel, st in self.streams.items()}
         await self._save(CallStatus.STOPPED)
         await self.wait_for_transcripts(STOP_WAIT_S)
         log.info("call %s: transcription stopped", self.key)
-        return self._result(summary=True)
+        return self._result(summary=True, audio_bytes=audio_at_stop)
 
     async def complete(self) -> None:
         """The media ended (hang-up, stream stop, BYE): finish open utterances, close the call."""
@@ -296,16 +299,19 @@ class CallSession:
             self.store.update_call, self.key, status=status, params=params, updated_at=time.time()
         )
 
-    def _result(self, summary: bool) -> AutotranscribeResult:
+    def _result(
+        self, summary: bool, audio_bytes: dict[str, int] | None = None
+    ) -> AutotranscribeResult:
         result = AutotranscribeResult()
         elapsed = time.monotonic() - self.connected_at
         for role, ids in self.participants.items():
             stream = self.stream_for(role)
             participant = ParticipantResult(streamId=ids["streamId"])
             if summary and stream is not None:
+                total = (audio_bytes or {}).get(stream.channel, stream.total_audio_bytes)
                 participant.summary = StreamSummary(
-                    totalAudioBytes=stream.total_audio_bytes,
-                    audioDurationMs=stream.audio_duration_ms,
+                    totalAudioBytes=total,
+                    audioDurationMs=total * 1000 // (2 * TELEPHONE_RATE),
                     streamingSeconds=math.ceil(elapsed),
                     transcripts=stream.transcripts,
                 )
