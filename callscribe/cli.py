@@ -17,7 +17,7 @@ from callscribe.config import Settings, WebhookSettings, default_data_dir
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "public_gateway_url"):
+    for name in ("host", "port", "data_dir", "public_gateway_url", "public_url"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
     _data_dir_arg(serve)
     serve.add_argument("--public-gateway-url", help="WebSocket base Twilio reaches, wss://…")
+    serve.add_argument(
+        "--public-url", help="this server's base URL as clients reach it, for download links"
+    )
     serve.add_argument("--webhook-url", help="where each transcript is POSTed")
     serve.add_argument("--webhook-secret-name", help="name of the secret header/parameter")
     serve.add_argument("--webhook-secret", help="the secret's value")
