@@ -182,8 +182,15 @@ class CallSession:
             self._submit(stream, utterance)
         if self._recording and stream.transcribing and stream.role is not None:
             assert self._recorder is not None
-            # After push, the chunk ends at the stream's position (gaps and jumps applied).
-            self._recorder.write(stream.role, stream.position - len(pcm16), pcm16)
+            try:
+                # After push, the chunk ends at the stream's position (gaps and jumps applied).
+                self._recorder.write(stream.role, stream.position - len(pcm16), pcm16)
+            except OSError:
+                # A full disk loses the recording, never the transcription.
+                log.exception("call %s: recording abandoned", self.key)
+                self._recording = False
+                self._recorder.discard()
+                self._recorder = None
 
     # control (start / stop) ---------------------------------------------------------------
 

@@ -144,7 +144,8 @@ class CallRecorder:
 
     def discard(self) -> None:
         for role, fd in list(self._files.items()):
-            os.close(fd)
+            with contextlib.suppress(OSError):  # discarding after an I/O error must not fail
+                os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 self._spool_path(role).unlink()
         self._files.clear()

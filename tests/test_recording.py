@@ -136,3 +136,45 @@ def test_memory_stays_bounded_for_a_long_call(
         f.seek(44 + 4 * 160 * 1000)  # frame 1000 of the interleaved audio
         head = np.frombuffer(f.read(4 * 160), dtype="<i2").reshape(-1, 2)
     assert (head[:, 0] == frame).all() and (head[:, 1] == -frame).all()
+
+
+async def test_a_failing_spool_loses_the_recording_not_the_call(
+    recordings: Recordings, blobs: DirectoryBlobStore, tmp_path: Path
+) -> None:
+    from callscribe.api.schemas import StartRequest
+    from callscribe.bus import InProcessEventBus
+    from callscribe.calls import CallSession
+    from callscribe.config import EndpointingSettings
+    from callscribe.store.sqlite import SqliteStore
+    from callscribe.transcription import TranscriptionPipeline
+
+    class SilentAsr:
+        async def transcribe(self, request: object) -> object:
+            raise AssertionError("no speech is sent")
+
+        async def close(self) -> None:
+            pass
+
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    pipeline = TranscriptionPipeline(SilentAsr(), store, InProcessEventBus(), 3600,  # type: ignore[arg-type]
+                                     recordings=recordings)
+    key = CallKey("acme", "twilio", "CA-disk")
+    session = CallSession(key, pipeline, store, EndpointingSettings(), channels=("inbound", "outbound"),
+                          channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT})
+    await session.open()
+    request = StartRequest.model_validate({
+        "namespace": "twilio", "guid": key.guid, "customerId": "C", "agentId": "A",
+        "autotranscribeParams": {"audioRecordingAllowed": True},
+    })
+    await session.start(request)
+    session.audio("inbound", np.zeros(160, dtype=np.int16), 0)
+    (spool,) = (tmp_path / "spool").iterdir()
+    for fd in session._recorder._files.values():  # type: ignore[union-attr]
+        os.close(fd)  # the next write fails as a full disk would
+    session.audio("inbound", np.zeros(160, dtype=np.int16), 160)  # no exception escapes
+    session.audio("outbound", np.zeros(160, dtype=np.int16), 0)
+    assert session.streams["inbound"].total_audio_bytes == 640  # audio still counted
+    assert not spool.exists()
+    await session.complete()
+    assert recordings.for_call(key, time.time()) == []
+    store.close()
