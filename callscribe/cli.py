@@ -408,16 +408,18 @@ def _webhook_commands(commands: Any) -> None:
 
 
 def _export_commands(commands: Any) -> None:
-    export = commands.add_parser("export", help="the File Exporter's utterances feed").add_subparsers(
-        dest="export_command", required=True
-    )
+    export = commands.add_parser(
+        "export", help="the File Exporter's utterances feed"
+    ).add_subparsers(dest="export_command", required=True)
     run = export.add_parser("run", help="write a day's feed files (serve does it daily, 02:00 UTC)")
     run.add_argument("--date", help="YYYY-MM-DD (UTC); default: yesterday")
     run.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     _data_dir_arg(run)
     run.set_defaults(func=cmd_export_run)
 
-    listing = export.add_parser("list", help="expiring links to the feed files covering an interval")
+    listing = export.add_parser(
+        "list", help="expiring links to the feed files covering an interval"
+    )
     listing.add_argument("--tenant", required=True)
     listing.add_argument("--feed", default="utterances")
     listing.add_argument("--start", required=True, help="ISO 8601 (UTC if no offset)")

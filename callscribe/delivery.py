@@ -119,7 +119,9 @@ class WebhookDispatcher:
                 break
             self.stats.retried += 1
             await asyncio.sleep(target.retry_backoff_s * 2**attempt)
-        reason = outcome.reason if attempt == 0 else f"{outcome.reason} (after {attempt + 1} attempts)"
+        reason = outcome.reason
+        if attempt:
+            reason += f" (after {attempt + 1} attempts)"
         self._fail(event, target.redact(reason), outcome.status)
 
     async def _attempt(

@@ -126,7 +126,9 @@ class UtteranceExporter:
                 summary.files += 1
             summary.tenants[tenant] = rows
         marker = json.dumps(summary.as_dict() | {"finishedAt": iso(self._now())}).encode()
-        self.blobs.put(f"{RUNS_PREFIX}/utterances/{day.isoformat()}.json", marker, "application/json")
+        self.blobs.put(
+            f"{RUNS_PREFIX}/utterances/{day.isoformat()}.json", marker, "application/json"
+        )
         log.info("exported %s: %s", day, summary.as_dict())
         return summary
 
@@ -141,9 +143,10 @@ class UtteranceExporter:
         try:
             # Rows are streamed page by page into the compressed file: memory stays bounded
             # however busy the hour was.
-            with open(path, "wb") as raw, gzip.GzipFile(
-                filename="", mode="wb", fileobj=raw, mtime=0
-            ) as out:
+            with (
+                open(path, "wb") as raw,
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out,
+            ):
                 after: tuple[float, str] | None = None
                 while True:
                     page = self.store.list_messages_between(
@@ -156,7 +159,9 @@ class UtteranceExporter:
                     if len(page) < PAGE_SIZE:
                         break
                     after = (page[-1].created_at, page[-1].message_id)
-            self.blobs.put_file(feed_file_key("utterances", tenant, hour_start), path, "application/gzip")
+            self.blobs.put_file(
+                feed_file_key("utterances", tenant, hour_start), path, "application/gzip"
+            )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -231,7 +236,13 @@ def feed_files(
             continue
         name = f"{feed}-{tenant}-{hour:%Y-%m-%dT%H}.jsonl.gz"
         files.append(
-            FeedFile(blob.key, hour, blob.size, blobs.signed_url(blob.key, link_ttl_s, name), now + link_ttl_s)
+            FeedFile(
+                blob.key,
+                hour,
+                blob.size,
+                blobs.signed_url(blob.key, link_ttl_s, name),
+                now + link_ttl_s,
+            )
         )
     return FeedFiles(files, complete=len(files) == len(wanted))
 

@@ -43,9 +43,12 @@ SPOOL_SUFFIX = ".pcm"
 
 
 def call_prefix(key: CallKey) -> str:
-    return "/".join(
-        (PREFIX, key_segment(key.tenant), key_segment(key.namespace), key_segment(key.guid))
-    ) + "/"
+    return (
+        "/".join(
+            (PREFIX, key_segment(key.tenant), key_segment(key.namespace), key_segment(key.guid))
+        )
+        + "/"
+    )
 
 
 @dataclass(frozen=True)

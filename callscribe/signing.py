@@ -38,7 +38,9 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
-def signature_headers(secret: str, message_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
+def signature_headers(
+    secret: str, message_id: str, body: bytes, now: float | None = None
+) -> dict[str, str]:
     timestamp = int(time.time() if now is None else now)
     return {
         "webhook-id": message_id,

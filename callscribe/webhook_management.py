@@ -22,7 +22,6 @@ from callscribe.webhook_targets import (
     secret_name,
 )
 
-
 # RFC 9110 token characters.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -66,8 +65,10 @@ def set_webhook(
     _http_url(url, "the webhook URL")
     if auth is None:
         auth = (
-            WebhookAuth.SECRET_TOKEN if token_name
-            else WebhookAuth.OAUTH2 if oauth_token_url
+            WebhookAuth.SECRET_TOKEN
+            if token_name
+            else WebhookAuth.OAUTH2
+            if oauth_token_url
             else WebhookAuth.NONE
         )
     if token_in not in ("header", "query"):
@@ -103,7 +104,9 @@ def set_webhook(
     try:
         build_ssl_context(ca_bundle_pem, client_cert_pem, client_key_pem)
     except (ssl.SSLError, ValueError) as exc:
-        raise WebhookConfigError(f"the CA bundle or client certificate does not load: {exc}") from None
+        raise WebhookConfigError(
+            f"the CA bundle or client certificate does not load: {exc}"
+        ) from None
 
     config = WebhookConfig(
         tenant=tenant,

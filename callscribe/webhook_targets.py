@@ -99,8 +99,10 @@ def build_ssl_context(
 ) -> ssl.SSLContext:
     """TLS 1.2 or newer; a custom CA bundle replaces the system trust store; a client
     certificate and key make it mutual TLS."""
-    context = ssl.create_default_context(cadata=ca_bundle_pem) if ca_bundle_pem else (
-        ssl.create_default_context()
+    context = (
+        ssl.create_default_context(cadata=ca_bundle_pem)
+        if ca_bundle_pem
+        else (ssl.create_default_context())
     )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if client_cert_pem:
@@ -177,11 +179,16 @@ class OAuth2ClientCredentials:
             auth = httpx.BasicAuth(self.client_id, self.client_secret)
         try:
             response = await self.http.post(
-                self.token_url, data=form, auth=auth, timeout=self.timeout_s,
+                self.token_url,
+                data=form,
+                auth=auth,
+                timeout=self.timeout_s,
                 headers={"accept": "application/json"},
             )
         except httpx.TimeoutException:
-            raise WebhookAuthError(f"oauth2 token endpoint: timeout after {self.timeout_s:g} s") from None
+            raise WebhookAuthError(
+                f"oauth2 token endpoint: timeout after {self.timeout_s:g} s"
+            ) from None
         except httpx.HTTPError as exc:
             raise WebhookAuthError(f"oauth2 token endpoint: {type(exc).__name__}") from None
         if not response.is_success:
@@ -335,7 +342,9 @@ class WebhookTargets:
         signing_secret: str,
         fingerprint: str,
     ) -> ResolvedTarget:
-        client = self._client(config.ca_bundle_pem, config.client_cert_pem, credentials["client-key"])
+        client = self._client(
+            config.ca_bundle_pem, config.client_cert_pem, credentials["client-key"]
+        )
         target = ResolvedTarget(
             tenant=config.tenant,
             url=config.url,
@@ -383,8 +392,12 @@ def _fingerprint(
     signing_secret: str,
 ) -> str:
     material = json.dumps(
-        [asdict(config) if config else None, asdict(default) if default else None,
-         credentials, signing_secret],
+        [
+            asdict(config) if config else None,
+            asdict(default) if default else None,
+            credentials,
+            signing_secret,
+        ],
         sort_keys=True,
         default=str,
     )

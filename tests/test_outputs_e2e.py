@@ -5,7 +5,6 @@ checked sample by sample; an erroring target with recording not allowed (no audi
 
 from __future__ import annotations
 
-import asyncio
 import io
 import tempfile
 import time

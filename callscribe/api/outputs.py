@@ -24,7 +24,6 @@ from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
 from callscribe.recording import Recordings
 from callscribe.store.base import CallKey
 
-
 KNOWN_MEDIA_TYPES = {".wav": "audio/wav", ".gz": "application/gzip"}
 
 
@@ -63,8 +62,10 @@ def _utc(value: datetime) -> datetime:
 class DeliveryFailureEntry(BaseModel):
     messageId: str = Field(description="The message's webhook-id (and X-CallScribe-Message-Id)")
     externalConversationId: str
-    reason: str = Field(description='"http 503", "timeout after 5 s", "dropped: more than '
-                        '100 pending", "ConnectError: …", "oauth2 token endpoint: http 401"…')
+    reason: str = Field(
+        description='"http 503", "timeout after 5 s", "dropped: more than '
+        '100 pending", "ConnectError: …", "oauth2 token endpoint: http 401"…'
+    )
     statusCode: int | None = Field(description="The target's HTTP status, if it answered")
     at: str = Field(description="When the message was given up, ISO 8601 UTC")
 
@@ -290,11 +291,10 @@ def build_download_router(blobs: DirectoryBlobStore, signer: BlobLinkSigner) -> 
             path = await asyncio.to_thread(blobs.open_path, grant.key)
         except (BlobNotFound, ValueError):
             raise ApiError(ErrorCode.GONE, "this file no longer exists") from None
-        media_type = KNOWN_MEDIA_TYPES.get(
-            path.suffix, mimetypes.guess_type(path.name)[0]
-        )
+        media_type = KNOWN_MEDIA_TYPES.get(path.suffix, mimetypes.guess_type(path.name)[0])
         return FileResponse(
-            path, media_type=media_type or "application/octet-stream",
+            path,
+            media_type=media_type or "application/octet-stream",
             filename=grant.download_name or path.name,
         )
 

@@ -54,7 +54,9 @@ def validate_key(key: str) -> str:
 
 
 class BlobStore(Protocol):
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> BlobInfo:
         """Write (or replace) a small blob from memory."""
         ...
 

@@ -77,7 +77,9 @@ class DirectoryBlobStore:
         # A dot name is never a valid key segment, so listings skip half-written files.
         return path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> BlobInfo:
         path = self._path(key)
         tmp = self._temporary(path)
         with open(tmp, "wb") as f:

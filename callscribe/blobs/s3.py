@@ -22,7 +22,9 @@ from callscribe.blobs.base import BlobInfo, BlobNotFound, validate_key
 MAX_LINK_S = 7 * 24 * 3600
 # Hours of stereo 8 kHz audio are hundreds of MB: upload in 16 MiB parts, two at a time, so
 # memory stays bounded whatever the length.
-_TRANSFER = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=2)
+_TRANSFER = TransferConfig(
+    multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=2
+)
 
 
 class S3BlobStore:
@@ -38,7 +40,9 @@ class S3BlobStore:
         head = self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
         return BlobInfo(key, head["ContentLength"], head["LastModified"].timestamp())
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> BlobInfo:
         self.client.put_object(
             Bucket=self.bucket, Key=self._object_key(key), Body=data, ContentType=content_type
         )
@@ -107,6 +111,9 @@ class S3BlobStore:
             batch = old[start : start + 1000]
             self.client.delete_objects(
                 Bucket=self.bucket,
-                Delete={"Objects": [{"Key": self._object_key(i.key)} for i in batch], "Quiet": True},
+                Delete={
+                    "Objects": [{"Key": self._object_key(i.key)} for i in batch],
+                    "Quiet": True,
+                },
             )
         return len(old)

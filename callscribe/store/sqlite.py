@@ -297,7 +297,8 @@ class SqliteStore:
         if after is not None:
             query += " AND (created_at > ? OR (created_at = ? AND message_id > ?))"
             args += [after[0], after[0], after[1]]
-        rows = self._db().execute(query + " ORDER BY created_at, message_id LIMIT ?", (*args, limit))
+        query += " ORDER BY created_at, message_id LIMIT ?"
+        rows = self._db().execute(query, (*args, limit))
         return [self._message(row) for row in rows]
 
     def last_message_seq(self, key: CallKey) -> int | None:
