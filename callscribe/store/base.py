@@ -8,6 +8,9 @@ Times are UNIX seconds (float).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -101,6 +104,18 @@ class WebhookConfig:
     retry_attempts: int = 0  # extra attempts after a failed POST; 0 = the contract's none
     retry_backoff_s: float = 1.0  # doubled after each attempt
     updated_at: float = 0.0
+
+
+def webhook_config_to_json(config: WebhookConfig) -> str:
+    return json.dumps(dataclasses.asdict(config))
+
+
+def webhook_config_from_json(text: str) -> WebhookConfig:
+    """Tolerates fields a newer version wrote and an older one does not know."""
+    fields = json.loads(text)
+    known = {f.name for f in dataclasses.fields(WebhookConfig)}
+    config = WebhookConfig(**{k: v for k, v in fields.items() if k in known})
+    return dataclasses.replace(config, auth=WebhookAuth(config.auth))
 
 
 class Store(Protocol):

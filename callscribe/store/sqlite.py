@@ -3,7 +3,6 @@ thread (sqlite3 connections must not be shared between threads)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -17,8 +16,9 @@ from callscribe.store.base import (
     CallStatus,
     DeliveryFailure,
     StoredMessage,
-    WebhookAuth,
     WebhookConfig,
+    webhook_config_from_json,
+    webhook_config_to_json,
 )
 
 SCHEMA = """
@@ -369,7 +369,7 @@ class SqliteStore:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO webhook_configs VALUES (?, ?)",
-                (config.tenant, json.dumps(dataclasses.asdict(config))),
+                (config.tenant, webhook_config_to_json(config)),
             )
 
     def get_webhook_config(self, tenant: str) -> WebhookConfig | None:
@@ -378,12 +378,7 @@ class SqliteStore:
             .execute("SELECT config FROM webhook_configs WHERE tenant = ?", (tenant,))
             .fetchone()
         )
-        if row is None:
-            return None
-        fields = json.loads(row["config"])
-        known = {f.name for f in dataclasses.fields(WebhookConfig)}
-        config = WebhookConfig(**{k: v for k, v in fields.items() if k in known})
-        return dataclasses.replace(config, auth=WebhookAuth(config.auth))
+        return webhook_config_from_json(row["config"]) if row else None
 
     def delete_webhook_config(self, tenant: str) -> bool:
         with self._tx() as db:
