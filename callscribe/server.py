@@ -34,7 +34,7 @@ from callscribe.blobs.base import BlobStore
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore
 from callscribe.bus import EventBus, InProcessEventBus
 from callscribe.calls import CallRegistry
-from callscribe.config import Settings, WebhookSettings
+from callscribe.config import Settings
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher
 from callscribe.export import UtteranceExporter, run_daily
@@ -52,28 +52,13 @@ from callscribe.store.base import Store
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
-from callscribe.webhook_targets import WebhookTarget, WebhookTargets
+from callscribe.webhook_targets import WebhookTargets, default_webhook_target
 
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400
 DRAIN_TIMEOUT_S = 15.0
 PURGE_INTERVAL_S = 3600
-
-
-def default_webhook_target(webhook: WebhookSettings) -> WebhookTarget | None:
-    """The deployment-wide target, for tenants without a webhook configuration of their own."""
-    if webhook.url is None:
-        return None
-    return WebhookTarget(
-        url=str(webhook.url),
-        secret_name=webhook.secret_name,
-        secret=webhook.secret,
-        secret_in=webhook.secret_in,
-        timeout_s=webhook.timeout_s,
-        retry_attempts=webhook.retry_attempts,
-        retry_backoff_s=webhook.retry_backoff_s,
-    )
 
 
 def open_blob_store(settings: Settings, secrets: Secrets) -> BlobStore:

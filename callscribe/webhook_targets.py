@@ -33,6 +33,7 @@ from typing import Protocol
 
 import httpx
 
+from callscribe.config import WebhookSettings
 from callscribe.secrets import Secrets
 from callscribe.signing import new_signing_secret
 from callscribe.store.base import Store, WebhookAuth, WebhookConfig
@@ -402,3 +403,18 @@ def _fingerprint(
         default=str,
     )
     return base64.b64encode(hashlib.sha256(material.encode()).digest()).decode()
+
+
+def default_webhook_target(webhook: WebhookSettings) -> WebhookTarget | None:
+    """The deployment-wide target, for tenants without a webhook configuration of their own."""
+    if webhook.url is None:
+        return None
+    return WebhookTarget(
+        url=str(webhook.url),
+        secret_name=webhook.secret_name,
+        secret=webhook.secret,
+        secret_in=webhook.secret_in,
+        timeout_s=webhook.timeout_s,
+        retry_attempts=webhook.retry_attempts,
+        retry_backoff_s=webhook.retry_backoff_s,
+    )

@@ -21,6 +21,7 @@ other), with no read-then-write window.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -403,7 +404,8 @@ class DynamoStore:
     def put_delivery_failure(self, failure: DeliveryFailure) -> None:
         item: dict[str, Any] = {
             "pk": f"FAIL#{failure.tenant}",
-            "sk": f"{_time_key(failure.at)}#{uuid.uuid4().hex}",
+            # Equal times keep the order they were recorded in; the uuid keeps keys unique.
+            "sk": f"{_time_key(failure.at)}#{time.time_ns():020d}#{uuid.uuid4().hex}",
             "tenant": failure.tenant,
             "conversation_id": failure.conversation_id,
             "message_id": failure.message_id,
