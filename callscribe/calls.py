@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from callscribe.config import EndpointingSettings
 from callscribe.endpointing import Endpointer, SileroVad, Utterance
 from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 from callscribe.transcription import Speaker, TranscriptionPipeline
+
+if TYPE_CHECKING:
+    from callscribe.recording import CallRecorder
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,9 @@ class CallSession:
         self._publish_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
+        # Audio is kept only while transcription is on and its start allowed recording.
+        self._recorder: CallRecorder | None = None
+        self._recording = False
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -202,6 +208,17 @@ class CallSession:
         stream = self.streams[channel]
         for utterance in stream.push(pcm16, at_sample):
             self._submit(stream, utterance)
+        if self._recording and stream.transcribing and stream.role is not None:
+            assert self._recorder is not None
+            try:
+                # After push, the chunk ends at the stream's position (gaps and jumps applied).
+                self._recorder.write(stream.role, stream.position - len(pcm16), pcm16)
+            except OSError:
+                # A full disk loses the recording, never the transcription.
+                log.exception("call %s: recording abandoned", self.key)
+                self._recording = False
+                self._recorder.discard()
+                self._recorder = None
 
     # control (start / stop) ---------------------------------------------------------------
 
@@ -243,6 +260,7 @@ class CallSession:
         for stream in self.streams.values():
             if stream.role is not None:
                 stream.set_transcribing(True)
+        self._recording = self._recording_allowed(request)
         await self._save(CallStatus.STREAMING)
         log.info("call %s: transcription started", self.key)
         return self._result(summary=False)
@@ -254,11 +272,15 @@ class CallSession:
         if self.status is not CallStatus.STREAMING:
             raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
         self.status = CallStatus.STOPPED
+        self._recording = False
         self._stop_transcribing()
+        # The summary counts the audio received up to the stop, not what keeps arriving while
+        # the last transcript is awaited (how long that takes depends on the machine's load).
+        audio_at_stop = {channel: st.total_audio_bytes for channel, st in self.streams.items()}
         await self._save(CallStatus.STOPPED)
         await self.wait_for_transcripts(STOP_WAIT_S)
         log.info("call %s: transcription stopped", self.key)
-        return self._result(summary=True)
+        return self._result(summary=True, audio_bytes=audio_at_stop)
 
     async def complete(self) -> None:
         """The media ended (hang-up, stream stop, BYE): finish open utterances, close the call."""
@@ -266,8 +288,10 @@ class CallSession:
             return
         self.status = CallStatus.COMPLETED
         self.closing = True
+        self._recording = False
         self._stop_transcribing()
         await self.wait_for_transcripts(COMPLETE_WAIT_S)
+        await self._store_recording()
         now = time.time()
         await asyncio.to_thread(
             self.store.update_call,
@@ -283,6 +307,24 @@ class CallSession:
         self.closing = False
         self._closed.set()
         log.info("call %s: completed", self.key)
+
+    def _recording_allowed(self, request: StartRequest) -> bool:
+        recordings = self.pipeline.recordings
+        if not request.autotranscribeParams.audioRecordingAllowed or recordings is None:
+            return False
+        if self._recorder is None:
+            origin = min((s.position for s in self.streams.values()), default=0)
+            self._recorder = recordings.recorder(self.key, origin)
+        return True
+
+    async def _store_recording(self) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return
+        try:
+            await asyncio.to_thread(recorder.finish)
+        except Exception:
+            log.exception("call %s: could not store the recording", self.key)
 
     def _stop_transcribing(self) -> None:
         for stream in self.streams.values():
@@ -305,16 +347,19 @@ class CallSession:
             self.store.update_call, self.key, status=status, params=params, updated_at=time.time()
         )
 
-    def _result(self, summary: bool) -> AutotranscribeResult:
+    def _result(
+        self, summary: bool, audio_bytes: dict[str, int] | None = None
+    ) -> AutotranscribeResult:
         result = AutotranscribeResult()
         elapsed = time.monotonic() - self.connected_at
         for role, ids in self.participants.items():
             stream = self.stream_for(role)
             participant = ParticipantResult(streamId=ids["streamId"])
             if summary and stream is not None:
+                total = (audio_bytes or {}).get(stream.channel, stream.total_audio_bytes)
                 participant.summary = StreamSummary(
-                    totalAudioBytes=stream.total_audio_bytes,
-                    audioDurationMs=stream.audio_duration_ms,
+                    totalAudioBytes=total,
+                    audioDurationMs=total * 1000 // (2 * TELEPHONE_RATE),
                     streamingSeconds=math.ceil(elapsed),
                     transcripts=stream.transcripts,
                 )

@@ -1,4 +1,4 @@
-"""The ``callscribe`` command: serve, keys, demo, bench, asr-worker, bench-asr."""
+"""The ``callscribe`` command: serve, keys, webhook, export, demo, bench, asr-worker, bench-asr."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from callscribe.config import Settings, SiprecSettings, WebhookSettings, default
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "public_gateway_url"):
+    for name in ("host", "port", "data_dir", "public_gateway_url", "public_url"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    if args.store == "dynamodb":
+    if getattr(args, "store", "sqlite") == "dynamodb":
         import os
 
         from callscribe.aws.dynamodb_store import DynamoStore
@@ -132,6 +132,164 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         return 0
     print(f"error: no active key {args.api_id}", file=sys.stderr)
     return 1
+
+
+def _secrets(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from callscribe.secrets import FileSecrets
+
+    return FileSecrets(_settings(args).secrets_path)
+
+
+def _value(argument: str | None) -> str | None:
+    """A credential flag's value; ``@PATH`` reads it from a file, keeping it out of the shell
+    history and the process list."""
+    if argument is None or not argument.startswith("@"):
+        return argument
+    return Path(argument[1:]).read_text().strip()
+
+
+def _pem(path: Path | None) -> str | None:
+    return path.read_text() if path is not None else None
+
+
+def cmd_webhook_set(args: argparse.Namespace) -> int:
+    from callscribe.store.base import WebhookAuth
+    from callscribe.webhook_management import WebhookConfigError, set_webhook
+
+    try:
+        auth = WebhookAuth(args.auth) if args.auth else None
+        config = set_webhook(
+            _store(args),
+            _secrets(args),
+            tenant=args.tenant,
+            url=args.url,
+            auth=auth,
+            token_name=args.token_name,
+            token=_value(args.token),
+            token_in=args.token_in,
+            oauth_token_url=args.oauth_token_url,
+            oauth_client_id=args.oauth_client_id,
+            oauth_client_secret=_value(args.oauth_client_secret),
+            oauth_scope=args.oauth_scope,
+            oauth_client_auth=args.oauth_client_auth,
+            ca_bundle_pem=_pem(args.ca_bundle),
+            client_cert_pem=_pem(args.client_cert),
+            client_key_pem=_pem(args.client_key),
+            timeout_s=args.timeout_s,
+            retry_attempts=args.retry_attempts,
+            retry_backoff_s=args.retry_backoff_s,
+        )
+    except (WebhookConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from callscribe.webhook_management import describe_webhook
+
+    print(json.dumps(describe_webhook(_store(args), _secrets(args), config.tenant), indent=2))
+    return 0
+
+
+def cmd_webhook_show(args: argparse.Namespace) -> int:
+    from callscribe.webhook_management import describe_webhook
+
+    print(json.dumps(describe_webhook(_store(args), _secrets(args), args.tenant), indent=2))
+    return 0
+
+
+def cmd_webhook_clear(args: argparse.Namespace) -> int:
+    from callscribe.webhook_management import clear_webhook
+
+    if clear_webhook(_store(args), _secrets(args), args.tenant):
+        print(f"cleared the webhook configuration of {args.tenant}")
+        return 0
+    print(f"error: {args.tenant} has no webhook configuration", file=sys.stderr)
+    return 1
+
+
+def cmd_webhook_signing_secret(args: argparse.Namespace) -> int:
+    from callscribe.webhook_management import signing_secret
+
+    print(signing_secret(_secrets(args), args.tenant, rotate=args.rotate))
+    return 0
+
+
+def cmd_webhook_failures(args: argparse.Namespace) -> int:
+    from callscribe.export import iso
+
+    since = _timestamp(args.since) if args.since else None
+    for failure in _store(args).list_delivery_failures(
+        args.tenant, args.conversation, args.limit, since
+    ):
+        print(
+            json.dumps(
+                {
+                    "messageId": failure.message_id,
+                    "externalConversationId": failure.conversation_id,
+                    "reason": failure.reason,
+                    "statusCode": failure.status_code,
+                    "at": iso(failure.at),
+                }
+            )
+        )
+    return 0
+
+
+def _timestamp(text: str) -> float:
+    from datetime import UTC, datetime
+
+    value = datetime.fromisoformat(text)
+    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).timestamp()
+
+
+def cmd_export_run(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from callscribe.export import UtteranceExporter, day_due
+    from callscribe.server import open_blob_store
+
+    settings = _settings(args)
+    day = date.fromisoformat(args.date) if args.date else day_due(time.time(), 0)
+    exporter = UtteranceExporter(
+        _store(args), open_blob_store(settings, _secrets(args)), settings.spool_dir
+    )
+    summary = exporter.export_day(day, args.tenant or None)
+    print(json.dumps(summary.as_dict()))
+    return 0
+
+
+def cmd_export_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
+    from callscribe.server import DAY_S, open_blob_store
+
+    settings = _settings(args)
+    if args.feed not in FEEDS:
+        print(f"error: unknown feed {args.feed!r}", file=sys.stderr)
+        return 2
+    start = datetime.fromtimestamp(_timestamp(args.start), UTC)
+    end = datetime.fromtimestamp(_timestamp(args.end), UTC)
+    if not start < end <= start + MAX_INTERVAL:
+        print("error: end must be after start, at most 31 days later", file=sys.stderr)
+        return 2
+    found = feed_files(
+        open_blob_store(settings, _secrets(args)),
+        args.feed,
+        args.tenant,
+        start,
+        end,
+        retention_s=settings.export_retention_days * DAY_S,
+        link_ttl_s=args.link_ttl_s or settings.link_ttl_s,
+        now=time.time(),
+    )
+    base = (args.public_url or settings.public_url or f"http://{settings.host}:{settings.port}")
+    for f in found.files:
+        url = base.rstrip("/") + f.url if f.url.startswith("/") else f.url
+        print(json.dumps({"hourStart": iso(f.hour_start.timestamp()), "bytes": f.bytes,
+                          "url": url, "expiresAt": iso(f.expires_at)}))
+    if not found.complete:
+        print("note: some hours of the interval have no file (not exported yet, or expired)",
+              file=sys.stderr)
+    return 0
 
 
 def cmd_connect_access_set(args: argparse.Namespace) -> int:
@@ -235,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
     _data_dir_arg(serve)
     serve.add_argument("--public-gateway-url", help="WebSocket base Twilio reaches, wss://…")
+    serve.add_argument(
+        "--public-url", help="this server's base URL as clients reach it, for download links"
+    )
     serve.add_argument("--webhook-url", help="where each transcript is POSTed")
     serve.add_argument("--webhook-secret-name", help="name of the secret header/parameter")
     serve.add_argument("--webhook-secret", help="the secret's value")
@@ -262,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(revoke)
     revoke.set_defaults(func=cmd_keys_revoke)
 
+    _webhook_commands(commands)
+    _export_commands(commands)
     access = commands.add_parser(
         "connect-access", help="a tenant's Amazon Connect role (KVS media in its account)"
     ).add_subparsers(dest="connect_access_command", required=True)
@@ -316,6 +479,97 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_asr.set_defaults(func=cmd_bench_asr)
     return parser
+
+
+def _webhook_commands(commands: Any) -> None:
+    webhook = commands.add_parser(
+        "webhook", help="a tenant's webhook target, credentials, signing secret, failures"
+    ).add_subparsers(dest="webhook_command", required=True)
+
+    setting = webhook.add_parser(
+        "set",
+        help="set (replace) a tenant's webhook target",
+        description="Credential values may be given as @PATH to read them from a file. "
+        "Credentials go to the secrets store, never to logs; show prints only whether they "
+        "are set.",
+    )
+    setting.add_argument("--tenant", required=True)
+    setting.add_argument("--url", required=True, help="https://… (http:// for loopback tests)")
+    setting.add_argument(
+        "--auth",
+        choices=["none", "secret-token", "oauth2-client-credentials"],
+        help="default: secret-token with --token-name, oauth2 with --oauth-token-url, else none",
+    )
+    setting.add_argument("--token-name", help="header or query parameter carrying the token")
+    setting.add_argument("--token", help="the token's value (or @PATH)")
+    setting.add_argument("--token-in", choices=["header", "query"], default="header")
+    setting.add_argument("--oauth-token-url")
+    setting.add_argument("--oauth-client-id")
+    setting.add_argument("--oauth-client-secret", help="(or @PATH)")
+    setting.add_argument("--oauth-scope")
+    setting.add_argument(
+        "--oauth-client-auth", choices=["basic", "post"], default="basic",
+        help="client_secret_basic (default) or client_secret_post",
+    )
+    setting.add_argument("--ca-bundle", type=Path, help="PEM CA certificates to trust (only)")
+    setting.add_argument("--client-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    setting.add_argument("--client-key", type=Path, help="its PEM private key (unencrypted)")
+    setting.add_argument("--timeout-s", type=float, default=5.0)
+    setting.add_argument(
+        "--retry-attempts", type=int, default=0,
+        help="extra attempts after a failed POST (default 0: record and drop, as the contract)",
+    )
+    setting.add_argument("--retry-backoff-s", type=float, default=1.0, help="doubled each time")
+    _data_dir_arg(setting)
+    setting.set_defaults(func=cmd_webhook_set)
+
+    for name, func, help_text in (
+        ("show", cmd_webhook_show, "a tenant's webhook target (never credential values)"),
+        ("clear", cmd_webhook_clear, "remove a tenant's target and credentials"),
+    ):
+        sub = webhook.add_parser(name, help=help_text)
+        sub.add_argument("--tenant", required=True)
+        _data_dir_arg(sub)
+        sub.set_defaults(func=func)
+
+    signing = webhook.add_parser(
+        "signing-secret", help="print the tenant's webhook signing secret (whsec_…)"
+    )
+    signing.add_argument("--tenant", required=True)
+    signing.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    _data_dir_arg(signing)
+    signing.set_defaults(func=cmd_webhook_signing_secret)
+
+    failures = webhook.add_parser("failures", help="deliveries given up, oldest first (JSON lines)")
+    failures.add_argument("--tenant", required=True)
+    failures.add_argument("--conversation", help="one call's guid")
+    failures.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
+    failures.add_argument("--limit", type=int, default=1000)
+    _data_dir_arg(failures)
+    failures.set_defaults(func=cmd_webhook_failures)
+
+
+def _export_commands(commands: Any) -> None:
+    export = commands.add_parser(
+        "export", help="the File Exporter's utterances feed"
+    ).add_subparsers(dest="export_command", required=True)
+    run = export.add_parser("run", help="write a day's feed files (serve does it daily, 02:00 UTC)")
+    run.add_argument("--date", help="YYYY-MM-DD (UTC); default: yesterday")
+    run.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
+    _data_dir_arg(run)
+    run.set_defaults(func=cmd_export_run)
+
+    listing = export.add_parser(
+        "list", help="expiring links to the feed files covering an interval"
+    )
+    listing.add_argument("--tenant", required=True)
+    listing.add_argument("--feed", default="utterances")
+    listing.add_argument("--start", required=True, help="ISO 8601 (UTC if no offset)")
+    listing.add_argument("--end", required=True, help="ISO 8601, exclusive")
+    listing.add_argument("--public-url", help="the server's base URL, for local links")
+    listing.add_argument("--link-ttl-s", type=int, help="link life (default 3600)")
+    _data_dir_arg(listing)
+    listing.set_defaults(func=cmd_export_list)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,12 @@ class WebhookSettings(BaseSettings):
     timeout_s: float = Field(5.0, gt=0, le=60)
     # Pending messages per conversation before the oldest are dropped.
     max_pending: int = Field(100, ge=1, le=100_000)
+    # Extra attempts after a failed POST for tenants on this default target (0: the
+    # contract's "record and drop"); a tenant's own config has its own policy.
+    retry_attempts: int = Field(0, ge=0, le=10)
+    retry_backoff_s: float = Field(1.0, ge=0, le=60)
+    # How often a running server re-reads tenants' webhook configurations.
+    config_refresh_s: float = Field(15.0, ge=0, le=3600)
 
 
 class ConnectSettings(BaseSettings):
@@ -159,6 +165,17 @@ class Settings(BaseSettings):
     public_gateway_url: str | None = None
     stream_token_ttl_s: int = Field(300, ge=10, le=3600)
     message_retention_days: float = Field(7.0, gt=0)
+    recording_retention_days: float = Field(7.0, gt=0)
+    export_retention_days: float = Field(7.0, gt=0)
+    # Base URL of this server as clients reach it (https://callscribe.example.com), for the
+    # download links of local-mode recordings and feed files. Unset: the API request's host.
+    public_url: str | None = None
+    link_ttl_s: int = Field(3600, ge=10, le=7 * 24 * 3600)
+    # The daily utterances export runs at this hour (UTC) for the previous day.
+    export_hour_utc: int = Field(2, ge=0, le=23)
+    # Recordings and feed files go to this S3 bucket instead of the data directory.
+    blob_s3_bucket: str | None = None
+    blob_s3_prefix: str = ""
     max_ws_frame_bytes: int = Field(16_384, ge=1024, le=1_048_576)
     max_messages_per_call: int = 1000
     endpointing: EndpointingSettings = Field(default_factory=EndpointingSettings)
@@ -170,3 +187,17 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "callscribe.sqlite3"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.data_dir / "secrets.json"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Recordings being written (on disk, not in memory; inside the data directory so a
+        finished one is linked into ``blobs/`` without a copy)."""
+        return self.data_dir / "spool"

@@ -1,43 +1,48 @@
 """Webhook delivery with the contract's semantics.
 
 Per conversation, messages are POSTed one at a time in the order transcribed. An error
-response or a timeout is recorded in the Store and the message is dropped (no retries, as the
-reference API promises). When a slow target lets more than ``max_pending`` messages queue up
-for one conversation, the oldest pending are dropped first, and each drop is recorded.
+response or a timeout is recorded in the Store (status, reason, time, message id) and the
+message is dropped: no retries, as the reference API promises, unless the tenant's config asks
+for a retry policy. When a slow target lets more than ``max_pending`` messages queue up for one
+conversation, the oldest pending are dropped first, and each drop is recorded.
+
+Every POST is signed (Standard Webhooks: ``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``) and carries the tenant's credentials: a secret token in a header or
+query parameter, or an OAuth2 bearer token (fetched anew and the POST repeated once on a 401).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from callscribe.bus import TranscriptEvent
+from callscribe.signing import signature_headers
 from callscribe.store.base import DeliveryFailure, Store
+from callscribe.webhook_targets import (
+    ResolvedTarget,
+    TargetResolver,
+    WebhookAuthError,
+    WebhookTarget,
+)
 
 log = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO, and a tenant's secret token may travel as a query
+# parameter: credentials must never reach the logs.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
+MESSAGE_ID_HEADER = "X-CallScribe-Message-Id"
+# Answers worth another attempt when a retry policy is on: the target may recover.
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
-@dataclass(frozen=True)
-class WebhookTarget:
-    url: str
-    secret_name: str | None = None
-    secret: str | None = None
-    secret_in: str = "header"  # or "query"
-    timeout_s: float = 5.0
-
-    def request_parts(self) -> tuple[dict[str, str], dict[str, str]]:
-        """(headers, query parameters) carrying the shared secret, if one is configured."""
-        if not self.secret_name or self.secret is None:
-            return {}, {}
-        if self.secret_in == "query":
-            return {}, {self.secret_name: self.secret}
-        return {self.secret_name: self.secret}, {}
+__all__ = ["WebhookDispatcher", "WebhookTarget", "DeliveryStats", "MESSAGE_ID_HEADER"]
 
 
 @dataclass
@@ -45,28 +50,23 @@ class DeliveryStats:
     delivered: int = 0
     failed: int = 0
     dropped: int = 0
+    retried: int = 0  # extra attempts made under a retry policy
+    unrouted: int = 0  # messages of tenants with no webhook configured
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    reason: str
+    status: int | None
+    retryable: bool
 
 
 class WebhookDispatcher:
-    def __init__(
-        self,
-        target: WebhookTarget,
-        store: Store,
-        max_pending: int = 100,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.target = target
+    def __init__(self, targets: TargetResolver, store: Store, max_pending: int = 100) -> None:
+        self.targets = targets
         self.store = store
         self.max_pending = max_pending
         self.stats = DeliveryStats()
-        self._client = client or httpx.AsyncClient(
-            timeout=target.timeout_s,
-            # httpx writes headers and body separately; without TCP_NODELAY, Nagle's algorithm
-            # and the receiver's delayed ACK add ~40 ms to every POST.
-            transport=httpx.AsyncHTTPTransport(
-                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-            ),
-        )
         self._queues: dict[str, deque[TranscriptEvent]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
 
@@ -87,34 +87,81 @@ class WebhookDispatcher:
         queue = self._queues[group]
         try:
             while queue:
-                await self._post(queue.popleft())
+                await self._deliver(queue.popleft())
         finally:
             # No await since the loop's last check, so nothing was queued in between.
             self._workers.pop(group, None)
             if not queue:
                 self._queues.pop(group, None)
 
-    async def _post(self, event: TranscriptEvent) -> None:
-        headers, params = self.target.request_parts()
-        headers = {**headers, "X-CallScribe-Message-Id": event.message_id}
+    async def _deliver(self, event: TranscriptEvent) -> None:
         try:
-            response = await self._client.post(
-                self.target.url,
-                json=event.body,
-                headers=headers,
-                params=params,
-                timeout=self.target.timeout_s,
-            )
-        except httpx.TimeoutException:
-            self._fail(event, f"timeout after {self.target.timeout_s:g} s", None)
+            target = await self.targets.resolve(event.tenant)
+        except Exception as exc:  # a broken configuration (bad PEM, missing credential)
+            self._fail(event, f"webhook configuration: {exc}"[:500], None)
             return
-        except httpx.HTTPError as exc:
-            self._fail(event, f"{type(exc).__name__}: {exc}"[:500], None)
+        if target is None:
+            self.stats.unrouted += 1
             return
-        if response.is_success:
-            self.stats.delivered += 1
-        else:
-            self._fail(event, f"http {response.status_code}", response.status_code)
+        # Serialised once: the signature covers exactly these bytes.
+        body = json.dumps(event.body, ensure_ascii=False, separators=(",", ":")).encode()
+        attempts = 1 + max(0, target.retry_attempts)
+        for attempt in range(attempts):
+            try:
+                outcome = await self._attempt(target, event, body)
+            except Exception as exc:  # never lose a message silently, whatever went wrong
+                log.exception("webhook delivery of %s raised", event.message_id)
+                outcome = _Outcome(f"internal error: {type(exc).__name__}", None, retryable=False)
+            if outcome is None:
+                self.stats.delivered += 1
+                return
+            if not outcome.retryable or attempt + 1 == attempts:
+                break
+            self.stats.retried += 1
+            await asyncio.sleep(target.retry_backoff_s * 2**attempt)
+        reason = outcome.reason
+        if attempt:
+            reason += f" (after {attempt + 1} attempts)"
+        self._fail(event, target.redact(reason), outcome.status)
+
+    async def _attempt(
+        self, target: ResolvedTarget, event: TranscriptEvent, body: bytes
+    ) -> _Outcome | None:
+        """One POST (two when an OAuth2 token is refused and renewed); None on success."""
+        refreshed = False
+        while True:
+            headers, params = target.credential_parts()
+            headers = {
+                **headers,
+                "content-type": "application/json",
+                MESSAGE_ID_HEADER: event.message_id,
+                **signature_headers(target.signing_secret, event.message_id, body),
+            }
+            token = None
+            if target.oauth is not None:
+                try:
+                    token = await target.oauth.token()
+                except WebhookAuthError as exc:
+                    return _Outcome(str(exc), None, retryable=True)
+                headers["authorization"] = f"Bearer {token}"
+            try:
+                response = await target.client.post(
+                    target.url, content=body, headers=headers, params=params,
+                    timeout=target.timeout_s,
+                )
+            except httpx.TimeoutException:
+                return _Outcome(f"timeout after {target.timeout_s:g} s", None, retryable=True)
+            except httpx.HTTPError as exc:
+                return _Outcome(f"{type(exc).__name__}: {exc}"[:500], None, retryable=True)
+            if response.is_success:
+                return None
+            if response.status_code == 401 and token is not None and not refreshed:
+                assert target.oauth is not None
+                target.oauth.invalidate(token)
+                refreshed = True
+                continue
+            status = response.status_code
+            return _Outcome(f"http {status}", status, retryable=status in RETRYABLE_STATUS)
 
     def _fail(self, event: TranscriptEvent, reason: str, status: int | None) -> None:
         self.stats.failed += 1
@@ -139,6 +186,16 @@ class WebhookDispatcher:
     def pending(self) -> int:
         return sum(len(q) for q in self._queues.values()) + len(self._workers)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delivered": self.stats.delivered,
+            "failed": self.stats.failed,
+            "dropped": self.stats.dropped,
+            "retried": self.stats.retried,
+            "unrouted": self.stats.unrouted,
+            "pending": self.pending,
+        }
+
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until everything queued has been attempted."""
         deadline = time.monotonic() + timeout_s
@@ -148,4 +205,4 @@ class WebhookDispatcher:
     async def close(self) -> None:
         for task in list(self._workers.values()):
             task.cancel()
-        await self._client.aclose()
+        await self.targets.close()

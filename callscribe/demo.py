@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-import time
 import uuid
 from pathlib import Path
 

@@ -1,5 +1,7 @@
 """Local mode: the API, the Twilio gateway, the SIPREC recorder, endpointing, ASR, redaction, the
-SQLite store and webhook delivery in one process (``callscribe serve``)."""
+SQLite store, webhook delivery, recordings, the daily export and retention in one process
+(``callscribe serve``). ``LocalRuntime.assemble`` is the ingest side alone, on any adapters:
+the AWS gateway task builds on it too."""
 
 from __future__ import annotations
 
@@ -25,27 +27,54 @@ from starlette.websockets import WebSocket
 
 from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
 from callscribe.api.schemas import Namespace
+from callscribe.api.outputs import OutputServices
 from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
 from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import StreamTokens
+from callscribe.blobs.base import BlobStore
+from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore
 from callscribe.bus import EventBus, InProcessEventBus
 from callscribe.calls import CallRegistry
 from callscribe.config import Settings
 from callscribe.connect.ingest import ConnectIngest
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.control import LocalControl
-from callscribe.delivery import WebhookDispatcher, WebhookTarget
-from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets, Secrets, new_signing_key
+from callscribe.delivery import WebhookDispatcher
+from callscribe.export import UtteranceExporter, run_daily
+from callscribe.recording import Recordings
+from callscribe.retention import Retention
+from callscribe.secrets import (
+    FILE_LINK_SIGNING_KEY,
+    TOKEN_SIGNING_KEY,
+    FileSecrets,
+    Secrets,
+    new_signing_key,
+)
 from callscribe.siprec.gateway import SiprecGateway, SiprecServices
 from callscribe.store.base import Store
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
+from callscribe.webhook_targets import WebhookTargets, default_webhook_target
 
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400
 DRAIN_TIMEOUT_S = 15.0
+PURGE_INTERVAL_S = 3600
+
+
+def open_blob_store(settings: Settings, secrets: Secrets) -> BlobStore:
+    """S3 when a bucket is configured, else the data directory's ``blobs/``."""
+    if settings.blob_s3_bucket:
+        from callscribe.blobs.s3 import S3BlobStore  # boto3 only when asked for
+
+        return S3BlobStore(settings.blob_s3_bucket, settings.blob_s3_prefix)
+    return DirectoryBlobStore(settings.blob_dir, link_signer(secrets))
+
+
+def link_signer(secrets: Secrets) -> BlobLinkSigner:
+    return BlobLinkSigner(secrets.get_or_create(FILE_LINK_SIGNING_KEY, new_signing_key))
 
 
 @dataclass
@@ -62,37 +91,45 @@ class LocalRuntime:
     owns_asr: bool = True
     connect: ConnectIngest | None = None  # Amazon Connect calls and their KVS readers
     siprec: SiprecGateway | None = None
+    # Local mode's outputs (in AWS: S3, the exporter Lambda, DynamoDB TTL and lifecycle rules).
+    secrets: Secrets | None = None
+    blobs: BlobStore | None = None
+    exporter: UtteranceExporter | None = None
+    retention: Retention | None = None
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
-        """Local mode: SQLite, secrets in the data dir, in-process bus and webhook delivery."""
+        """Local mode: SQLite, secrets and blobs in the data dir, in-process bus and delivery."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = SqliteStore(settings.store_path)
+        secrets = FileSecrets(settings.secrets_path)
+        blobs = open_blob_store(settings, secrets)
+        recordings = Recordings(blobs, settings.spool_dir, settings.recording_retention_days * DAY_S)
         bus = InProcessEventBus()
-        dispatcher = None
         webhook = settings.webhook
-        if webhook.url is not None:
-            dispatcher = WebhookDispatcher(
-                WebhookTarget(
-                    url=str(webhook.url),
-                    secret_name=webhook.secret_name,
-                    secret=webhook.secret,
-                    secret_in=webhook.secret_in,
-                    timeout_s=webhook.timeout_s,
-                ),
+        # Always on: tenants may have their own target even without a deployment-wide one.
+        dispatcher = WebhookDispatcher(
+            WebhookTargets(
                 store,
-                max_pending=webhook.max_pending,
-            )
-            bus.subscribe(dispatcher)
+                secrets,
+                default=default_webhook_target(webhook),
+                refresh_s=webhook.config_refresh_s,
+            ),
+            store,
+            max_pending=webhook.max_pending,
+        )
+        bus.subscribe(dispatcher)
         runtime = cls.assemble(
             settings,
             store=store,
-            secrets=FileSecrets(settings.data_dir / "secrets.json"),
+            secrets=secrets,
             bus=bus,
             asr=asr,
             owner=f"local:{socket.gethostname()}:{os.getpid()}",
             dispatcher=dispatcher,
+            recordings=recordings,
         )
+        export_retention_s = settings.export_retention_days * DAY_S
         runtime.api = ApiServices(
             store=store,
             tokens=runtime.tokens,
@@ -100,7 +137,19 @@ class LocalRuntime:
             public_gateway_url=settings.public_gateway_url,
             max_messages=settings.max_messages_per_call,
             openers={Namespace.AMAZON_CONNECT: runtime.connect} if runtime.connect else {},
+            outputs=OutputServices(
+                blobs=blobs,
+                recordings=recordings,
+                export_retention_s=export_retention_s,
+                link_ttl_s=settings.link_ttl_s,
+                public_url=settings.public_url,
+                link_signer=blobs.signer if isinstance(blobs, DirectoryBlobStore) else None,
+            ),
         )
+        runtime.secrets = secrets
+        runtime.blobs = blobs
+        runtime.exporter = UtteranceExporter(store, blobs, settings.spool_dir)
+        runtime.retention = Retention(store, blobs, recordings, export_retention_s)
         return runtime
 
     @classmethod
@@ -114,6 +163,7 @@ class LocalRuntime:
         asr: AsrEngine | None,
         owner: str,
         dispatcher: WebhookDispatcher | None = None,
+        recordings: Recordings | None = None,
     ) -> LocalRuntime:
         """The ingest side (gateway, calls, transcription) on whichever adapters are given."""
         tokens = StreamTokens(
@@ -122,7 +172,11 @@ class LocalRuntime:
         owns_asr = asr is None
         asr = asr or make_asr_engine(settings.asr)
         pipeline = TranscriptionPipeline(
-            asr, store, bus, retention_s=settings.message_retention_days * DAY_S
+            asr,
+            store,
+            bus,
+            retention_s=settings.message_retention_days * DAY_S,
+            recordings=recordings,
         )
         registry = CallRegistry()
         gateway = TwilioGateway(
@@ -174,7 +228,6 @@ class LocalRuntime:
             log.warning("ASR warm-up failed: %s", exc)
 
     def stats(self) -> dict[str, Any]:
-        delivery = self.dispatcher.stats if self.dispatcher else None
         return {
             "status": "ok",
             "liveCalls": len(self.registry),
@@ -185,16 +238,7 @@ class LocalRuntime:
             "siprec": self.siprec.snapshot() if self.siprec else None,
             "asr": self.pipeline.stats.as_dict(),
             "amazonConnect": self.connect.stats() if self.connect else None,
-            "delivery": (
-                {
-                    "delivered": delivery.delivered,
-                    "failed": delivery.failed,
-                    "dropped": delivery.dropped,
-                    "pending": self.dispatcher.pending if self.dispatcher else 0,
-                }
-                if delivery
-                else None
-            ),
+            "delivery": self.dispatcher.as_dict() if self.dispatcher else None,
         }
 
     async def shutdown(self) -> None:
@@ -221,9 +265,15 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
         await runtime.warm_up()
         if runtime.siprec is not None:
             await runtime.siprec.start()
-        purge = asyncio.get_running_loop().create_task(_purge_expired(runtime))
+        assert runtime.retention is not None and runtime.exporter is not None
+        loop = asyncio.get_running_loop()
+        background = [
+            loop.create_task(_purge_expired(runtime.retention)),
+            loop.create_task(run_daily(runtime.exporter, runtime.settings.export_hour_utc)),
+        ]
         yield
-        purge.cancel()
+        for task in background:
+            task.cancel()
         await runtime.shutdown()
 
     app = create_api_app(runtime.api, lifespan=lifespan)
@@ -246,12 +296,15 @@ def add_gateway_routes(app: Starlette, runtime: LocalRuntime) -> None:
     )
 
 
-async def _purge_expired(runtime: LocalRuntime) -> None:
+async def _purge_expired(retention: Retention) -> None:
     while True:
-        removed = await asyncio.to_thread(runtime.store.purge_expired, time.time())
-        if removed:
-            log.info("purged %d expired messages", removed)
-        await asyncio.sleep(3600)
+        try:
+            removed = await asyncio.to_thread(retention.purge, time.time())
+            if any(removed.values()):
+                log.info("retention purge: %s", removed)
+        except Exception:
+            log.exception("retention purge failed; trying again at the next interval")
+        await asyncio.sleep(PURGE_INTERVAL_S)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

@@ -103,11 +103,14 @@ class ReceivedMessage:
     headers: dict[str, str]
     query: dict[str, str]
     received_at: float  # time.time()
+    raw: bytes = b""  # the body as sent (what the webhook signature covers)
 
 
 @dataclass
 class WebhookReceiver:
-    """A real HTTP server on loopback that records every POST (optionally failing them)."""
+    """A real HTTP server on loopback that records every POST (optionally failing them).
+    With ``tls`` (uvicorn's ``ssl_certfile``, ``ssl_keyfile``, ``ssl_ca_certs``,
+    ``ssl_cert_reqs``) it serves HTTPS, and can require a client certificate."""
 
     path: str = "/webhook"
     status_code: int = 200
@@ -115,12 +118,14 @@ class WebhookReceiver:
     messages: list[ReceivedMessage] = field(default_factory=list)
     listeners: list[Callable[[ReceivedMessage], None]] = field(default_factory=list)
     port: int = 0
+    tls: dict[str, Any] = field(default_factory=dict)
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     async def _receive(self, request: Request) -> Response:
         raw = await request.body()
@@ -129,7 +134,7 @@ class WebhookReceiver:
         except ValueError:
             return JSONResponse({"error": "not JSON"}, status_code=400)
         message = ReceivedMessage(
-            body, dict(request.headers), dict(request.query_params), time.time()
+            body, dict(request.headers), dict(request.query_params), time.time(), raw
         )
         self.messages.append(message)
         for listener in self.listeners:
@@ -143,7 +148,7 @@ class WebhookReceiver:
         sock = bind_loopback()
         self.port = sock.getsockname()[1]
         self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **self.tls)
         )
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
@@ -208,6 +213,19 @@ class ApiClient:
             "/conversation/v1/conversation/messages", params={"externalConversationId": guid}
         )
 
+    async def recording(self, guid: str) -> httpx.Response:
+        return await self._http.get(
+            "/conversation/v1/conversation/recording", params={"externalConversationId": guid}
+        )
+
+    async def webhook_failures(self, **params: Any) -> httpx.Response:
+        return await self._http.get("/callscribe/v1/webhook-failures", params=params)
+
+    async def feed_files(self, feed: str, start: str, end: str) -> httpx.Response:
+        return await self._http.get(
+            f"/fileexporter/v1/feeds/{feed}/files", params={"start": start, "end": end}
+        )
+
     async def close(self) -> None:
         await self._http.aclose()
 
@@ -221,6 +239,8 @@ class PlayedCall:
     started_at: float = 0.0  # time.time() of the first media frame
     speed: float = 1.0
     control_responses: list[tuple[Control, httpx.Response]] = field(default_factory=list)
+    # Frames of audio sent (per track) when each control request left and when its answer came.
+    control_frames: list[tuple[int, int]] = field(default_factory=list)
     frames_sent: int = 0
     close_code: int | None = None
     close_reason: str | None = None
@@ -300,6 +320,7 @@ async def _control(
 ) -> None:
     if after is not None:
         await after
+    sent_before = played.frames_sent
     if control.action == "start":
         response = await api.start(
             played.call_sid, call.customer_id, call.agent_id, **(params or {})
@@ -307,6 +328,7 @@ async def _control(
     else:
         response = await api.stop(played.call_sid)
     played.control_responses.append((control, response))
+    played.control_frames.append((sent_before, played.frames_sent))
     if on_control is not None:
         outcome = on_control(control, response, played)
         if outcome is not None:

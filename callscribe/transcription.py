@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callscribe.api.schemas import AutotranscribeParams, RedactionOutput
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult, AsrWord, whisper_language
@@ -19,6 +19,9 @@ from callscribe.bus import EventBus, TranscriptEvent
 from callscribe.endpointing import Utterance
 from callscribe.redaction import find_sensitive_spans, redact
 from callscribe.store.base import CallKey, Store, StoredMessage
+
+if TYPE_CHECKING:
+    from callscribe.recording import Recordings
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +110,20 @@ def build_utterance(
 
 class TranscriptionPipeline:
     def __init__(
-        self, asr: AsrEngine, store: Store, bus: EventBus, retention_s: float
+        self,
+        asr: AsrEngine,
+        store: Store,
+        bus: EventBus,
+        retention_s: float,
+        recordings: Recordings | None = None,
     ) -> None:
         self.asr = asr
         self.store = store
         self.bus = bus
         self.retention_s = retention_s
+        # The call's other output: its audio, when the start request allows it. Carried here
+        # because every ingest hands its calls this pipeline.
+        self.recordings = recordings
         self.stats = AsrStats()
 
     async def transcribe(

@@ -194,6 +194,20 @@ def http_api_event(method: str, path: str, headers: dict[str, str], body: Any = 
     }
 
 
+def _invoke_like_lambda(
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]], event: dict[str, Any]
+) -> dict[str, Any]:
+    """Lambda's runtime calls the handler on a thread that has an event loop (Mangum uses it);
+    a worker thread gets one of its own."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return handler(event, LambdaContext())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
 def api_gateway_bridge(handler: Callable[[dict[str, Any], Any], dict[str, Any]]) -> Any:
     """An ASGI app standing in for API Gateway (HTTP API, payload v2): each HTTP request
     becomes the event API Gateway would send, given to the Lambda handler in a worker thread."""
@@ -211,7 +225,7 @@ def api_gateway_bridge(handler: Callable[[dict[str, Any], Any], dict[str, Any]])
         event = http_api_event(
             scope["method"], scope["path"], headers, body.decode() or None, query or None
         )
-        response = await asyncio.to_thread(handler, event, LambdaContext())
+        response = await asyncio.to_thread(_invoke_like_lambda, handler, event)
         payload = response.get("body") or ""
         raw = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
         await send(

@@ -57,16 +57,23 @@ async def server_factory(
     down cleanly (SIGTERM-equivalent) at the end of the test."""
     started: list[tuple[uvicorn.Server, asyncio.Task[None], RunningServer]] = []
 
-    async def start(webhook_url: str | None, **overrides: object) -> RunningServer:
-        webhook = WebhookSettings(
-            url=webhook_url,
-            secret_name=WEBHOOK_SECRET_NAME,
-            secret=WEBHOOK_SECRET,
-            timeout_s=2.0,
+    async def start(
+        webhook_url: str | None, webhook: dict[str, object] | None = None, **overrides: object
+    ) -> RunningServer:
+        webhook_settings = WebhookSettings(
+            **{
+                "url": webhook_url,
+                "secret_name": WEBHOOK_SECRET_NAME,
+                "secret": WEBHOOK_SECRET,
+                "timeout_s": 2.0,
+                **(webhook or {}),
+            }
         )
         # Any free SIPREC port unless a test asks: suites run side by side on one machine.
         overrides.setdefault("siprec", SiprecSettings(port=0))
-        settings = Settings(data_dir=tmp_path / f"data{len(started)}", webhook=webhook, **overrides)
+        settings = Settings(
+            data_dir=tmp_path / f"data{len(started)}", webhook=webhook_settings, **overrides
+        )
         runtime = LocalRuntime.build(settings, asr=asr_engine)
         app = create_local_app(runtime)
         sock = bind_loopback()

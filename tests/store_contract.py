@@ -31,6 +31,8 @@ from callscribe.store.base import (
     DeliveryFailure,
     Store,
     StoredMessage,
+    WebhookAuth,
+    WebhookConfig,
 )
 
 T0 = 1_700_000_000.0  # an arbitrary "now" for the timelines below
@@ -501,6 +503,122 @@ class StoreContract:
         assert store.get_api_key(api_key.api_id) == api_key
         assert store.get_call(key) == make_call(key)
         assert store.list_delivery_failures(key.tenant, key.guid) == [failure]
+
+    # ------------------------------------------------------------------------- messages by time
+
+    def test_messages_between_selects_tenant_and_half_open_range(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        a = CallKey(tenant, "twilio", unique("CA"))
+        b = CallKey(tenant, "siprec", unique("CA"))
+        for seq, at in enumerate((T0 - 1, T0, T0 + 10, T0 + 99.5, T0 + 100)):
+            store.put_message(make_message(a, seq, created_at=at, expires_at=T0 + 10_000))
+        store.put_message(make_message(b, 0, created_at=T0 + 50, expires_at=T0 + 10_000))
+        store.put_message(
+            make_message(CallKey(other_tenant, "twilio", a.guid), 0, created_at=T0 + 5)
+        )
+
+        got = store.list_messages_between(tenant, T0, T0 + 100, now=T0, limit=100)
+        assert [(m.key, m.created_at) for m in got] == [
+            (a, T0),
+            (a, T0 + 10),
+            (b, T0 + 50),
+            (a, T0 + 99.5),
+        ]
+        assert got[0] == make_message(a, 1, created_at=T0, expires_at=T0 + 10_000)
+        assert store.list_messages_between(unique("tenant-nobody"), 0, T0 * 2, now=T0, limit=9) == []
+
+    def test_messages_between_excludes_expired(self, store: Store, tenant: str) -> None:
+        key = CallKey(tenant, "twilio", unique("CA"))
+        store.put_message(make_message(key, 0, created_at=T0, expires_at=T0 + 5))
+        store.put_message(make_message(key, 1, created_at=T0 + 1, expires_at=T0 + 50))
+        got = store.list_messages_between(tenant, T0, T0 + 10, now=T0 + 5, limit=10)
+        assert [m.seq for m in got] == [1]
+
+    def test_messages_between_pages_through_ties(self, store: Store, tenant: str) -> None:
+        keys = [CallKey(tenant, "twilio", unique("CA")) for _ in range(3)]
+        # Several calls' messages share a creation time: paging must neither skip nor repeat.
+        for n in range(12):
+            store.put_message(
+                make_message(keys[n % 3], n, created_at=T0 + n // 4, expires_at=T0 + 1000)
+            )
+        everything = store.list_messages_between(tenant, T0, T0 + 10, now=T0, limit=100)
+        assert len(everything) == 12
+        assert [(m.created_at, m.message_id) for m in everything] == sorted(
+            (m.created_at, m.message_id) for m in everything
+        )
+        paged: list[StoredMessage] = []
+        after = None
+        while True:
+            page = store.list_messages_between(
+                tenant, T0, T0 + 10, now=T0, limit=5, after=after
+            )
+            assert len(page) <= 5
+            if not page:
+                break
+            paged += page
+            after = (page[-1].created_at, page[-1].message_id)
+        assert paged == everything
+
+    # ------------------------------------------------------------------------- failures since
+
+    def test_delivery_failures_since(self, store: Store, tenant: str) -> None:
+        conv = unique("CA")
+        failures = [make_failure(tenant, conv, n) for n in range(5)]  # at T0 + n
+        for f in failures:
+            store.put_delivery_failure(f)
+        assert store.list_delivery_failures(tenant, since=T0 + 3) == failures[3:]
+        assert store.list_delivery_failures(tenant, conv, since=T0 + 2, limit=1) == [failures[2]]
+        assert store.list_delivery_failures(tenant, since=T0 + 5) == []
+        assert store.list_delivery_failures(tenant, since=None) == failures
+
+    # ------------------------------------------------------------------------- webhook configs
+
+    def test_webhook_config_round_trip(self, store: Store, tenant: str) -> None:
+        assert store.get_webhook_config(tenant) is None
+        config = WebhookConfig(
+            tenant=tenant,
+            url="https://hooks.example.com/transcripts?x=1",
+            auth=WebhookAuth.OAUTH2,
+            oauth_token_url="https://auth.example.com/oauth2/token",
+            oauth_client_id="client-1",
+            oauth_scope="transcripts:write",
+            oauth_client_auth="post",
+            ca_bundle_pem="-----BEGIN CERTIFICATE-----\nMIIB…\n-----END CERTIFICATE-----\n",
+            client_cert_pem="-----BEGIN CERTIFICATE-----\nMIIC…\n-----END CERTIFICATE-----\n",
+            timeout_s=2.5,
+            retry_attempts=3,
+            retry_backoff_s=0.5,
+            updated_at=T0,
+        )
+        store.put_webhook_config(config)
+        got = store.get_webhook_config(tenant)
+        assert got == config
+        assert got is not None and got.auth is WebhookAuth.OAUTH2
+
+    def test_webhook_config_replace_and_delete_per_tenant(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        first = WebhookConfig(tenant, "https://a.example.com/", updated_at=T0)
+        second = WebhookConfig(
+            tenant,
+            "https://b.example.com/",
+            auth=WebhookAuth.SECRET_TOKEN,
+            token_name="X-Token",
+            token_in="query",
+            updated_at=T0 + 1,
+        )
+        other = WebhookConfig(other_tenant, "https://other.example.com/", updated_at=T0)
+        store.put_webhook_config(first)
+        store.put_webhook_config(other)
+        store.put_webhook_config(second)
+        assert store.get_webhook_config(tenant) == second
+        assert store.get_webhook_config(other_tenant) == other
+
+        assert store.delete_webhook_config(tenant) is True
+        assert store.delete_webhook_config(tenant) is False
+        assert store.get_webhook_config(tenant) is None
+        assert store.get_webhook_config(other_tenant) == other
 
     # Amazon Connect access ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import pytest
 import uvicorn
 from moto.server import ThreadedMotoServer
 
-from callscribe.aws import api_lambda
+from callscribe.aws import api_lambda, webhook_lambda
 from callscribe.simulate import (
     ApiClient,
     PlayedCall,
@@ -43,6 +43,7 @@ from callscribe.simulate import (
 from tests.aws_fixtures import (
     REGION,
     AwsResources,
+    LambdaContext,
     api_gateway_bridge,
     create_resources,
     pipe_ingress_to_delivery,
@@ -140,7 +141,7 @@ async def deliver_webhooks(resources: AwsResources, endpoint: str, stop: asyncio
             ).get("Messages", [])
         )
         if received:
-            result = await asyncio.to_thread(handler, sqs_event(received, resources), None)
+            result = await asyncio.to_thread(handler, sqs_event(received, resources), LambdaContext())
             failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
             for message in received:
                 if message["MessageId"] not in failed:
@@ -174,6 +175,7 @@ async def test_call_through_the_cloud_shaped_deployment(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     api_lambda.asgi_handler.cache_clear()
+    webhook_lambda.webhook_delivery.cache_clear()
 
     created = subprocess.run(
         [sys.executable, "-m", "callscribe", "keys", "create", "--tenant", "acme",

@@ -16,10 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callscribe.bus import InProcessEventBus, TranscriptEvent
-from callscribe.delivery import WebhookDispatcher, WebhookTarget
+from callscribe.delivery import WebhookDispatcher
+from callscribe.secrets import FileSecrets
 from callscribe.simulate import WebhookReceiver, free_port, running_receiver
 from callscribe.store.base import DeliveryFailure
 from callscribe.store.sqlite import SqliteStore
+from callscribe.webhook_targets import WebhookTarget, WebhookTargets
 
 TENANT = "acme"
 MESSAGE_ID_HEADER = "x-callscribe-message-id"  # Starlette lower-cases header names
@@ -48,13 +50,21 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 
 @pytest.fixture
+def secrets(tmp_path: Path) -> FileSecrets:
+    return FileSecrets(tmp_path / "secrets.json")
+
+
+@pytest.fixture
 async def make_dispatcher(
-    store: SqliteStore,
+    store: SqliteStore, secrets: FileSecrets
 ) -> AsyncIterator[Callable[..., WebhookDispatcher]]:
+    """A dispatcher whose every tenant uses ``target`` (the deployment-wide default)."""
     made: list[WebhookDispatcher] = []
 
     def make(target: WebhookTarget, **kwargs: Any) -> WebhookDispatcher:
-        dispatcher = WebhookDispatcher(target, store, **kwargs)
+        dispatcher = WebhookDispatcher(
+            WebhookTargets(store, secrets, default=target), store, **kwargs
+        )
         made.append(dispatcher)
         return dispatcher
 

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -35,6 +35,9 @@ from callscribe.auth import AuthError, StreamTokens, authenticate
 from callscribe.control import CallOpener, Control
 from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, Store
 
+if TYPE_CHECKING:
+    from callscribe.api.outputs import OutputServices
+
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
@@ -56,6 +59,8 @@ class ApiServices:
     control: Control
     public_gateway_url: str | None = None
     max_messages: int = 1000
+    # Recordings, feed files, delivery failures (absent: those endpoints are not served).
+    outputs: OutputServices | None = None
     # Namespaces whose calls start-streaming itself opens (amazonconnect).
     openers: dict[Namespace, CallOpener] = field(default_factory=dict)
 
@@ -128,6 +133,20 @@ async def _control_call(
 
 
 router = APIRouter()
+
+WEBHOOK_HEADERS = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "The message id: the same on every attempt; de-duplicate on it"},
+    {"name": "webhook-timestamp", "in": "header", "required": True,
+     "schema": {"type": "integer"}, "description": "UNIX seconds of this attempt"},
+    {"name": "webhook-signature", "in": "header", "required": True,
+     "schema": {"type": "string"},
+     "description": "v1,<base64 HMAC-SHA256 of id.timestamp.body with the signing secret>"},
+    {"name": "X-CallScribe-Message-Id", "in": "header", "required": True,
+     "schema": {"type": "string"}, "description": "Same as webhook-id"},
+    {"name": "authorization", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Bearer <token> with OAuth2 client-credentials"},
+]
 
 
 @router.get(
@@ -287,11 +306,33 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
     )
     app.state.services = services
     app.include_router(router)
+    if services.outputs is not None:
+        from callscribe.api.outputs import build_download_router, build_router
+        from callscribe.blobs.directory import DirectoryBlobStore
 
-    @app.webhooks.post("transcript", summary="One finished utterance, POSTed to your target")
+        app.include_router(build_router())
+        outputs = services.outputs
+        if isinstance(outputs.blobs, DirectoryBlobStore) and outputs.link_signer is not None:
+            app.include_router(build_download_router(outputs.blobs, outputs.link_signer))
+
+    @app.webhooks.post(
+        "transcript",
+        summary="One finished utterance, POSTed to your target",
+        openapi_extra={"parameters": WEBHOOK_HEADERS},
+    )
     def transcript_webhook(body: TranscriptMessage) -> None:
-        """Sent in the order transcribed, per call; an error answer is recorded and the message
-        dropped (no retries). Header X-CallScribe-Message-Id identifies the message."""
+        """Sent in the order transcribed, per call; an error answer or a timeout is recorded
+        (GET /callscribe/v1/webhook-failures) and the message dropped: no retries, unless the
+        tenant's webhook configuration has a retry policy (a retry keeps webhook-id). When
+        messages queue up behind a slow target, the oldest pending are dropped first.
+
+        Signed as Standard Webhooks: verify that webhook-signature holds
+        `v1,` + base64(HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{raw body}")), where
+        key is the base64-decoded part of your `whsec_…` signing secret after the prefix, and
+        that webhook-timestamp is recent; de-duplicate on webhook-id. Authentication to your
+        target, per tenant: a custom CA (TLS 1.2+), mutual TLS with a client certificate, a
+        secret token in a header or query parameter, or an OAuth2 client-credentials bearer
+        token."""
 
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "500-201"
     # Beyond the reference table (which covers start and stop only):
     UNAUTHENTICATED = "401-201"
+    LINK_REFUSED = "403-201"  # a download link expired or was altered
+    GONE = "404-201"  # a linked file was removed by retention
 
 
 _HTTP_STATUS = {
@@ -37,6 +39,8 @@ _HTTP_STATUS = {
     ErrorCode.BYE_IN_PROGRESS: 409,
     ErrorCode.INTERNAL: 500,
     ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.LINK_REFUSED: 403,
+    ErrorCode.GONE: 404,
 }
 
 
@@ -85,7 +89,11 @@ class AutotranscribeParams(BaseModel):
 
     language: str = Field("en-US", description="BCP-47 locale, e.g. en-US, es-US")
     detailedToken: bool = Field(False, description="Add word tokens with times and confidence")
-    audioRecordingAllowed: bool = False
+    audioRecordingAllowed: bool = Field(
+        False,
+        description="Keep the call's audio (WAV, 8 kHz, 16-bit, customer and agent channels) "
+        "for the windows this start opens; see GET /conversation/v1/conversation/recording",
+    )
     redactionOutput: RedactionOutput = Field(
         RedactionOutput.REDACTED,
         description=(

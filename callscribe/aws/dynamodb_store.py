@@ -8,8 +8,9 @@ One on-demand table, partition key ``pk`` and sort key ``sk`` (strings), one GSI
 | API key | ``KEY#<apiId>`` | ``KEY`` | ``TENANTKEYS#<tenant>`` / created time |
 | call | ``CALL#<tenant>#<namespace>#<guid>`` | ``CALL`` | ``GUID#<tenant>#<guid>`` / namespace |
 | request lock | same pk as its call | ``LOCK`` | |
-| message | ``MSG#<tenant>#<namespace>#<guid>`` | zero-padded seq | |
+| message | ``MSG#<tenant>#<namespace>#<guid>`` | zero-padded seq | ``TENANTMSG#<tenant>`` / created time and message id |
 | delivery failure | ``FAIL#<tenant>`` | time and id | |
+| webhook configuration | ``WEBHOOK#<tenant>`` | ``CONFIG`` | |
 | Amazon Connect access | ``CONNECT#<tenant>`` | ``ACCESS`` | |
 
 Messages carry ``ttl`` = their expiry, so DynamoDB deletes them itself; reads still filter on
@@ -21,6 +22,7 @@ other), with no read-then-write window.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -33,6 +35,9 @@ from callscribe.store.base import (
     ConnectAccess,
     DeliveryFailure,
     StoredMessage,
+    WebhookConfig,
+    webhook_config_from_json,
+    webhook_config_to_json,
 )
 
 GSI1 = "gsi1"
@@ -92,6 +97,11 @@ def _seq_sk(seq: int) -> str:
     return f"{seq:010d}"
 
 
+def _time_key(at: float) -> str:
+    """Sorts as the number does (UNIX seconds, microseconds), as DynamoDB compares strings."""
+    return f"{at:020.6f}"
+
+
 class DynamoStore:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
         if resource is None:
@@ -117,7 +127,7 @@ class DynamoStore:
             "pk": f"KEY#{key.api_id}",
             "sk": "KEY",
             "gsi1pk": f"TENANTKEYS#{key.tenant}",
-            "gsi1sk": f"{key.created_at:020.6f}#{key.api_id}",
+            "gsi1sk": f"{_time_key(key.created_at)}#{key.api_id}",
             "api_id": key.api_id,
             "tenant": key.tenant,
             "secret_hash": key.secret_hash,
@@ -289,6 +299,12 @@ class DynamoStore:
             Item={
                 "pk": _messages_pk(message.key),
                 "sk": _seq_sk(message.seq),
+                # The tenant's messages by creation time, for the daily feed export.
+                "gsi1pk": f"TENANTMSG#{message.key.tenant}",
+                "gsi1sk": f"{_time_key(message.created_at)}#{message.message_id}",
+                "tenant": message.key.tenant,
+                "namespace": message.key.namespace,
+                "guid": message.key.guid,
                 "seq": message.seq,
                 "message_id": message.message_id,
                 "body": json.dumps(message.body),
@@ -301,26 +317,62 @@ class DynamoStore:
     def list_messages(self, key: CallKey, limit: int, now: float) -> list[StoredMessage]:
         from boto3.dynamodb.conditions import Key
 
+        return self._unexpired_messages(
+            {"KeyConditionExpression": Key("pk").eq(_messages_pk(key))}, limit, now
+        )
+
+    def _unexpired_messages(
+        self, query: dict[str, Any], limit: int, now: float, before: float | None = None
+    ) -> list[StoredMessage]:
         messages: list[StoredMessage] = []
-        kwargs: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(_messages_pk(key))}
         while len(messages) < limit:
-            page = self.table.query(**kwargs)
+            page = self.table.query(**query)
             for item in page.get("Items", []):
-                if float(item["expires_at"]) > now and len(messages) < limit:
-                    messages.append(
-                        StoredMessage(
-                            key=key,
-                            seq=int(item["seq"]),
-                            message_id=item["message_id"],
-                            body=json.loads(item["body"]),
-                            created_at=float(item["created_at"]),
-                            expires_at=float(item["expires_at"]),
-                        )
-                    )
+                if float(item["expires_at"]) <= now:
+                    continue
+                if before is not None and float(item["created_at"]) >= before:
+                    continue
+                if len(messages) < limit:
+                    messages.append(self._message(item))
             if "LastEvaluatedKey" not in page:
                 break
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return messages
+
+    @staticmethod
+    def _message(item: dict[str, Any]) -> StoredMessage:
+        return StoredMessage(
+            key=CallKey(item["tenant"], item["namespace"], item["guid"]),
+            seq=int(item["seq"]),
+            message_id=item["message_id"],
+            body=json.loads(item["body"]),
+            created_at=float(item["created_at"]),
+            expires_at=float(item["expires_at"]),
+        )
+
+    def list_messages_between(
+        self,
+        tenant: str,
+        start: float,
+        end: float,
+        *,
+        now: float,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[StoredMessage]:
+        from boto3.dynamodb.conditions import Key
+
+        lower = _time_key(start)
+        if after is not None:
+            # "\x00" sorts before every character: the first key strictly after the cursor.
+            lower = max(lower, f"{_time_key(after[0])}#{after[1]}\x00")
+        # BETWEEN is inclusive; messages created exactly at ``end`` are filtered out below.
+        query = {
+            "IndexName": GSI1,
+            "KeyConditionExpression": Key("gsi1pk").eq(f"TENANTMSG#{tenant}")
+            & Key("gsi1sk").between(lower, f"{_time_key(end)}#\uffff"),
+        }
+        return self._unexpired_messages(query, limit, now, before=end)
 
     def last_message_seq(self, key: CallKey) -> int | None:
         from boto3.dynamodb.conditions import Key
@@ -354,7 +406,8 @@ class DynamoStore:
     def put_delivery_failure(self, failure: DeliveryFailure) -> None:
         item: dict[str, Any] = {
             "pk": f"FAIL#{failure.tenant}",
-            "sk": f"{failure.at:020.6f}#{uuid.uuid4().hex}",
+            # Equal times keep the order they were recorded in; the uuid keeps keys unique.
+            "sk": f"{_time_key(failure.at)}#{time.time_ns():020d}#{uuid.uuid4().hex}",
             "tenant": failure.tenant,
             "conversation_id": failure.conversation_id,
             "message_id": failure.message_id,
@@ -367,11 +420,18 @@ class DynamoStore:
         self.table.put_item(Item=item)
 
     def list_delivery_failures(
-        self, tenant: str, conversation_id: str | None = None, limit: int = 1000
+        self,
+        tenant: str,
+        conversation_id: str | None = None,
+        limit: int = 1000,
+        since: float | None = None,
     ) -> list[DeliveryFailure]:
         from boto3.dynamodb.conditions import Key
 
-        items = self._query_all(KeyConditionExpression=Key("pk").eq(f"FAIL#{tenant}"))
+        condition = Key("pk").eq(f"FAIL#{tenant}")
+        if since is not None:
+            condition &= Key("sk").gte(_time_key(since))
+        items = self._query_all(KeyConditionExpression=condition)
         failures = [
             DeliveryFailure(
                 tenant=item["tenant"],
@@ -385,6 +445,27 @@ class DynamoStore:
             if conversation_id is None or item["conversation_id"] == conversation_id
         ]
         return failures[:limit]
+
+    # webhook configurations -----------------------------------------------------------------
+
+    def put_webhook_config(self, config: WebhookConfig) -> None:
+        self.table.put_item(
+            Item={
+                "pk": f"WEBHOOK#{config.tenant}",
+                "sk": "CONFIG",
+                "config": webhook_config_to_json(config),
+            }
+        )
+
+    def get_webhook_config(self, tenant: str) -> WebhookConfig | None:
+        item = self.table.get_item(Key={"pk": f"WEBHOOK#{tenant}", "sk": "CONFIG"}).get("Item")
+        return webhook_config_from_json(item["config"]) if item else None
+
+    def delete_webhook_config(self, tenant: str) -> bool:
+        answer = self.table.delete_item(
+            Key={"pk": f"WEBHOOK#{tenant}", "sk": "CONFIG"}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in answer
 
     # Amazon Connect access ------------------------------------------------------------------
 

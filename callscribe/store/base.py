@@ -1,5 +1,5 @@
 """The ``Store`` port: API keys, calls and their ownership, messages, delivery failures,
-tenants' Amazon Connect access.
+tenants' webhook configurations, tenants' Amazon Connect access.
 
 Every adapter (SQLite here, DynamoDB in the AWS deployment) passes the same contract tests
 (``tests/store_contract.py``). Methods are synchronous; async callers run them in a thread.
@@ -7,6 +7,9 @@ Times are UNIX seconds (float).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -75,6 +78,46 @@ class DeliveryFailure:
     at: float
 
 
+class WebhookAuth(StrEnum):
+    NONE = "none"
+    SECRET_TOKEN = "secret-token"  # a named secret in a header or a query parameter
+    OAUTH2 = "oauth2-client-credentials"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """A tenant's webhook target. Its credentials (token value, OAuth2 client secret, TLS
+    client key) and its signing secret live in the ``Secrets`` port, never here."""
+
+    tenant: str
+    url: str
+    auth: WebhookAuth = WebhookAuth.NONE
+    token_name: str | None = None  # secret-token: the header or query parameter's name
+    token_in: str = "header"  # or "query"
+    oauth_token_url: str | None = None
+    oauth_client_id: str | None = None
+    oauth_scope: str | None = None
+    oauth_client_auth: str = "basic"  # client_secret_basic; "post": client_secret_post
+    ca_bundle_pem: str | None = None  # trust exactly these CAs (TLS 1.2 or newer always)
+    client_cert_pem: str | None = None  # mutual TLS; the key is in Secrets
+    timeout_s: float = 5.0
+    retry_attempts: int = 0  # extra attempts after a failed POST; 0 = the contract's none
+    retry_backoff_s: float = 1.0  # doubled after each attempt
+    updated_at: float = 0.0
+
+
+def webhook_config_to_json(config: WebhookConfig) -> str:
+    return json.dumps(dataclasses.asdict(config))
+
+
+def webhook_config_from_json(text: str) -> WebhookConfig:
+    """Tolerates fields a newer version wrote and an older one does not know."""
+    fields = json.loads(text)
+    known = {f.name for f in dataclasses.fields(WebhookConfig)}
+    config = WebhookConfig(**{k: v for k, v in fields.items() if k in known})
+    return dataclasses.replace(config, auth=WebhookAuth(config.auth))
+
+
 @dataclass(frozen=True)
 class ConnectAccess:
     """How CallScribe reads a tenant's Amazon Connect media (Kinesis Video Streams).
@@ -126,12 +169,37 @@ class Store(Protocol):
     def list_messages(self, key: CallKey, limit: int, now: float) -> list[StoredMessage]: ...
     def last_message_seq(self, key: CallKey) -> int | None: ...
     def set_message_expiry(self, key: CallKey, expires_at: float) -> int: ...
+    def list_messages_between(
+        self,
+        tenant: str,
+        start: float,
+        end: float,
+        *,
+        now: float,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[StoredMessage]:
+        """A tenant's unexpired messages created in [start, end), all calls, ordered by
+        (created_at, message_id); a page of at most ``limit``, beginning after the
+        (created_at, message_id) of the previous page's last message (the feed export)."""
+        ...
 
     # delivery failures
     def put_delivery_failure(self, failure: DeliveryFailure) -> None: ...
     def list_delivery_failures(
-        self, tenant: str, conversation_id: str | None = None, limit: int = 1000
-    ) -> list[DeliveryFailure]: ...
+        self,
+        tenant: str,
+        conversation_id: str | None = None,
+        limit: int = 1000,
+        since: float | None = None,
+    ) -> list[DeliveryFailure]:
+        """Oldest first; ``since``: only failures at or after this time."""
+        ...
+
+    # webhook configurations (one per tenant)
+    def put_webhook_config(self, config: WebhookConfig) -> None: ...
+    def get_webhook_config(self, tenant: str) -> WebhookConfig | None: ...
+    def delete_webhook_config(self, tenant: str) -> bool: ...
 
     # Amazon Connect access (one per tenant)
     def put_connect_access(self, access: ConnectAccess) -> None: ...

@@ -17,6 +17,9 @@ from callscribe.store.base import (
     ConnectAccess,
     DeliveryFailure,
     StoredMessage,
+    WebhookConfig,
+    webhook_config_from_json,
+    webhook_config_to_json,
 )
 
 SCHEMA = """
@@ -60,6 +63,7 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (tenant, namespace, guid, seq)
 );
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
+CREATE INDEX IF NOT EXISTS messages_by_tenant_time ON messages (tenant, created_at, message_id);
 CREATE TABLE IF NOT EXISTS delivery_failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,
@@ -70,6 +74,10 @@ CREATE TABLE IF NOT EXISTS delivery_failures (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS failures_by_tenant ON delivery_failures (tenant, conversation_id);
+CREATE TABLE IF NOT EXISTS webhook_configs (
+    tenant TEXT PRIMARY KEY,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS connect_access (
     tenant TEXT PRIMARY KEY,
     role_arn TEXT,
@@ -265,17 +273,40 @@ class SqliteStore:
             "AND expires_at > ? ORDER BY seq LIMIT ?",
             (key.tenant, key.namespace, key.guid, now, limit),
         )
-        return [
-            StoredMessage(
-                key=key,
-                seq=row["seq"],
-                message_id=row["message_id"],
-                body=json.loads(row["body"]),
-                created_at=row["created_at"],
-                expires_at=row["expires_at"],
-            )
-            for row in rows
-        ]
+        return [self._message(row) for row in rows]
+
+    @staticmethod
+    def _message(row: sqlite3.Row) -> StoredMessage:
+        return StoredMessage(
+            key=CallKey(row["tenant"], row["namespace"], row["guid"]),
+            seq=row["seq"],
+            message_id=row["message_id"],
+            body=json.loads(row["body"]),
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+        )
+
+    def list_messages_between(
+        self,
+        tenant: str,
+        start: float,
+        end: float,
+        *,
+        now: float,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[StoredMessage]:
+        query = (
+            "SELECT * FROM messages WHERE tenant = ? AND created_at >= ? AND created_at < ? "
+            "AND expires_at > ?"
+        )
+        args: list[Any] = [tenant, start, end, now]
+        if after is not None:
+            query += " AND (created_at > ? OR (created_at = ? AND message_id > ?))"
+            args += [after[0], after[0], after[1]]
+        query += " ORDER BY created_at, message_id LIMIT ?"
+        rows = self._db().execute(query, (*args, limit))
+        return [self._message(row) for row in rows]
 
     def last_message_seq(self, key: CallKey) -> int | None:
         row = (
@@ -313,13 +344,20 @@ class SqliteStore:
             )
 
     def list_delivery_failures(
-        self, tenant: str, conversation_id: str | None = None, limit: int = 1000
+        self,
+        tenant: str,
+        conversation_id: str | None = None,
+        limit: int = 1000,
+        since: float | None = None,
     ) -> list[DeliveryFailure]:
         query = "SELECT * FROM delivery_failures WHERE tenant = ?"
         args: list[Any] = [tenant]
         if conversation_id is not None:
             query += " AND conversation_id = ?"
             args.append(conversation_id)
+        if since is not None:
+            query += " AND at >= ?"
+            args.append(since)
         rows = self._db().execute(query + " ORDER BY id LIMIT ?", (*args, limit))
         return [
             DeliveryFailure(
@@ -332,6 +370,28 @@ class SqliteStore:
             )
             for row in rows
         ]
+
+    # webhook configurations
+    def put_webhook_config(self, config: WebhookConfig) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO webhook_configs VALUES (?, ?)",
+                (config.tenant, webhook_config_to_json(config)),
+            )
+
+    def get_webhook_config(self, tenant: str) -> WebhookConfig | None:
+        row = (
+            self._db()
+            .execute("SELECT config FROM webhook_configs WHERE tenant = ?", (tenant,))
+            .fetchone()
+        )
+        return webhook_config_from_json(row["config"]) if row else None
+
+    def delete_webhook_config(self, tenant: str) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute("DELETE FROM webhook_configs WHERE tenant = ?", (tenant,)).rowcount == 1
+            )
 
     # Amazon Connect access
     def put_connect_access(self, access: ConnectAccess) -> None:
