@@ -169,6 +169,7 @@ async def test_call_through_the_cloud_shaped_deployment(
         "CALLSCRIBE_EVENT_BUS_NAME": resources.event_bus_name,
         "CALLSCRIBE_TOKEN_SECRET_ARN": resources.token_secret_arn,
         "CALLSCRIBE_CONTROL_SECRET_ARN": resources.control_secret_arn,
+        "CALLSCRIBE_BLOB_S3_BUCKET": resources.bucket_name,
         "CALLSCRIBE_PUBLIC_GATEWAY_URL": f"ws://127.0.0.1:{gateway_port}",
         "CALLSCRIBE_WEBHOOK_URL": receiver.url,
     }
