@@ -119,6 +119,13 @@ class CallScribeStack(Stack):
             description="Webhook credentials {name, value, in}: set them after deploying",
         )
         CfnOutput(self, "EventBusName", value=self.events.bus.event_bus_name)
+        if self.exports is not None:
+            CfnOutput(
+                self,
+                "ExporterFunctionName",
+                value=self.exports.function.function_name,
+                description='The daily export; invoke with {"date": "YYYY-MM-DD"} to re-run a day',
+            )
         CfnOutput(
             self,
             "DeliveryDeadLetterQueueUrl",
