@@ -214,7 +214,9 @@ class EventsConstruct(Construct):
             f":secret:{config.secrets_prefix}webhook/*"
         )
         self.webhook_function.add_to_role_policy(
-            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[tenant_secrets])
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue"], resources=[tenant_secrets]
+            )
         )
         acknowledge(
             self.webhook_function.role,

@@ -289,8 +289,9 @@ async def test_call_through_the_cloud_shaped_deployment(
             "Contents", []
         )
     ]
+    wav_name = recording["url"].split("?")[0].rsplit("/", 1)[-1]
     assert [k for k in s3_keys if k.startswith("recordings/")] == [
-        f"recordings/acme/twilio/{played.call_sid}/{recording['url'].split('?')[0].rsplit('/', 1)[-1]}"
+        f"recordings/acme/twilio/{played.call_sid}/{wav_name}"
     ]
     assert list(spool.iterdir()) == []
     health = gateway_log.read_text()

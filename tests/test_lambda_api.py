@@ -251,7 +251,9 @@ def test_webhook_failures(shape: Any, credentials: dict[str, str], aws: AwsResou
     store = DynamoStore(aws.table_name, boto3.resource("dynamodb"))
     now = time.time()
     store.put_delivery_failure(DeliveryFailure("acme", "CAone", "m1", "http 503", 503, now - 5))
-    store.put_delivery_failure(DeliveryFailure("acme", "CAtwo", "m2", "timeout after 5 s", None, now))
+    store.put_delivery_failure(
+        DeliveryFailure("acme", "CAtwo", "m2", "timeout after 5 s", None, now)
+    )
     store.put_delivery_failure(DeliveryFailure("globex", "CAx", "m3", "http 500", 500, now))
     status, body = invoke(shape("GET", "/callscribe/v1/webhook-failures", credentials))
     assert status == 200, body
