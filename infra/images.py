@@ -23,6 +23,7 @@ ASR_WORKER_DOCKERFILE = "containers/asr_worker/Dockerfile"
 # Handlers (module path as Lambda's Python runtime interface client reads it: "dir/module.func").
 API_HANDLER = "functions/api.handler"
 WEBHOOK_HANDLER = "functions/webhook.handler"
+EXPORTER_HANDLER = "functions/exporter.handler"
 
 # The images are built for x86_64: the Lambda functions and Fargate tasks say so explicitly, and
 # the GPU instances are x86_64.
