@@ -69,6 +69,22 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", help="the deployment's DynamoDB table (with --store dynamodb)")
 
 
+def _secrets_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secrets-prefix",
+        help="a deployment's Secrets Manager name prefix (callscribe/<stage>/); default: the "
+        "data dir's secrets file",
+    )
+
+
+def _bucket_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bucket",
+        help="a deployment's recordings/exports S3 bucket (the stack's ExportsBucketName); "
+        "default: the data dir's blobs/",
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from callscribe.server import exit_cleanly_on_sigterm, serve
 
@@ -135,9 +151,27 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _secrets(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    prefix = getattr(args, "secrets_prefix", None)
+    if prefix:
+        from callscribe.aws.secrets_manager import SecretsManagerSecrets
+
+        return SecretsManagerSecrets({}, name_prefix=prefix.rstrip("/") + "/")
     from callscribe.secrets import FileSecrets
 
     return FileSecrets(_settings(args).secrets_path)
+
+
+def _blobs(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
+    """The deployment's bucket with --bucket; otherwise local mode's blob store."""
+    if getattr(args, "bucket", None):
+        from callscribe.blobs.s3 import S3BlobStore
+
+        return S3BlobStore(args.bucket, settings.blob_s3_prefix)
+    if getattr(args, "store", "sqlite") == "dynamodb":
+        raise SystemExit("--store dynamodb needs --bucket (the deployment's exports bucket)")
+    from callscribe.server import open_blob_store
+
+    return open_blob_store(settings, _secrets(args))
 
 
 def _value(argument: str | None) -> str | None:
@@ -244,13 +278,10 @@ def cmd_export_run(args: argparse.Namespace) -> int:
     from datetime import date
 
     from callscribe.export import UtteranceExporter, day_due
-    from callscribe.server import open_blob_store
 
     settings = _settings(args)
     day = date.fromisoformat(args.date) if args.date else day_due(time.time(), 0)
-    exporter = UtteranceExporter(
-        _store(args), open_blob_store(settings, _secrets(args)), settings.spool_dir
-    )
+    exporter = UtteranceExporter(_store(args), _blobs(args, settings), settings.spool_dir)
     summary = exporter.export_day(day, args.tenant or None)
     print(json.dumps(summary.as_dict()))
     return 0
@@ -260,7 +291,7 @@ def cmd_export_list(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
-    from callscribe.server import DAY_S, open_blob_store
+    from callscribe.server import DAY_S
 
     settings = _settings(args)
     if args.feed not in FEEDS:
@@ -272,7 +303,7 @@ def cmd_export_list(args: argparse.Namespace) -> int:
         print("error: end must be after start, at most 31 days later", file=sys.stderr)
         return 2
     found = feed_files(
-        open_blob_store(settings, _secrets(args)),
+        _blobs(args, settings),
         args.feed,
         args.tenant,
         start,
@@ -520,7 +551,8 @@ def _webhook_commands(commands: Any) -> None:
         help="extra attempts after a failed POST (default 0: record and drop, as the contract)",
     )
     setting.add_argument("--retry-backoff-s", type=float, default=1.0, help="doubled each time")
-    _data_dir_arg(setting)
+    _store_args(setting)
+    _secrets_args(setting)
     setting.set_defaults(func=cmd_webhook_set)
 
     for name, func, help_text in (
@@ -529,7 +561,8 @@ def _webhook_commands(commands: Any) -> None:
     ):
         sub = webhook.add_parser(name, help=help_text)
         sub.add_argument("--tenant", required=True)
-        _data_dir_arg(sub)
+        _store_args(sub)
+        _secrets_args(sub)
         sub.set_defaults(func=func)
 
     signing = webhook.add_parser(
@@ -538,6 +571,7 @@ def _webhook_commands(commands: Any) -> None:
     signing.add_argument("--tenant", required=True)
     signing.add_argument("--rotate", action="store_true", help="replace it with a new one")
     _data_dir_arg(signing)
+    _secrets_args(signing)
     signing.set_defaults(func=cmd_webhook_signing_secret)
 
     failures = webhook.add_parser("failures", help="deliveries given up, oldest first (JSON lines)")
@@ -545,7 +579,7 @@ def _webhook_commands(commands: Any) -> None:
     failures.add_argument("--conversation", help="one call's guid")
     failures.add_argument("--since", help="ISO 8601 time (UTC if no offset)")
     failures.add_argument("--limit", type=int, default=1000)
-    _data_dir_arg(failures)
+    _store_args(failures)
     failures.set_defaults(func=cmd_webhook_failures)
 
 
@@ -556,7 +590,8 @@ def _export_commands(commands: Any) -> None:
     run = export.add_parser("run", help="write a day's feed files (serve does it daily, 02:00 UTC)")
     run.add_argument("--date", help="YYYY-MM-DD (UTC); default: yesterday")
     run.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
-    _data_dir_arg(run)
+    _store_args(run)
+    _bucket_args(run)
     run.set_defaults(func=cmd_export_run)
 
     listing = export.add_parser(
@@ -569,6 +604,7 @@ def _export_commands(commands: Any) -> None:
     listing.add_argument("--public-url", help="the server's base URL, for local links")
     listing.add_argument("--link-ttl-s", type=int, help="link life (default 3600)")
     _data_dir_arg(listing)
+    _bucket_args(listing)
     listing.set_defaults(func=cmd_export_list)
 
 

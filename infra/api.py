@@ -18,15 +18,22 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.data import DataConstruct
+from infra.data import EXPORTS_PREFIX, RECORDINGS_PREFIX, DataConstruct
 from infra.functions import callscribe_function
 from infra.images import API_HANDLER
 from infra.logs import log_group
-from infra.nag import acknowledge, acknowledge_table_index_grant
+from infra.nag import acknowledge, acknowledge_bucket_grant, acknowledge_table_index_grant
 from infra.network import NetworkConstruct
 
-# The reference API's two path families; nothing else (not /docs, not /healthz) is public.
-ROUTE_PREFIXES = ("/mg-autotranscribe/v1", "/conversation/v1")
+# The reference API's two path families and CallScribe's own; nothing else (not /docs, not
+# /healthz) is public.
+ROUTE_PREFIXES = (
+    "/mg-autotranscribe/v1",
+    "/conversation/v1",
+    # Issue 6's outputs: feed-file links and delivery failures.
+    "/fileexporter/v1",
+    "/callscribe/v1",
+)
 
 
 @jsii.implements(apigwv2.IAccessLogSettings)
@@ -93,12 +100,21 @@ class ApiConstruct(Construct):
                 "CALLSCRIBE_CONTROL_SECRET_ARN": data.control_secret.secret_arn,
                 "CALLSCRIBE_PUBLIC_GATEWAY_URL": config.public_gateway_url,
                 "CALLSCRIBE_MESSAGE_RETENTION_DAYS": str(config.retention_days),
+                "CALLSCRIBE_BLOB_S3_BUCKET": data.exports_bucket.bucket_name,
+                "CALLSCRIBE_RECORDING_RETENTION_DAYS": str(config.recordings_expire_after_days),
+                "CALLSCRIBE_EXPORT_RETENTION_DAYS": str(config.exports_expire_after_days),
             },
         )
         data.table.grant_read_write_data(self.function)
         acknowledge_table_index_grant(self.function.role, data.table)
         data.token_secret.grant_read(self.function)
         data.control_secret.grant_read(self.function)
+        # Lists recordings and feed files and pre-signs GETs of them: a pre-signed URL works
+        # only while its signer may read the object.
+        read_patterns = [f"{RECORDINGS_PREFIX}*", f"{EXPORTS_PREFIX}*"]
+        for pattern in read_patterns:
+            data.exports_bucket.grant_read(self.function, pattern)
+        acknowledge_bucket_grant(self.function.role, data.exports_bucket, read_patterns)
 
         self.domain_name: apigwv2.DomainName | None = None
         if config.api_domain_name is not None:

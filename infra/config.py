@@ -88,6 +88,9 @@ class DeploymentConfig(BaseModel):
     # in private subnets behind the NAT gateways, so that the customer can allowlist the NAT
     # gateways' Elastic IPs on the webhook receiver.
     webhook_via_nat: bool = False
+    # A transcript event that waited longer than this in the delivery queue (a slow or failing
+    # target backed it up) is recorded as dropped instead of sent: oldest first, as locally.
+    webhook_max_queue_age_s: int = Field(120, ge=1, le=86_400)
 
     # The API (HTTP API stage throttling: steady requests per second and burst).
     api_throttle_rate_limit: int = Field(100, ge=1, le=10_000)
@@ -126,7 +129,10 @@ class DeploymentConfig(BaseModel):
     connect_account_ids: tuple[str, ...] = ()
 
     # Retention: exported objects and recordings in S3, transcripts in DynamoDB (TTL), logs.
+    # Recordings and feed files default to the transcripts' retention.
     retention_days: int = Field(7, ge=1, le=3650)
+    recording_retention_days: int | None = Field(None, ge=1, le=3650)
+    export_retention_days: int | None = Field(None, ge=1, le=3650)
     log_retention_days: int = 30
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -267,6 +273,20 @@ class DeploymentConfig(BaseModel):
     @property
     def event_bus_name(self) -> str:
         return f"callscribe-{self.stage}"
+
+    @property
+    def recordings_expire_after_days(self) -> int:
+        return self.recording_retention_days or self.retention_days
+
+    @property
+    def exports_expire_after_days(self) -> int:
+        return self.export_retention_days or self.retention_days
+
+    @property
+    def secrets_prefix(self) -> str:
+        """Where `callscribe webhook set --secrets-prefix` puts tenants' webhook credentials
+        (`<prefix>webhook/<tenant>/<credential>`) and the webhook Lambda reads them."""
+        return f"callscribe/{self.stage}/"
 
 
 def _is_callscribe_key(key: str) -> bool:

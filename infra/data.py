@@ -15,6 +15,9 @@ from infra.nag import acknowledge
 
 # The header the webhook secret names until the operator sets their own (see README).
 DEFAULT_WEBHOOK_SECRET_HEADER = "X-CallScribe-Webhook-Token"
+# The bucket's key layout (callscribe.recording.PREFIX, callscribe.export.PREFIX).
+RECORDINGS_PREFIX = "recordings/"
+EXPORTS_PREFIX = "exports/"
 
 
 class DataConstruct(Construct):
@@ -68,7 +71,8 @@ class DataConstruct(Construct):
             "loop, and its writers (S3 log delivery, ELB) are AWS services.",
         )
 
-        # Daily exports and recordings; objects expire after the retention period.
+        # Daily exports (exports/) and call recordings (recordings/); each expires after its
+        # retention, which the API also applies when it lists them.
         self.exports_bucket = s3.Bucket(
             self,
             "ExportsBucket",
@@ -80,10 +84,21 @@ class DataConstruct(Construct):
             server_access_logs_prefix="s3/exports/",
             lifecycle_rules=[
                 s3.LifecycleRule(
-                    id="expire-after-retention",
-                    expiration=Duration.days(config.retention_days),
+                    id="expire-recordings",
+                    prefix=RECORDINGS_PREFIX,
+                    expiration=Duration.days(config.recordings_expire_after_days),
+                ),
+                s3.LifecycleRule(
+                    id="expire-exports",
+                    prefix=EXPORTS_PREFIX,
+                    expiration=Duration.days(config.exports_expire_after_days),
+                ),
+                # Recordings of hours-long calls are multipart uploads; a task stopped mid-upload
+                # would leave billed parts behind.
+                s3.LifecycleRule(
+                    id="abort-incomplete-uploads",
                     abort_incomplete_multipart_upload_after=Duration.days(1),
-                )
+                ),
             ],
             removal_policy=RemovalPolicy.RETAIN,
         )

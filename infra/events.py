@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -197,11 +197,37 @@ class EventsConstruct(Construct):
                 "CALLSCRIBE_WEBHOOK_SECRET_ARN": data.webhook_secret.secret_arn,
                 "CALLSCRIBE_WEBHOOK_TIMEOUT_S": f"{config.webhook_timeout_s:g}",
                 "CALLSCRIBE_MESSAGE_RETENTION_DAYS": str(config.retention_days),
+                "CALLSCRIBE_SECRETS_PREFIX": config.secrets_prefix,
+                "CALLSCRIBE_WEBHOOK_MAX_QUEUE_AGE_S": str(config.webhook_max_queue_age_s),
             },
         )
         data.table.grant_write_data(self.webhook_function)
         acknowledge_table_index_grant(self.webhook_function.role, data.table)
         data.webhook_secret.grant_read(self.webhook_function)
+        # Tenants' own webhook credentials (`callscribe webhook set --secrets-prefix`), named
+        # <prefix>webhook/<tenant>/<credential>: created after deployment, so only a name
+        # pattern can cover them (Secrets Manager appends a random suffix to every ARN, too).
+        # Pseudo parameters rather than the stack's env: the same policy text (and cdk-nag
+        # finding) whether or not the account is known at synthesis.
+        tenant_secrets = (
+            f"arn:{Aws.PARTITION}:secretsmanager:{Aws.REGION}:{Aws.ACCOUNT_ID}"
+            f":secret:{config.secrets_prefix}webhook/*"
+        )
+        self.webhook_function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["secretsmanager:GetSecretValue"], resources=[tenant_secrets]
+            )
+        )
+        acknowledge(
+            self.webhook_function.role,
+            "AwsSolutions-IAM5",
+            "Tenants' webhook credentials are secrets the operator creates after deployment "
+            "under this stage's webhook/ name prefix; read-only, and nothing outside it.",
+            findings=[
+                "Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>"
+                f":secret:{config.secrets_prefix}webhook/*"
+            ],
+        )
         self.webhook_function.add_event_source(
             event_sources.SqsEventSource(
                 self.delivery_queue,

@@ -1,7 +1,7 @@
 """The daily export's trigger: EventBridge Scheduler at 02:00 UTC invoking the exporter.
 
-The exporter function itself belongs to the exports work; the stack takes it as an optional
-argument and, when it is given, this construct wires the schedule to it.
+The stack builds its exporter (infra/exports.py) and hands it to `add_daily_export`, which
+wires this schedule to it.
 """
 
 from __future__ import annotations

@@ -17,10 +17,15 @@ from aws_cdk import aws_events as events
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.data import DataConstruct
+from infra.data import RECORDINGS_PREFIX, DataConstruct
 from infra.images import twilio_gateway_image
 from infra.logs import log_group
-from infra.nag import acknowledge, acknowledge_ecr_authorization, acknowledge_table_index_grant
+from infra.nag import (
+    acknowledge,
+    acknowledge_bucket_grant,
+    acknowledge_ecr_authorization,
+    acknowledge_table_index_grant,
+)
 from infra.network import NetworkConstruct
 
 GATEWAY_PORT = 8080
@@ -79,6 +84,7 @@ class GatewayConstruct(Construct):
                 "CALLSCRIBE_PORT": str(GATEWAY_PORT),
                 "CALLSCRIBE_CONTROL_PORT": str(CONTROL_PORT),
                 "CALLSCRIBE_MESSAGE_RETENTION_DAYS": str(config.retention_days),
+                "CALLSCRIBE_BLOB_S3_BUCKET": data.exports_bucket.bucket_name,
                 "LOG_LEVEL": config.log_level,
             },
             health_check=ecs.HealthCheck(
@@ -100,6 +106,12 @@ class GatewayConstruct(Construct):
         bus.grant_put_events_to(task_definition.task_role)
         data.token_secret.grant_read(task_definition.task_role)
         data.control_secret.grant_read(task_definition.task_role)
+        # Uploads each recording under recordings/ when its call ends, then HEADs it for the
+        # size (HEAD needs s3:GetObject).
+        recordings = f"{RECORDINGS_PREFIX}*"
+        data.exports_bucket.grant_put(task_definition.task_role, recordings)
+        data.exports_bucket.grant_read(task_definition.task_role, recordings)
+        acknowledge_bucket_grant(task_definition.task_role, data.exports_bucket, [recordings])
 
         acknowledge_ecr_authorization(task_definition)
 

@@ -24,6 +24,7 @@ KVS_READER_DOCKERFILE = "containers/kvs_reader/Dockerfile"
 # Handlers (module path as Lambda's Python runtime interface client reads it: "dir/module.func").
 API_HANDLER = "functions/api.handler"
 WEBHOOK_HANDLER = "functions/webhook.handler"
+EXPORTER_HANDLER = "functions/exporter.handler"
 
 # The images are built for x86_64: the Lambda functions and Fargate tasks say so explicitly, and
 # the GPU instances are x86_64.

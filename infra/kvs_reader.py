@@ -24,10 +24,15 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.data import DataConstruct
+from infra.data import RECORDINGS_PREFIX, DataConstruct
 from infra.images import kvs_reader_image
 from infra.logs import log_group
-from infra.nag import acknowledge, acknowledge_ecr_authorization, acknowledge_table_index_grant
+from infra.nag import (
+    acknowledge,
+    acknowledge_bucket_grant,
+    acknowledge_ecr_authorization,
+    acknowledge_table_index_grant,
+)
 from infra.network import NetworkConstruct
 
 HEALTH_PORT = 8080
@@ -98,6 +103,7 @@ class KvsReaderConstruct(Construct):
                 "CALLSCRIBE_PORT": str(HEALTH_PORT),
                 "CALLSCRIBE_CONTROL_PORT": str(CONTROL_PORT),
                 "CALLSCRIBE_MESSAGE_RETENTION_DAYS": str(config.retention_days),
+                "CALLSCRIBE_BLOB_S3_BUCKET": data.exports_bucket.bucket_name,
                 "CALLSCRIBE_CONNECT_ROLE_SESSION_NAME": f"callscribe-{config.stage}",
                 "LOG_LEVEL": config.log_level,
             },
@@ -119,6 +125,12 @@ class KvsReaderConstruct(Construct):
         bus.grant_put_events_to(self.task_role)
         data.token_secret.grant_read(self.task_role)
         data.control_secret.grant_read(self.task_role)
+        # Calls started with audioRecordingAllowed leave a WAV under recordings/ when they end
+        # (uploaded, then HEADed for its size: s3:GetObject).
+        recordings = f"{RECORDINGS_PREFIX}*"
+        data.exports_bucket.grant_put(self.task_role, recordings)
+        data.exports_bucket.grant_read(self.task_role, recordings)
+        acknowledge_bucket_grant(self.task_role, data.exports_bucket, [recordings])
         partition = Stack.of(self).partition
         accounts = config.connect_account_ids or ("*",)
         self.task_role.add_to_policy(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from aws_cdk import Acknowledgment, Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_s3 as s3
 from constructs import IConstruct
 
 
@@ -37,4 +38,23 @@ def acknowledge_ecr_authorization(task_definition: IConstruct) -> None:
         "The execution role's ecr:GetAuthorizationToken (CDK-generated) has no resource-level "
         "permissions; image pulls themselves are scoped to this image's repository.",
         findings=["Resource::*"],
+    )
+
+
+# The wildcard actions CDK's S3 grants (grant_read, grant_put) expand to.
+_S3_GRANT_ACTIONS = ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:Abort*")
+
+
+def acknowledge_bucket_grant(
+    scope: IConstruct, bucket: s3.IBucket, key_patterns: Sequence[str]
+) -> None:
+    """CDK's S3 grants name action families (`s3:GetObject*`…) and objects by key pattern."""
+    logical_id = Stack.of(bucket).get_logical_id(bucket.node.default_child)
+    acknowledge(
+        scope,
+        "AwsSolutions-IAM5",
+        "CDK's S3 grant: object reads/writes limited to this bucket's "
+        f"{', '.join(key_patterns)} keys, through CDK's action families for them.",
+        findings=[f"Action::{action}" for action in _S3_GRANT_ACTIONS]
+        + [f"Resource::<{logical_id}.Arn>/{pattern}" for pattern in key_patterns],
     )

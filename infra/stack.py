@@ -16,6 +16,7 @@ from infra.config import DeploymentConfig
 from infra.data import DataConstruct
 from infra.events import EventsConstruct
 from infra.export_schedule import DailyExportSchedule
+from infra.exports import ExportsConstruct
 from infra.gateway import GatewayConstruct
 from infra.kvs_reader import KvsReaderConstruct
 from infra.network import NetworkConstruct
@@ -28,8 +29,11 @@ class CallScribeStack(Stack):
         id: str,
         *,
         config: DeploymentConfig,
+        daily_export: bool = True,
         **kwargs: object,
     ) -> None:
+        """``daily_export``: build the exporter Lambda and schedule it (02:00 UTC); False
+        leaves ``add_daily_export`` to the caller (another exporter, or none)."""
         super().__init__(
             scope, id, description=f"CallScribe real-time transcription ({config.stage})", **kwargs
         )
@@ -94,9 +98,12 @@ class CallScribeStack(Stack):
         # start-streaming for namespace amazonconnect opens the call on a reader task.
         self.api.function.add_environment("CALLSCRIBE_KVS_READER_URL", self.kvs_reader.control_url)
 
-        # Set by add_daily_export: the exporter is built by the exports work, from this
-        # stack's table and bucket, and handed back here to be scheduled.
+        # Set by add_daily_export, which schedules the exporter built here by default.
         self.export_schedule: DailyExportSchedule | None = None
+        self.exports: ExportsConstruct | None = None
+        if daily_export:
+            self.exports = ExportsConstruct(self, "Exports", config=config, data=self.data)
+            self.add_daily_export(self.exports.function)
 
         self._dns_records(config)
         CfnOutput(self, "ApiUrl", value=self.api.url, description="Base URL of the CallScribe API")
@@ -134,6 +141,13 @@ class CallScribeStack(Stack):
             description="Webhook credentials {name, value, in}: set them after deploying",
         )
         CfnOutput(self, "EventBusName", value=self.events.bus.event_bus_name)
+        if self.exports is not None:
+            CfnOutput(
+                self,
+                "ExporterFunctionName",
+                value=self.exports.function.function_name,
+                description='The daily export; invoke with {"date": "YYYY-MM-DD"} to re-run a day',
+            )
         CfnOutput(
             self,
             "DeliveryDeadLetterQueueUrl",

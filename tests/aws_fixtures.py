@@ -29,10 +29,12 @@ class AwsResources:
     ingress_url: str
     queue_url: str
     dlq_url: str
+    bucket_name: str
 
 
 def create_resources(endpoint_url: str | None = None, stage: str = "test") -> AwsResources:
-    """Table, secrets, bus → rule → SQS FIFO queue (+ DLQ), as infra/ declares them."""
+    """Table, secrets, recordings/exports bucket, bus → rule → SQS FIFO queue (+ DLQ), as
+    infra/ declares them."""
     kwargs = {"region_name": REGION, **({"endpoint_url": endpoint_url} if endpoint_url else {})}
     table_name = f"callscribe-{stage}"
     create_table(boto3.client("dynamodb", **kwargs), table_name)
@@ -44,6 +46,8 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
     control_arn = sm.create_secret(
         Name=f"callscribe/{stage}/control", SecretString=control_secret
     )["ARN"]
+    bucket_name = f"callscribe-{stage}-exports"
+    boto3.client("s3", **kwargs).create_bucket(Bucket=bucket_name)
     sqs = boto3.client("sqs", **kwargs)
 
     def fifo(name: str, **attributes: str) -> tuple[str, str]:
@@ -85,7 +89,7 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
     )
     return AwsResources(
         table_name, token_arn, control_arn, control_secret, bus_name, ingress_url, queue_url,
-        dlq_url,
+        dlq_url, bucket_name,
     )
 
 

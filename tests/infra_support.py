@@ -43,6 +43,8 @@ VARIANT = {
     "gpuInstanceType": "g6.xlarge",
     "asrModel": "distil-large-v3",
     "retentionDays": 30,
+    "recordingRetentionDays": 3,
+    "webhookMaxQueueAgeS": 300,
     "logRetentionDays": 90,
 }
 
@@ -91,6 +93,7 @@ def synth(ctx: dict[str, Any], *, with_exporter: bool = False) -> CallScribeStac
         app,
         f"CallScribe-{config.stage}",
         config=config,
+        daily_export=not with_exporter,
         env=cdk.Environment(account=ACCOUNT, region=REGION),
     )
     if with_exporter:

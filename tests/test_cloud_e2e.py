@@ -169,6 +169,7 @@ async def test_call_through_the_cloud_shaped_deployment(
         "CALLSCRIBE_EVENT_BUS_NAME": resources.event_bus_name,
         "CALLSCRIBE_TOKEN_SECRET_ARN": resources.token_secret_arn,
         "CALLSCRIBE_CONTROL_SECRET_ARN": resources.control_secret_arn,
+        "CALLSCRIBE_BLOB_S3_BUCKET": resources.bucket_name,
         "CALLSCRIBE_PUBLIC_GATEWAY_URL": f"ws://127.0.0.1:{gateway_port}",
         "CALLSCRIBE_WEBHOOK_URL": receiver.url,
     }
@@ -186,6 +187,9 @@ async def test_call_through_the_cloud_shaped_deployment(
     issued = json.loads(created.stdout)
 
     asr_log, gateway_log = tmp_path / "asr.log", tmp_path / "gateway.log"
+    spool_parent = tmp_path / "task-tmp"
+    spool = spool_parent / "callscribe-spool"
+    spool_parent.mkdir()
     with process(
         [sys.executable, "-m", "callscribe", "asr-worker", "--host", "127.0.0.1",
          "--port", str(asr_port)], env, asr_log,
@@ -198,6 +202,8 @@ async def test_call_through_the_cloud_shaped_deployment(
             "CALLSCRIBE_CONTROL_PORT": str(control_port),
             "CALLSCRIBE_CONTROL_URL": f"http://127.0.0.1:{control_port}",
             "CALLSCRIBE_ASR_URL": f"http://127.0.0.1:{asr_port}",
+            # The task's temporary directory: where recordings are spooled before upload.
+            "TMPDIR": str(spool_parent),
         },
         gateway_log,
     ) as gateway:
@@ -221,6 +227,7 @@ async def test_call_through_the_cloud_shaped_deployment(
             played = await play_call(
                 await api.stream_url(), first_window, api,
                 played=PlayedCall("CAcloud0000000000000000000000001", speed=4),
+                autotranscribe_params={"audioRecordingAllowed": True},
             )
             assert [r.status_code for _, r in played.control_responses] == [200, 200], [
                 r.text for _, r in played.control_responses
@@ -243,11 +250,49 @@ async def test_call_through_the_cloud_shaped_deployment(
                 await asyncio.sleep(0.25)
             stop_delivery.set()
             await delivery
+
+            # The gateway task left the call's WAV in S3; the API links to it (pre-signed).
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                recordings = (await api.recording(played.call_sid)).json()["recordings"]
+                if recordings:
+                    break
+                await asyncio.sleep(0.5)
+            (recording,) = recordings
+            async with httpx.AsyncClient(timeout=60) as http:
+                wav = await http.get(recording["url"])
+            assert wav.status_code == 200 and wav.content[:4] == b"RIFF"
+            assert len(wav.content) == recording["bytes"] > 44
+            assert recording["durationMs"] > 0
+
+            # A call that did not allow recording leaves no audio in S3, nor in the spool.
+            unrecorded = await play_call(
+                await api.stream_url(), first_window, api,
+                played=PlayedCall("CAcloud0000000000000000000000002", speed=4),
+                autotranscribe_params={"audioRecordingAllowed": False},
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if (await api.messages(unrecorded.call_sid)).json().get("complete"):
+                    break
+                await asyncio.sleep(0.5)
+            assert (await api.recording(unrecorded.call_sid)).json()["recordings"] == []
             await api.close()
 
     bodies = [m.body for m in receiver.messages]
     assert bodies == after["messages"]
     text = " ".join(u["text"] for b in bodies for u in b["autotranscribeResponse"]["utterance"])
     assert "package" in text.lower()
+    s3_keys = [
+        o["Key"]
+        for o in boto3.client("s3").list_objects_v2(Bucket=resources.bucket_name).get(
+            "Contents", []
+        )
+    ]
+    wav_name = recording["url"].split("?")[0].rsplit("/", 1)[-1]
+    assert [k for k in s3_keys if k.startswith("recordings/")] == [
+        f"recordings/acme/twilio/{played.call_sid}/{wav_name}"
+    ]
+    assert list(spool.iterdir()) == []
     health = gateway_log.read_text()
     assert "Traceback" not in health, health[-3000:]

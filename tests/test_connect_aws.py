@@ -110,6 +110,7 @@ async def deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> AsyncIte
         )
         settings = Settings(
             data_dir=tmp_path,
+            blob_s3_bucket=resources.bucket_name,
             connect=ConnectSettings(read_timeout_s=2, retry_backoff_s=0.05, stopped_call_timeout_s=30),
         )
         runtime, control_secret = build_runtime(aws, settings, asr=SilentAsr())
@@ -128,6 +129,7 @@ async def deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> AsyncIte
             "CALLSCRIBE_TOKEN_SECRET_ARN": resources.token_secret_arn,
             "CALLSCRIBE_CONTROL_SECRET_ARN": resources.control_secret_arn,
             "CALLSCRIBE_KVS_READER_URL": control_url,
+            "CALLSCRIBE_BLOB_S3_BUCKET": resources.bucket_name,
         }.items():
             monkeypatch.setenv(name, value)
         api_lambda.asgi_handler.cache_clear()

@@ -121,6 +121,7 @@ def test_reader_task_environment_ports_and_health_check() -> None:
     assert environment["CALLSCRIBE_PORT"] == str(HEALTH_PORT)
     assert environment["CALLSCRIBE_CONTROL_PORT"] == str(CONTROL_PORT)
     assert environment["CALLSCRIBE_ASR_URL"] == stack.asr.url
+    assert environment["CALLSCRIBE_BLOB_S3_BUCKET"] == ref(stack.data.exports_bucket)
     assert "EVENT_BUS" in json.dumps(environment["CALLSCRIBE_EVENT_BUS_NAME"]) or environment[
         "CALLSCRIBE_EVENT_BUS_NAME"
     ]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from aws_cdk.assertions import Match
 
 from infra.events import EVENT_SOURCE, TRANSCRIPT_DETAIL_TYPE
-from infra.images import API_HANDLER, WEBHOOK_HANDLER
+from infra.images import API_HANDLER, EXPORTER_HANDLER, WEBHOOK_HANDLER
 from tests.infra_support import (
     CERTIFICATE_ARN,
     EXPORTER_ARN,
@@ -29,6 +30,29 @@ SECRET_READ = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
 
 def ref(construct) -> dict:
     return {"Ref": logical_id(construct)}
+
+
+def bucket_actions(statements: list[dict], bucket) -> dict[str, set[str]]:
+    """Actions granted on a bucket, by what follows its ARN ("" for the bucket itself,
+    "/recordings/*" for keys under recordings/)."""
+    bucket_id = logical_id(bucket)
+    granted: dict[str, set[str]] = {}
+    for statement in statements:
+        resources = statement["Resource"]
+        for resource in resources if isinstance(resources, list) else [resources]:
+            if resource == {"Fn::GetAtt": [bucket_id, "Arn"]}:
+                suffix = ""
+            elif "Fn::Join" in resource and resource["Fn::Join"][1][0] == {
+                "Fn::GetAtt": [bucket_id, "Arn"]
+            }:
+                suffix = "".join(resource["Fn::Join"][1][1:])
+            else:
+                continue
+            actions = statement["Action"]
+            granted.setdefault(suffix, set()).update(
+                actions if isinstance(actions, list) else [actions]
+            )
+    return granted
 
 
 def function_named(template, handler: str) -> dict:
@@ -184,6 +208,8 @@ def test_webhook_function_consumes_the_delivery_queue_outside_the_vpc():
         "CALLSCRIBE_WEBHOOK_SECRET_ARN": ref(stack.data.webhook_secret),
         "CALLSCRIBE_WEBHOOK_TIMEOUT_S": "5",
         "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
+        "CALLSCRIBE_SECRETS_PREFIX": "callscribe/prod/",
+        "CALLSCRIBE_WEBHOOK_MAX_QUEUE_AGE_S": "120",
         "POWERTOOLS_SERVICE_NAME": "callscribe-webhook",
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
         "LOG_LEVEL": "INFO",
@@ -208,13 +234,25 @@ def test_webhook_function_permissions_are_table_writes_and_its_secret():
     assert actions_on(statements, ref(stack.data.webhook_secret)) == SECRET_READ
     for secret in (stack.data.token_secret, stack.data.control_secret):
         assert not actions_on(statements, ref(secret))
+    # Tenants' credentials: read-only, by name under this stage's webhook/ prefix only.
+    tenant_secrets = [s for s in statements if "Fn::Join" in json.dumps(s["Resource"])
+                      and ":secret:" in json.dumps(s["Resource"])]
+    assert len(tenant_secrets) == 1
+    assert tenant_secrets[0]["Action"] == "secretsmanager:GetSecretValue"
+    assert tenant_secrets[0]["Resource"]["Fn::Join"][1][-1] == (
+        ":secret:callscribe/prod/webhook/*"
+    )
+    assert not any(bucket_actions(statements, stack.data.exports_bucket).values())
 
 
 def test_webhook_via_nat_puts_the_function_in_private_subnets():
     stack = variant_stack()
     function = function_named(variant_template(), WEBHOOK_HANDLER)["Properties"]
     assert function["VpcConfig"]["SubnetIds"]
-    assert function["Environment"]["Variables"]["CALLSCRIBE_WEBHOOK_TIMEOUT_S"] == "8"
+    variables = function["Environment"]["Variables"]
+    assert variables["CALLSCRIBE_WEBHOOK_TIMEOUT_S"] == "8"
+    assert variables["CALLSCRIBE_SECRETS_PREFIX"] == "callscribe/staging/"
+    assert variables["CALLSCRIBE_WEBHOOK_MAX_QUEUE_AGE_S"] == "300"
     assert function["Timeout"] == 10 * 8 + 30
     assert stack.config.webhook_via_nat
 
@@ -232,6 +270,9 @@ def test_api_function_in_private_subnets_with_contract_environment():
         "CALLSCRIBE_CONTROL_SECRET_ARN": ref(stack.data.control_secret),
         "CALLSCRIBE_PUBLIC_GATEWAY_URL": "wss://gw.callscribe.example.com",
         "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
+        "CALLSCRIBE_BLOB_S3_BUCKET": ref(stack.data.exports_bucket),
+        "CALLSCRIBE_RECORDING_RETENTION_DAYS": "7",
+        "CALLSCRIBE_EXPORT_RETENTION_DAYS": "7",
         "CALLSCRIBE_KVS_READER_URL": "http://kvs-reader.prod.callscribe.internal:8081",
         "POWERTOOLS_SERVICE_NAME": "callscribe-api",
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
@@ -255,6 +296,13 @@ def test_api_function_permissions():
     assert actions_on(statements, ref(stack.data.token_secret)) == SECRET_READ
     assert actions_on(statements, ref(stack.data.control_secret)) == SECRET_READ
     assert not actions_on(statements, ref(stack.data.webhook_secret))
+    # Reads (lists, HEADs, pre-signs GETs of) recordings and feed files; writes nothing.
+    by_pattern = bucket_actions(statements, stack.data.exports_bucket)
+    assert set(by_pattern) == {"", "/recordings/*", "/exports/*"}
+    for pattern in ("/recordings/*", "/exports/*"):
+        assert "s3:GetObject*" in by_pattern[pattern]
+        assert not any(a.startswith(("s3:Put", "s3:Delete")) for a in by_pattern[pattern])
+    assert "s3:List*" in by_pattern[""]
     # No statement grants anything on every resource except X-Ray's (no resource scoping).
     for statement in statements:
         if statement["Resource"] == "*":
@@ -268,7 +316,12 @@ def test_http_api_routes_throttling_and_access_logs():
         route["Properties"]["RouteKey"]
         for route in template.find_resources("AWS::ApiGatewayV2::Route").values()
     }
-    assert routes == {"ANY /mg-autotranscribe/v1/{proxy+}", "ANY /conversation/v1/{proxy+}"}
+    assert routes == {
+        "ANY /mg-autotranscribe/v1/{proxy+}",
+        "ANY /conversation/v1/{proxy+}",
+        "ANY /fileexporter/v1/{proxy+}",
+        "ANY /callscribe/v1/{proxy+}",
+    }
     stage = only(template, "AWS::ApiGatewayV2::Stage")["Properties"]
     assert stage["StageName"] == "$default" and stage["AutoDeploy"] is True
     assert stage["DefaultRouteSettings"] == {
@@ -326,6 +379,7 @@ def test_gateway_task_definition():
         "CALLSCRIBE_PORT": "8080",
         "CALLSCRIBE_CONTROL_PORT": "8081",
         "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
+        "CALLSCRIBE_BLOB_S3_BUCKET": ref(stack.data.exports_bucket),
         "LOG_LEVEL": "INFO",
     }
     command = container["HealthCheck"]["Command"]
@@ -347,6 +401,11 @@ def test_gateway_task_role_permissions():
     assert actions_on(statements, ref(stack.data.token_secret)) == SECRET_READ
     assert actions_on(statements, ref(stack.data.control_secret)) == SECRET_READ
     assert not actions_on(statements, ref(stack.data.webhook_secret))
+    # Writes recordings, and only under recordings/.
+    by_pattern = bucket_actions(statements, stack.data.exports_bucket)
+    assert "s3:PutObject" in by_pattern["/recordings/*"]
+    assert "/exports/*" not in by_pattern
+    assert not any(a.startswith("s3:Delete") for actions in by_pattern.values() for a in actions)
 
 
 def test_alb_internet_facing_https_only_with_websocket_idle_timeout_and_access_logs():
@@ -568,13 +627,32 @@ def test_exports_bucket_expires_objects_after_retention_and_logs_access():
     exports = default_template().find_resources("AWS::S3::Bucket")[
         logical_id(stack.data.exports_bucket)
     ]["Properties"]
-    rules = exports["LifecycleConfiguration"]["Rules"]
-    assert any(rule.get("ExpirationInDays") == 7 and rule["Status"] == "Enabled" for rule in rules)
+    def lifecycle(rules: list[dict]) -> set[tuple]:
+        assert all(rule["Status"] == "Enabled" for rule in rules)
+        return {
+            (
+                rule.get("Prefix"),
+                rule.get("ExpirationInDays"),
+                (rule.get("AbortIncompleteMultipartUpload") or {}).get("DaysAfterInitiation"),
+            )
+            for rule in rules
+        }
+
+    assert lifecycle(exports["LifecycleConfiguration"]["Rules"]) == {
+        ("recordings/", 7, None),
+        ("exports/", 7, None),
+        (None, None, 1),
+    }
     assert exports["LoggingConfiguration"]["DestinationBucketName"] == ref(stack.data.logs_bucket)
     variant = variant_template().find_resources("AWS::S3::Bucket")[
         logical_id(variant_stack().data.exports_bucket)
     ]["Properties"]
-    assert any(r.get("ExpirationInDays") == 30 for r in variant["LifecycleConfiguration"]["Rules"])
+    # retentionDays 30, recordingRetentionDays 3; exports follow retentionDays.
+    assert lifecycle(variant["LifecycleConfiguration"]["Rules"]) == {
+        ("recordings/", 3, None),
+        ("exports/", 30, None),
+        (None, None, 1),
+    }
 
 
 def test_secrets_generated_and_webhook_secret_shaped_for_the_runtime():
@@ -642,13 +720,18 @@ def test_pipe_logs_errors_to_a_retained_log_group():
 # --- The daily export seam ------------------------------------------------------------------
 
 
-def test_no_schedule_without_an_exporter():
-    default_template().resource_count_is("AWS::Scheduler::Schedule", 0)
-    assert default_stack().export_schedule is None
+def test_a_second_schedule_is_refused():
+    with pytest.raises(ValueError, match="already scheduled"):
+        default_stack().add_daily_export(default_stack().exports.function)
 
 
 def test_schedule_at_two_utc_invokes_the_given_exporter():
     template = variant_template()
+    # The caller's exporter replaces the stack's own.
+    assert variant_stack().exports is None
+    assert not template.find_resources(
+        "AWS::Lambda::Function", {"Properties": {"ImageConfig": {"Command": [EXPORTER_HANDLER]}}}
+    )
     schedule = only(template, "AWS::Scheduler::Schedule")["Properties"]
     assert schedule["ScheduleExpression"] == "cron(0 2 * * ? *)"
     assert schedule["ScheduleExpressionTimezone"] == "UTC"
@@ -664,3 +747,39 @@ def test_schedule_at_two_utc_invokes_the_given_exporter():
     assert len(statements) == 1
     assert statements[0]["Action"] == "lambda:InvokeFunction"
     assert statements[0]["Resource"] == EXPORTER_ARN
+
+
+def test_default_stack_schedules_its_own_exporter():
+    stack = default_stack()
+    template = default_template()
+    schedule = only(template, "AWS::Scheduler::Schedule")["Properties"]
+    assert schedule["ScheduleExpression"] == "cron(0 2 * * ? *)"
+    assert schedule["ScheduleExpressionTimezone"] == "UTC"
+    assert schedule["Target"]["Arn"] == {
+        "Fn::GetAtt": [logical_id(stack.exports.function), "Arn"]
+    }
+    function = function_named(template, EXPORTER_HANDLER)["Properties"]
+    assert function["PackageType"] == "Image"
+    assert "VpcConfig" not in function
+    assert function["Timeout"] == 900
+    assert function["Environment"]["Variables"] == {
+        "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
+        "CALLSCRIBE_BLOB_S3_BUCKET": ref(stack.data.exports_bucket),
+        "POWERTOOLS_SERVICE_NAME": "callscribe-exporter",
+        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def test_exporter_reads_the_table_and_writes_only_exports():
+    stack = default_stack()
+    statements = policy_statements(default_template(), stack.exports.function.role)
+    table_actions = actions_on(statements, ref(stack.data.table))
+    assert {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:Scan"} <= table_actions
+    assert not any(a in table_actions for a in ("dynamodb:PutItem", "dynamodb:DeleteItem"))
+    by_pattern = bucket_actions(statements, stack.data.exports_bucket)
+    assert "s3:PutObject" in by_pattern["/exports/*"]
+    assert "/recordings/*" not in by_pattern
+    assert not any(a.startswith("s3:Delete") for actions in by_pattern.values() for a in actions)
+    for secret in (stack.data.token_secret, stack.data.control_secret, stack.data.webhook_secret):
+        assert not actions_on(statements, ref(secret))

@@ -1,22 +1,33 @@
 """The API Lambda (functions/api.handler) driven with real API Gateway event shapes, REST (v1)
-and HTTP API (v2), on the DynamoDB and Secrets Manager adapters under moto."""
+and HTTP API (v2), on the DynamoDB, Secrets Manager and S3 adapters under moto."""
 
 from __future__ import annotations
 
 import base64
+import gzip
+import io
 import json
 import time
+import urllib.parse
+import wave
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
+import requests
 from moto import mock_aws
+
+import callscribe.api.outputs as outputs_api
 
 from callscribe.auth import create_api_key
 from callscribe.aws import api_lambda
 from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.store.base import CallKey, CallRecord, CallStatus, StoredMessage
+from callscribe.export import feed_file_key
+from callscribe.recording import call_prefix
+from callscribe.store.base import CallKey, CallRecord, CallStatus, DeliveryFailure, StoredMessage
 from tests.aws_fixtures import (
     REGION,
     AwsResources,
@@ -41,6 +52,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
         monkeypatch.setenv("CALLSCRIBE_TABLE_NAME", resources.table_name)
         monkeypatch.setenv("CALLSCRIBE_TOKEN_SECRET_ARN", resources.token_secret_arn)
         monkeypatch.setenv("CALLSCRIBE_CONTROL_SECRET_ARN", resources.control_secret_arn)
+        monkeypatch.setenv("CALLSCRIBE_BLOB_S3_BUCKET", resources.bucket_name)
         api_lambda.asgi_handler.cache_clear()
         yield resources
         api_lambda.asgi_handler.cache_clear()
@@ -120,3 +132,134 @@ def test_after_call_messages(shape: Any, credentials: dict[str, str], aws: AwsRe
                                 {"asapp-api-id": other.api_id, "asapp-api-secret": other.api_secret},
                                 query={"externalConversationId": "CAdone"}))
     assert (status, body["error"]["code"]) == (400, "400-203")
+
+
+# Outputs: recordings and feed files in S3 (pre-signed links), delivery failures ------------
+
+
+def _put_recording(aws: AwsResources, key: CallKey, offset_ms: int, seconds: int) -> bytes:
+    """A stereo 8 kHz WAV where the gateway task's recorder leaves one (recording.call_prefix)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(b"\x01\x00\x02\x00" * 8000 * seconds)
+    data = buffer.getvalue()
+    boto3.client("s3").put_object(
+        Bucket=aws.bucket_name,
+        Key=f"{call_prefix(key)}{int(time.time() * 1000)}-{offset_ms}.wav",
+        Body=data,
+    )
+    return data
+
+
+def _fetch_presigned(url: str, aws: AwsResources) -> bytes:
+    """GET a pre-signed URL as a client without credentials would (moto answers it)."""
+    parsed = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parsed.query)
+    assert aws.bucket_name in parsed.netloc + parsed.path
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and "X-Amz-Signature" in query
+    response = requests.get(url, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def _later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """The outputs endpoints' clock, moved forward (S3 cannot back-date LastModified)."""
+    real = time.time
+    monkeypatch.setattr(outputs_api, "time", SimpleNamespace(time=lambda: real() + seconds))
+
+
+@pytest.mark.parametrize("shape", [rest_event, http_api_event])
+def test_recording_links_are_presigned_s3_urls(
+    shape: Any, credentials: dict[str, str], aws: AwsResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DynamoStore(aws.table_name, boto3.resource("dynamodb"))
+    key = CallKey("acme", "twilio", "CArecorded")
+    now = time.time()
+    store.create_call(CallRecord(key, CallStatus.COMPLETED, "http://10.0.0.5:8081", now, now, now))
+    wav = _put_recording(aws, key, offset_ms=1500, seconds=2)
+
+    path = "/conversation/v1/conversation/recording"
+    status, body = invoke(shape("GET", path, credentials,
+                                query={"externalConversationId": "CArecorded"}))
+    assert status == 200, body
+    (recording,) = body["recordings"]
+    assert (recording["offsetMs"], recording["durationMs"], recording["bytes"]) == (
+        1500, 2000, len(wav)
+    )
+    assert _fetch_presigned(recording["url"], aws) == wav
+    expires = urllib.parse.parse_qs(urllib.parse.urlsplit(recording["url"]).query)["X-Amz-Expires"]
+    assert expires == ["3600"]
+
+    # A call without a recording (audioRecordingAllowed false): an empty list.
+    store.create_call(CallRecord(CallKey("acme", "twilio", "CAsilent"), CallStatus.COMPLETED,
+                                 "http://10.0.0.5:8081", now, now, now))
+    status, body = invoke(shape("GET", path, credentials,
+                                query={"externalConversationId": "CAsilent"}))
+    assert (status, body["recordings"]) == (200, [])
+    # No such call: the after-call API's 400-203; another tenant's call is no such call.
+    status, body = invoke(shape("GET", path, credentials,
+                                query={"externalConversationId": "CAnone"}))
+    assert (status, body["error"]["code"]) == (400, "400-203")
+    # Past the retention (7 days), the recording is gone, as in local mode.
+    _later(monkeypatch, 8 * 86_400)
+    status, body = invoke(shape("GET", path, credentials,
+                                query={"externalConversationId": "CArecorded"}))
+    assert (status, body["recordings"]) == (200, [])
+
+
+@pytest.mark.parametrize("shape", [rest_event, http_api_event])
+def test_feed_file_links_are_presigned_s3_urls(
+    shape: Any, credentials: dict[str, str], aws: AwsResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    hours = [datetime(day.year, day.month, day.day, h, tzinfo=UTC) for h in (9, 10)]
+    s3 = boto3.client("s3")
+    contents = {}
+    for hour in hours:
+        contents[hour] = gzip.compress(f'{{"hour": {hour.hour}}}\n'.encode())
+        s3.put_object(Bucket=aws.bucket_name, Key=feed_file_key("utterances", "acme", hour),
+                      Body=contents[hour])
+    # Another tenant's file in the same hours is never listed.
+    s3.put_object(Bucket=aws.bucket_name, Key=feed_file_key("utterances", "globex", hours[0]),
+                  Body=b"other")
+
+    path = "/fileexporter/v1/feeds/utterances/files"
+    query = {"start": f"{day}T09:00:00Z", "end": f"{day}T12:00:00Z"}
+    status, body = invoke(shape("GET", path, credentials, query=query))
+    assert status == 200, body
+    assert body["complete"] is False  # 11:00 has no file
+    assert [f["hourStart"] for f in body["files"]] == [
+        f"{day}T09:00:00.000Z", f"{day}T10:00:00.000Z"
+    ]
+    for entry, hour in zip(body["files"], hours, strict=True):
+        assert entry["bytes"] == len(contents[hour])
+        assert _fetch_presigned(entry["url"], aws) == contents[hour]
+
+    status, body = invoke(shape("GET", "/fileexporter/v1/feeds/nope/files", credentials,
+                                query=query))
+    assert (status, body["error"]["code"]) == (400, "400-201")
+    _later(monkeypatch, 8 * 86_400)
+    status, body = invoke(shape("GET", path, credentials, query=query))
+    assert (status, body["files"], body["complete"]) == (200, [], False)
+
+
+@pytest.mark.parametrize("shape", [rest_event, http_api_event])
+def test_webhook_failures(shape: Any, credentials: dict[str, str], aws: AwsResources) -> None:
+    store = DynamoStore(aws.table_name, boto3.resource("dynamodb"))
+    now = time.time()
+    store.put_delivery_failure(DeliveryFailure("acme", "CAone", "m1", "http 503", 503, now - 5))
+    store.put_delivery_failure(
+        DeliveryFailure("acme", "CAtwo", "m2", "timeout after 5 s", None, now)
+    )
+    store.put_delivery_failure(DeliveryFailure("globex", "CAx", "m3", "http 500", 500, now))
+    status, body = invoke(shape("GET", "/callscribe/v1/webhook-failures", credentials))
+    assert status == 200, body
+    assert [(f["messageId"], f["statusCode"]) for f in body["failures"]] == [
+        ("m1", 503), ("m2", None)
+    ]
+    status, body = invoke(shape("GET", "/callscribe/v1/webhook-failures", credentials,
+                                query={"externalConversationId": "CAtwo"}))
+    assert [f["reason"] for f in body["failures"]] == ["timeout after 5 s"]

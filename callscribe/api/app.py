@@ -132,6 +132,23 @@ async def _control_call(
     return StreamingResponse(autotranscribeResponse=result)
 
 
+async def find_tenant_call(
+    store: Store, tenant: str, guid: str, namespace: Namespace | None
+) -> CallRecord:
+    """The tenant's call with this guid (after-call endpoints take the guid alone)."""
+    calls = await asyncio.to_thread(store.find_calls, tenant, guid)
+    if namespace is not None:
+        calls = [c for c in calls if c.key.namespace == namespace.value]
+    if not calls:
+        raise ApiError(ErrorCode.NO_SUCH_CALL, f"no call with guid {guid}")
+    if len(calls) > 1:
+        raise ApiError(
+            ErrorCode.PARAMETER,
+            "calls in several namespaces share this guid: add the namespace query parameter",
+        )
+    return calls[0]
+
+
 router = APIRouter()
 
 WEBHOOK_HEADERS = [
@@ -252,17 +269,7 @@ async def conversation_messages(
     namespace: Annotated[Namespace | None, Query()] = None,
 ) -> MessagesResponse:
     store = _services(request).store
-    calls = await asyncio.to_thread(store.find_calls, key.tenant, externalConversationId)
-    if namespace is not None:
-        calls = [c for c in calls if c.key.namespace == namespace.value]
-    if not calls:
-        raise ApiError(ErrorCode.NO_SUCH_CALL, f"no call with guid {externalConversationId}")
-    if len(calls) > 1:
-        raise ApiError(
-            ErrorCode.PARAMETER,
-            "calls in several namespaces share this guid: add the namespace query parameter",
-        )
-    call = calls[0]
+    call = await find_tenant_call(store, key.tenant, externalConversationId, namespace)
     messages = await asyncio.to_thread(
         store.list_messages, call.key, _services(request).max_messages, time.time()
     )

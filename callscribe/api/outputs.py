@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 # app.py imports this module only inside create_api_app, so this import is not circular.
-from callscribe.api.app import ERROR_RESPONSES, Authenticated, _services
+from callscribe.api.app import ERROR_RESPONSES, Authenticated, _services, find_tenant_call
 from callscribe.api.schemas import ApiError, ErrorCode, Namespace
 from callscribe.blobs.base import BlobNotFound, BlobStore
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore, LinkError
@@ -232,18 +232,10 @@ def build_router() -> APIRouter:
         externalConversationId: Annotated[str, Query(min_length=1, max_length=128)],
         namespace: Annotated[Namespace | None, Query()] = None,
     ) -> RecordingsResponse:
-        store = _services(request).store
-        calls = await asyncio.to_thread(store.find_calls, key.tenant, externalConversationId)
-        if namespace is not None:
-            calls = [c for c in calls if c.key.namespace == namespace.value]
-        if not calls:
-            raise ApiError(ErrorCode.NO_SUCH_CALL, f"no call with guid {externalConversationId}")
-        if len(calls) > 1:
-            raise ApiError(
-                ErrorCode.PARAMETER,
-                "calls in several namespaces share this guid: add the namespace query parameter",
-            )
-        call_key: CallKey = calls[0].key
+        call = await find_tenant_call(
+            _services(request).store, key.tenant, externalConversationId, namespace
+        )
+        call_key: CallKey = call.key
         outputs = _outputs(request)
         now = time.time()
         found = await asyncio.to_thread(outputs.recordings.for_call, call_key, now)

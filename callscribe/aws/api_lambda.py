@@ -1,6 +1,7 @@
 """The API Lambda: the same FastAPI app as local mode, through Mangum, on the AWS adapters
-(DynamoDB store, Secrets Manager, HTTP control of the gateway tasks), with powertools logging,
-tracing and metrics. Works for API Gateway REST (v1) and HTTP API (v2) events."""
+(DynamoDB store, Secrets Manager, HTTP control of the gateway tasks, S3 for recordings and feed
+files), with powertools logging, tracing and metrics. Works for API Gateway REST (v1) and HTTP
+API (v2) events."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mangum import Mangum
 from callscribe.api.app import ApiServices, create_api_app
 from callscribe.auth import StreamTokens
 from callscribe.aws.dynamodb_store import DynamoStore
+from callscribe.aws.outputs import s3_output_services
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
@@ -52,6 +54,7 @@ def asgi_handler() -> Mangum:
         openers=openers,
         public_gateway_url=settings.public_gateway_url,
         max_messages=settings.max_messages_per_call,
+        outputs=s3_output_services(settings),
     )
     return Mangum(create_api_app(services), lifespan="off")
 

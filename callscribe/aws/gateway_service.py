@@ -5,7 +5,8 @@ One process, one uvicorn server listening on two ports:
 - ``CALLSCRIBE_CONTROL_PORT`` (8081): the signed private control endpoint the API Lambda calls
   (the security group admits only the Lambda).
 Calls are recorded in DynamoDB with this task's control URL as owner; transcripts go out on
-EventBridge; ASR runs wherever ``CALLSCRIBE_ASR_URL`` points (the GPU workers) or in-process.
+EventBridge; recordings (``audioRecordingAllowed``) go to the S3 bucket; ASR runs wherever
+``CALLSCRIBE_ASR_URL`` points (the GPU workers) or in-process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from callscribe.asr.base import AsrEngine
 from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.eventbridge_bus import EventBridgeBus
+from callscribe.aws.outputs import s3_blob_store, s3_recordings
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
@@ -85,6 +87,7 @@ def build_runtime(
     owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
     # This task serves Twilio only; SIPREC has a service (and network load balancer) of its own.
     settings.siprec.enabled = False
+    blobs = s3_blob_store(settings)
     runtime = LocalRuntime.assemble(
         settings,
         store=DynamoStore(aws.table_name),
@@ -92,7 +95,10 @@ def build_runtime(
         bus=EventBridgeBus(aws.event_bus_name),
         asr=asr,
         owner=owner,
+        # Calls started with audioRecordingAllowed leave a WAV in the bucket when they end.
+        recordings=s3_recordings(settings, blobs),
     )
+    runtime.blobs = blobs
     return runtime, control_secret
 
 

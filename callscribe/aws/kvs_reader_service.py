@@ -32,6 +32,7 @@ from callscribe.asr.base import AsrEngine
 from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.eventbridge_bus import EventBridgeBus
 from callscribe.aws.gateway_service import RouteByPort, task_private_ip
+from callscribe.aws.outputs import s3_blob_store, s3_recordings
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
@@ -55,6 +56,7 @@ def build_runtime(
         raise RuntimeError("the control secret is missing from Secrets Manager")
     owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
     settings.siprec.enabled = False  # SIPREC and Twilio have services of their own
+    blobs = s3_blob_store(settings)
     runtime = LocalRuntime.assemble(
         settings,
         store=DynamoStore(aws.table_name),
@@ -62,7 +64,10 @@ def build_runtime(
         bus=EventBridgeBus(aws.event_bus_name),
         asr=asr,
         owner=owner,
+        # Calls started with audioRecordingAllowed leave a WAV in the bucket when they end.
+        recordings=s3_recordings(settings, blobs),
     )
+    runtime.blobs = blobs
     return runtime, control_secret
 
 
