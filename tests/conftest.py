@@ -4,6 +4,7 @@ a real webhook receiver, and API clients for tenants."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,23 @@ from callscribe.simulate import ApiClient, WebhookReceiver, bind_loopback, runni
 
 WEBHOOK_SECRET_NAME = "X-Test-Webhook-Token"
 WEBHOOK_SECRET = "s3cr3t-for-tests"
+
+
+def _require(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: ./scripts/test.sh installs what tests need")
+
+
+@pytest.fixture
+def speech_tools() -> None:
+    """Tests that make real speech need espeak-ng and sox."""
+    _require("espeak-ng", "sox")
+
+
+@pytest.fixture
+def sox_tool() -> None:
+    _require("sox")
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from callscribe.audio import (
     ulaw_to_pcm16,
 )
 
-needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed")
+needs_sox = pytest.mark.usefixtures("sox_tool")  # fails, never skips, where sox is missing
 
 ALL_CODES = bytes(range(256))
 SOX_ENCODING = {"ulaw": "mu-law", "alaw": "a-law"}

@@ -3,7 +3,6 @@ state-machine checks, and with the real Silero VAD on speech made by espeak-ng."
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import wave
 from collections.abc import Sequence
@@ -433,10 +432,7 @@ def test_float64_and_int_like_input_is_accepted() -> None:
 
 # --------------------------------------------------------------------------- real Silero VAD
 
-needs_tools = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-    reason="espeak-ng and sox are needed to make real speech",
-)
+needs_tools = pytest.mark.usefixtures("speech_tools")  # fails, never skips, without them
 
 
 def _espeak(text: str, directory: Path, name: str) -> np.ndarray:

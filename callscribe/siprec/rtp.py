@@ -20,6 +20,8 @@ sample position it belongs at on the call's timeline.
 
 from __future__ import annotations
 
+import abc
+
 import struct
 from dataclasses import dataclass, field
 
@@ -100,11 +102,11 @@ def build_rtp(packet: RtpPacket) -> bytes:
 # Decoders -------------------------------------------------------------------------------------
 
 
-class AudioDecoder:
+class AudioDecoder(abc.ABC):
     """Payload bytes -> 16-bit PCM at 8 kHz. One per SSRC (G.729 keeps state)."""
 
-    def decode(self, payload: bytes) -> np.ndarray:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def decode(self, payload: bytes) -> np.ndarray: ...
 
 
 class UlawDecoder(AudioDecoder):
