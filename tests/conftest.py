@@ -4,6 +4,7 @@ a real webhook receiver, and API clients for tenants."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from callscribe.auth import IssuedKey, create_api_key
 from callscribe.config import AsrSettings, Settings, SiprecSettings, WebhookSettings
 from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
 from callscribe.simulate import ApiClient, WebhookReceiver, bind_loopback, running_receiver
+
+# Servers a test starts take any free SIPREC port rather than 5070, so a suite never collides
+# with another server (or suite) on the same machine. Tests that need a port pass their own.
+os.environ.setdefault("CALLSCRIBE_SIPREC_PORT", "0")
 
 WEBHOOK_SECRET_NAME = "X-Test-Webhook-Token"
 WEBHOOK_SECRET = "s3cr3t-for-tests"
