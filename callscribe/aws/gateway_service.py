@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -117,33 +117,33 @@ def create_gateway_app(runtime: LocalRuntime, control_secret: str, control_port:
     return RouteByPort(control_port, create_control_app(runtime.registry, control_secret), gateway_app)
 
 
-async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    runtime, control_secret = build_runtime(aws, settings, asr)
-    app = create_gateway_app(runtime, control_secret, aws.control_port)
-    config = uvicorn_config(app, settings)  # type: ignore[arg-type]
+async def serve_on_two_ports(
+    app: ASGIApp,
+    aws: AwsSettings,
+    settings: Settings,
+    banner: str,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """One uvicorn server listening on the service port and the control port."""
     sockets = []
     for port in (aws.port, aws.control_port):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, port))
         sockets.append(sock)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, settings))  # type: ignore[arg-type]
     serving = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
-        print(
-            f"CallScribe gateway on :{aws.port} (Twilio media, /healthz), control on "
-            f":{aws.control_port}, owner {runtime.gateway.services.owner}",
-            flush=True,
-        )
+        print(banner, flush=True)
         if ready is not None:
             ready.set()
     await serving
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_task_service(serve: Callable[[AwsSettings, Settings], Awaitable[None]]) -> int:
+    """A container entrypoint's main: settings from the task's environment, clean SIGTERM."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -156,3 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
+                ready: asyncio.Event | None = None) -> None:
+    runtime, control_secret = build_runtime(aws, settings, asr)
+    app = create_gateway_app(runtime, control_secret, aws.control_port)
+    banner = (
+        f"CallScribe gateway on :{aws.port} (Twilio media, /healthz), control on "
+        f":{aws.control_port}, owner {runtime.gateway.services.owner}"
+    )
+    await serve_on_two_ports(app, aws, settings, banner, ready)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_task_service(serve)

@@ -17,11 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -31,14 +28,19 @@ from starlette.types import ASGIApp
 from callscribe.asr.base import AsrEngine
 from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.eventbridge_bus import EventBridgeBus
-from callscribe.aws.gateway_service import RouteByPort, task_private_ip
+from callscribe.aws.gateway_service import (
+    RouteByPort,
+    run_task_service,
+    serve_on_two_ports,
+    task_private_ip,
+)
 from callscribe.aws.outputs import s3_blob_store, s3_recordings
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app
 from callscribe.secrets import TOKEN_SIGNING_KEY
-from callscribe.server import LocalRuntime, exit_cleanly_on_sigterm, uvicorn_config
+from callscribe.server import LocalRuntime
 
 log = logging.getLogger(__name__)
 
@@ -92,37 +94,12 @@ async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = No
                 ready: asyncio.Event | None = None) -> None:
     runtime, control_secret = build_runtime(aws, settings, asr)
     app = create_reader_app(runtime, control_secret, aws.control_port)
-    sockets = []
-    for port in (aws.port, aws.control_port):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((settings.host, port))
-        sockets.append(sock)
-    server = uvicorn.Server(uvicorn_config(app, settings))  # type: ignore[arg-type]
-    serving = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.05)
-    if server.started:
-        print(
-            f"CallScribe KVS reader: /healthz on :{aws.port}, control on :{aws.control_port}, "
-            f"owner {runtime.gateway.services.owner}",
-            flush=True,
-        )
-        if ready is not None:
-            ready.set()
-    await serving
+    banner = (
+        f"CallScribe KVS reader: /healthz on :{aws.port}, control on :{aws.control_port}, "
+        f"owner {runtime.gateway.services.owner}"
+    )
+    await serve_on_two_ports(app, aws, settings, banner, ready)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = Settings(host=os.environ.get("CALLSCRIBE_HOST", "0.0.0.0"))
-    aws = AwsSettings()
-    exit_cleanly_on_sigterm()
-    try:
-        asyncio.run(serve(aws, settings))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_task_service(serve)
