@@ -76,6 +76,8 @@ class RouteByPort:
 def build_runtime(
     aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None
 ) -> tuple[LocalRuntime, str]:
+    """The ingest runtime of an AWS task (a Twilio gateway or a KVS reader) on the AWS
+    adapters, and the control secret its private endpoint checks."""
     if not aws.event_bus_name:
         raise RuntimeError("CALLSCRIBE_EVENT_BUS_NAME must name the transcript event bus")
     secrets = SecretsManagerSecrets(
@@ -85,7 +87,7 @@ def build_runtime(
     if not control_secret:
         raise RuntimeError("the control secret is missing from Secrets Manager")
     owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
-    # This task serves Twilio only; SIPREC has a service (and network load balancer) of its own.
+    # SIPREC has a service (and network load balancer) of its own, never these tasks.
     settings.siprec.enabled = False
     blobs = s3_blob_store(settings)
     runtime = LocalRuntime.assemble(

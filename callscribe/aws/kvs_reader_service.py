@@ -26,51 +26,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from callscribe.asr.base import AsrEngine
-from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.aws.eventbridge_bus import EventBridgeBus
 from callscribe.aws.gateway_service import (
     RouteByPort,
+    build_runtime,
     run_task_service,
     serve_on_two_ports,
-    task_private_ip,
 )
-from callscribe.aws.outputs import s3_blob_store, s3_recordings
-from callscribe.aws.secrets_manager import SecretsManagerSecrets
-from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
+from callscribe.aws.settings import AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app
-from callscribe.secrets import TOKEN_SIGNING_KEY
 from callscribe.server import LocalRuntime
 
 log = logging.getLogger(__name__)
-
-
-def build_runtime(
-    aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None
-) -> tuple[LocalRuntime, str]:
-    if not aws.event_bus_name:
-        raise RuntimeError("CALLSCRIBE_EVENT_BUS_NAME must name the transcript event bus")
-    secrets = SecretsManagerSecrets(
-        {TOKEN_SIGNING_KEY: aws.token_secret_arn, CONTROL_SECRET: aws.control_secret_arn}
-    )
-    control_secret = secrets.get(CONTROL_SECRET)
-    if not control_secret:
-        raise RuntimeError("the control secret is missing from Secrets Manager")
-    owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
-    settings.siprec.enabled = False  # SIPREC and Twilio have services of their own
-    blobs = s3_blob_store(settings)
-    runtime = LocalRuntime.assemble(
-        settings,
-        store=DynamoStore(aws.table_name),
-        secrets=secrets,
-        bus=EventBridgeBus(aws.event_bus_name),
-        asr=asr,
-        owner=owner,
-        # Calls started with audioRecordingAllowed leave a WAV in the bucket when they end.
-        recordings=s3_recordings(settings, blobs),
-    )
-    runtime.blobs = blobs
-    return runtime, control_secret
 
 
 def create_reader_app(runtime: LocalRuntime, control_secret: str, control_port: int) -> ASGIApp:
