@@ -14,6 +14,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infra.config import DeploymentConfig
@@ -41,6 +42,22 @@ HEALTH_CHECK = (
     "import urllib.request; "
     f"urllib.request.urlopen('http://localhost:{GATEWAY_PORT}/healthz', timeout=4)"
 )
+
+
+def grant_ingest_task_access(role: iam.IRole, data: DataConstruct, bus: events.IEventBus) -> None:
+    """What a task holding calls' media needs (a Twilio gateway, a KVS reader): the table,
+    the transcript bus, the token and control secrets, and recordings/ in the bucket."""
+    data.table.grant_read_write_data(role)
+    acknowledge_table_index_grant(role, data.table)
+    bus.grant_put_events_to(role)
+    data.token_secret.grant_read(role)
+    data.control_secret.grant_read(role)
+    # Each recording is uploaded under recordings/ when its call ends, then HEADed for its
+    # size (HEAD needs s3:GetObject).
+    recordings = f"{RECORDINGS_PREFIX}*"
+    data.exports_bucket.grant_put(role, recordings)
+    data.exports_bucket.grant_read(role, recordings)
+    acknowledge_bucket_grant(role, data.exports_bucket, [recordings])
 
 
 class GatewayConstruct(Construct):
@@ -101,17 +118,7 @@ class GatewayConstruct(Construct):
             # and publishes them before it exits.
             stop_timeout=Duration.seconds(120),
         )
-        data.table.grant_read_write_data(task_definition.task_role)
-        acknowledge_table_index_grant(task_definition.task_role, data.table)
-        bus.grant_put_events_to(task_definition.task_role)
-        data.token_secret.grant_read(task_definition.task_role)
-        data.control_secret.grant_read(task_definition.task_role)
-        # Uploads each recording under recordings/ when its call ends, then HEADs it for the
-        # size (HEAD needs s3:GetObject).
-        recordings = f"{RECORDINGS_PREFIX}*"
-        data.exports_bucket.grant_put(task_definition.task_role, recordings)
-        data.exports_bucket.grant_read(task_definition.task_role, recordings)
-        acknowledge_bucket_grant(task_definition.task_role, data.exports_bucket, [recordings])
+        grant_ingest_task_access(task_definition.task_role, data, bus)
 
         acknowledge_ecr_authorization(task_definition)
 

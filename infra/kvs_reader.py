@@ -24,14 +24,13 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.data import RECORDINGS_PREFIX, DataConstruct
+from infra.data import DataConstruct
+from infra.gateway import grant_ingest_task_access
 from infra.images import kvs_reader_image
 from infra.logs import log_group
 from infra.nag import (
     acknowledge,
-    acknowledge_bucket_grant,
     acknowledge_ecr_authorization,
-    acknowledge_table_index_grant,
 )
 from infra.network import NetworkConstruct
 
@@ -120,17 +119,7 @@ class KvsReaderConstruct(Construct):
             # Fargate's maximum: after SIGTERM the open utterances are finished and published.
             stop_timeout=Duration.seconds(120),
         )
-        data.table.grant_read_write_data(self.task_role)
-        acknowledge_table_index_grant(self.task_role, data.table)
-        bus.grant_put_events_to(self.task_role)
-        data.token_secret.grant_read(self.task_role)
-        data.control_secret.grant_read(self.task_role)
-        # Calls started with audioRecordingAllowed leave a WAV under recordings/ when they end
-        # (uploaded, then HEADed for its size: s3:GetObject).
-        recordings = f"{RECORDINGS_PREFIX}*"
-        data.exports_bucket.grant_put(self.task_role, recordings)
-        data.exports_bucket.grant_read(self.task_role, recordings)
-        acknowledge_bucket_grant(self.task_role, data.exports_bucket, [recordings])
+        grant_ingest_task_access(self.task_role, data, bus)
         partition = Stack.of(self).partition
         accounts = config.connect_account_ids or ("*",)
         self.task_role.add_to_policy(
