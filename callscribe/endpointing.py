@@ -73,6 +73,9 @@ class Utterance:
     start_sample: int  # 16 kHz samples from the start of the call's audio
     audio: np.ndarray = field(repr=False)
     forced_cut: bool = False  # ended by max_utterance_ms, not by silence
+    # The silence after the speech that ``audio`` ends with (given to the ASR, which needs to
+    # see a sentence end), not counted in the utterance's end.
+    tail_samples: int = 0
 
     @property
     def start_ms(self) -> int:
@@ -80,7 +83,7 @@ class Utterance:
 
     @property
     def end_ms(self) -> int:
-        return (self.start_sample + len(self.audio)) * 1000 // MODEL_RATE
+        return (self.start_sample + len(self.audio) - self.tail_samples) * 1000 // MODEL_RATE
 
 
 def _ms_to_windows(ms: int) -> int:
@@ -100,6 +103,7 @@ class Endpointer:
         self._post_roll_windows = min(
             self._end_windows, int(settings.post_roll_ms * MODEL_RATE / 1000 / WINDOW)
         )
+        self._asr_tail_windows = int(settings.asr_tail_ms * MODEL_RATE / 1000 / WINDOW)
         self._pre_roll: deque[np.ndarray] = deque(
             maxlen=int(settings.pre_roll_ms * MODEL_RATE / 1000 / WINDOW)
         )
@@ -182,12 +186,20 @@ class Endpointer:
         self._speech = []
         self._voiced_windows = 0
         self._silent_run = 0
+        tail: list[np.ndarray] = []
         if trim_windows > 0 and speech:
             trim_windows = min(trim_windows, len(speech) - 1)
-            # The trailing silence is the next utterance's pre-roll.
-            self._pre_roll.extend(speech[len(speech) - trim_windows :])
+            # The trailing silence is the next utterance's pre-roll; the ASR sees some of it.
+            trailing = speech[len(speech) - trim_windows :]
+            self._pre_roll.extend(trailing)
+            tail = trailing[: self._asr_tail_windows]
             speech = speech[: len(speech) - trim_windows]
         if not speech or voiced == 0 or (voiced < self._min_speech_windows and not continuing):
             self._pre_roll.extend(speech)  # a click: at most context for what follows
             return None
-        return Utterance(start_sample=start, audio=np.concatenate(speech), forced_cut=forced)
+        return Utterance(
+            start_sample=start,
+            audio=np.concatenate(speech + tail),
+            forced_cut=forced,
+            tail_samples=WINDOW * len(tail),
+        )

@@ -221,7 +221,9 @@ class LocalRuntime:
     async def warm_up(self) -> None:
         """One tiny transcription so the first caller does not pay for lazy initialisation."""
         try:
-            await self.asr.transcribe(AsrRequest(audio=np.zeros(16_000, dtype=np.float32)))
+            # Faint noise, not zeros: the engine answers digital silence without the model.
+            noise = np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 1e-3
+            await self.asr.transcribe(AsrRequest(audio=noise, language="en"))
         except AsrError as exc:
             # A remote ASR worker may start after this gateway: serve anyway; utterances
             # fail (and are counted) until it answers.
@@ -236,7 +238,13 @@ class LocalRuntime:
                 "rejected": self.gateway.streams_rejected,
             },
             "siprec": self.siprec.snapshot() if self.siprec else None,
-            "asr": self.pipeline.stats.as_dict(),
+            "asr": {
+                **self.pipeline.stats.as_dict(),
+                # Shortened-window decodes that looked broken and were done again in 30 s.
+                "fullWindowRetries": getattr(self.asr, "full_window_retries", 0),
+                # Loops that even the full window gave, cut back to one occurrence.
+                "loopsCut": getattr(self.asr, "loops_cut", 0),
+            },
             "amazonConnect": self.connect.stats() if self.connect else None,
             "delivery": self.dispatcher.as_dict() if self.dispatcher else None,
         }

@@ -17,7 +17,8 @@ from callscribe.endpointing import WINDOW, Endpointer, SileroVad, Utterance
 
 # Settings pinned here (not read from CALLSCRIBE_VAD_* in the environment). In windows of
 # 512 samples (32 ms): end_silence 400 ms → 12, min_speech 250 ms → 8, pre_roll 200 ms → 6,
-# post_roll 100 ms → 3.
+# post_roll 100 ms → 3. No ASR tail: the utterance's audio ends where its timeline end is
+# (test_asr_tail_* give it one).
 BASE = dict(
     speech_threshold=0.5,
     end_silence_ms=400,
@@ -25,6 +26,7 @@ BASE = dict(
     max_utterance_ms=15_000,
     pre_roll_ms=200,
     post_roll_ms=100,
+    asr_tail_ms=0,
 )
 END_WINDOWS, MIN_WINDOWS, PRE_ROLL, POST_ROLL = 12, 8, 6, 3
 SPEECH_LEVEL = 0.3  # amplitude of the synthetic "speech"
@@ -524,3 +526,21 @@ def test_silero_reset_restores_initial_state() -> None:
     again = [vad(w) for w in windows]
     assert first == again
     assert all(0.0 <= p <= 1.0 for p in first)
+
+
+def test_asr_tail_gives_whisper_the_silence_after_the_last_word() -> None:
+    """The ASR hears up to asr_tail_ms of the silence that ended the utterance (real trailing
+    audio, so Whisper sees the sentence end), while the utterance's end stays where the speech
+    (plus post-roll) ended."""
+
+    audio = timeline(silence(10), speech(20), silence(40))
+    (plain,) = run(energy_endpointer(), audio)
+    (tailed,) = run(energy_endpointer(asr_tail_ms=200), audio)  # 200 ms → 6 windows
+    assert tailed.start_sample == plain.start_sample and tailed.end_ms == plain.end_ms
+    assert tailed.tail_samples == 6 * WINDOW
+    assert len(tailed.audio) == len(plain.audio) + 6 * WINDOW
+    assert np.array_equal(tailed.audio[: len(plain.audio)], plain.audio)
+    assert not np.any(tailed.audio[len(plain.audio) :])  # the silence itself
+    # A tail longer than the silence waited for is cut to it.
+    (capped,) = run(energy_endpointer(asr_tail_ms=5000), audio)
+    assert capped.tail_samples == (END_WINDOWS - POST_ROLL) * WINDOW

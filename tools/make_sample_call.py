@@ -134,13 +134,38 @@ def sox_to_f32(args: list[str]) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
-def synthesize(speaker: str, text: str, workdir: Path, index: int) -> np.ndarray:
-    engine, voice, _, _ = VOICES[speaker]
+def synthesize(
+    speaker: str,
+    text: str,
+    workdir: Path,
+    index: int,
+    *,
+    voice: tuple[str, str] | None = None,
+    rate: float | None = None,
+    pitch: int | None = None,
+    target_rms_dbfs: float = TARGET_RMS_DBFS,
+) -> np.ndarray:
+    """Speak ``text``, trim, band-limit to 300-3400 Hz at 8 kHz and level it.
+
+    By default the speaker's voice from ``VOICES`` at the defaults above. Optionally ``voice``
+    (engine, name) replaces it; ``rate`` is espeak-ng's words per minute (``-s``) or festival's
+    Duration_Stretch (above 1 is slower; the HTS voice gets hts_engine's speed ``-r`` = 1/rate);
+    ``pitch`` is espeak-ng's ``-p`` (0-99); ``target_rms_dbfs`` the active-speech level.
+    """
+    engine, name = voice if voice is not None else VOICES[speaker][:2]
     wav = workdir / f"{index:02d}_{speaker}.wav"
     if engine == "espeak-ng":
-        run(["espeak-ng", "-v", voice, "-s", str(ESPEAK_SPEED_WPM), "-w", str(wav), text])
+        speed = str(round(rate)) if rate is not None else str(ESPEAK_SPEED_WPM)
+        extra = ["-p", str(pitch)] if pitch is not None else []
+        run(["espeak-ng", "-v", name, "-s", speed, *extra, "-w", str(wav), text])
     else:
-        run(["text2wave", "-eval", f"({voice})", "-o", str(wav)], stdin=text.encode() + b"\n")
+        evals = ["-eval", f"({name})"]
+        if rate is not None and name.endswith("_hts"):
+            speed = f'(list (list "-r" {1 / rate:.4f}))'
+            evals += ["-eval", f"(set! hts_engine_params (append hts_engine_params {speed}))"]
+        elif rate is not None:
+            evals += ["-eval", f"(Parameter.set 'Duration_Stretch {rate})"]
+        run(["text2wave", *evals, "-o", str(wav)], stdin=text.encode() + b"\n")
     audio = sox_to_f32(
         SOX
         + [str(wav), "-t", "f32", "-r", str(RATE), "-c", "1", "-"]
@@ -150,16 +175,16 @@ def synthesize(speaker: str, text: str, workdir: Path, index: int) -> np.ndarray
     )
     if len(audio) < RATE // 4:
         sys.exit(f"make_sample_call.py: TTS produced almost no audio for {speaker}: {text!r}")
-    return level_speech(audio)
+    return level_speech(audio, target_rms_dbfs)
 
 
-def level_speech(audio: np.ndarray) -> np.ndarray:
+def level_speech(audio: np.ndarray, target_rms_dbfs: float = TARGET_RMS_DBFS) -> np.ndarray:
     frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
     frame_rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
     active = frame_rms[frame_rms > 10 ** (-40 / 20)]
     rms = float(np.sqrt(np.mean(active**2))) if len(active) else float(np.sqrt(np.mean(audio**2)))
     peak = float(np.max(np.abs(audio)))
-    gain = min(10 ** (TARGET_RMS_DBFS / 20) / rms, 10 ** (PEAK_CAP_DBFS / 20) / peak)
+    gain = min(10 ** (target_rms_dbfs / 20) / rms, 10 ** (PEAK_CAP_DBFS / 20) / peak)
     return (audio * gain).astype(np.float32)
 
 
@@ -411,23 +436,14 @@ def validate(segments: list[dict], controls: list[dict], duration_ms: int) -> li
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="output directory (default: callscribe/samples/twilio_call in this repository)",
-    )
-    args = parser.parse_args(argv)
-    check_tools()
+def encode_tracks(
+    tracks: dict[str, np.ndarray],
+) -> tuple[dict[str, bytes], dict[str, np.ndarray]]:
+    """Encode each 16-bit track to mu-law; return the bytes and their decoded samples.
 
-    with tempfile.TemporaryDirectory(prefix="callscribe-call-") as tmp:
-        clips, controls, total = build_call(Path(tmp))
-    tracks = render(clips, total)
+    Verifies the encoding: numpy and sox decode it identically, close to the PCM it came from,
+    and each track starts with a frame of mu-law silence."""
     encoded = {name: ulaw_encode(pcm) for name, pcm in tracks.items()}
-
-    # Verify the encoding: numpy and sox decode it identically, and close to the PCM it came from.
     decoded = {}
     for name, data in encoded.items():
         mine = ulaw_decode(data)
@@ -448,6 +464,24 @@ def main(argv: list[str] | None = None) -> int:
         if data[:FRAME_SAMPLES] != bytes([ULAW_SILENCE]) * FRAME_SAMPLES:
             sys.exit(f"make_sample_call.py: {name} does not start with mu-law silence (0xFF)")
         decoded[name] = mine
+    return encoded, decoded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output directory (default: callscribe/samples/twilio_call in this repository)",
+    )
+    args = parser.parse_args(argv)
+    check_tools()
+
+    with tempfile.TemporaryDirectory(prefix="callscribe-call-") as tmp:
+        clips, controls, total = build_call(Path(tmp))
+    tracks = render(clips, total)
+    encoded, decoded = encode_tracks(tracks)
 
     duration_ms = total // SAMPLES_PER_MS
     wins = windows(controls)

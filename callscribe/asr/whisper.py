@@ -14,13 +14,14 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from callscribe.asr.base import AsrRequest, AsrResult, AsrWord
 from callscribe.asr.models import resolve_model
 from callscribe.config import AsrSettings
+from callscribe.textnorm import loop_free, normalize, repetition_loop, without_loops
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ SAMPLE_RATE = 16_000
 
 FRAMES_PER_SECOND = 100  # mel frames
 FULL_CONTEXT_FRAMES = 3000  # Whisper's 30 s window
+HOP_SAMPLES = SAMPLE_RATE // FRAMES_PER_SECOND
 MAX_BATCHED_SAMPLES = FULL_CONTEXT_FRAMES * SAMPLE_RATE // FRAMES_PER_SECOND
 
 # faster-whisper's defaults, which ``transcribe_blocking`` uses too: a decode whose text
@@ -36,6 +38,13 @@ MAX_BATCHED_SAMPLES = FULL_CONTEXT_FRAMES * SAMPLE_RATE // FRAMES_PER_SECOND
 # temperature; sampled retries keep the best of this many hypotheses.
 COMPRESSION_RATIO_THRESHOLD = 2.4
 SAMPLED_HYPOTHESES = 5
+
+
+# The suspicion rule for a shortened window's decode (``suspect``): the endpointer leaves about
+# this much non-speech around an utterance (pre-roll, trailing silence), and people say more
+# than this many words a second of speech (2 to 3 is usual; slow digit strings about 1.5).
+UTTERANCE_MARGIN_S = 0.7
+MIN_WORDS_PER_SPEECH_S = 1.0
 
 
 def _max_new_tokens(samples: int) -> int:
@@ -53,18 +62,18 @@ class _Decode:
     compression_ratio: float
 
 
-def _trimmed_whisper_model_class() -> type:
-    """A faster-whisper ``WhisperModel`` whose encoder sees only the utterance, not 30 s.
+def _windowed_whisper_model_class() -> type:
+    """A faster-whisper ``WhisperModel`` whose encoder sees a window shorter than 30 s.
 
     faster-whisper pads every window to 30 s of mel frames, so the encoder costs the same for
-    a 2 s utterance as for 30 s of audio. CTranslate2's Whisper encoder accepts shorter inputs:
-    we cut the padding down to the utterance plus ``padding_frames`` of silence (rounded up to
-    whole seconds), which makes a short utterance's encoding several times cheaper on a CPU.
-    Which length applies is set per call, in a thread-local, by ``FasterWhisperEngine``.
+    a 2 s utterance as for 30 s of audio (on a CPU the encoder's attention makes 30 s about 13
+    times dearer than 5 s). CTranslate2's Whisper encoder accepts shorter inputs: the engine
+    pads the utterance's *audio* with silence up to the window it chose and the encoder is
+    given just that window. Which length applies is set per call, in a thread-local.
     """
     from faster_whisper import WhisperModel
 
-    class TrimmedContextWhisperModel(WhisperModel):  # type: ignore[misc]
+    class WindowedWhisperModel(WhisperModel):  # type: ignore[misc]
         _context = threading.local()
 
         def encode(self, features: np.ndarray):  # type: ignore[no-untyped-def]
@@ -73,7 +82,7 @@ def _trimmed_whisper_model_class() -> type:
                 features = np.ascontiguousarray(features[..., :frames])
             return super().encode(features)
 
-    return TrimmedContextWhisperModel
+    return WindowedWhisperModel
 
 
 class FasterWhisperEngine:
@@ -81,39 +90,127 @@ class FasterWhisperEngine:
         self.settings = settings
         self.model_path = resolve_model(settings.model, settings.cache_dir)
         started = time.perf_counter()
-        self._model = _trimmed_whisper_model_class()(
+        workers, threads = settings.parallelism()
+        self._model = _windowed_whisper_model_class()(
             self.model_path,
             device=settings.device,
             compute_type=settings.compute_type,
-            cpu_threads=settings.cpu_threads,
-            num_workers=settings.workers,
+            cpu_threads=threads,
+            num_workers=workers,
         )
         log.info(
-            "loaded Whisper model %s (%s, %s) in %.1f s",
+            "loaded Whisper model %s (%s, %s, %d workers × %d threads) in %.1f s",
             settings.model,
             settings.device,
             settings.compute_type,
+            workers,
+            threads,
             time.perf_counter() - started,
         )
-        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="asr")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
         self._tokenizers: dict[str, object] = {}
+        # Decodes from a shortened window that looked broken and were done again in 30 s.
+        self.full_window_retries = 0
+        # Repetition loops that even the full window gave, cut back to one occurrence.
+        self.loops_cut = 0
 
     async def transcribe(self, request: AsrRequest) -> AsrResult:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.transcribe_blocking, request)
 
-    def _context_frames(self, samples: int) -> int | None:
-        if self.settings.encoder_context == "full":
+    def window_frames(self, samples: int) -> int | None:
+        """The encoder window (mel frames) for an utterance of ``samples``.
+
+        ``encoder_context="full"``: Whisper's 30 s. ``"trimmed"``: the utterance plus
+        ``padding_frames`` of silence, at least ``min_window_frames``, rounded up to whole
+        seconds (so that utterances of similar length share a window and batch together).
+        None: longer than 30 s, faster-whisper's own sliding windows apply.
+        """
+        content = -(-samples // HOP_SAMPLES)
+        if content > FULL_CONTEXT_FRAMES:
             return None
-        needed = samples * FRAMES_PER_SECOND // SAMPLE_RATE + self.settings.padding_frames
+        if self.settings.encoder_context == "full":
+            return FULL_CONTEXT_FRAMES
+        needed = max(content + self.settings.padding_frames, self.settings.min_window_frames)
         whole_seconds = -(-needed // FRAMES_PER_SECOND) * FRAMES_PER_SECOND
         return min(FULL_CONTEXT_FRAMES, whole_seconds)
 
+    def _padded(self, audio: np.ndarray, frames: int | None) -> np.ndarray:
+        """The utterance followed by digital silence up to the window's length.
+
+        Whisper learnt on 30 s windows whose audio was padded with zeros, i.e. mel frames at
+        the spectrogram's floor after the speech. faster-whisper instead pads the *features*
+        with zeros, a level well above that floor; and a window cut short right after the
+        last word leaves the decoder no silence to see the sentence end in. Either way Whisper
+        base loops ("and and and") or stops early on voices it finds hard; padding the audio
+        itself keeps the window what the model was trained on.
+        """
+        if frames is None or not self.settings.pad_audio:
+            return audio
+        target = frames * HOP_SAMPLES
+        if len(audio) >= target:
+            return audio
+        return np.concatenate([audio, np.zeros(target - len(audio), dtype=np.float32)])
+
+    def suspect(self, text: str, samples: int) -> bool:
+        """Whether a decode from a shortened window looks broken: a repetition loop, or far
+        fewer words than the audio holds speech for (a sentence stopped short)."""
+        words = normalize(text)
+        if not words:
+            return False  # Whisper's "no speech" verdict: a 30 s window would only invent
+        if repetition_loop(words) is not None:
+            return True
+        speech_s = samples / SAMPLE_RATE - UTTERANCE_MARGIN_S
+        return len(words) < speech_s * MIN_WORDS_PER_SPEECH_S
+
     def transcribe_blocking(self, request: AsrRequest) -> AsrResult:
         started = time.perf_counter()
-        self._model._context.frames = self._context_frames(len(request.audio))
+        if not np.any(request.audio):
+            return self._digital_silence(request)
+        frames = self.window_frames(len(request.audio))
+        result = self._transcribe_window(request, frames)
+        if (
+            frames is not None
+            and frames < FULL_CONTEXT_FRAMES
+            and self.settings.full_window_retry
+            and self.suspect(result.text, len(request.audio))
+        ):
+            self.full_window_retries += 1
+            log.info("re-decoding a %d ms utterance with the full window: %r",
+                     result.audio_ms, result.text[:80])
+            result = self._transcribe_window(request, FULL_CONTEXT_FRAMES)
+        result = self._cut_loops(result)
+        return replace(result, processing_ms=(time.perf_counter() - started) * 1000)
+
+    def _cut_loops(self, result: AsrResult) -> AsrResult:
+        """A loop that no window avoided is cut back to one occurrence of its phrase (and its
+        words' timings with it): "and your name and your name" says "and your name"."""
+        if repetition_loop(normalize(result.text)) is None:
+            return result
+        text = without_loops(result.text)
+        if text == result.text:
+            return result  # a number's own digits ("4111 1111 1111 1111"): nothing to cut
+        self.loops_cut += 1
+        log.info("cut a repetition loop: %r → %r", result.text[:120], text[:120])
+        words = result.words
+        if words:
+            words = tuple(words[i] for i in loop_free([w.text for w in words]))
+        return replace(result, text=text, words=words)
+
+    @staticmethod
+    def _digital_silence(request: AsrRequest) -> AsrResult:
+        """All-zero audio holds no speech; Whisper, shown a window of nothing but the floor,
+        would still say "you"."""
+        return AsrResult(
+            text="",
+            language=request.language,
+            audio_ms=int(math.ceil(len(request.audio) * 1000 / SAMPLE_RATE)),
+        )
+
+    def _transcribe_window(self, request: AsrRequest, frames: int | None) -> AsrResult:
+        self._model._context.frames = frames
         segments, info = self._model.transcribe(
-            request.audio,
+            self._padded(request.audio, frames),
             language=request.language,
             beam_size=self.settings.beam_size,
             word_timestamps=request.word_timestamps,
@@ -148,7 +245,6 @@ class FasterWhisperEngine:
             words=tuple(w for w in words if w.text),
             language=info.language,
             audio_ms=int(math.ceil(len(request.audio) * 1000 / SAMPLE_RATE)),
-            processing_ms=(time.perf_counter() - started) * 1000,
         )
 
     # ------------------------------------------------------------------ batched transcription
@@ -182,8 +278,14 @@ class FasterWhisperEngine:
         for. The others are transcribed one by one with ``transcribe_blocking``.
         """
         self._check_languages(requests)
-        results: list[AsrResult | None] = [None] * len(requests)
-        batched = [i for i, request in enumerate(requests) if self.batchable(request)]
+        results: list[AsrResult | None] = [
+            None if np.any(request.audio) else self._digital_silence(request)
+            for request in requests
+        ]
+        batched = [
+            i for i, request in enumerate(requests)
+            if results[i] is None and self.batchable(request)
+        ]
         if batched:
             for i, result in zip(
                 batched, self._transcribe_together([requests[i] for i in batched]), strict=True
@@ -218,23 +320,41 @@ class FasterWhisperEngine:
         return tokenizer
 
     def _transcribe_together(self, requests: list[AsrRequest]) -> list[AsrResult]:
-        from faster_whisper.transcribe import get_suppressed_tokens
-
         started = time.perf_counter()
-        extractor = self._model.feature_extractor
-        features = [extractor(request.audio) for request in requests]
-        # As faster-whisper does: the last frame is the STFT's tail, not content.
-        contents = [min(FULL_CONTEXT_FRAMES, f.shape[-1] - 1) for f in features]
-        widths = [
-            self._context_frames(len(request.audio)) or FULL_CONTEXT_FRAMES
-            for request in requests
+        width = max(self.window_frames(len(r.audio)) or FULL_CONTEXT_FRAMES for r in requests)
+        texts = self._decode_together(requests, self._features(requests, width))
+        if width < FULL_CONTEXT_FRAMES and self.settings.full_window_retry:
+            again = [
+                i for i, (request, (text, _)) in enumerate(zip(requests, texts, strict=True))
+                if self.suspect(text, len(request.audio))
+            ]
+            if again:
+                self.full_window_retries += len(again)
+                retried = [requests[i] for i in again]
+                redone = self._decode_together(
+                    retried, self._features(retried, FULL_CONTEXT_FRAMES)
+                )
+                for i, text in zip(again, redone, strict=True):
+                    texts[i] = text
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return [
+            self._cut_loops(
+                AsrResult(
+                    text=text,
+                    language=language,
+                    audio_ms=int(math.ceil(len(request.audio) * 1000 / SAMPLE_RATE)),
+                    processing_ms=elapsed_ms,
+                )
+            )
+            for request, (text, language) in zip(requests, texts, strict=True)
         ]
-        width = max(widths)
-        # Zeros past the content, as Whisper's pad_or_trim pads its 30 s window.
-        mel = np.zeros((len(requests), features[0].shape[0], width), dtype=np.float32)
-        for row, (f, content) in enumerate(zip(features, contents, strict=True)):
-            used = min(content, width)
-            mel[row, :, :used] = f[:, :used]
+
+    def _decode_together(
+        self, requests: list[AsrRequest], mel: np.ndarray
+    ) -> list[tuple[str, str]]:
+        """One encoder call and one ``generate`` call (per temperature round) for the batch:
+        each request's (text, language)."""
+        from faster_whisper.transcribe import get_suppressed_tokens
 
         tokenizers = [self._tokenizer(request.language or "en") for request in requests]
         prompts = [[*t.sot_sequence, t.no_timestamps] for t in tokenizers]
@@ -279,24 +399,28 @@ class FasterWhisperEngine:
             pending = retry
             if not pending:
                 break
-        elapsed_ms = (time.perf_counter() - started) * 1000
-
         results = []
-        for request, tokenizer, tried in zip(requests, tokenizers, decodes, strict=True):
+        for tokenizer, tried in zip(tokenizers, decodes, strict=True):
             chosen = self._choose(tried)
             speechless = (
                 chosen.no_speech_prob > self.settings.no_speech_threshold
                 and not chosen.avg_logprob > self.settings.log_prob_threshold
             )
-            results.append(
-                AsrResult(
-                    text="" if speechless else chosen.text,
-                    language=tokenizer.language_code,
-                    audio_ms=int(math.ceil(len(request.audio) * 1000 / SAMPLE_RATE)),
-                    processing_ms=elapsed_ms,
-                )
-            )
+            results.append(("" if speechless else chosen.text, tokenizer.language_code))
         return results
+
+    def _features(self, requests: list[AsrRequest], width: int) -> np.ndarray:
+        """Log-mel features of every request in a window of ``width`` frames: each audio
+        padded with silence to the window (see ``_padded``), or its features padded with
+        zeros when ``pad_audio`` is off."""
+        extractor = self._model.feature_extractor
+        features = [extractor(self._padded(request.audio, width)) for request in requests]
+        mel = np.zeros((len(requests), features[0].shape[0], width), dtype=np.float32)
+        for row, f in enumerate(features):
+            # As faster-whisper does: the last frame is the STFT's tail, not content.
+            used = min(f.shape[-1] - 1, width)
+            mel[row, :, :used] = f[:, :used]
+        return mel
 
     def _encode(self, mel: np.ndarray):  # type: ignore[no-untyped-def]
         import ctranslate2

@@ -80,7 +80,7 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
-        concurrency=settings.workers,
+        concurrency=settings.workers or 1,  # batches at once (a GPU serves one at a time)
     )
     languages = frozenset(engine.supported_languages)
     max_bytes = int(settings.max_audio_s * SAMPLE_RATE) * 2

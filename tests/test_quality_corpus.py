@@ -1,0 +1,95 @@
+"""Accuracy on voices nobody tuned for: held-back calls of the quality corpus streamed through
+a real server as Twilio calls, against the same model transcribing the same turns offline
+(generous cuts, faster-whisper's own 30 s window). The streamed transcripts must never loop,
+lose no more turns than offline does, and stay within STREAMING_WER_BOUND × offline WER.
+
+The goal is 1.1 × offline. Measured on these two calls with today's default (10 s encoder
+window, audio padded with silence, 400 ms of real trailing audio): 22.2 % streaming against
+16.9 % offline (1.31 ×), where the old default (the utterance + 2 s, features padded) was 3 ×
+offline on such voices. The bound below guards what has been reached; lower it as the gap
+closes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from callscribe.asr.whisper import FasterWhisperEngine
+from callscribe.quality import Transcript, group, regroup, score
+from callscribe.quality_bench import (
+    Comparison,
+    corpus_dir,
+    load_corpus,
+    offline_settings,
+    offline_transcripts,
+    stream_calls,
+)
+from callscribe.simulate import FRAME_BYTES, ReceivedMessage, WebhookReceiver
+from tests.conftest import RunningServer
+
+STREAMING_WER_BOUND = 1.5
+# Two held-back calls: four voices (festival ked and slt, espeak en-029 and en-us-nyc) that
+# no setting was chosen on.
+HELD_BACK_CALLS = ("q03-ked-carf2", "q12-slt-nycf4")
+
+
+def test_the_corpus_is_as_its_readme_says() -> None:
+    manifest = json.loads((corpus_dir() / "corpus.json").read_text())
+    splits = [c["split"] for c in manifest["calls"]]
+    assert len(splits) >= 12
+    assert splits.count("held-back") * 3 >= len(splits)  # a third kept out of tuning
+    calls = load_corpus()
+    voices = {voice for c in calls for voice in c.voices.values()}
+    assert len(voices) >= 12
+    for c in calls:
+        assert {len(t) for t in c.call.tracks.values()} == {c.call.frames * FRAME_BYTES}
+        assert [x.action for x in c.call.controls] == ["start", "stop"]
+        lengths = [t.end_ms - t.start_ms for t in c.turns]
+        assert c.turns and all(0 < n < 15_000 for n in lengths)
+    lengths = [t.end_ms - t.start_ms for c in calls for t in c.turns]
+    assert min(lengths) <= 600 and max(lengths) >= 4_000
+    assert {c.id for c in load_corpus(split="held-back")} >= set(HELD_BACK_CALLS)
+
+
+async def test_streaming_is_as_accurate_as_offline_on_held_back_voices(
+    server_factory: Callable[..., Awaitable[RunningServer]], receiver: WebhookReceiver
+) -> None:
+    calls = [c for c in load_corpus(split="held-back") if c.id in HELD_BACK_CALLS]
+    assert len(calls) == len(HELD_BACK_CALLS)
+    server = await server_factory(receiver.url)
+    api = server.client("quality")
+    inbox: list[ReceivedMessage] = []
+    receiver.listeners.append(inbox.append)
+    run = await stream_calls(calls, server.base_url, api, inbox, speed=2.0)
+    assert run.control_errors == 0 and run.lost == 0
+
+    engine = FasterWhisperEngine(offline_settings())
+    comparison = Comparison()
+    for c in calls:
+        streamed: list[Transcript] = run.transcripts[c.id]
+        assert streamed, c.id
+        groups = group(c.turns, streamed)
+        comparison.add(groups, regroup(groups, offline_transcripts(engine, c)))
+    await engine.close()
+
+    streaming, offline = comparison.streaming, comparison.offline
+    detail = (streaming.wer, offline.wer, streaming.loops, streaming.truncations)
+    assert streaming.loops == [], detail
+    assert len(streaming.truncations) <= len(offline.truncations), detail
+    assert streaming.wer <= STREAMING_WER_BOUND * offline.wer, detail
+    # Timing: each group's first and last transcript lie where its turns were said.
+    assert sorted(streaming.start_errors_ms)[len(streaming.start_errors_ms) // 2] <= 300
+    assert sorted(streaming.end_errors_ms)[len(streaming.end_errors_ms) // 2] <= 300
+
+
+@pytest.mark.parametrize("split", ["tuning", "held-back"])
+def test_each_split_scores_against_itself(split: str) -> None:
+    """Scoring the script against itself gives no errors, loops or truncations: the corpus's
+    texts and turn boundaries are consistent with the scorer (digits, repeats)."""
+    for c in load_corpus(split=split):
+        turns = c.turns
+        result = score(group(turns, [Transcript(t.track, t.start_ms, t.end_ms, t.text)
+                                     for t in turns]))
+        assert (result.errors, result.loops, result.truncations) == (0, [], []), c.id
