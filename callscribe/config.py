@@ -30,8 +30,14 @@ class EndpointingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_VAD_", extra="ignore")
 
-    speech_threshold: float = Field(0.5, ge=0.05, le=0.95)
-    end_silence_ms: int = Field(400, ge=100, le=5000)
+    # 0.35 rather than Silero's usual 0.5: telephone voices Whisper finds hard are often ones
+    # the VAD is unsure of too, and a lower bar (speech then ends below 0.2) keeps their
+    # sentences whole (tuning split: streaming WER 20.3 % at 0.5, 18.3 % at 0.35).
+    speech_threshold: float = Field(0.35, ge=0.05, le=0.95)
+    # 600 rather than 400: a speaker's pause inside a sentence then rarely ends the utterance,
+    # and Whisper, given the whole sentence, makes fewer errors (measured on the quality
+    # corpus's tuning split: streaming WER 21.7 % at 400 ms, 20.3 % at 600 ms).
+    end_silence_ms: int = Field(600, ge=100, le=5000)
     # Short enough for a clipped "Yes." or "Okay." (about 300 ms of voice over the phone).
     min_speech_ms: int = Field(120, ge=32, le=5000)
     max_utterance_ms: int = Field(15_000, ge=1000, le=30_000)
