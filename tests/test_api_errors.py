@@ -79,6 +79,8 @@ async def test_parameter_errors_400_201(server: RunningServer) -> None:
             (START, b'{"namespace": "twilio"}'),
             (START, b'{"namespace": "skype", "guid": "CA1", "customerId": "c", "agentId": "a"}'),
             (START, b'{"namespace": "twilio", "guid": "bad guid with spaces"}'),
+            # A trailing newline: "$" matches before it, so the pattern must match whole.
+            (START, b'{"namespace": "twilio", "guid": "CA1\\n", "customerId": "c", "agentId": "a"}'),
             (START, b'{"namespace": "twilio", "guid": 42}'),
             (STOP, b'{"guid": "CA1"}'),
             (STOP, b"\xff\xfe"),

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-GUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+# Used with fullmatch: "$" alone would let a trailing newline through.
+GUID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 
 
 class ErrorCode(StrEnum):
@@ -152,7 +153,7 @@ class _Envelope(BaseModel):
     @field_validator("guid")
     @classmethod
     def _guid_shape(cls, value: str) -> str:
-        if not GUID_PATTERN.match(value):
+        if not GUID_PATTERN.fullmatch(value):
             raise ValueError("guid must be 1-128 letters, digits, '.', '_', ':' or '-'")
         return value
 

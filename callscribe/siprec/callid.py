@@ -124,12 +124,12 @@ def metadata_session_guid(metadata: RecordingMetadata | None) -> str | None:
         raw = b""
     if len(raw) == 16:
         return str(uuid.UUID(bytes=raw))
-    return session_id if GUID_PATTERN.match(session_id) else None
+    return session_id if GUID_PATTERN.fullmatch(session_id) else None
 
 
 def sanitised(value: str) -> str | None:
     value = re.sub(r"[^A-Za-z0-9._:\-]", "_", value.strip())[:128]
-    return value if GUID_PATTERN.match(value) else None
+    return value if GUID_PATTERN.fullmatch(value) else None
 
 
 def resolve_call_guid(
@@ -148,7 +148,7 @@ def resolve_call_guid(
             guid = cisco_guid(value) if value else None
         elif source.kind == "header":
             value = headers.get((source.header or "").lower())
-            guid = value.strip() if value and GUID_PATTERN.match(value.strip()) else None
+            guid = value.strip() if value and GUID_PATTERN.fullmatch(value.strip()) else None
         elif source.kind == "metadata-session":
             guid = metadata_session_guid(metadata)
         elif source.kind == "call-id":
