@@ -130,6 +130,21 @@ async def test_unknown_call_400_203(server: RunningServer) -> None:
         assert_error(response, 400, "400-203")
 
 
+async def test_start_and_stop_answer_with_a_trailing_slash_too(server: RunningServer) -> None:
+    """The SIPREC guide writes the paths with a trailing slash: they are served as they are
+    (a 307 would make a client re-post its body, which many do not)."""
+    async with raw_client(server) as http:
+        assert_error(await http.post(START + "/", json=start_body("CAnope")), 400, "400-203")
+        assert_error(
+            await http.post(STOP + "/", json={"namespace": "twilio", "guid": "CAnope"}),
+            400,
+            "400-203",
+        )
+        assert_error(await http.post(START + "/", content=b"{not json"), 400, "400-201")
+        paths = (await http.get("/openapi.json")).json()["paths"]
+        assert START in paths and START + "/" not in paths
+
+
 async def test_already_started_and_stopped_409_201(server: RunningServer) -> None:
     api = server.client("acme")
     async with live_call(await api.stream_url()) as (guid, _), raw_client(server) as http:

@@ -303,6 +303,7 @@ async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
 
 def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
     from fastapi.exceptions import RequestValidationError
+    from fastapi.routing import APIRoute
 
     app = FastAPI(
         title="CallScribe",
@@ -313,6 +314,18 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
     )
     app.state.services = services
     app.include_router(router)
+    # The SIPREC guide writes ".../start-streaming/" and ".../stop-streaming/": serve that form
+    # too, rather than a 307 that a client posting a body may not follow.
+    for route in list(router.routes):
+        if isinstance(route, APIRoute) and route.path.endswith("-streaming"):
+            app.add_api_route(
+                route.path + "/",
+                route.endpoint,
+                methods=list(route.methods),
+                response_model=route.response_model,
+                response_model_exclude_none=route.response_model_exclude_none,
+                include_in_schema=False,
+            )
     if services.outputs is not None:
         from callscribe.api.outputs import build_download_router, build_router
         from callscribe.blobs.directory import DirectoryBlobStore
