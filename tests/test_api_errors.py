@@ -91,6 +91,10 @@ async def test_parameter_errors_400_201(server: RunningServer) -> None:
             assert_error(response, 400, "400-201")
         response = await http.get("/conversation/v1/conversation/messages")
         assert_error(response, 400, "400-201")
+        # Says which parameter, and never shows the server's source files.
+        message = response.json()["error"]["message"]
+        assert "externalConversationId" in message
+        assert ".py" not in message and "line" not in message.lower(), message
 
 
 async def test_transcription_parameter_errors_400_202(server: RunningServer) -> None:

@@ -288,9 +288,21 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.http_status)
 
 
+def _validation_message(exc: Exception) -> str:
+    """What was wrong, field by field ("query.externalConversationId: Field required"); never
+    the exception's text, which names the endpoint's source file and line."""
+    errors_of = getattr(exc, "errors", None)
+    errors = errors_of() if callable(errors_of) else []
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
-        ApiError(ErrorCode.PARAMETER, str(exc)).body(), status_code=400
+        ApiError(ErrorCode.PARAMETER, _validation_message(exc)).body(), status_code=400
     )
 
 
