@@ -269,13 +269,14 @@ class FasterWhisperEngine:
     def transcribe_batch(self, requests: list[AsrRequest]) -> list[AsrResult]:
         """Transcribe several utterances; results in the order of ``requests``.
 
-        The batchable ones (see ``batchable``) share one encoder call and one ``generate`` call:
-        their mel features are zero-padded to a common width, the largest trimmed context in
-        the batch (or Whisper's 30 s with ``encoder_context="full"``). Each gets the same
-        decoding rules as ``transcribe_blocking``: temperature fallback on loops or improbable
-        text, Whisper's no-speech filter, the per-utterance token bound. Their
-        ``processing_ms`` is the time the shared batch took, which every one of them waited
-        for. The others are transcribed one by one with ``transcribe_blocking``.
+        The batchable ones (see ``batchable``) share one encoder call and one ``generate`` call
+        in a common window, the largest ``window_frames`` in the batch, each one's audio padded
+        with silence to it (``_features``). Each gets the same decoding rules as
+        ``transcribe_blocking``: temperature fallback on loops or improbable text, Whisper's
+        no-speech filter, the per-utterance token bound, a retry in the 30 s window of those
+        that look broken (``suspect``), loops cut. Their ``processing_ms`` is the time the
+        shared batch took, which every one of them waited for. The others are transcribed one
+        by one with ``transcribe_blocking``; digital silence is answered without the model.
         """
         self._check_languages(requests)
         results: list[AsrResult | None] = [
