@@ -176,6 +176,7 @@ async def stream_calls(
         key: round(after[key] - before[key], 3)
         for key in after
         if isinstance(after.get(key), int | float) and isinstance(before.get(key), int | float)
+        and not key.startswith("recent")  # a figure over recent utterances, not a counter
     }
     asr["realTimeFactor"] = (
         asr["processingSeconds"] / asr["audioSeconds"] if asr.get("audioSeconds") else 0.0

@@ -10,8 +10,11 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from callscribe.api.schemas import AutotranscribeParams, RedactionOutput
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult, AsrWord, whisper_language
@@ -35,6 +38,9 @@ class Speaker:
     stream_id: str
 
 
+RECENT_WAITS = 1000
+
+
 @dataclass
 class AsrStats:
     utterances: int = 0
@@ -42,7 +48,8 @@ class AsrStats:
     processing_s: float = 0.0
     empty: int = 0
     errors: int = 0
-    queue_wait_s: list[float] = field(default_factory=list)
+    # The most recent utterances' waits for the engine (bounded: a server runs for months).
+    queue_wait_s: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_WAITS))
 
     @property
     def real_time_factor(self) -> float:
@@ -56,6 +63,10 @@ class AsrStats:
             "realTimeFactor": round(self.real_time_factor, 4),
             "emptyResults": self.empty,
             "errors": self.errors,
+            "recentQueueWaitP95Ms": round(
+                float(np.percentile(self.queue_wait_s, 95)) * 1000 if self.queue_wait_s else 0.0,
+                1,
+            ),
         }
 
 
