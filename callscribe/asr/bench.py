@@ -16,7 +16,6 @@ in batches of each requested size with ``transcribe_batch`` (what the ASR worker
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
@@ -25,6 +24,8 @@ import numpy as np
 from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.audio import resample_8k_to_16k, ulaw_to_pcm16
 from callscribe.config import AsrSettings
+from callscribe.quality import word_errors
+from callscribe.textnorm import normalize
 from callscribe.simulate import load_sample_call
 
 SAMPLE_RATE = 16_000
@@ -76,22 +77,13 @@ def sample_utterances(count: int) -> list[Utterance]:
     return utterances
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Word-level edit distance over all pairs / reference words."""
+    """Word errors over all pairs / reference words, compared as the quality bench compares
+    them (``callscribe.quality``: normalised, numbers digit by digit)."""
     errors = total = 0
     for reference, hypothesis in zip(references, hypotheses, strict=True):
-        ref, hyp = _words(reference), _words(hypothesis)
-        previous = list(range(len(hyp) + 1))
-        for i, r in enumerate(ref, 1):
-            current = [i]
-            for j, h in enumerate(hyp, 1):
-                current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-            previous = current
-        errors += previous[-1]
+        ref = normalize(reference)
+        errors += word_errors(ref, normalize(hypothesis))
         total += len(ref)
     return errors / total if total else 0.0
 
