@@ -274,6 +274,9 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
         if runtime.siprec is not None:
             await runtime.siprec.start()
         assert runtime.retention is not None and runtime.exporter is not None
+        # The first purge finishes before the server answers anything, so nothing a client
+        # does once it is up races with it; then one each PURGE_INTERVAL_S.
+        await _purge_once(runtime.retention)
         loop = asyncio.get_running_loop()
         background = [
             loop.create_task(_purge_expired(runtime.retention)),
@@ -304,15 +307,19 @@ def add_gateway_routes(app: Starlette, runtime: LocalRuntime) -> None:
     )
 
 
+async def _purge_once(retention: Retention) -> None:
+    try:
+        removed = await asyncio.to_thread(retention.purge, time.time())
+        if any(removed.values()):
+            log.info("retention purge: %s", removed)
+    except Exception:
+        log.exception("retention purge failed; trying again at the next interval")
+
+
 async def _purge_expired(retention: Retention) -> None:
     while True:
-        try:
-            removed = await asyncio.to_thread(retention.purge, time.time())
-            if any(removed.values()):
-                log.info("retention purge: %s", removed)
-        except Exception:
-            log.exception("retention purge failed; trying again at the next interval")
         await asyncio.sleep(PURGE_INTERVAL_S)
+        await _purge_once(retention)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

@@ -26,6 +26,7 @@ from callscribe.export import (
     next_run,
     run_daily,
 )
+from callscribe.retention import Retention
 from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, StoredMessage
 from callscribe.store.sqlite import SqliteStore
 from tests.conftest import RunningServer
@@ -227,6 +228,24 @@ async def test_feed_links_through_the_api(server_factory: Any) -> None:
         anonymous = await http.get(f"{server.base_url}/fileexporter/v1/feeds/utterances/files",
                                    params={"start": "2026-03-14T00:00:00Z", "end": "2026-03-14T01:00:00Z"})
     assert anonymous.status_code == 401
+
+
+async def test_the_startup_purge_is_over_before_the_server_answers(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge still running once clients are served would delete what they just stored (the
+    feed-links test lost its rows that way under CPU load): the first one runs at startup."""
+    purges: list[float] = []
+    purge = Retention.purge
+
+    def slow_purge(self: Retention, now: float) -> dict[str, int]:
+        time.sleep(0.5)  # as on a loaded machine
+        purges.append(now)
+        return purge(self, now)
+
+    monkeypatch.setattr(Retention, "purge", slow_purge)
+    await server_factory(None)
+    assert len(purges) == 1
 
 
 async def test_feed_files_expire_with_retention(server_factory: Any) -> None:
