@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
 from callscribe.config import Settings, SiprecSettings, WebhookSettings, default_data_dir
 
 
@@ -47,6 +50,44 @@ def _sip_port(value: str) -> int | str:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("a port number, 0 (any free port) or off")
     return port
+
+
+# Settings that serve takes as flags; every other one is set in the environment only.
+SERVE_FLAG_SETTINGS = {
+    "host", "port", "data_dir", "public_gateway_url", "public_url", "webhook.url",
+    "webhook.secret_name", "webhook.secret", "webhook.secret_in", "siprec.port",
+    "siprec.enabled",
+}
+
+
+def _environment_only_settings() -> str:
+    """serve --help's epilog: each setting without a flag, by its environment variable, with
+    its default, read from the settings classes so that it cannot go stale."""
+    from pydantic_settings import BaseSettings
+
+    lines = ["settings from the environment only (default in brackets):"]
+
+    def walk(model: type[BaseSettings], path: str) -> None:
+        prefix = model.model_config.get("env_prefix", "")
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseSettings):
+                walk(kind, f"{path}{name}.")
+            elif f"{path}{name}" not in SERVE_FLAG_SETTINGS:
+                default = field.get_default(call_default_factory=True)
+                shown = ("unset" if default is None else json.dumps(list(default))
+                         if isinstance(default, tuple | list) else default)
+                lines.append(f"  {prefix}{name.upper()} [{shown}]")
+
+    walk(Settings, "")
+    return "\n".join(lines)
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return number
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -392,8 +433,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_quality(args: argparse.Namespace) -> int:
     from callscribe.quality_bench import run_quality_bench
 
-    if (args.at_once is not None and args.at_once < 1) or args.speed <= 0:
-        print("--at-once must be at least 1 and --speed positive", file=sys.stderr)
+    if args.at_once is not None and args.at_once < 1:
+        print("--at-once must be at least 1", file=sys.stderr)
         return 2
     return asyncio.run(
         run_quality_bench(args.split, at_once=args.at_once, speed=args.speed, json_path=args.json)
@@ -430,7 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API, the Twilio gateway and ASR locally")
+    serve = commands.add_parser(
+        "serve", help="run the API, the Twilio gateway and ASR locally",
+        epilog=_environment_only_settings(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
     _data_dir_arg(serve)
@@ -492,28 +536,40 @@ def build_parser() -> argparse.ArgumentParser:
         _store_args(command)
         command.set_defaults(func=func)
 
-    demo = commands.add_parser("demo", help="stream a sample two-party call and show transcripts")
-    demo.add_argument("--speed", type=float, default=1.0, help="playback speed (1 = real time)")
+    demo = commands.add_parser(
+        "demo", help="stream a sample two-party call and show transcripts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--speed", type=_positive, default=1.0, help="playback speed (1 = real time)")
     demo.add_argument("--keep-data", action="store_true", help="keep the temporary data dir")
     demo.set_defaults(func=cmd_demo)
 
-    bench = commands.add_parser("bench", help="simultaneous real-time calls: latency and RTF")
+    bench = commands.add_parser(
+        "bench", help="simultaneous real-time calls: latency and RTF",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     bench.add_argument("--calls", default="1,2,4", help="comma-separated numbers of calls")
-    bench.add_argument("--p95-bound-ms", type=float, default=1500.0)
-    bench.add_argument("--seconds", type=float, default=None, help="play only this much")
-    bench.add_argument("--end-silence-ms", type=int, default=None)
+    bench.add_argument(
+        "--p95-bound-ms", type=float, default=1500.0,
+        help="end of utterance to webhook, p95, that a number of calls must hold",
+    )
+    bench.add_argument("--seconds", type=float, default=None,
+                       help="play only this much of the sample call (default: all of it)")
+    bench.add_argument("--end-silence-ms", type=int, default=None,
+                       help="the VAD's end silence (default: the setting, 600)")
     bench.set_defaults(func=cmd_bench)
     bench_kinds = bench.add_subparsers(dest="bench_kind", required=False)
     quality = bench_kinds.add_parser(
         "quality",
         help="the quality corpus streamed in real time: streaming vs offline WER, loops, latency",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     quality.add_argument(
         "--split", choices=("all", "tuning", "held-back"), default="all",
         help="which calls of the corpus (the held-back split is never used to tune)",
     )
     quality.add_argument("--at-once", type=int, default=None, help="calls played at once (all)")
-    quality.add_argument("--speed", type=float, default=1.0, help="times real time")
+    quality.add_argument("--speed", type=_positive, default=1.0, help="times real time")
     quality.add_argument("--json", type=Path, default=None, help="also write the figures here")
     quality.set_defaults(func=cmd_bench_quality)
 
@@ -525,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_asr_worker)
 
     bench_asr = commands.add_parser(
-        "bench-asr", help="ASR latency and throughput per batch size on this device"
+        "bench-asr", help="ASR latency and throughput per batch size on this device",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench_asr.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated sizes")
     bench_asr.add_argument("--utterances", type=int, default=16, help="utterances per size")
@@ -632,13 +689,41 @@ def _export_commands(commands: Any) -> None:
     listing.set_defaults(func=cmd_export_list)
 
 
+def _invalid_settings(exc: ValidationError) -> str:
+    """pydantic's error as a user fixes it: which setting, the value given, what is wrong."""
+    lines = []
+    section = exc.title.removesuffix("Settings").lower()  # "WebhookSettings" -> "webhook"
+    for error in exc.errors(include_url=False):
+        where = ".".join([section] * bool(section) + [str(part) for part in error["loc"]])
+        value = error.get("input")
+        given = f" ({value!r})" if isinstance(value, str | int | float) else ""
+        lines.append(f"{where}{given}: {error['msg']}")
+    return "invalid setting: " + "; ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValidationError, SettingsError, OSError) as exc:
+        # A setting or a path the user gave is wrong: one line that says which, not a
+        # traceback (kept with --verbose, for a bug report).
+        if args.verbose:
+            raise
+        if isinstance(exc, ValidationError):
+            message = _invalid_settings(exc)
+        elif isinstance(exc, SettingsError):
+            message = f"invalid setting: {exc} (lists and tables are JSON, e.g. [0.0, 0.4])"
+        else:
+            message = exc.strerror or str(exc)
+            if exc.filename:
+                message = f"{message}: {exc.filename}"
+        print(f"callscribe {args.command}: {message}", file=sys.stderr)
+        return 1 if isinstance(exc, OSError) else 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -57,53 +58,54 @@ async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
             flush=True,
         )
 
-    async with running_receiver() as receiver:
-        receiver.listeners.append(on_message)
-        print(f"• webhook receiver listening on {receiver.url}", flush=True)
-        print("• starting callscribe serve (loads Whisper base, int8, CPU) …", flush=True)
-        async with running_server(data_dir, receiver.url) as server:
-            print(f"• server ready at {server.base_url}", flush=True)
-            issued = create_api_key(SqliteStore(data_dir / "callscribe.sqlite3"), "demo")
-            print(f"• API key created for tenant 'demo': {issued.api_id}", flush=True)
-            api = ApiClient(server.base_url, issued.api_id, issued.api_secret)
-            stream_url = await api.stream_url()
-            print(f"• stream URL: {stream_url[:70]}…", flush=True)
-            print("• playing the call: IVR prelude first (not transcribed) …", flush=True)
+    try:
+        async with running_receiver() as receiver:
+            receiver.listeners.append(on_message)
+            print(f"• webhook receiver listening on {receiver.url}", flush=True)
+            print("• starting callscribe serve (loads Whisper base, int8, CPU) …", flush=True)
+            async with running_server(data_dir, receiver.url) as server:
+                print(f"• server ready at {server.base_url}", flush=True)
+                issued = create_api_key(SqliteStore(data_dir / "callscribe.sqlite3"), "demo")
+                print(f"• API key created for tenant 'demo': {issued.api_id}", flush=True)
+                api = ApiClient(server.base_url, issued.api_id, issued.api_secret)
+                stream_url = await api.stream_url()
+                print(f"• stream URL: {stream_url[:70]}…", flush=True)
+                print("• playing the call: IVR prelude first (not transcribed) …", flush=True)
 
-            async def on_control(control: Control, response: httpx.Response, _: PlayedCall) -> None:
-                body = response.json()
-                print(f"  {control.action}-streaming at {_clock(control.at_ms / 1000)} → "
-                      f"HTTP {response.status_code}", flush=True)
-                result = body.get("autotranscribeResponse") or {}
-                for role in ("customer", "agent"):
-                    summary = (result.get(role) or {}).get("summary")
-                    if summary:
-                        print(f"    {role:8} summary: {json.dumps(summary)}", flush=True)
-                if control.action == "stop" and control is not call.controls[-1]:
-                    print("  (on hold: music plays, nothing is transcribed)", flush=True)
+                async def on_control(control: Control, response: httpx.Response, _: PlayedCall) -> None:
+                    body = response.json()
+                    print(f"  {control.action}-streaming at {_clock(control.at_ms / 1000)} → "
+                          f"HTTP {response.status_code}", flush=True)
+                    result = body.get("autotranscribeResponse") or {}
+                    for role in ("customer", "agent"):
+                        summary = (result.get(role) or {}).get("summary")
+                        if summary:
+                            print(f"    {role:8} summary: {json.dumps(summary)}", flush=True)
+                    if control.action == "stop" and control is not call.controls[-1]:
+                        print("  (on hold: music plays, nothing is transcribed)", flush=True)
 
-            def on_progress(seconds: float) -> None:
-                if int(seconds) % 10 == 0:
-                    print(f"  … {_clock(seconds)} of audio sent", flush=True)
+                def on_progress(seconds: float) -> None:
+                    if int(seconds) % 10 == 0:
+                        print(f"  … {_clock(seconds)} of audio sent", flush=True)
 
-            await play_call(stream_url, call, api, played=played, on_control=on_control,
-                            on_progress=on_progress)
-            print(f"• call ended: Twilio stream closed with code {played.close_code}", flush=True)
-            await asyncio.sleep(1.0)
-            after = await api.messages(played.call_sid)
-            body = after.json()
-            print(f"• after-call API: {len(body.get('messages', []))} messages, "
-                  f"complete={body.get('complete')}", flush=True)
-            for message in body.get("messages", []):
-                r = message["autotranscribeResponse"]
-                print(f"    {message['sender']['role']:8} "
-                      f"{' '.join(u['text'] for u in r['utterance'])}", flush=True)
-            await api.close()
-        count = len(receiver.messages)
-    if not keep_data:
-        import shutil
-
-        shutil.rmtree(data_dir, ignore_errors=True)
+                await play_call(stream_url, call, api, played=played, on_control=on_control,
+                                on_progress=on_progress)
+                print(f"• call ended: Twilio stream closed with code {played.close_code}", flush=True)
+                await asyncio.sleep(1.0)
+                after = await api.messages(played.call_sid)
+                body = after.json()
+                print(f"• after-call API: {len(body.get('messages', []))} messages, "
+                      f"complete={body.get('complete')}", flush=True)
+                for message in body.get("messages", []):
+                    r = message["autotranscribeResponse"]
+                    print(f"    {message['sender']['role']:8} "
+                          f"{' '.join(u['text'] for u in r['utterance'])}", flush=True)
+                await api.close()
+            count = len(receiver.messages)
+    finally:
+        # The temporary data dir goes however the demo ends (Ctrl-C, a failure), unless kept.
+        if not keep_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
     if count == 0:
         print("✗ no transcripts arrived at the webhook", flush=True)
         return 1

@@ -340,15 +340,31 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     )
 
 
+class CannotListen(OSError):
+    """The server's address is taken or not this machine's: said in one line, not a traceback."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound before anything is loaded, so a port in use fails at once and plainly (uvicorn,
+    binding itself, exits from inside its task with a traceback)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CannotListen(exc.errno, f"cannot listen on {host}:{port}: {reason}") from exc
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    sock = listening_socket(settings.host, settings.port)
     runtime = LocalRuntime.build(settings)
     app = create_local_app(runtime)
     server = uvicorn.Server(uvicorn_config(app, settings))
-    serving = asyncio.get_running_loop().create_task(server.serve())
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port = sock.getsockname()[1]
         sip = f"; SIPREC on {settings.host}:{runtime.siprec.port} (UDP, TCP)" if runtime.siprec else ""
         print(
             f"CallScribe listening on http://{settings.host}:{port} "
@@ -356,6 +372,13 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             f"data in {settings.data_dir}",
             flush=True,
         )
+        if settings.webhook.url is None:
+            print(
+                "No default webhook (--webhook-url): transcripts are kept for the after-call "
+                "API (GET /conversation/v1/conversation/messages) and go to the webhooks tenants "
+                "set with `callscribe webhook set`.",
+                flush=True,
+            )
         if ready is not None:
             ready.set()
     await serving

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -103,3 +106,65 @@ def test_demo_runs_and_reports_transcripts() -> None:
     assert '"transcripts":' in out
     assert "complete=True" in out
     assert "transcripts delivered to the webhook" in out
+
+
+# A user's mistakes get one line that says what is wrong, never a traceback -----------------
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode in (1, 2), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 2, result.stderr  # argparse's usage line may come before it
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_serve_with_a_data_dir_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = callscribe("serve", "--port", "0", "--sip-port", "off",
+                        "--data-dir", str(tmp_path / "a-file" / "data"))
+    assert_one_line_error(result, "Not a directory", str(tmp_path / "a-file" / "data"))
+
+
+def test_serve_with_a_webhook_url_that_is_not_one(tmp_path: Path) -> None:
+    result = callscribe("serve", "--port", "0", "--sip-port", "off", "--data-dir", str(tmp_path),
+                        "--webhook-url", "not-a-url")
+    assert_one_line_error(result, "webhook.url", "not-a-url", "valid URL")
+
+
+def test_serve_with_a_bad_environment_setting(tmp_path: Path) -> None:
+    env = {**os.environ, "CALLSCRIBE_VAD_END_SILENCE_MS": "5"}
+    result = subprocess.run(
+        [sys.executable, "-m", "callscribe", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert_one_line_error(result, "endpointing.end_silence_ms", "greater than or equal to 100")
+
+
+def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = callscribe("serve", "--port", str(port), "--sip-port", "off",
+                            "--data-dir", str(tmp_path))
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "in use")
+
+
+def test_demo_refuses_a_speed_of_zero_and_leaves_no_temporary_folder() -> None:
+    before = set(Path(tempfile.gettempdir()).glob("callscribe-demo-*"))
+    result = callscribe("demo", "--speed", "0")
+    assert_one_line_error(result, "--speed", "more than 0")
+    assert set(Path(tempfile.gettempdir()).glob("callscribe-demo-*")) == before
+
+
+def test_help_names_defaults_and_environment_settings() -> None:
+    serve = callscribe("serve", "--help").stdout
+    assert "CALLSCRIBE_ASR_MODEL [packaged:whisper-base]" in serve
+    assert "CALLSCRIBE_VAD_END_SILENCE_MS [600]" in serve
+    assert "CALLSCRIBE_WEBHOOK_URL" not in serve  # it has a flag
+    bench = callscribe("bench", "--help").stdout
+    assert "(default: 1,2,4)" in bench and "(default: 1500.0)" in bench
+    quality = callscribe("bench", "quality", "--help").stdout
+    assert "(default: all)" in quality
