@@ -547,6 +547,40 @@ def test_stop_for_another_call() -> None:
                  "stop.callSid 'CAother' does not match started call")
 
 
+# --------------------------------------------------------------------------- callSid
+
+# The callSid becomes the call's guid: it names the call in the Store, the API, the webhook
+# and file names, so only what the API's guid pattern accepts may pass.
+BAD_CALL_SIDS = [
+    ("NUL", "CA\x00" + "a" * 30, "'CA\\x00"),
+    ("right-to-left override", "CA\u202e" + "a" * 30, "'CA\\u202e"),
+    ("path traversal", "../../etc/passwd", "'../"),
+    ("slash", "CA12/34", "'CA12/34'"),
+    ("trailing newline", "CA" + "0" * 32 + "\n", "'CA"),
+    ("leading space", " CA" + "0" * 32, "' CA"),
+    ("starts with a dot", ".CA" + "0" * 32, "'.CA"),
+    ("too long", "CA" + "a" * 200, "'CAaaa"),
+    ("non-ASCII letter", "CA\u00e9" + "0" * 31, "'CA\\xe9"),
+]
+
+
+@pytest.mark.parametrize(("call_sid", "shown"), [case[1:] for case in BAD_CALL_SIDS],
+                         ids=[case[0] for case in BAD_CALL_SIDS])
+def test_start_refuses_a_call_sid_that_is_no_guid(call_sid: str, shown: str) -> None:
+    proto = TwilioStreamProtocol()
+    err = expect_error(proto, j(start_msg(callSid=call_sid)), CloseCode.INVALID_PAYLOAD,
+                       "invalid start.callSid")
+    assert shown in err.reason, err.reason
+    assert err.reason.isascii() and err.reason.isprintable()
+    assert not proto.started and proto.call_sid is None
+
+
+@pytest.mark.parametrize("call_sid", [CALL, "CAbad", "CA1", "c" + "0" * 127, "CA.x_y:z-1"])
+def test_start_accepts_every_call_sid_the_api_accepts_as_a_guid(call_sid: str) -> None:
+    proto = TwilioStreamProtocol()
+    assert proto.receive(j(start_msg(callSid=call_sid)))[0].call_sid == call_sid  # type: ignore[union-attr]
+
+
 def test_sequence_number_repeated() -> None:
     proto = started()
     proto.receive(j(media_msg("2", timestamp="0")))

@@ -79,6 +79,12 @@ be oversized or carry control characters.
   - ``media`` on a track not listed in ``start.tracks``: downstream allocates
     per-track state from ``StreamStarted.tracks``.
 
+* ``start.callSid`` must be a guid as the API accepts it
+  (:data:`callscribe.api.schemas.GUID_PATTERN`, matched whole) -> ``INVALID_PAYLOAD``
+  (1007). It becomes the call's key in the Store and its id in the API, webhooks and
+  file names, so NUL, control or bidi characters, ``/`` and ``..`` never get that far.
+  Twilio's own CallSids (``CA`` + 32 hex digits) always match.
+
 * A *forward* ``sequenceNumber`` gap is not an error: Twilio may drop frames
   under load and the right reaction is to keep transcribing. Each jump counts
   once in :attr:`TwilioStreamProtocol.sequence_gaps`; the number of skipped
@@ -115,6 +121,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final, TypeAlias
+
+from callscribe.api.schemas import GUID_PATTERN
 
 __all__ = [
     "CloseCode",
@@ -477,6 +485,11 @@ class TwilioStreamProtocol:
             raise _invalid("start.streamSid does not match streamSid")
 
         call_sid = _str(start, "callSid", "start.callSid")
+        if not GUID_PATTERN.fullmatch(call_sid):
+            # The callSid becomes the call's guid (Store key, API, webhook, file names): refuse
+            # what the API would refuse as a guid, so it can never carry NUL, bidi controls or
+            # path separators. Real CallSids ("CA" + 32 hex digits) always match.
+            raise _invalid(f"invalid start.callSid {_show(call_sid)}: not a call guid")
         account_sid = _str(start, "accountSid", "start.accountSid")
 
         raw_tracks = start.get("tracks")
