@@ -206,13 +206,18 @@ class CallSession:
 
     def audio(self, channel: str, pcm16: np.ndarray, at_sample: int | None = None) -> None:
         stream = self.streams[channel]
+        expected_at = stream.position
         for utterance in stream.push(pcm16, at_sample):
             self._submit(stream, utterance)
         if self._recording and stream.transcribing and stream.role is not None:
             assert self._recorder is not None
             try:
-                # After push, the chunk ends at the stream's position (gaps and jumps applied).
-                self._recorder.write(stream.role, stream.position - len(pcm16), pcm16)
+                # After push, the chunk ends at the stream's position (gaps and jumps applied);
+                # what the source's timestamps skipped tells the recorder a jump from a hold.
+                chunk_at = stream.position - len(pcm16)
+                self._recorder.write(
+                    stream.role, chunk_at, pcm16, skipped_samples=chunk_at - expected_at
+                )
             except OSError:
                 # A full disk loses the recording, never the transcription.
                 log.exception("call %s: recording abandoned", self.key)

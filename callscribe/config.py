@@ -185,6 +185,22 @@ class SiprecSettings(BaseSettings):
     media_timeout_s: float = Field(120.0, ge=5.0)
 
 
+class RecordingSettings(BaseSettings):
+    """Call recordings (``audioRecordingAllowed``): how gaps in the source's timeline and
+    long calls are written."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_RECORDING_", extra="ignore")
+
+    # A jump in the source's timestamps (Twilio's media.timestamp) up to this long is kept as
+    # silence, so the WAV stays on the call's timeline; a longer one is a discontinuity: the
+    # audio after it starts a new part (its own offsetMs) instead of an hour of zeros.
+    max_gap_fill_ms: int = Field(5000, ge=100, le=60_000)
+    # One part's WAV file at most (header included); a longer call is stored as consecutive
+    # parts. 1 GiB is about 9 h of stereo 8 kHz 16-bit audio, and stays under 2 GiB, where
+    # readers that take WAV's 32-bit sizes as signed stop.
+    max_part_bytes: int = Field(1 << 30, ge=8192, le=(1 << 31) - 1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
 
@@ -214,6 +230,7 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
     siprec: SiprecSettings = Field(default_factory=SiprecSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
 
     @property
     def store_path(self) -> Path:

@@ -5,14 +5,27 @@ retention as transcripts.
 What is recorded: the audio of the windows in which transcription is on *and* the start request
 that opened the window allowed recording. The contract ties the setting to start-streaming
 ("audioRecordingAllowed (keep the audio)"), so audio before the first start (IVR, queue), on
-hold (after stop) or in a window whose start did not allow it is never kept. Sample 0 of the
-WAV is the call-audio position where recording first began (``offsetMs``); later gaps are
-silence, so a message's ``start``/``end`` minus ``offsetMs`` points into the WAV.
+hold (after stop) or in a window whose start did not allow it is never kept. Sample 0 of a
+part's WAV is the call-audio position ``offsetMs``; within a part, gaps (a hold) are silence, so
+a message's ``start``/``end`` minus the ``offsetMs`` of the part that holds it points into
+that part's WAV.
+
+Parts: a recording is one or more WAV files, each with its own ``offsetMs``.
+- A jump in the source's timestamps (Twilio's ``media.timestamp``) longer than
+  ``RecordingSettings.max_gap_fill_ms`` is a discontinuity: the audio after it starts a new part
+  at its place on the timeline. Filling the jump with silence would turn one bad timestamp
+  into gigabytes of zeros (an hour is 115 MB); the new part writes none and keeps positions
+  exact. Each discontinuity is logged and counted.
+- A part holds at most ``RecordingSettings.max_part_bytes``; a longer call continues in the next
+  part, contiguous on the timeline. We split rather than write RF64: every part stays a plain
+  WAV that any tool reads (Python's ``wave``, many players and libraries do not read RF64), the
+  after-call API already lists a call's recordings with their offsets, and no single file nears
+  the 2 GB where readers that take WAV's 32-bit sizes as signed give up.
 
 Memory stays bounded for calls of hours: each speaker's audio is written as it arrives to a raw
-spool file at its sample offset (gaps stay sparse holes that read back as silence); the WAV is
-assembled from the spool files in chunks when the call completes, then stored and the spool
-removed.
+spool file per part at its sample offset (gaps stay sparse holes that read back as silence); the
+WAVs are assembled from the spool files in chunks when the call completes, then stored and the
+spool removed.
 """
 
 from __future__ import annotations
@@ -23,7 +36,8 @@ import os
 import time
 import uuid
 import wave
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +45,7 @@ import numpy as np
 from callscribe.api.schemas import Role
 from callscribe.audio import TELEPHONE_RATE
 from callscribe.blobs.base import BlobInfo, BlobStore, key_segment
+from callscribe.config import RecordingSettings
 from callscribe.store.base import CallKey
 
 log = logging.getLogger(__name__)
@@ -38,8 +53,11 @@ log = logging.getLogger(__name__)
 PREFIX = "recordings"
 CHANNELS = (Role.CUSTOMER, Role.AGENT)
 WAV_HEADER_BYTES = 44
+FRAME_BYTES = 2 * len(CHANNELS)  # one stereo sample of 16-bit audio
 ASSEMBLY_CHUNK_SAMPLES = 8 * TELEPHONE_RATE  # 8 s at a time: 128 KiB of stereo audio
 SPOOL_SUFFIX = ".pcm"
+# Spool files (and the WAVs assembled from them) hold call audio: the owner's only.
+PRIVATE_FILE_MODE = 0o600
 
 
 def call_prefix(key: CallKey) -> str:
@@ -58,122 +76,272 @@ class RecordingInfo:
     recorded_at: float  # when the WAV was stored (the call's completion)
     offset_ms: int  # position of the WAV's first sample on the call's audio timeline
     duration_ms: int
+    session_opened_ms: int = 0  # the media session it belongs to (a reconnect opens another)
+
+
+def _key_numbers(key: str) -> tuple[int, int] | None:
+    """``…/<session-opened-ms>-<offset-ms>.wav`` → (opened, offset); None for anything else."""
+    name = key.rsplit("/", 1)[-1]
+    stem, _, extension = name.partition(".")
+    opened, dash, offset = stem.partition("-")
+    if extension != "wav" or not dash or not opened.isdigit() or not offset.isdigit():
+        return None
+    return int(opened), int(offset)
 
 
 def recording_info(blob: BlobInfo) -> RecordingInfo | None:
     """Parse ``…/<session-opened-ms>-<offset-ms>.wav``; None for anything else."""
-    name = blob.key.rsplit("/", 1)[-1]
-    stem, dot, extension = name.partition(".")
-    opened, dash, offset = stem.partition("-")
-    if extension != "wav" or not dash or not opened.isdigit() or not offset.isdigit():
+    numbers = _key_numbers(blob.key)
+    if numbers is None:
         return None
-    frames = max(0, blob.size - WAV_HEADER_BYTES) // (2 * len(CHANNELS))
+    frames = max(0, blob.size - WAV_HEADER_BYTES) // FRAME_BYTES
     return RecordingInfo(
-        blob.key, blob.size, blob.modified_at, int(offset), frames * 1000 // TELEPHONE_RATE
+        blob.key, blob.size, blob.modified_at, numbers[1], frames * 1000 // TELEPHONE_RATE,
+        numbers[0],
     )
 
 
-class CallRecorder:
-    """One call session's recording, spooled to disk speaker by speaker."""
+@dataclass
+class _Part:
+    """One WAV-to-be: the speakers' spool files from ``origin`` on the call's timeline."""
 
-    def __init__(self, blobs: BlobStore, spool_dir: Path, key: CallKey, origin_sample: int) -> None:
+    index: int
+    origin: int  # call-timeline sample of the part's first frame
+    files: dict[Role, int] = field(default_factory=dict)  # open spool descriptors
+    ends: dict[Role, int] = field(default_factory=dict)  # frames written per speaker
+
+    @property
+    def frames(self) -> int:
+        return max(self.ends.values(), default=0)
+
+    @property
+    def end(self) -> int:
+        """Call-timeline sample just after the part's last frame."""
+        return self.origin + self.frames
+
+
+class CallRecorder:
+    """One call session's recording, spooled to disk speaker by speaker, part by part."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        spool_dir: Path,
+        key: CallKey,
+        origin_sample: int,
+        settings: RecordingSettings | None = None,
+        on_discontinuity: Callable[[], None] | None = None,
+    ) -> None:
         self.blobs = blobs
         self.spool_dir = spool_dir
         self.key = key
         self.origin_sample = origin_sample
+        self.settings = settings or RecordingSettings()
         self.opened_at = time.time()
+        self.max_gap_fill = self.settings.max_gap_fill_ms * TELEPHONE_RATE // 1000
+        self.max_part_frames = (self.settings.max_part_bytes - WAV_HEADER_BYTES) // FRAME_BYTES
+        self._on_discontinuity = on_discontinuity
         self._stem = f"{uuid.uuid4().hex}"
-        self._files: dict[Role, int] = {}  # raw file descriptors, opened on first audio
-        self._end: dict[Role, int] = {}  # samples written (highest offset reached)
+        self._parts: list[_Part] = [_Part(0, origin_sample)]
 
-    def _spool_path(self, role: Role) -> Path:
-        return self.spool_dir / f"{self._stem}.{role.value}{SPOOL_SUFFIX}"
+    def _spool_path(self, part: _Part, role: Role) -> Path:
+        return self.spool_dir / f"{self._stem}.{part.index}.{role.value}{SPOOL_SUFFIX}"
 
-    def write(self, role: Role, at_sample: int, pcm16: np.ndarray) -> None:
-        """Keep ``pcm16``, which belongs at ``at_sample`` of the call's audio timeline."""
-        offset = at_sample - self.origin_sample
-        if offset < 0:  # audio from before recording began
-            pcm16 = pcm16[-offset:]
-            offset = 0
-        if not len(pcm16):
-            return
-        fd = self._files.get(role)
+    def write(
+        self, role: Role, at_sample: int, pcm16: np.ndarray, skipped_samples: int = 0
+    ) -> None:
+        """Keep ``pcm16``, which belongs at ``at_sample`` of the call's audio timeline;
+        ``skipped_samples``: how far the source's timestamps jumped ahead just before it."""
+        # Audio from before recording began (or before its first part, when that began
+        # after a jump) is not kept.
+        before = self._parts[0].origin - at_sample
+        if before > 0:
+            pcm16 = pcm16[before:]
+            at_sample += before
+        while len(pcm16):
+            part, limit = self._part_for(role, at_sample, skipped_samples)
+            count = min(len(pcm16), limit - at_sample)
+            if part is not None:
+                self._write_into(part, role, at_sample, pcm16[:count])
+            pcm16 = pcm16[count:]
+            at_sample += count
+
+    def _part_for(self, role: Role, at: int, skipped: int) -> tuple[_Part | None, int]:
+        """The part that takes audio at ``at`` and where that part stops taking it (the
+        timeline sample); no part: drop the audio up to there."""
+        current = self._parts[-1]
+        if at >= current.origin:
+            if skipped > self.max_gap_fill and at > current.end + self.max_gap_fill:
+                current = self._discontinuity(current, at, skipped)
+            elif at >= current.origin + self.max_part_frames:
+                # A full part: the next begins where it ends, so parts stay contiguous (and a
+                # hold longer than a part is silence at the start of the next).
+                whole_parts = (at - current.origin) // self.max_part_frames
+                current = self._new_part(current.origin + whole_parts * self.max_part_frames)
+            return current, current.origin + self.max_part_frames
+        # Audio behind the newest part: the other speaker's, not yet past the jump or the
+        # split (the tracks' frames arrive interleaved). It goes into the part before, as long
+        # as it opens no gap there beyond the bound (dropped otherwise: it must never reach
+        # disk as silence); parts older than that are finished and take nothing.
+        index = max(i for i, p in enumerate(self._parts) if p.origin <= at)
+        part, next_origin = self._parts[index], self._parts[index + 1].origin
+        limit = min(part.origin + self.max_part_frames, next_origin)
+        if (
+            index == len(self._parts) - 2
+            and at < limit
+            and at <= part.origin + part.ends.get(role, 0) + self.max_gap_fill
+        ):
+            return part, limit
+        log.debug("call %s: %s audio behind the recording dropped", self.key, role.value)
+        return None, next_origin
+
+    def _discontinuity(self, current: _Part, at: int, skipped: int) -> _Part:
+        log.warning(
+            "call %s: recording discontinuity: the source's timestamps jumped %.1f s at %.1f s; "
+            "the audio after it is a new part (no silence written for the jump)",
+            self.key, skipped / TELEPHONE_RATE, at / TELEPHONE_RATE,
+        )
+        if self._on_discontinuity is not None:
+            self._on_discontinuity()
+        if not current.frames:  # nothing recorded yet: the part simply begins later
+            current.origin = at
+            return current
+        return self._new_part(at)
+
+    def _new_part(self, origin: int) -> _Part:
+        part = _Part(len(self._parts), origin)
+        self._parts.append(part)
+        # Only the newest two parts take audio (the other track may still be behind); older
+        # parts are finished, so their descriptors are closed (a call of many parts must not
+        # exhaust them).
+        for older in self._parts[:-2]:
+            self._close(older)
+        return part
+
+    def _write_into(self, part: _Part, role: Role, at: int, pcm16: np.ndarray) -> None:
+        fd = part.files.get(role)
         if fd is None:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._spool_path(role), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            self._files[role] = fd
+            fd = os.open(
+                self._spool_path(part, role),
+                os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+                PRIVATE_FILE_MODE,
+            )
+            part.files[role] = fd
+        offset = at - part.origin
         os.pwrite(fd, pcm16.astype("<i2", copy=False).tobytes(), offset * 2)
-        self._end[role] = max(self._end.get(role, 0), offset + len(pcm16))
+        part.ends[role] = max(part.ends.get(role, 0), offset + len(pcm16))
 
     @property
     def samples(self) -> int:
-        return max(self._end.values(), default=0)
+        """Frames recorded, all parts together."""
+        return sum(part.frames for part in self._parts)
 
-    def finish(self) -> BlobInfo | None:
-        """Assemble the stereo WAV, store it, remove the spool. None if nothing was heard."""
+    def finish(self) -> list[BlobInfo]:
+        """Assemble each part's stereo WAV, store it, remove the spool. Empty if nothing was
+        heard."""
+        stored: list[BlobInfo] = []
         try:
-            if not self.samples:
-                return None
-            wav_path = self.spool_dir / f"{self._stem}.wav"
-            try:
-                self._assemble(wav_path)
-                offset_ms = self.origin_sample * 1000 // TELEPHONE_RATE
-                blob_key = f"{call_prefix(self.key)}{int(self.opened_at * 1000)}-{offset_ms}.wav"
-                info = self.blobs.put_file(blob_key, wav_path, "audio/wav")
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    wav_path.unlink()
-            log.info("call %s: recording of %d s stored", self.key, self.samples // TELEPHONE_RATE)
-            return info
+            for part in self._parts:
+                if not part.frames:
+                    continue
+                wav_path = self.spool_dir / f"{self._stem}.{part.index}.wav"
+                try:
+                    self._assemble(part, wav_path)
+                    offset_ms = part.origin * 1000 // TELEPHONE_RATE
+                    blob_key = (
+                        f"{call_prefix(self.key)}{int(self.opened_at * 1000)}-{offset_ms}.wav"
+                    )
+                    stored.append(self.blobs.put_file(blob_key, wav_path, "audio/wav"))
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        wav_path.unlink()
+            if stored:
+                log.info(
+                    "call %s: recording of %d s stored in %d part(s)",
+                    self.key, self.samples // TELEPHONE_RATE, len(stored),
+                )
+            return stored
         finally:
             self.discard()
 
-    def _assemble(self, wav_path: Path) -> None:
-        total = self.samples
-        with wave.open(str(wav_path), "wb") as wav:
-            wav.setnchannels(len(CHANNELS))
-            wav.setsampwidth(2)
-            wav.setframerate(TELEPHONE_RATE)
-            for start in range(0, total, ASSEMBLY_CHUNK_SAMPLES):
-                count = min(ASSEMBLY_CHUNK_SAMPLES, total - start)
-                frames = np.zeros((count, len(CHANNELS)), dtype="<i2")
-                for channel, role in enumerate(CHANNELS):
-                    fd = self._files.get(role)
-                    if fd is None:
-                        continue  # a speaker never heard: a silent channel
-                    raw = os.pread(fd, count * 2, start * 2)  # short past the speaker's end
-                    frames[: len(raw) // 2, channel] = np.frombuffer(raw, dtype="<i2")
-                wav.writeframes(frames.tobytes())
+    def _assemble(self, part: _Part, wav_path: Path) -> None:
+        total = part.frames
+        readers = {
+            role: os.open(self._spool_path(part, role), os.O_RDONLY)
+            for role in CHANNELS
+            if role in part.ends
+        }
+        fd = os.open(wav_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as out, wave.open(out, "wb") as wav:
+                wav.setnchannels(len(CHANNELS))
+                wav.setsampwidth(2)
+                wav.setframerate(TELEPHONE_RATE)
+                for start in range(0, total, ASSEMBLY_CHUNK_SAMPLES):
+                    count = min(ASSEMBLY_CHUNK_SAMPLES, total - start)
+                    frames = np.zeros((count, len(CHANNELS)), dtype="<i2")
+                    for channel, role in enumerate(CHANNELS):
+                        reader = readers.get(role)
+                        if reader is None:
+                            continue  # a speaker never heard in this part: a silent channel
+                        raw = os.pread(reader, count * 2, start * 2)  # short past its end
+                        frames[: len(raw) // 2, channel] = np.frombuffer(raw, dtype="<i2")
+                    wav.writeframes(frames.tobytes())
+        finally:
+            for reader in readers.values():
+                os.close(reader)
 
-    def discard(self) -> None:
-        for role, fd in list(self._files.items()):
+    def _close(self, part: _Part) -> None:
+        for fd in part.files.values():
             with contextlib.suppress(OSError):  # discarding after an I/O error must not fail
                 os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                self._spool_path(role).unlink()
-        self._files.clear()
+        part.files.clear()
+
+    def discard(self) -> None:
+        for part in self._parts:
+            self._close(part)
+            for role in list(part.ends) + [r for r in CHANNELS if r not in part.ends]:
+                with contextlib.suppress(FileNotFoundError):
+                    self._spool_path(part, role).unlink()
+            part.ends.clear()
 
 
 class Recordings:
     """Makes recorders for calls and finds a call's stored recordings."""
 
-    def __init__(self, blobs: BlobStore, spool_dir: Path, retention_s: float) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        spool_dir: Path,
+        retention_s: float,
+        settings: RecordingSettings | None = None,
+    ) -> None:
         self.blobs = blobs
         self.spool_dir = spool_dir
         self.retention_s = retention_s
+        self.settings = settings or RecordingSettings()
+        self.discontinuities = 0  # source timestamp jumps not filled with silence, all calls
 
     def recorder(self, key: CallKey, origin_sample: int) -> CallRecorder:
-        return CallRecorder(self.blobs, self.spool_dir, key, origin_sample)
+        return CallRecorder(
+            self.blobs, self.spool_dir, key, origin_sample, self.settings,
+            on_discontinuity=self._count_discontinuity,
+        )
+
+    def _count_discontinuity(self) -> None:
+        self.discontinuities += 1
 
     def for_call(self, key: CallKey, now: float) -> list[RecordingInfo]:
-        """The call's recordings still within retention, oldest first (a stream that
-        reconnected has one per session)."""
+        """The call's recordings still within retention, in timeline order: by media session
+        (a stream that reconnected has one per session), then by part."""
         found = []
         for blob in self.blobs.list(call_prefix(key)):
             info = recording_info(blob)
             if info is not None and info.recorded_at + self.retention_s > now:
                 found.append(info)
-        return found
+        # Numerically: listed by key, "…-10000.wav" would come before "…-9000.wav".
+        return sorted(found, key=lambda info: (info.session_opened_ms, info.offset_ms))
 
     def purge(self, now: float) -> int:
         removed = self.blobs.purge_older_than(PREFIX + "/", now - self.retention_s)

@@ -104,7 +104,10 @@ class LocalRuntime:
         store = SqliteStore(settings.store_path)
         secrets = FileSecrets(settings.secrets_path)
         blobs = open_blob_store(settings, secrets)
-        recordings = Recordings(blobs, settings.spool_dir, settings.recording_retention_days * DAY_S)
+        recordings = Recordings(
+            blobs, settings.spool_dir, settings.recording_retention_days * DAY_S,
+            settings.recording,
+        )
         bus = InProcessEventBus()
         webhook = settings.webhook
         # Always on: tenants may have their own target even without a deployment-wide one.

@@ -111,8 +111,11 @@ class RecordingsResponse(BaseModel):
     externalConversationId: str
     namespace: Namespace
     recordings: list[RecordingEntry] = Field(
-        description="Empty unless audioRecordingAllowed was true; one per media session "
-        "(a stream that reconnected has several)"
+        description="Empty unless audioRecordingAllowed was true; in timeline order. One "
+        "per media session (a stream that reconnected has several), and a session's audio may "
+        "be in consecutive parts: a long call is split (each part at most 1 GiB by default), "
+        "and a jump in the source's timestamps beyond a few seconds starts a new part rather "
+        "than being filled with silence. Each part's offsetMs places it on the call's timeline"
     )
 
 

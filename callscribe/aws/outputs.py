@@ -30,7 +30,9 @@ def s3_blob_store(settings: Settings) -> S3BlobStore:
 
 
 def s3_recordings(settings: Settings, blobs: S3BlobStore) -> Recordings:
-    return Recordings(blobs, SPOOL_DIR, settings.recording_retention_days * DAY_S)
+    return Recordings(
+        blobs, SPOOL_DIR, settings.recording_retention_days * DAY_S, settings.recording
+    )
 
 
 def s3_output_services(settings: Settings) -> OutputServices:
