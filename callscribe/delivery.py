@@ -4,7 +4,9 @@ Per conversation, messages are POSTed one at a time in the order transcribed. An
 response or a timeout is recorded in the Store (status, reason, time, message id) and the
 message is dropped: no retries, as the reference API promises, unless the tenant's config asks
 for a retry policy. When a slow target lets more than ``max_pending`` messages queue up for one
-conversation, the oldest pending are dropped first, and each drop is recorded.
+conversation, the oldest pending are dropped first, and each drop is recorded. At shutdown,
+whatever the drain did not deliver (still queued, or a POST still unanswered) is recorded too,
+so every message is either delivered or listed by the webhook-failures API.
 
 Every POST is signed (Standard Webhooks: ``webhook-id``, ``webhook-timestamp``,
 ``webhook-signature``) and carries the tenant's credentials: a secret token in a header or
@@ -41,6 +43,11 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 MESSAGE_ID_HEADER = "X-CallScribe-Message-Id"
 # Answers worth another attempt when a retry policy is on: the target may recover.
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Reasons recorded for messages the shutdown drain did not deliver. An unanswered POST may
+# still have reached the target: its reason says so, as the target may see it twice after a
+# replay from the after-call API.
+SHUTDOWN_BEFORE_DELIVERY = "shutdown before delivery"
+SHUTDOWN_DURING_DELIVERY = "shutdown during delivery: no answer before the drain ended"
 
 __all__ = ["WebhookDispatcher", "WebhookTarget", "DeliveryStats", "MESSAGE_ID_HEADER"]
 
@@ -52,6 +59,7 @@ class DeliveryStats:
     dropped: int = 0
     retried: int = 0  # extra attempts made under a retry policy
     unrouted: int = 0  # messages of tenants with no webhook configured
+    abandoned: int = 0  # not delivered when the dispatcher closed (shutdown)
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,14 @@ class WebhookDispatcher:
         self.stats = DeliveryStats()
         self._queues: dict[str, deque[TranscriptEvent]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[str, TranscriptEvent] = {}  # per conversation, being POSTed
+        self._closed = False
 
     def __call__(self, event: TranscriptEvent) -> None:
         """EventBus subscriber: queue the event and make sure its conversation has a worker."""
+        if self._closed:  # published after shutdown began: no worker will ever take it
+            self._abandon(event, SHUTDOWN_BEFORE_DELIVERY)
+            return
         queue = self._queues.setdefault(event.group, deque())
         queue.append(event)
         while len(queue) > self.max_pending:
@@ -87,7 +100,9 @@ class WebhookDispatcher:
         queue = self._queues[group]
         try:
             while queue:
-                await self._deliver(queue.popleft())
+                event = self._in_flight[group] = queue.popleft()
+                await self._deliver(event)
+                del self._in_flight[group]
         finally:
             # No await since the loop's last check, so nothing was queued in between.
             self._workers.pop(group, None)
@@ -193,6 +208,7 @@ class WebhookDispatcher:
             "dropped": self.stats.dropped,
             "retried": self.stats.retried,
             "unrouted": self.stats.unrouted,
+            "abandoned": self.stats.abandoned,
             "pending": self.pending,
         }
 
@@ -203,6 +219,23 @@ class WebhookDispatcher:
             await asyncio.wait(list(self._workers.values()), timeout=deadline - time.monotonic())
 
     async def close(self) -> None:
-        for task in list(self._workers.values()):
+        """Stop delivering (after ``drain``): every message not delivered by now is recorded
+        as a delivery failure, never silently lost."""
+        self._closed = True
+        workers = list(self._workers.values())
+        for task in workers:
             task.cancel()
+        # Let the workers unwind, so that none is left between taking and recording a message.
+        await asyncio.gather(*workers, return_exceptions=True)
+        for event in self._in_flight.values():
+            self._abandon(event, SHUTDOWN_DURING_DELIVERY)
+        self._in_flight.clear()
+        for queue in self._queues.values():
+            for event in queue:
+                self._abandon(event, SHUTDOWN_BEFORE_DELIVERY)
+        self._queues.clear()
         await self.targets.close()
+
+    def _abandon(self, event: TranscriptEvent, reason: str) -> None:
+        self.stats.abandoned += 1
+        self._record(event, reason, None)

@@ -497,3 +497,54 @@ async def test_subscribed_to_the_in_process_bus(
             await bus.publish(event("CA1", seq))
         await dispatcher.drain(5)
     assert seqs(receiver) == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_shutdown_records_every_message_not_delivered(
+    make_dispatcher: Callable[..., WebhookDispatcher], store: SqliteStore
+) -> None:
+    """A target far slower than the shutdown drain: whatever was not delivered when the
+    server stops (queued, or its POST still unanswered) is recorded as a delivery failure, so
+    the webhook-failures API accounts for every message."""
+    async with running_receiver(delay_s=2.0) as receiver:
+        dispatcher = make_dispatcher(WebhookTarget(receiver.url, timeout_s=30))
+        published = [event(conversation, seq) for conversation in ("CA1", "CA2") for seq in range(8)]
+        for e in published:
+            dispatcher(e)
+        await dispatcher.drain(0.2)  # the shutdown drain ends long before the target answers
+        await dispatcher.close()
+        # Published after close (a call completing late): recorded at once, never queued.
+        late = event("CA3", 0)
+        dispatcher(late)
+        assert dispatcher.pending == 0
+
+    failures = store.list_delivery_failures(TENANT)
+    failed = {f.message_id: f.reason for f in failures}
+    received = {m.headers[MESSAGE_ID_HEADER] for m in receiver.messages}
+    all_ids = {e.message_id for e in published} | {late.message_id}
+    assert dispatcher.stats.delivered == 0
+    assert set(failed) == all_ids, "a message was neither delivered nor recorded"
+    assert len(failures) == len(all_ids)  # each recorded once
+    for message_id, reason in failed.items():
+        if message_id in received:  # its POST was under way, unanswered, when we stopped
+            assert reason == "shutdown during delivery: no answer before the drain ended"
+        else:
+            assert reason == "shutdown before delivery"
+    assert sum(reason == "shutdown before delivery" for reason in failed.values()) >= 14
+    assert dispatcher.stats.abandoned == len(all_ids)
+
+
+async def test_shutdown_after_everything_was_delivered_records_nothing(
+    make_dispatcher: Callable[..., WebhookDispatcher], store: SqliteStore
+) -> None:
+    async with running_receiver() as receiver:
+        dispatcher = make_dispatcher(WebhookTarget(receiver.url))
+        for seq in range(4):
+            dispatcher(event("CA1", seq))
+        await dispatcher.drain(30)
+        await dispatcher.close()
+    assert seqs(receiver) == [0, 1, 2, 3]
+    assert store.list_delivery_failures(TENANT) == []
+    assert dispatcher.stats.abandoned == 0
