@@ -7,21 +7,32 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRA="${1:-}"
 shift || true
 
+apt_install() {
+    local SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "installing Debian packages: $*" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
 missing=()
 for pkg in "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    echo "installing Debian packages: ${missing[*]}" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 fi
 
+# PYTHON=python3.12 ./scripts/test.sh picks another interpreter for the virtual environment.
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CallScribe needs Python 3.11 or newer")'
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    # Stock Debian and Ubuntu split venv's pip bootstrap (ensurepip) into python3.X-venv.
+    if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+        version="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+        apt_install "python$version-venv" || apt_install python3-venv
+    fi
+    rm -rf "$ROOT/.venv"  # what a venv without pip left behind
     "$PYTHON" -m venv "$ROOT/.venv"
 fi
 VENV_PY="$ROOT/.venv/bin/python"
