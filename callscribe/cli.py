@@ -17,6 +17,28 @@ from pydantic_settings import SettingsError
 from callscribe.config import Settings, SiprecSettings, WebhookSettings, default_data_dir
 
 
+class SecretFileError(ValueError):
+    """A secret file that cannot be used; the message names the flag and the file."""
+
+
+def _secret_file(flag: str, path: Path) -> str:
+    """A credential kept in a file rather than on the command line, where every user of the
+    machine could read it in the process list. Surrounding whitespace (the final newline an
+    editor adds) is not part of it."""
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise SecretFileError(f"{flag} {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise SecretFileError(f"{flag} {path}: the file is empty")
+    if path.stat().st_mode & 0o077:
+        print(
+            f"warning: {flag} {path} is readable by other users (chmod 600 it)",
+            file=sys.stderr,
+        )
+    return value
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "data_dir", "public_gateway_url", "public_url"):
@@ -33,6 +55,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, flag, None)
         if value is not None:
             webhook[field] = value
+    secret_file = getattr(args, "webhook_secret_file", None)
+    if secret_file is not None:
+        webhook["secret"] = _secret_file("--webhook-secret-file", secret_file)
     settings = Settings(**overrides)
     if webhook:
         settings.webhook = WebhookSettings(**{**settings.webhook.model_dump(), **webhook})
@@ -94,7 +119,8 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help=f"where the SQLite store and secrets live (default {default_data_dir()})",
+        help=f"where the SQLite store and secrets live (default {default_data_dir()}); "
+        "made readable by its owner only",
     )
 
 
@@ -129,10 +155,24 @@ def _bucket_args(parser: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from callscribe.server import exit_cleanly_on_sigterm, serve
 
-    settings = _settings(args)
-    if (settings.webhook.secret_name is None) != (settings.webhook.secret is None):
-        print("--webhook-secret-name and --webhook-secret go together", file=sys.stderr)
+    try:
+        settings = _settings(args)
+    except SecretFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    if (settings.webhook.secret_name is None) != (settings.webhook.secret is None):
+        print(
+            "--webhook-secret-name and the secret (--webhook-secret-file, "
+            "CALLSCRIBE_WEBHOOK_SECRET or --webhook-secret) go together",
+            file=sys.stderr,
+        )
+        return 2
+    if getattr(args, "webhook_secret", None) is not None:
+        print(
+            "warning: --webhook-secret shows in the process list to every user of this "
+            "machine; prefer --webhook-secret-file or CALLSCRIBE_WEBHOOK_SECRET",
+            file=sys.stderr,
+        )
     exit_cleanly_on_sigterm()
     try:
         asyncio.run(serve(settings))
@@ -484,7 +524,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--webhook-url", help="where each transcript is POSTed")
     serve.add_argument("--webhook-secret-name", help="name of the secret header/parameter")
-    serve.add_argument("--webhook-secret", help="the secret's value")
+    secret = serve.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--webhook-secret-file",
+        type=Path,
+        metavar="PATH",
+        help="read the secret's value from this file (keep it mode 600); or set "
+        "CALLSCRIBE_WEBHOOK_SECRET. Either keeps it out of the process list",
+    )
+    secret.add_argument(
+        "--webhook-secret",
+        metavar="VALUE",
+        help="the secret's value on the command line (visible to other users in ps)",
+    )
     serve.add_argument("--webhook-secret-in", choices=["header", "query"])
     serve.add_argument(
         "--sip-port",

@@ -46,6 +46,7 @@ from callscribe.api.schemas import Role
 from callscribe.audio import TELEPHONE_RATE
 from callscribe.blobs.base import BlobInfo, BlobStore, key_segment
 from callscribe.config import RecordingSettings
+from callscribe.private_files import private_dir, private_file_descriptor
 from callscribe.store.base import CallKey
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ WAV_HEADER_BYTES = 44
 FRAME_BYTES = 2 * len(CHANNELS)  # one stereo sample of 16-bit audio
 ASSEMBLY_CHUNK_SAMPLES = 8 * TELEPHONE_RATE  # 8 s at a time: 128 KiB of stereo audio
 SPOOL_SUFFIX = ".pcm"
-# Spool files (and the WAVs assembled from them) hold call audio: the owner's only.
-PRIVATE_FILE_MODE = 0o600
 
 
 def call_prefix(key: CallKey) -> str:
@@ -221,12 +220,9 @@ class CallRecorder:
     def _write_into(self, part: _Part, role: Role, at: int, pcm16: np.ndarray) -> None:
         fd = part.files.get(role)
         if fd is None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(
-                self._spool_path(part, role),
-                os.O_RDWR | os.O_CREAT | os.O_TRUNC,
-                PRIVATE_FILE_MODE,
-            )
+            # Call audio: the owner's only, the spool as the stored WAV.
+            private_dir(self.spool_dir)
+            fd = private_file_descriptor(self._spool_path(part, role), os.O_RDWR | os.O_TRUNC)
             part.files[role] = fd
         offset = at - part.origin
         os.pwrite(fd, pcm16.astype("<i2", copy=False).tobytes(), offset * 2)
@@ -272,7 +268,7 @@ class CallRecorder:
             for role in CHANNELS
             if role in part.ends
         }
-        fd = os.open(wav_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        fd = private_file_descriptor(wav_path, os.O_WRONLY | os.O_TRUNC)
         try:
             with os.fdopen(fd, "wb") as out, wave.open(out, "wb") as wav:
                 wav.setnchannels(len(CHANNELS))

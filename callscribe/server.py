@@ -41,6 +41,7 @@ from callscribe.connect.kvs import BotoMediaSources
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher
 from callscribe.export import UtteranceExporter, run_daily
+from callscribe.private_files import secure_data_dir
 from callscribe.recording import Recordings
 from callscribe.retention import Retention
 from callscribe.secrets import (
@@ -100,7 +101,11 @@ class LocalRuntime:
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
         """Local mode: SQLite, secrets and blobs in the data dir, in-process bus and delivery."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Transcripts, call audio and credentials: the owner's only, and tightened when an
+        # older version left them readable by others.
+        tightened = secure_data_dir(settings)
+        if tightened:
+            log.info("data dir %s: %d modes set owner-only", settings.data_dir, tightened)
         store = SqliteStore(settings.store_path)
         secrets = FileSecrets(settings.secrets_path)
         blobs = open_blob_store(settings, secrets)

@@ -117,6 +117,23 @@ def test_directory_delete_removes_empty_folders(directory_store: DirectoryBlobSt
 BUCKET = "callscribe-blobs-test"
 
 
+def test_directory_blobs_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """Recordings and feed files: folders 0700, files 0600, from put and from put_file (a
+    hard link to, or a copy of, a file that was 0644)."""
+    previous = os.umask(0)
+    try:
+        store = DirectoryBlobStore(tmp_path / "blobs", BlobLinkSigner("k"))
+        store.put("exports/acme/2026/00.gz", b"x")
+        source = tmp_path / "source.wav"
+        source.write_bytes(b"RIFF")
+        source.chmod(0o644)
+        store.put_file("recordings/acme/twilio/CA1/1-0.wav", source)
+    finally:
+        os.umask(previous)
+    for path in [tmp_path / "blobs", *(tmp_path / "blobs").rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+
+
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

@@ -3,6 +3,7 @@ stereo WAV with bounded memory, stored in the BlobStore; retention of recordings
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -384,6 +385,9 @@ async def test_the_after_call_api_serves_every_part_of_a_real_twilio_call(
             for track, payload in payloads.items():
                 await ws.send(writer.media(track, payload, timestamp))
         await ws.send(writer.stop())
+        # Hang up as Twilio does: the gateway closes the socket once the stream stopped.
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), timeout=30)
         deadline = time.monotonic() + 60
         while not (await api.messages(call_sid)).json()["complete"]:
             assert time.monotonic() < deadline, "the call never completed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -168,5 +169,36 @@ def test_failed_transaction_rolls_back(db_path: Path) -> None:
         assert store.last_message_seq(key) is None
         store.put_message(make_message(key, 1))
         assert store.last_message_seq(key) == 1
+    finally:
+        store.close()
+
+
+def test_store_files_are_owner_only_whatever_the_umask(db_path: Path) -> None:
+    """The new folders 0700; the database and its WAL files 0600 (SQLite gives the WAL files
+    the database file's mode)."""
+    previous = os.umask(0)
+    try:
+        store = SqliteStore(db_path)
+        store.put_api_key(ApiKey("cs-1", "acme", "sha256:h", T0))
+        files = [db_path, db_path.with_name(db_path.name + "-wal"),
+                 db_path.with_name(db_path.name + "-shm")]
+        assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
+        assert db_path.parent.stat().st_mode & 0o777 == 0o700
+        assert db_path.parent.parent.stat().st_mode & 0o777 == 0o700
+        store.close()
+    finally:
+        os.umask(previous)
+
+
+def test_a_database_an_older_version_left_readable_is_tightened(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE old (x)")
+    db_path.chmod(0o644)
+    store = SqliteStore(db_path)
+    try:
+        store.put_api_key(ApiKey("cs-1", "acme", "sha256:h", T0))
+        assert db_path.stat().st_mode & 0o777 == 0o600
+        assert db_path.with_name(db_path.name + "-wal").stat().st_mode & 0o777 == 0o600
     finally:
         store.close()

@@ -9,13 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 
+from callscribe.config import Settings
 from callscribe.secrets import FileSecrets
 from callscribe.signing import sign
+from callscribe.simulate import running_receiver, running_server
 from callscribe.store.base import DeliveryFailure, WebhookAuth
 from callscribe.store.sqlite import SqliteStore
 from tests.conftest import RunningServer
+from tests.serve_support import TwilioCall, agent_lines, api_client, wait_until
 
 
 def callscribe(*args: str) -> subprocess.CompletedProcess[str]:
@@ -172,3 +176,70 @@ def test_core_does_not_import_boto3() -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+# --------------------------------------------------------------------------- serve's secret
+
+
+async def test_serve_reads_the_webhook_secret_from_a_file(tmp_path: Path) -> None:
+    """`--webhook-secret-file`: the deployment-wide target's secret never shows in the process
+    list (ps reads /proc/<pid>/cmdline), and the server sends it with every POST."""
+    secret = "file-s3cret-" + "9" * 20
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text(secret + "\n")
+    secret_file.chmod(0o600)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    async with running_receiver() as receiver:
+        async with running_server(
+            data_dir, receiver.url,
+            ["--webhook-secret-name", "X-Hook-Token", "--webhook-secret-file", str(secret_file)],
+        ) as server:
+            cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes()
+            assert secret.encode() not in cmdline
+            api = api_client(data_dir, server.base_url)
+            call = TwilioCall(api)
+            await call.open()
+            await call.send_line(agent_lines(call.call)[0])
+
+            async def delivered() -> bool:
+                return bool(receiver.messages)
+
+            await wait_until(delivered, 120, "a transcript delivered")
+            await api.close()
+    assert receiver.messages[0].headers["x-hook-token"] == secret
+
+
+def serve_settings(*args: str) -> Settings:
+    from callscribe.cli import _settings, build_parser
+
+    return _settings(build_parser().parse_args(["serve", *args]))
+
+
+def test_serve_takes_the_webhook_secret_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CALLSCRIBE_WEBHOOK_SECRET", "env-s3cret")
+    settings = serve_settings("--webhook-url", "http://127.0.0.1:9/hook",
+                              "--webhook-secret-name", "X-Hook-Token")
+    assert (settings.webhook.secret_name, settings.webhook.secret) == ("X-Hook-Token", "env-s3cret")
+    # A file given on the command line wins over the environment.
+    (tmp_path / "secret").write_text("from-file\n")
+    settings = serve_settings("--webhook-secret-name", "X", "--webhook-secret-file",
+                              str(tmp_path / "secret"))
+    assert settings.webhook.secret == "from-file"
+
+
+def test_serve_refuses_both_secret_forms_and_a_missing_file(tmp_path: Path) -> None:
+    both = callscribe("serve", "--data-dir", str(tmp_path), "--webhook-secret-name", "X",
+                      "--webhook-secret", "a", "--webhook-secret-file", str(tmp_path / "f"))
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    missing = callscribe("serve", "--data-dir", str(tmp_path), "--webhook-secret-name", "X",
+                         "--webhook-secret-file", str(tmp_path / "absent"))
+    assert missing.returncode == 2
+    assert "--webhook-secret-file" in missing.stderr and "absent" in missing.stderr
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    blank = callscribe("serve", "--data-dir", str(tmp_path), "--webhook-secret-name", "X",
+                       "--webhook-secret-file", str(empty))
+    assert blank.returncode == 2 and "empty" in blank.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from callscribe.blobs.base import BlobInfo, BlobNotFound, validate_key
+from callscribe.private_files import make_private, private_dir, private_file_descriptor
 
 FILES_PATH = "/callscribe/v1/files/"
 LINK_SALT = "callscribe.blob-link"
@@ -63,7 +64,8 @@ class DirectoryBlobStore:
         self.root = root
         self.signer = signer
         self._now = now
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Recordings and feed files: the owner's only (directories 0700, files 0600).
+        private_dir(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -73,7 +75,7 @@ class DirectoryBlobStore:
         return BlobInfo(key, st.st_size, st.st_mtime)
 
     def _temporary(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         # A dot name is never a valid key segment, so listings skip half-written files.
         return path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
 
@@ -82,7 +84,7 @@ class DirectoryBlobStore:
     ) -> BlobInfo:
         path = self._path(key)
         tmp = self._temporary(path)
-        with open(tmp, "wb") as f:
+        with os.fdopen(private_file_descriptor(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
             f.write(data)
         os.replace(tmp, path)  # readers see the old blob or the new one, never half of one
         return self._info(key, path)
@@ -98,6 +100,8 @@ class DirectoryBlobStore:
             os.link(path, tmp)
         except OSError:
             shutil.copyfile(path, tmp)
+        # Whatever mode the source had (a link shares it; a copy takes the umask's).
+        make_private(tmp)
         os.utime(tmp)  # the blob's age starts now, not when its source was last written
         os.replace(tmp, target)
         return self._info(key, target)

@@ -4,11 +4,13 @@ thread (sqlite3 connections must not be shared between threads)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
+from callscribe.private_files import make_private, private_dir, private_file_descriptor
 from callscribe.store.base import (
     ApiKey,
     CallKey,
@@ -90,7 +92,13 @@ CREATE TABLE IF NOT EXISTS connect_access (
 class SqliteStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Transcripts: the owner's only. SQLite creates the -wal and -shm files with the
+        # database file's mode, so the database file is made (or set) 0600 before SQLite opens
+        # it; WAL files an older version left are set too.
+        private_dir(self.path.parent, tighten=False)
+        os.close(private_file_descriptor(self.path, os.O_RDWR))
+        for suffix in ("-wal", "-shm", "-journal"):
+            make_private(self.path.with_name(self.path.name + suffix))
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
