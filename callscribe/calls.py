@@ -48,6 +48,9 @@ MAX_SILENCE_FILL_SAMPLES = TELEPHONE_RATE * 2
 # marked complete.
 STOP_WAIT_S = 3.0
 COMPLETE_WAIT_S = 60.0
+# The call record's params key under which a call that ended while transcribing keeps its summary
+# for stop-streaming (see ``CallSession.summary_after_end``).
+END_SUMMARY = "endSummary"
 
 
 class ParticipantStream:
@@ -115,6 +118,12 @@ class ParticipantStream:
 
 
 class CallSession:
+    # When the media ends while transcription is on, a later stop-streaming answers with the
+    # call's summary as it ended instead of 400-203. For sources whose media may end on its
+    # own while the customer's stop is under way (a Twilio stream ends at hang-up, often just
+    # before the integration's stop-streaming arrives).
+    summary_after_end = False
+
     def __init__(
         self,
         key: CallKey,
@@ -146,6 +155,14 @@ class CallSession:
         # Audio is kept only while transcription is on and its start allowed recording.
         self._recorder: CallRecorder | None = None
         self._recording = False
+        # Audio counted when the media ended while transcribing (summary_after_end only), and
+        # whether a stop-streaming has had that summary: only one stop gets it, as when live.
+        self._audio_at_end: dict[str, int] | None = None
+        self._ended_at = 0.0  # time.monotonic() when the media ended
+        self._end_summary_claimed = False
+        self._end_persisted = False
+        # Orders a stop that claims the end summary against complete() persisting it.
+        self._end_lock = asyncio.Lock()
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -273,6 +290,8 @@ class CallSession:
     async def stop(self) -> AutotranscribeResult:
         self._refuse_while_closing()
         if self.status is CallStatus.COMPLETED:
+            if self._audio_at_end is not None:
+                return await self._stop_after_end()
             raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
         if self.status is not CallStatus.STREAMING:
             raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
@@ -291,20 +310,27 @@ class CallSession:
         """The media ended (hang-up, stream stop, BYE): finish open utterances, close the call."""
         if self.status is CallStatus.COMPLETED:
             return
+        ended_transcribing = self.status is CallStatus.STREAMING
         self.status = CallStatus.COMPLETED
         self.closing = True
         self._recording = False
+        if ended_transcribing and self.summary_after_end:
+            self._audio_at_end = {ch: st.total_audio_bytes for ch, st in self.streams.items()}
+            self._ended_at = time.monotonic()
         self._stop_transcribing()
         await self.wait_for_transcripts(COMPLETE_WAIT_S)
         await self._store_recording()
         now = time.time()
-        await asyncio.to_thread(
-            self.store.update_call,
-            self.key,
-            status=CallStatus.COMPLETED,
-            completed_at=now,
-            updated_at=now,
-        )
+        async with self._end_lock:
+            await asyncio.to_thread(
+                self.store.update_call,
+                self.key,
+                status=CallStatus.COMPLETED,
+                params=await self._params_at_end(),
+                completed_at=now,
+                updated_at=now,
+            )
+            self._end_persisted = True
         # Retention counts from the end of the call, so every message of it expires together.
         await asyncio.to_thread(
             self.store.set_message_expiry, self.key, now + self.pipeline.retention_s
@@ -312,6 +338,36 @@ class CallSession:
         self.closing = False
         self._closed.set()
         log.info("call %s: completed", self.key)
+
+    async def _params_at_end(self) -> dict[str, Any]:
+        """The call record's params as the media ended: what the ingest keeps for a later
+        stream of the same call, and the end summary (summary_after_end). Merged into the
+        record's own params, which keep the request of an earlier stream of the call."""
+        record = await asyncio.to_thread(self.store.get_call, self.key)
+        params = dict(record.params) if record is not None else {}
+        params.update(self.ingest_params())
+        params.pop(END_SUMMARY, None)  # an earlier stream's, superseded
+        if self._audio_at_end is not None:
+            result = self._result(
+                summary=True, audio_bytes=self._audio_at_end, until=self._ended_at
+            )
+            params[END_SUMMARY] = {
+                "result": result.model_dump(mode="json", exclude_none=True),
+                "claimed": self._end_summary_claimed,
+            }
+        return params
+
+    async def _stop_after_end(self) -> AutotranscribeResult:
+        """stop-streaming that reached the call after its media ended while transcribing: the
+        summary as it ended, once (a second stop finds transcription already stopped)."""
+        async with self._end_lock:
+            if self._end_summary_claimed:
+                raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
+            self._end_summary_claimed = True
+            if self._end_persisted:
+                await claim_end_summary(self.store, self.key)
+        await self.wait_for_transcripts(STOP_WAIT_S)
+        return self._result(summary=True, audio_bytes=self._audio_at_end, until=self._ended_at)
 
     def _recording_allowed(self, request: StartRequest) -> bool:
         recordings = self.pipeline.recordings
@@ -353,10 +409,11 @@ class CallSession:
         )
 
     def _result(
-        self, summary: bool, audio_bytes: dict[str, int] | None = None
+        self, summary: bool, audio_bytes: dict[str, int] | None = None, until: float | None = None
     ) -> AutotranscribeResult:
+        """``until``: the time.monotonic() the summary is as of (now when None)."""
         result = AutotranscribeResult()
-        elapsed = time.monotonic() - self.connected_at
+        elapsed = (time.monotonic() if until is None else until) - self.connected_at
         for role, ids in self.participants.items():
             stream = self.stream_for(role)
             participant = ParticipantResult(streamId=ids["streamId"])
@@ -402,6 +459,21 @@ class CallSession:
                 log.exception("call %s: could not persist message %d", self.key, seq)
                 return
         stream.transcripts += 1
+
+
+async def claim_end_summary(store: Store, key: CallKey) -> AutotranscribeResult:
+    """stop-streaming for a call whose media ended, answered from the Store (no process holds
+    the call any more): the summary it kept as it ended, once. 400-203 when it ended with
+    transcription off (or its source keeps no end summary), 409-201 when a stop had it."""
+    record = await asyncio.to_thread(store.get_call, key)
+    end = record.params.get(END_SUMMARY) if record is not None else None
+    if record is None or end is None:
+        raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has ended")
+    if end.get("claimed"):
+        raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
+    params = {**record.params, END_SUMMARY: {**end, "claimed": True}}
+    await asyncio.to_thread(store.update_call, key, params=params, updated_at=time.time())
+    return AutotranscribeResult.model_validate(end["result"])
 
 
 class CallRegistry:

@@ -32,6 +32,7 @@ from callscribe.api.schemas import (
     request_body_schema,
 )
 from callscribe.auth import AuthError, StreamTokens, authenticate
+from callscribe.calls import claim_end_summary
 from callscribe.control import CallOpener, Control
 from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, Store
 
@@ -111,11 +112,11 @@ class _CallLock:
         await asyncio.to_thread(self.store.release_call_lock, self.key, self.holder)
 
 
-async def _call(store: Store, key: CallKey) -> CallRecord:
+async def _call(store: Store, key: CallKey, *, ended_ok: bool = False) -> CallRecord:
     call = await asyncio.to_thread(store.get_call, key)
     if call is None:
         raise ApiError(ErrorCode.NO_SUCH_CALL, f"no {key.namespace} call with guid {key.guid}")
-    if call.status is CallStatus.COMPLETED:
+    if call.status is CallStatus.COMPLETED and not ended_ok:
         raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has ended")
     return call
 
@@ -124,11 +125,27 @@ async def _control_call(
     services: ApiServices,
     key: CallKey,
     action: Callable[[Control, CallRecord], Awaitable[AutotranscribeResult]],
+    ended: Callable[[Store, CallKey], Awaitable[AutotranscribeResult]] | None = None,
 ) -> StreamingResponse:
-    """Start or stop: the call must exist for this tenant, and only one request at a time."""
-    call = await _call(services.store, key)
+    """Start or stop: the call must exist for this tenant, and only one request at a time.
+    ``ended`` answers for a call whose media has ended (instead of 400-203), also when it
+    ends while this request is on its way to the call's holder."""
+    call = await _call(services.store, key, ended_ok=ended is not None)
     async with _CallLock(services.store, key):
-        result = await action(services.control, call)
+        if ended is not None and call.status is CallStatus.COMPLETED:
+            result = await ended(services.store, key)
+        else:
+            try:
+                result = await action(services.control, call)
+            except ApiError as exc:
+                if ended is None or exc.code is not ErrorCode.NO_SUCH_CALL:
+                    raise
+                # The holder may have let the call go, its media ended, between the read
+                # above and this request.
+                again = await _call(services.store, key, ended_ok=True)
+                if again.status is not CallStatus.COMPLETED:
+                    raise
+                result = await ended(services.store, key)
     return StreamingResponse(autotranscribeResponse=result)
 
 
@@ -243,13 +260,17 @@ async def _open_or_start(
     summary="Pause or end transcription of a call",
     openapi_extra=request_body_schema(StopRequest),
     description="Each participant carries a summary of its stream. The last utterance is "
-    "finished and transcribed before the response, so `transcripts` counts it.",
+    "finished and transcribed before the response, so `transcripts` counts it. For namespace "
+    "twilio, a stop that arrives after the Twilio stream ended while transcription was on "
+    "(a hang-up racing the stop) answers with the summary as the stream ended, once; "
+    "otherwise a call whose media ended is 400-203.",
 )
 async def stop_streaming(request: Request, key: Authenticated) -> StreamingResponse:
     stop = parse_stop(await _json_body(request))
     return await _control_call(
         _services(request), CallKey(key.tenant, stop.namespace.value, stop.guid),
         lambda control, call: control.stop(call),
+        ended=claim_end_summary,
     )
 
 

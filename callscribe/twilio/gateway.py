@@ -3,8 +3,8 @@
 The stream token is checked once, when the WebSocket opens. Twilio's ``<Stream url>`` may not
 carry a query string in every setup, so a token can also come as the ``token`` custom
 parameter (``<Parameter name="token" value="…"/>``) of the ``start`` frame: it is then checked
-on that frame, before any audio is accepted. Each accepted stream becomes a
-``CallSession`` keyed by (tenant, "twilio", callSid) on its ``start`` frame. A malformed,
+on that frame, before any audio is accepted. Each accepted stream becomes a ``TwilioCall``
+(a ``CallSession``) keyed by (tenant, "twilio", callSid) on its ``start`` frame. A malformed,
 oversized or out-of-order frame closes that one WebSocket with a precise close code and
 reason; the call's audio so far is kept and its open utterances are finished.
 """
@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -36,6 +40,57 @@ from callscribe.twilio.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACK_ROLES = {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}
+
+
+class TwilioCall(CallSession):
+    """A call as one Twilio stream carries it.
+
+    A stream may fail and the customer start a new one for the same call (the documented
+    recovery); Twilio's ``media.timestamp`` restarts at 0 on it. The call keeps one timeline:
+    a new stream's audio is placed after the earlier stream's and no earlier than the wall-clock
+    time since the call's first stream started, so message ``start``/``end`` keep counting from
+    the call's start and never overlap an earlier stream's.
+    """
+
+    # A Twilio stream ends at hang-up, often just before the integration's stop-streaming.
+    summary_after_end = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Where Twilio's timestamp 0 of this stream lies on the call's timeline (8 kHz samples).
+        self.stream_offset_samples = 0
+        # Wall-clock time of the call's timeline origin: the first stream's start.
+        self.timeline_origin_s = time.time()
+
+    def media(self, track: str, pcm16: np.ndarray, timestamp_ms: int) -> None:
+        """Audio of this stream, at ``timestamp_ms`` since the stream started."""
+        self.audio(
+            track, pcm16, self.stream_offset_samples + timestamp_ms * TELEPHONE_RATE // 1000
+        )
+
+    def ingest_params(self) -> dict[str, Any]:
+        timeline_end = max((stream.position for stream in self.streams.values()), default=0)
+        return {
+            "twilio": {
+                "timelineOriginS": self.timeline_origin_s,
+                "timelineEndSample": max(timeline_end, self.stream_offset_samples),
+            }
+        }
+
+    def restore_params(self, params: dict[str, Any]) -> None:
+        """A new stream of a call an earlier stream began: continue that stream's timeline."""
+        timeline = params.get("twilio") or {}
+        origin = timeline.get("timelineOriginS")
+        if isinstance(origin, (int, float)) and origin <= self.timeline_origin_s:
+            self.timeline_origin_s = float(origin)
+        since_origin = round((time.time() - self.timeline_origin_s) * TELEPHONE_RATE)
+        earlier_end = timeline.get("timelineEndSample")
+        # Wall-clock time alone is not enough: a sender may run ahead of real time.
+        self.stream_offset_samples = max(
+            since_origin, earlier_end if isinstance(earlier_end, int) else 0
+        )
+        for stream in self.streams.values():
+            stream.position = self.stream_offset_samples
 
 
 @dataclass
@@ -85,7 +140,7 @@ class _TwilioStream:
         self.websocket = websocket
         self.grant = grant
         self.protocol = TwilioStreamProtocol(max_frame_bytes=self.services.max_frame_bytes)
-        self.session: CallSession | None = None
+        self.session: TwilioCall | None = None
 
     async def run(self) -> None:
         close: tuple[int, str] | None = (CloseCode.NORMAL, "stream stopped")
@@ -139,11 +194,7 @@ class _TwilioStream:
         for event in events:
             if isinstance(event, MediaReceived):
                 assert self.session is not None  # the protocol refuses media before start
-                self.session.audio(
-                    event.track,
-                    ulaw_to_pcm16(event.payload),
-                    event.timestamp_ms * TELEPHONE_RATE // 1000,
-                )
+                self.session.media(event.track, ulaw_to_pcm16(event.payload), event.timestamp_ms)
             elif isinstance(event, StreamStarted):
                 await self._open(event)
             elif isinstance(event, StreamStopped):
@@ -159,7 +210,7 @@ class _TwilioStream:
             raise TwilioProtocolError(
                 CloseCode.POLICY_VIOLATION, f"call {started.call_sid} already has a live stream"
             )
-        session = CallSession(
+        session = TwilioCall(
             key,
             self.services.pipeline,
             self.services.store,
