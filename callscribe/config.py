@@ -86,7 +86,13 @@ class AsrSettings(BaseSettings):
     full_window_retry: bool = True
     # Decoding temperatures: the next is tried only when a result looks like a loop or is
     # improbable. Each retry costs a full decode, so real time keeps the list short.
-    temperatures: tuple[float, ...] = (0.0, 0.4)
+    temperatures: tuple[float, ...] = (0.0,)
+    # A decode at temperature 0 that looks broken is first done again with a beam search this
+    # wide (0 or beam_size: no such round), before any sampled temperature. Beam search rather
+    # than sampling (0.4, the default until then) as the fallback: as accurate (held-back
+    # split 34.5 % streaming / 34.7 % offline, against about 35 / 34 % sampled) and the same
+    # audio always gives the same text, where sampling moved a run's WER by a point or two.
+    fallback_beam_size: int = Field(5, ge=0, le=10)
     cache_dir: Path = Field(default_factory=default_cache_dir)
     # Whisper invents text on noise: segments this unlikely to be speech are dropped.
     no_speech_threshold: float = 0.6
@@ -183,6 +189,27 @@ class SiprecSettings(BaseSettings):
     jitter_packets: int = Field(4, ge=1, le=50)
     # A session that sends no RTP for this long (and is not on hold) is ended with a BYE.
     media_timeout_s: float = Field(120.0, ge=5.0)
+    # Anyone who reaches the SIP port can ask for RTP ports, so what one offer and one source
+    # address may take is bounded; beyond it INVITEs are refused (488, 503 with Retry-After).
+    # A session records two participants; a few more audio streams (conference legs) fit.
+    # Streams the recorder refuses (video) take no port and do not count.
+    max_streams_per_session: int = Field(8, ge=1, le=64)
+    # At the defaults one source can hold 50 × 8 of the range's 500 stream ports, never all:
+    # raise both (and rtp_ports) for an SBC that records more calls at once.
+    max_sessions_per_source: int = Field(50, ge=1)
+    # Where a stream's RTP is taken from; packets from anywhere else are dropped and counted.
+    # "offer": the address and port the SDP offer names (SBCs send symmetric RTP, RFC 4961);
+    # "offer-address": any port of that address; "first-packet": whatever source sends first
+    # (an SBC behind NAT). An offer naming no usable address (0.0.0.0) means "first-packet".
+    rtp_source: Literal["offer", "offer-address", "first-packet"] = "offer"
+    # SIP over TCP: a connection that brings no complete message (or ping) for this long is
+    # closed, unless a live session was set up over it (the recorder's BYE would use it).
+    tcp_idle_timeout_s: float = Field(60.0, gt=0)
+    # Once a message has started to arrive, all of it must within this (no byte-by-byte hold).
+    tcp_message_timeout_s: float = Field(10.0, gt=0)
+    # SBCs keep one or a few persistent connections; each open connection costs a descriptor.
+    max_tcp_connections: int = Field(256, ge=1)
+    max_tcp_connections_per_source: int = Field(32, ge=1)
 
 
 class RecordingSettings(BaseSettings):
@@ -199,6 +226,46 @@ class RecordingSettings(BaseSettings):
     # parts. 1 GiB is about 9 h of stereo 8 kHz 16-bit audio, and stays under 2 GiB, where
     # readers that take WAV's 32-bit sizes as signed stop.
     max_part_bytes: int = Field(1 << 30, ge=8192, le=(1 << 31) - 1)
+
+
+class ServerLimitsSettings(BaseSettings):
+    """What one HTTP or WebSocket peer of the server may hold. Without these bounds idle or
+    slow connections pile up until the process runs out of file descriptors and answers no
+    one, ``/healthz`` included."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_LIMITS_", extra="ignore")
+
+    # A request's line, headers and body must all arrive within this long of its first byte
+    # (a new connection's first request: of the connection opening). uvicorn itself bounds
+    # only the idle wait between two requests (keep-alive), not a request that never ends.
+    request_timeout_s: float = Field(10.0, gt=0, le=300)
+    # Request line and headers together; a request whose headers run longer gets 431.
+    max_header_bytes: int = Field(32_768, ge=1024, le=1_048_576)
+    # A Twilio media WebSocket must send its start frame this long after it opens (Twilio
+    # sends connected and start at once); otherwise it is closed with 1008.
+    twilio_start_timeout_s: float = Field(10.0, gt=0, le=300)
+    # Open connections (HTTP and WebSocket together); one more is answered 503 and closed at
+    # once. Lowered at startup to leave a quarter of the process's file descriptors (at least
+    # 64) to everything else: the store, SIPREC and RTP sockets, webhook connections.
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    # Each of these conditions (and the event loop's "accept() out of system resource") is
+    # logged at most once per interval, with a count of the ones held back.
+    log_interval_s: float = Field(30.0, gt=0, le=3600)
+
+
+class TwilioSettings(BaseSettings):
+    """The Twilio Media Streams gateway: how fast one stream's audio is taken in."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_TWILIO_", extra="ignore")
+
+    # Twilio sends 20 ms frames in real time. A stream whose audio runs more than burst_s
+    # ahead of max_speed times the time since its start is not read (TCP backpressure) until
+    # real time catches up, so one sender that floods cannot hold the event loop and the CPU
+    # that every other call needs. Above 1 for the simulated calls of `demo --speed`, `bench`
+    # and the tests (up to 20x); a deployment that only takes Twilio's streams may lower it.
+    max_speed: float = Field(25.0, ge=1.0, le=1000.0)
+    # Audio a stream may be ahead of that pace: network jitter delivers frames in bursts.
+    burst_s: float = Field(5.0, ge=0.1, le=600.0)
 
 
 class Settings(BaseSettings):
@@ -230,7 +297,9 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
     siprec: SiprecSettings = Field(default_factory=SiprecSettings)
+    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    limits: ServerLimitsSettings = Field(default_factory=ServerLimitsSettings)
 
     @property
     def store_path(self) -> Path:

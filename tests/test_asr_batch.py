@@ -154,3 +154,63 @@ def test_bench_asr_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[2].split()[:2] == ["single", "1"]
     assert out[3].split()[:2] == ["batched", "2"]
     assert out[3].split()[-1].endswith("/2")
+
+
+class _RecordingGenerate:
+    """The CTranslate2 model, with each ``generate`` call's beam size and temperature noted."""
+
+    def __init__(self, model: object) -> None:
+        self._model = model
+        self.rounds: list[tuple[int, float]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
+
+    def generate(self, *args: object, **kwargs: object) -> object:
+        self.rounds.append((kwargs.get("beam_size", 1), kwargs.get("sampling_temperature", 0.0)))
+        return self._model.generate(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+def test_a_decode_that_looks_improbable_is_redone_with_a_beam_search_first(
+    utterances: list[tuple[np.ndarray, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a log-probability bar no decode clears, every utterance goes through each round:
+    greedy, then the beam search, then the sampled temperature; single and batched paths alike,
+    and the text is the most probable of them."""
+    engine = FasterWhisperEngine(
+        AsrSettings(temperatures=(0.0, 0.4), fallback_beam_size=4, log_prob_threshold=0.0)
+    )
+    assert engine._decoding_rounds() == [(1, 0.0), (4, 0.0), (1, 0.4)]
+    single_rounds: list[tuple[int, list[float]]] = []
+    transcribe = engine._model.transcribe
+
+    def recording_transcribe(audio: np.ndarray, **options: object):  # type: ignore[no-untyped-def]
+        single_rounds.append((options["beam_size"], options["temperature"]))  # type: ignore[arg-type]
+        return transcribe(audio, **options)
+
+    monkeypatch.setattr(engine._model, "transcribe", recording_transcribe)
+    audio, text = utterances[0]
+    single = engine.transcribe_blocking(AsrRequest(audio, language="en"))
+    assert single_rounds == [(1, [0.0]), (4, [0.0]), (1, [0.4])]
+    assert normalise(single.text) and jiwer.wer(normalise(text), normalise(single.text)) <= 0.3
+
+    recorder = _RecordingGenerate(engine._model.model)
+    monkeypatch.setattr(engine._model, "model", recorder)
+    engine.transcribe_batch([AsrRequest(a, language="en") for a, _ in utterances[:2]])
+    assert [(beam, t) for beam, t in recorder.rounds] == [(1, 0.0), (4, 0.0), (1, 0.4)]
+
+
+def test_without_sampled_temperatures_decoding_is_repeatable(
+    utterances: list[tuple[np.ndarray, str]],
+) -> None:
+    """Greedy then beam search only: the same audio gives the same text every time, however
+    often the fallback acts (the sampled temperature would not)."""
+    engine = FasterWhisperEngine(
+        AsrSettings(temperatures=(0.0,), fallback_beam_size=5, log_prob_threshold=0.0)
+    )
+    requests = [AsrRequest(audio, language="en") for audio, _ in utterances[:3]]
+    first = [engine.transcribe_blocking(r).text for r in requests]
+    assert [engine.transcribe_blocking(r).text for r in requests] == first
+    assert [r.text for r in engine.transcribe_batch(requests)] == [
+        r.text for r in engine.transcribe_batch(requests)
+    ]

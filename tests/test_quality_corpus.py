@@ -24,12 +24,11 @@ from callscribe.quality_bench import (
 from callscribe.simulate import FRAME_BYTES, ReceivedMessage, WebhookReceiver
 from tests.conftest import RunningServer
 
-# The goal is 1.1 × offline, and `callscribe bench quality` measured 1.03 × on this split. One
-# run here differs from the next by a few words either way (the temperature fallback samples,
-# offline and streaming alike): three runs of this test gave 1.02, 1.11 and 1.03 ×, so the
-# bound leaves room for that noise rather than fail at random. The old default was 1.43 × on
-# this split.
-STREAMING_WER_BOUND = 1.25
+# The bar. Decoding is deterministic (greedy, then a beam search when that looks
+# broken; no sampled temperature), so this run gives the figures `callscribe bench quality`
+# gives: 34.5 % streaming against 34.7 % offline (0.99 ×) on this split. The old default was
+# 1.43 ×.
+STREAMING_WER_BOUND = 1.1
 
 
 def test_the_corpus_is_as_its_readme_says() -> None:

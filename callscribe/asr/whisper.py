@@ -207,24 +207,57 @@ class FasterWhisperEngine:
             audio_ms=int(math.ceil(len(request.audio) * 1000 / SAMPLE_RATE)),
         )
 
+    def _decoding_rounds(self) -> list[tuple[int, float]]:
+        """(beam size, temperature) of each decode tried in turn, the next only when the last
+        looks like a loop or is improbable (faster-whisper's rule, ``_needs_fallback``).
+
+        After greedy decoding, a beam search (``fallback_beam_size``) comes before any
+        sampled temperature: it is deterministic, so the same audio always gives the same
+        text, and beam search finds what greedy decoding missed about as often as sampling."""
+        rounds: list[tuple[int, float]] = []
+        for temperature in self.settings.temperatures:
+            if temperature > 0:
+                rounds.append((1, temperature))
+                continue
+            rounds.append((self.settings.beam_size, 0.0))
+            if self.settings.fallback_beam_size > self.settings.beam_size:
+                rounds.append((self.settings.fallback_beam_size, 0.0))
+        return rounds
+
     def _transcribe_window(self, request: AsrRequest, frames: int | None) -> AsrResult:
         self._model._context.frames = frames
-        segments, info = self._model.transcribe(
-            self._padded(request.audio, frames),
-            language=request.language,
-            beam_size=self.settings.beam_size,
-            word_timestamps=request.word_timestamps,
-            without_timestamps=not request.word_timestamps,
-            condition_on_previous_text=False,
-            vad_filter=False,  # our endpointer already cut the audio at speech
-            no_speech_threshold=self.settings.no_speech_threshold,
-            log_prob_threshold=self.settings.log_prob_threshold,
-            temperature=self.settings.temperatures,
-            max_new_tokens=_max_new_tokens(len(request.audio)),
-        )
+        audio = self._padded(request.audio, frames)
+        tried: list[tuple[_Decode, list, object]] = []  # type: ignore[type-arg]
+        for beam_size, temperature in self._decoding_rounds():
+            segments, info = self._model.transcribe(
+                audio,
+                language=request.language,
+                beam_size=beam_size,
+                best_of=SAMPLED_HYPOTHESES,
+                word_timestamps=request.word_timestamps,
+                without_timestamps=not request.word_timestamps,
+                condition_on_previous_text=False,
+                vad_filter=False,  # our endpointer already cut the audio at speech
+                no_speech_threshold=self.settings.no_speech_threshold,
+                log_prob_threshold=self.settings.log_prob_threshold,
+                temperature=[temperature],
+                max_new_tokens=_max_new_tokens(len(request.audio)),
+            )
+            decoded = list(segments)  # lazily decoded: the thread-local context applies here
+            quality = _Decode(
+                text=" ".join(segment.text.strip() for segment in decoded),
+                avg_logprob=min((s.avg_logprob for s in decoded), default=0.0),
+                no_speech_prob=max((s.no_speech_prob for s in decoded), default=0.0),
+                compression_ratio=max((s.compression_ratio for s in decoded), default=0.0),
+            )
+            tried.append((quality, decoded, info))
+            if not self._needs_fallback(quality):
+                break
+        chosen = self._choose([quality for quality, _, _ in tried])
+        _, segments, info = next(t for t in tried if t[0] is chosen)
         texts: list[str] = []
         words: list[AsrWord] = []
-        for segment in segments:  # lazily decoded: the thread-local context applies here
+        for segment in segments:
             if (
                 segment.no_speech_prob > self.settings.no_speech_threshold
                 and segment.avg_logprob < self.settings.log_prob_threshold
@@ -367,7 +400,7 @@ class FasterWhisperEngine:
 
         decodes: list[list[_Decode]] = [[] for _ in requests]
         pending = list(range(len(requests)))
-        for round_index, temperature in enumerate(self.settings.temperatures):
+        for round_index, (beam_size, temperature) in enumerate(self._decoding_rounds()):
             # The first round encodes the whole batch; a retry re-encodes only the utterances
             # being retried (rare), which is simpler and cheaper than slicing the encoder
             # output where it lives (on the GPU).
@@ -380,7 +413,7 @@ class FasterWhisperEngine:
                     "sampling_temperature": temperature,
                 }
             else:
-                sampling = {"beam_size": self.settings.beam_size, "patience": 1.0}
+                sampling = {"beam_size": beam_size, "patience": 1.0}
             generated = self._model.model.generate(
                 encoded,
                 [prompts[i] for i in pending],
