@@ -274,6 +274,111 @@ def ribbon_invite(call_id: str = "ribbon-9@192.0.2.40") -> bytes:
     return sip_request("INVITE", headers, body)
 
 
+def plain_invite(
+    call_id: str,
+    streams: list[OfferedStream],
+    *,
+    media_address: str,
+    via_host: str,
+    transport: str = "UDP",
+) -> bytes:
+    """An INVITE recording ``streams`` with a plain SDP body and no metadata (the recorder then
+    takes the Call-ID as the call's guid), sent from ``via_host``."""
+    headers = dialog_headers(
+        "INVITE", call_id=call_id, from_tag=f"tag-{uuid.uuid4().hex[:8]}", via_host=via_host,
+        transport=transport,
+    ) + [
+        ("Contact", f"<sip:sbc@{via_host}>;+sip.src"),
+        ("Require", "siprec"),
+        ("Content-Type", "application/sdp"),
+    ]
+    return sip_request("INVITE", headers, sdp_offer(streams, media_address))
+
+
+def numbered_streams(count: int, first_port: int = 40000) -> list[OfferedStream]:
+    return [OfferedStream(str(n + 1), first_port + 2 * n) for n in range(count)]
+
+
+class SipUdpPeer:
+    """A bare SIP peer on a UDP socket of a chosen loopback address: an SBC, or somebody
+    posing as one, where a test needs exact control of what is offered."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.address: tuple[str, int] = self.sock.getsockname()
+        self.via_host = f"{self.address[0]}:{self.address[1]}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def request(self, data: bytes, target: tuple[str, int], timeout_s: float = 20.0) -> Any:
+        """Send a request; its final response (provisional ones, and responses to other
+        requests, are skipped). An INVITE's final response is acknowledged."""
+        from callscribe.siprec.message import parse_message, transaction_branch
+
+        sent = parse_message(data)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendto(self.sock, data, target)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "no final response"
+            packet, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65536), remaining)
+            message = parse_message(packet)
+            if (
+                getattr(message, "code", 0) < 200
+                or message.call_id != sent.call_id
+                or str(message.cseq) != str(sent.cseq)
+            ):
+                continue
+            if sent.method == "INVITE":
+                # A 2xx is acknowledged in a transaction of its own, a failure in the INVITE's.
+                branch = None if message.code < 300 else transaction_branch(sent)
+                ack = dialog_headers(
+                    "ACK", call_id=sent.call_id, cseq=sent.cseq.sequence, branch=branch,
+                    to_tag=message.to_address.parameters["tag"],
+                    from_tag=sent.from_address.parameters["tag"], via_host=self.via_host,
+                )
+                await loop.sock_sendto(self.sock, sip_request("ACK", ack), target)
+            return message
+
+    async def invite(
+        self,
+        target: tuple[str, int],
+        streams: list[OfferedStream],
+        *,
+        call_id: str | None = None,
+        media_address: str | None = None,
+    ) -> Any:
+        """A recording session offered: the final response."""
+        invite = plain_invite(
+            call_id or f"call-{uuid.uuid4().hex}",
+            streams,
+            media_address=media_address or self.address[0],
+            via_host=self.via_host,
+        )
+        return await self.request(invite, target)
+
+    async def in_dialog(
+        self, method: str, target: tuple[str, int], ok: Any, cseq: int, body: str = ""
+    ) -> Any:
+        """A re-INVITE (SDP ``body``) or BYE in the dialog that ``ok`` (the 200) set up."""
+        headers = dialog_headers(
+            method, call_id=ok.call_id, cseq=cseq, to_tag=ok.to_address.parameters["tag"],
+            from_tag=ok.from_address.parameters["tag"], via_host=self.via_host,
+        )
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        return await self.request(sip_request(method, headers, body), target)
+
+
+def answered_ports(response: Any) -> list[int]:
+    """The RTP ports of an SDP answer, in stream order (0: a stream refused)."""
+    return [int(port) for port in re.findall(rb"m=audio (\d+)", response.body)]
+
+
 # Codecs -----------------------------------------------------------------------------------
 
 
@@ -354,13 +459,35 @@ class _Sink(asyncio.DatagramProtocol):
     pass
 
 
+def bind_rtp_sockets(labels: list[str], host: str = "127.0.0.1") -> dict[str, socket.socket]:
+    """A UDP socket per stream, bound where the SDP offer says the stream comes from: like an
+    SBC (symmetric RTP, RFC 4961), a test sends each stream from the address and port it
+    offered, the only source the recorder takes it from. SO_REUSEPORT lets a test send other
+    packets from the very same source too."""
+    sockets = {}
+    for label in labels:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, 0))
+        sock.setblocking(False)
+        sockets[label] = sock
+    return sockets
+
+
+def source_ports(sources: dict[str, socket.socket]) -> list[str]:
+    """The sockets' ports in stream order, for the offer (siprec_call.xml's field5, field6)."""
+    return [str(sock.getsockname()[1]) for sock in sources.values()]
+
+
 @dataclass
 class RtpPlayback:
-    """Paced playback of several streams' payloads to RTP ports, in real time × speed."""
+    """Paced playback of several streams' payloads to RTP ports, in real time × speed, each
+    stream sent from its socket in ``sources`` (see :func:`bind_rtp_sockets`)."""
 
     destinations: dict[str, tuple[str, int]]  # label -> (host, port)
     payloads: dict[str, list[bytes]]  # label -> 20 ms payloads
     payload_type: int
+    sources: dict[str, socket.socket]  # label -> the bound socket it is sent from
     speed: float = 1.0
     started_at: float = 0.0
     packets_sent: dict[str, int] = field(default_factory=dict)
@@ -369,7 +496,10 @@ class RtpPlayback:
     async def play(self, *, first_frame: int = 0, last_frame: int | None = None,
                    on_frame: Any = None) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
+        transports = {
+            label: (await loop.create_datagram_endpoint(_Sink, sock=sock))[0]
+            for label, sock in self.sources.items()
+        }
         try:
             frames = min(len(p) for p in self.payloads.values())
             last = frames if last_frame is None else min(frames, last_frame)
@@ -390,14 +520,15 @@ class RtpPlayback:
                         ssrc=self.ssrcs[label],
                         payload=payloads[frame],
                     )
-                    transport.sendto(build_rtp(packet), self.destinations[label])
+                    transports[label].sendto(build_rtp(packet), self.destinations[label])
                     self.packets_sent[label] += 1
                 due = self.started_at + (frame - first_frame + 1) * FRAME_MS / 1000 / self.speed
                 delay = due - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
         finally:
-            transport.close()
+            for transport in transports.values():
+                transport.close()
 
 
 # API --------------------------------------------------------------------------------------

@@ -13,7 +13,15 @@ from callscribe.auth import create_api_key
 from callscribe.simulate import load_sample_call, running_receiver, running_server
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.store.sqlite import SqliteStore
-from tests.siprec_support import FRAME_MS, RtpPlayback, SiprecApi, encode_track, start_sipp
+from tests.siprec_support import (
+    FRAME_MS,
+    RtpPlayback,
+    SiprecApi,
+    bind_rtp_sockets,
+    encode_track,
+    source_ports,
+    start_sipp,
+)
 
 
 async def test_sigterm_completes_siprec_calls_without_bye(tmp_path: Path) -> None:
@@ -35,9 +43,12 @@ async def test_sigterm_completes_siprec_calls_without_bye(tmp_path: Path) -> Non
             assert sip_port > 0
             issued = create_api_key(SqliteStore(tmp_path / "callscribe.sqlite3"), "acme")
             api = SiprecApi(server.base_url, issued.api_id, issued.api_secret)
+            sources = bind_rtp_sockets(["1", "2"])
             sipp = await start_sipp(
                 "siprec_call", ("127.0.0.1", sip_port), tmp_path / "sipp", pause_ms=120_000,
-                injection=[[uui, "8", "PCMA", "sip:+15550001@pstn", "sip:4002@pbx"]],
+                injection=[
+                    [uui, "8", "PCMA", "sip:+15550001@pstn", "sip:4002@pbx", *source_ports(sources)]
+                ],
             )
             try:
                 answered = await sipp.wait_logged(rf"answered {uui} (\d+) (\d+)")
@@ -48,7 +59,7 @@ async def test_sigterm_completes_siprec_calls_without_bye(tmp_path: Path) -> Non
                 playback = RtpPlayback(
                     {"1": ("127.0.0.1", int(answered.group(1))),
                      "2": ("127.0.0.1", int(answered.group(2)))},
-                    payloads, 8, speed=2.0,
+                    payloads, 8, sources=sources, speed=2.0,
                 )
                 await playback.play(first_frame=first, last_frame=last)
                 await asyncio.sleep(0.5)

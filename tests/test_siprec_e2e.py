@@ -22,6 +22,7 @@ from callscribe.config import SiprecSettings
 from callscribe.redaction import redact
 from callscribe.simulate import SampleCall, WebhookReceiver, load_sample_call
 from callscribe.siprec.callid import ucid_from_user_to_user
+from callscribe.siprec.rtp import RtpPacket, build_rtp
 from callscribe.store.base import CallKey
 from tests.conftest import RunningServer
 from tests.siprec_support import (
@@ -30,7 +31,9 @@ from tests.siprec_support import (
     RtpPlayback,
     SiprecApi,
     avaya_invite,
+    bind_rtp_sockets,
     encode_track,
+    source_ports,
     start_sipp,
 )
 from tests.test_e2e_twilio import normalise, transcribed_windows, wait_for_quiet
@@ -98,12 +101,15 @@ async def test_siprec_call_transcribed_end_to_end(
     early = await api.start(guid, sample_call.customer_id, sample_call.agent_id)
     assert early.status_code == 400 and early.json()["error"]["code"] == "400-203"
 
+    sources = bind_rtp_sockets(["1", "2"])
     sipp = await start_sipp(
         "siprec_call",
         sip_target(siprec_server),
         tmp_path / "sipp",
         pause_ms=int((play_s + 4) * 1000),
-        injection=[[uui, str(PAYLOAD_TYPES[codec]), codec, CUSTOMER_AOR, AGENT_AOR]],
+        injection=[
+            [uui, str(PAYLOAD_TYPES[codec]), codec, CUSTOMER_AOR, AGENT_AOR, *source_ports(sources)]
+        ],
     )
     answered = await sipp.wait_logged(rf"answered {uui} (\d+) (\d+)")
     ports = {"1": int(answered.group(1)), "2": int(answered.group(2))}
@@ -111,6 +117,7 @@ async def test_siprec_call_transcribed_end_to_end(
         {label: ("127.0.0.1", port) for label, port in ports.items()},
         payloads,
         PAYLOAD_TYPES[codec],
+        sources=sources,
         speed=SPEED,
     )
 
@@ -298,15 +305,16 @@ async def test_start_stop_during_bye_get_409_203(
         "1": encode_track(sample_call.tracks["inbound"], "PCMU"),
         "2": encode_track(sample_call.tracks["outbound"], "PCMU"),
     }
+    sources = bind_rtp_sockets(["1", "2"])
     sipp = await start_sipp(
         "siprec_call", sip_target(server), tmp_path, pause_ms=int((last - first) * FRAME_MS / SPEED + 1500),
-        injection=[[uui, "0", "PCMU", CUSTOMER_AOR, AGENT_AOR]],
+        injection=[[uui, "0", "PCMU", CUSTOMER_AOR, AGENT_AOR, *source_ports(sources)]],
     )
     answered = await sipp.wait_logged(rf"answered {uui} (\d+) (\d+)")
     assert (await api.start(guid, "C9", "A9")).status_code == 200
     playback = RtpPlayback(
         {"1": ("127.0.0.1", int(answered.group(1))), "2": ("127.0.0.1", int(answered.group(2)))},
-        payloads, 0, speed=SPEED,
+        payloads, 0, sources=sources, speed=SPEED,
     )
     await playback.play(first_frame=first, last_frame=last)
     # The agent's line ended: its utterance waits at the gate. Then the SBC hangs up.
@@ -364,8 +372,8 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
 ) -> None:
     """Ten recordings at once, eight over UDP and two over TCP, while other peers send garbage
     SIP (UDP and TCP), a malformed INVITE, one offering no usable codec, a duplicate of a live
-    call, and junk RTP/RTCP into one call's ports. Every good call is answered, recorded and
-    completed; the transcribed ones are right."""
+    call, junk RTP/RTCP into one call's ports, and RTP from a source its offer did not name.
+    Every good call is answered, recorded and completed; the transcribed ones are right."""
     api = api_for(siprec_server)
     target = sip_target(siprec_server)
     line = next(s for s in sample_call.segments if s.transcribed and s.track == "outbound")
@@ -376,7 +384,12 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
         "1": encode_track(sample_call.tracks["inbound"], "PCMU"),
         "2": encode_track(sample_call.tracks["outbound"], "PCMU"),
     }
-    rows = [[ucid_hex(7, n, 1700000100), "0", "PCMU", CUSTOMER_AOR, AGENT_AOR] for n in range(10)]
+    sources = [bind_rtp_sockets(["1", "2"]) for _ in range(10)]
+    rows = [
+        [ucid_hex(7, n, 1700000100), "0", "PCMU", CUSTOMER_AOR, AGENT_AOR,
+         *source_ports(sources[n])]
+        for n in range(10)
+    ]
     guids = [ucid_from_user_to_user(row[0]) for row in rows]
     udp_run = await start_sipp(
         "siprec_call", target, tmp_path / "udp", calls=8, rate=50, injection=rows[:8],
@@ -395,12 +408,20 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
     for guid in transcribed:
         assert (await api.start(guid, f"C-{guid}", f"A-{guid}")).status_code == 200
 
-    async def junk_rtp(port: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    async def junk_rtp(port: int, source: socket.socket) -> None:
+        """Junk from the stream's own source (counted as malformed or RTCP), and an RTP
+        stream from a source the offer did not name (dropped and counted, never played)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, socket.socket(
+            socket.AF_INET, socket.SOCK_DGRAM
+        ) as intruder:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(source.getsockname())
             for n in range(40):
                 sock.sendto(bytes([n % 256]) * (n % 30), ("127.0.0.1", port))  # not RTP
                 sock.sendto(b"\x80\xc8\x00\x06" + b"\x00" * 24, ("127.0.0.1", port))  # RTCP SR
                 sock.sendto(b"\x80\xc8\x00\x06" + b"\x00" * 24, ("127.0.0.1", port + 1))
+                injected = RtpPacket(0, False, n, n * 160, 0xBAD, b"\xff" * 160)
+                intruder.sendto(build_rtp(injected), ("127.0.0.1", port))
                 await asyncio.sleep(0.01)
 
     bad_invite = avaya_invite(call_id="bad-1@192.0.2.99").replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
@@ -410,12 +431,15 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
     )
     duplicate = avaya_invite(call_id="dup@192.0.2.99", ucid_hex=rows[0][0])
     playbacks = [
-        RtpPlayback({label: ("127.0.0.1", port) for label, port in ports[guid].items()}, payloads, 0, speed=speed)
-        for guid in guids
+        RtpPlayback(
+            {label: ("127.0.0.1", port) for label, port in ports[guid].items()},
+            payloads, 0, sources=sources[n], speed=speed,
+        )
+        for n, guid in enumerate(guids)
     ]
     results = await asyncio.gather(
         *(p.play(first_frame=first, last_frame=last) for p in playbacks),
-        junk_rtp(ports[guids[1]]["1"]),
+        junk_rtp(ports[guids[1]]["1"], sources[1]["1"]),
         *(asyncio.to_thread(_udp_exchange, target, bytes([n]) * (n * 7 + 1), 0.2) for n in range(30)),
         asyncio.to_thread(_udp_exchange, target, bad_invite, 10),
         asyncio.to_thread(_udp_exchange, target, opus_only, 10),
@@ -441,6 +465,7 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
     assert snapshot["sessionsAnswered"] == 10 and snapshot["liveSessions"] == 0
     assert snapshot["sessionsRejected"] == 1  # the duplicate (486); the rest never got that far
     assert snapshot["rtp"]["malformed"] >= 40 and snapshot["rtp"]["rtcp"] >= 40
+    assert snapshot["rtp"]["wrong_source"] == 40
     assert snapshot["rtp"]["lost"] == 0
     expected_bytes = (last - first) * FRAME_MS * 16
     for guid, response in stops.items():

@@ -14,6 +14,7 @@ from callscribe.siprec.rtp import (
     G729Decoder,
     RtpPacket,
     RtpParseError,
+    RtpSourceFilter,
     RtpStreamReceiver,
     build_rtp,
     parse_rtp,
@@ -165,3 +166,26 @@ def test_ulaw_helper_round_trip_sanity() -> None:
     rx = receiver(depth=1)
     (chunk,) = rx.receive(packet(1, payload=pcm16_to_ulaw(pcm)), now=0.0)
     assert np.all(np.abs(chunk.pcm16.astype(np.int32) - pcm) <= np.abs(pcm) // 16 + 8)
+
+
+def test_source_filter_takes_the_offered_source_only() -> None:
+    offered = RtpSourceFilter(("192.0.2.10", 35000))
+    assert offered.admits(("192.0.2.10", 35000))
+    assert offered.admits(("::ffff:192.0.2.10", 35000))  # a dual-stack socket's spelling
+    assert not offered.admits(("192.0.2.10", 35002))  # another port of the SBC
+    assert not offered.admits(("198.51.100.9", 35000))
+    assert offered.admits_rtcp(("192.0.2.10", 35001))
+    assert not offered.admits_rtcp(("198.51.100.9", 35001))
+    any_port = RtpSourceFilter(("192.0.2.10", 35000), match_port=False)
+    assert any_port.admits(("192.0.2.10", 41234)) and not any_port.admits(("192.0.2.11", 35000))
+
+
+def test_source_filter_latches_and_follows_a_re_offer() -> None:
+    latching = RtpSourceFilter(None)
+    assert not latching.admits_rtcp(("203.0.113.5", 5001))  # RTCP latches nothing
+    assert latching.admits(("203.0.113.5", 5000))
+    assert not latching.admits(("203.0.113.6", 5000)) and not latching.admits(("203.0.113.5", 5002))
+    latching.expect(None)  # a re-offer still naming no address keeps what was latched
+    assert not latching.admits(("203.0.113.6", 5000)) and latching.admits(("203.0.113.5", 5000))
+    latching.expect(("192.0.2.20", 6000))  # the SBC moved the media
+    assert latching.admits(("192.0.2.20", 6000)) and not latching.admits(("203.0.113.5", 5000))

@@ -13,7 +13,12 @@ timers, and maps SIPREC onto the call model:
   the call. While that runs, start/stop answer 409-203.
 
 A session that fails to set up is answered with an error and leaves the others untouched;
-nothing one SBC sends can stop the listeners.
+nothing one SBC sends can stop the listeners. SIPREC carries no credentials and anyone may
+reach the ports, so what a peer can hold is bounded: RTP ports per session and sessions per
+source address (beyond them 488, or 503 with Retry-After, as when the port range is full),
+SIP-over-TCP connections in all and per source, each closed when idle or when a message it
+started does not finish in time; and a stream's RTP is taken only from the source its offer
+named (see :class:`~callscribe.siprec.rtp.RtpSourceFilter`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import itertools
 import logging
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +42,7 @@ from callscribe.siprec.message import KeepAlive, SipFramingError, SipStreamFrame
 from callscribe.siprec.metadata import RecordingMetadata
 from callscribe.siprec.offer import RecordingOffer
 from callscribe.siprec.roles import RoleRules, assign_roles
-from callscribe.siprec.rtp import CallClock, RtpStats, RtpStreamReceiver
+from callscribe.siprec.rtp import CallClock, RtpSourceFilter, RtpStats, RtpStreamReceiver
 from callscribe.siprec.sdp import (
     Codec,
     MediaSection,
@@ -68,10 +74,55 @@ BIND_ATTEMPTS = 50
 # RTP is not flow-controlled: while the event loop is busy (VAD runs in it) packets wait in
 # the socket. 1 MiB holds several seconds of a stream (the kernel may cap it at rmem_max).
 RTP_RECEIVE_BUFFER_BYTES = 1 << 20
+# Ports come free as calls end, minutes rather than seconds: an SBC told to come back sooner
+# would only be refused again (and SBCs fail over to another recorder meanwhile).
+RETRY_AFTER_S = 30
+# A flood of connections must not become a flood of log lines: one line per kind of event in
+# this many seconds, which says how many more there were.
+LOG_INTERVAL_S = 10.0
 
 
 class SiprecConfigError(ValueError):
     pass
+
+
+class RtpPortsExhausted(OSError):
+    """Every port pair of the RTP range is taken, by our streams or by other programs."""
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _service_unavailable(reason: str) -> _Refusal:
+    return _Refusal(
+        503, f"Service Unavailable: {reason}", (("Retry-After", str(RETRY_AFTER_S)),)
+    )
+
+
+class _RateLimitedLog:
+    """At most one warning per kind of event per interval; the next one counts those held."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval_s:
+            self._held[kind] += 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held and last is not None:
+            message += " (and %d more like it in the last %.0f s)"
+            args = (*args, held, now - last)
+        log.warning(message, *args)
 
 
 @dataclass
@@ -141,12 +192,21 @@ class RtpPortAllocator:
         self._next = self.first
         self.in_use: set[int] = set()
 
+    @property
+    def capacity(self) -> int:
+        """Port pairs in the range (each even port needs the odd one above it)."""
+        return max(0, (self.last - 1 - self.first) // 2 + 1)
+
+    @property
+    def available(self) -> int:
+        """Pairs not used by our streams (other programs may still hold some)."""
+        return self.capacity - len(self.in_use)
+
     async def open(
         self, host: str, on_rtp: Any, on_rtcp: Any
     ) -> tuple[int, asyncio.DatagramTransport, asyncio.DatagramTransport]:
         loop = asyncio.get_running_loop()
-        span = (self.last - self.first) // 2 + 1
-        for _ in range(span):
+        for _ in range(self.capacity):
             port = self._next
             self._next = self._next + 2 if self._next + 3 <= self.last else self.first
             if port in self.in_use:
@@ -170,7 +230,7 @@ class RtpPortAllocator:
                 continue
             self.in_use.add(port)
             return port, rtp, rtcp  # type: ignore[return-value]
-        raise OSError(f"no free RTP port in {self.first}-{self.last}")
+        raise RtpPortsExhausted(f"no free RTP port in {self.first}-{self.last}")
 
     def release(self, port: int) -> None:
         self.in_use.discard(port)
@@ -184,6 +244,7 @@ class _MediaStream:
     label: str
     port: int
     receiver: RtpStreamReceiver
+    source: RtpSourceFilter
     rtp: asyncio.DatagramTransport
     rtcp: asyncio.DatagramTransport
     payload_type: int
@@ -211,6 +272,15 @@ class _Recording:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
     contact: tuple[str, int] = ("127.0.0.1", 0)
+    guid_source: str = ""
+
+
+@dataclass
+class _TcpConnection:
+    transport: asyncio.Transport
+    host: str
+    last_message_at: float  # the last complete message or ping (or the connection's opening)
+    message_started_at: float | None = None  # while a message is arriving
 
 
 @dataclass
@@ -221,6 +291,8 @@ class SiprecStats:
     sessions_ended: int = 0
     messages_dropped: int = 0
     tcp_connections: int = 0
+    tcp_connections_refused: int = 0
+    tcp_connections_timed_out: int = 0
     # RTP counters of finished sessions (live ones are added in snapshot()).
     rtp: RtpStats = field(default_factory=RtpStats)
 
@@ -243,8 +315,10 @@ class SiprecGateway:
         self.uas: RecordingServerUas | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
-        self._connections: dict[int, asyncio.Transport] = {}
+        self._connections: dict[int, _TcpConnection] = {}
+        self._connections_by_host: Counter[str] = Counter()
         self._connection_ids = itertools.count(1)
+        self._rate_limited = _RateLimitedLog()
         self._recordings: dict[str, _Recording] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -288,8 +362,8 @@ class SiprecGateway:
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()
-            for transport in list(self._connections.values()):
-                transport.close()
+            for connection in list(self._connections.values()):
+                connection.transport.close()
             await self._tcp.wait_closed()
         for recording in list(self._recordings.values()):
             self._flush_media(recording)
@@ -323,7 +397,8 @@ class SiprecGateway:
                 elif isinstance(output, RecordingEnded):
                     self._ended(output)
                 elif isinstance(output, RequestRejected):
-                    log.info(
+                    log.log(
+                        logging.WARNING if output.status >= 500 else logging.INFO,
                         "SIP %s from %s answered %d %s",
                         output.method,
                         _where(output.peer),
@@ -343,47 +418,66 @@ class SiprecGateway:
             if self._udp is not None:
                 self._udp.sendto(send.data, send.peer.address)
             return
-        transport = self._connections.get(send.peer.connection or -1)
-        if transport is None or transport.is_closing():
+        connection = self._connections.get(send.peer.connection or -1)
+        if connection is None or connection.transport.is_closing():
             log.info("SIP over TCP to %s: connection gone, message lost", _where(send.peer))
             return
-        transport.write(send.data)
+        connection.transport.write(send.data)
 
     # Session set-up -------------------------------------------------------------------------
 
     def _offered(self, offered: RecordingOffered) -> None:
         self.stats.sessions_offered += 1
         admitted = self._admit(offered)
-        if isinstance(admitted, tuple):
-            status, reason = admitted
-            self._reject(offered.offer_id, status, reason)
+        if isinstance(admitted, _Refusal):
+            self._reject(offered.offer_id, admitted)
             return
         recording = admitted
         self._recordings[offered.session_id] = recording
         self._spawn(self._set_up(recording, offered))
 
-    def _admit(self, offered: RecordingOffered) -> _Recording | tuple[int, str]:
-        """The new recording, or the status and reason to refuse it with."""
-        tenant = self._tenant_of(offered.peer.address[0])
+    def _admit(self, offered: RecordingOffered) -> _Recording | _Refusal:
+        """The new recording, or how to refuse it."""
+        settings = self.services.settings
+        source_host = offered.peer.address[0]
+        tenant = self._tenant_of(source_host)
         if tenant is None:
-            return 403, "Forbidden: this SBC is not mapped to a tenant"
+            return _Refusal(403, "Forbidden: this SBC is not mapped to a tenant")
         request = offered.request
         headers = {name.lower(): request.headers[name] for name in request.headers.keys()}
         resolved = resolve_call_guid(self.call_id_sources, headers, offered.offer.metadata)
         if resolved is None:
             sources = ", ".join(str(s) for s in self.call_id_sources)
-            return 400, f"no call identifier found (looked at {sources})"
+            return _Refusal(400, f"no call identifier found (looked at {sources})")
         guid, source = resolved
+        assert offered.offer.sdp is not None  # the UAS refuses an INVITE without an SDP offer
+        streams = len(_recorded_channels(offered.offer.sdp))
+        if streams > settings.max_streams_per_session:
+            return _too_many_streams(streams, settings.max_streams_per_session)
         key = CallKey(tenant, Namespace.SIPREC.value, guid)
         live = self.services.registry.get(key) is not None or any(
             r.key == key and not r.ended for r in self._recordings.values()
         )
         if live:
-            return 486, f"Busy Here: call {guid} is already being recorded"
-        log.info(
-            "SIPREC session for call %s (guid from %s) from %s", key, source, _where(offered.peer)
+            return _Refusal(486, f"Busy Here: call {guid} is already being recorded")
+        from_source = sum(
+            1
+            for r in self._recordings.values()
+            if not r.ended and r.peer.address[0] == source_host
         )
-        return _Recording(offered.session_id, key, offered.peer, metadata=offered.offer.metadata)
+        if from_source >= settings.max_sessions_per_source:
+            return _service_unavailable(
+                f"{from_source} sessions from {source_host}, the most one source may hold"
+            )
+        if streams > self.ports.available:
+            return _service_unavailable("no free RTP port")
+        return _Recording(
+            offered.session_id,
+            key,
+            offered.peer,
+            metadata=offered.offer.metadata,
+            guid_source=str(source),
+        )
 
     def _tenant_of(self, address: str) -> str | None:
         try:
@@ -421,11 +515,16 @@ class SiprecGateway:
             recording.sdp = sdp
             recording.contact = (self._advertised_address(offered.peer), self.port)
             answer = self._answer(recording, sdp, answers)
-        except Exception:
-            log.exception("SIPREC session for call %s could not be set up", recording.key)
+        except Exception as exc:
+            if isinstance(exc, RtpPortsExhausted):
+                # Other programs hold ports of the range: as full as when our streams do.
+                refusal = _service_unavailable("no free RTP port")
+            else:
+                log.exception("SIPREC session for call %s could not be set up", recording.key)
+                refusal = _Refusal(500, "Server Internal Error")
             # Rejecting ends the session (RecordingEnded), which finishes a registered call;
             # streams opened before the call existed are closed here.
-            self._reject(offered.offer_id, 500, "Server Internal Error")
+            self._reject(offered.offer_id, refusal)
             if recording.call is None:
                 recording.ended = True
                 self._close_media(recording)
@@ -439,8 +538,10 @@ class SiprecGateway:
         if not recording.ended:
             self.stats.sessions_answered += 1
             log.info(
-                "SIPREC call %s recording streams %s",
+                "SIPREC call %s (guid from %s) from %s recording streams %s",
                 recording.key,
+                recording.guid_source,
+                _where(offered.peer),
                 ", ".join(
                     f"{label}={roles.get(label, 'unassigned')}:{s.codec.name}@{s.port}"
                     for label, s in recording.streams.items()
@@ -461,19 +562,45 @@ class SiprecGateway:
             choice = section.choose_codec()
             assert choice is not None
             payload_type, codec = choice
+            expected, match_port = self._offered_source(sdp, section)
             stream = recording.streams.get(label)
             if stream is None:
-                stream = await self._open_stream(recording, label, payload_type, codec)
+                source = RtpSourceFilter(expected, match_port=match_port)
+                stream = await self._open_stream(recording, label, payload_type, codec, source)
             else:
                 stream.payload_type, stream.codec = payload_type, codec
                 stream.receiver.set_payload_types({payload_type: codec})
+                stream.source.expect(expected, match_port=match_port)
             stream.direction = offered_direction(sdp, section)
             answers.append(StreamAnswer(stream.port, payload_type, codec))
             channels.append(label)
         return answers, channels
 
+    def _offered_source(
+        self, sdp: SessionDescription, section: MediaSection
+    ) -> tuple[tuple[str, int] | None, bool]:
+        """Where the stream's RTP may come from (None: latch onto the first source), and
+        whether its port must match too."""
+        mode = self.services.settings.rtp_source
+        match_port = mode != "offer-address"
+        if mode == "first-packet":
+            return None, match_port
+        address = sdp.address_of(section)
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return None, match_port  # no address, or a host name: nothing to compare with
+        if ip.is_unspecified or ip.is_multicast:
+            return None, match_port
+        return (str(ip), section.port), match_port
+
     async def _open_stream(
-        self, recording: _Recording, label: str, payload_type: int, codec: Codec
+        self,
+        recording: _Recording,
+        label: str,
+        payload_type: int,
+        codec: Codec,
+        source: RtpSourceFilter,
     ) -> _MediaStream:
         settings = self.services.settings
         receiver = RtpStreamReceiver(
@@ -485,15 +612,22 @@ class SiprecGateway:
             stream = holder.get("stream")
             if stream is None or recording.ended:
                 return
+            if not source.admits(addr):
+                receiver.stats.wrong_source += 1
+                return
             self._play(recording, stream, receiver.receive(data, time.monotonic()))
 
         def on_rtcp(data: bytes, addr: tuple[str, int]) -> None:
             stream = holder.get("stream")
-            if stream is not None:
-                stream.rtcp_packets += 1  # sender reports are not needed: counted, dropped
+            if stream is None:
+                return
+            if not source.admits_rtcp(addr):
+                receiver.stats.wrong_source += 1
+                return
+            stream.rtcp_packets += 1  # sender reports are not needed: counted, dropped
 
         port, rtp, rtcp = await self.ports.open(self.services.host, on_rtp, on_rtcp)
-        stream = _MediaStream(label, port, receiver, rtp, rtcp, payload_type, codec)
+        stream = _MediaStream(label, port, receiver, source, rtp, rtcp, payload_type, codec)
         holder["stream"] = stream
         recording.streams[label] = stream
         return stream
@@ -533,19 +667,43 @@ class SiprecGateway:
             except OSError:
                 return "127.0.0.1"
 
-    def _reject(self, offer_id: str, status: int, reason: str) -> None:
+    def _reject(self, offer_id: str, refusal: _Refusal) -> None:
         assert self.uas is not None
         self.stats.sessions_rejected += 1
-        self._dispatch(self.uas.reject(offer_id, status, reason, time.monotonic()))
+        self._dispatch(
+            self.uas.reject(
+                offer_id, refusal.status, refusal.reason, time.monotonic(), headers=refusal.headers
+            )
+        )
 
     # Changes (re-INVITE, UPDATE) ----------------------------------------------------------------
 
     def _changed(self, changed: RecordingChanged) -> None:
         recording = self._recordings.get(changed.session_id)
         if recording is None or recording.call is None:
-            self._reject(changed.offer_id, 500, "Server Internal Error: session not ready")
+            self._reject(
+                changed.offer_id, _Refusal(500, "Server Internal Error: session not ready")
+            )
             return
+        if changed.offer.sdp is not None:
+            refusal = self._refuse_new_streams(recording, changed.offer.sdp)
+            if refusal is not None:
+                self._reject(changed.offer_id, refusal)
+                return
         self._spawn(self._change(recording, changed))
+
+    def _refuse_new_streams(
+        self, recording: _Recording, sdp: SessionDescription
+    ) -> _Refusal | None:
+        """A re-offer may add streams, up to the session's cap (or it could take every port
+        one re-INVITE after another)."""
+        new = [c for c in _recorded_channels(sdp) if c not in recording.streams]
+        cap = self.services.settings.max_streams_per_session
+        if len(recording.streams) + len(new) > cap:
+            return _too_many_streams(len(recording.streams) + len(new), cap)
+        if len(new) > self.ports.available:
+            return _service_unavailable("no free RTP port")
+        return None
 
     async def _change(self, recording: _Recording, changed: RecordingChanged) -> None:
         assert self.uas is not None and recording.call is not None
@@ -573,9 +731,12 @@ class SiprecGateway:
                 recording.call.assign_roles(
                     assign_roles(self.role_rules, labels, recording.metadata)
                 )
+        except RtpPortsExhausted:
+            self._reject(changed.offer_id, _service_unavailable("no free RTP port"))
+            return
         except Exception:
             log.exception("SIPREC call %s: re-offer failed", recording.key)
-            self._reject(changed.offer_id, 500, "Server Internal Error")
+            self._reject(changed.offer_id, _Refusal(500, "Server Internal Error"))
             return
         self._dispatch(
             self.uas.accept(changed.offer_id, answer, time.monotonic(), contact=recording.contact)
@@ -640,6 +801,7 @@ class SiprecGateway:
                 if now - last_media_check >= MEDIA_CHECK_S:
                     last_media_check = now
                     self._check_media(now)
+                self._expire_connections(now)
             except Exception:
                 log.exception("SIPREC timer failed")
 
@@ -682,6 +844,9 @@ class SiprecGateway:
             "sessionsEnded": stats.sessions_ended,
             "messagesDropped": stats.messages_dropped,
             "tcpConnections": stats.tcp_connections,
+            "tcpConnectionsOpen": len(self._connections),
+            "tcpConnectionsRefused": stats.tcp_connections_refused,
+            "tcpConnectionsTimedOut": stats.tcp_connections_timed_out,
             "sip": self.uas.stats.as_dict() if self.uas else {},
             "rtp": self._rtp_totals(),
         }
@@ -698,14 +863,89 @@ class SiprecGateway:
 
     # Connections ------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> int:
-        connection_id = next(self._connection_ids)
-        self._connections[connection_id] = transport
-        self.stats.tcp_connections += 1
-        return connection_id
+    def connection_made(self, transport: asyncio.Transport, host: str) -> int | None:
+        """The new connection's id, or None when it is over a cap (and is being closed)."""
+        settings = self.services.settings
+        if len(self._connections) >= settings.max_tcp_connections:
+            refused = f"{len(self._connections)} connections open, the most allowed"
+        elif self._connections_by_host[host] >= settings.max_tcp_connections_per_source:
+            refused = f"{self._connections_by_host[host]} connections from it, the most allowed"
+        else:
+            connection_id = next(self._connection_ids)
+            self._connections[connection_id] = _TcpConnection(transport, host, time.monotonic())
+            self._connections_by_host[host] += 1
+            self.stats.tcp_connections += 1
+            return connection_id
+        self.stats.tcp_connections_refused += 1
+        self._rate_limited.warning("refused", "SIP over TCP from %s refused: %s", host, refused)
+        transport.close()
+        return None
+
+    def message_progress(self, connection_id: int, complete: bool, incomplete_bytes: int) -> None:
+        """What a connection's bytes amounted to: ``complete`` messages (or pings) came, and
+        ``incomplete_bytes`` of the next one wait for the rest."""
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            return
+        now = time.monotonic()
+        if complete:
+            connection.last_message_at = now
+            connection.message_started_at = None
+        if not incomplete_bytes:
+            connection.message_started_at = None
+        elif connection.message_started_at is None:
+            connection.message_started_at = now
 
     def connection_lost(self, connection_id: int) -> None:
-        self._connections.pop(connection_id, None)
+        """Forget the connection (at once when it is closed for a timeout, so it is neither
+        counted again nor kept in the caps until the socket is gone)."""
+        connection = self._connections.pop(connection_id, None)
+        if connection is not None:
+            self._connections_by_host[connection.host] -= 1
+            if self._connections_by_host[connection.host] <= 0:
+                del self._connections_by_host[connection.host]
+
+    def _expire_connections(self, now: float) -> None:
+        settings = self.services.settings
+        # The recorder's own BYE (a media timeout) goes over the connection its session came
+        # on: such a connection is kept however quiet the SBC is.
+        in_use = {
+            r.peer.connection
+            for r in self._recordings.values()
+            if not r.ended and r.peer.transport == "TCP"
+        }
+        for connection_id, connection in list(self._connections.items()):
+            started = connection.message_started_at
+            if started is not None and now - started >= settings.tcp_message_timeout_s:
+                kind, why = "slow", f"a message not complete after {now - started:.1f} s"
+            elif (
+                connection_id not in in_use
+                and now - connection.last_message_at >= settings.tcp_idle_timeout_s
+            ):
+                kind, why = "idle", f"no message for {now - connection.last_message_at:.1f} s"
+            else:
+                continue
+            self.stats.tcp_connections_timed_out += 1
+            host = connection.host
+            self._rate_limited.warning(kind, "SIP over TCP from %s closed: %s", host, why)
+            # Not close(): that would wait for responses a peer that does not read never takes.
+            connection.transport.abort()
+            self.connection_lost(connection_id)
+
+
+def _recorded_channels(sdp: SessionDescription) -> list[str]:
+    """The channels an offer's streams would be recorded as, each taking an RTP port."""
+    return [
+        _channel_name(section, index, sdp)
+        for index, section in enumerate(sdp.media)
+        if accepts(section)
+    ]
+
+
+def _too_many_streams(streams: int, cap: int) -> _Refusal:
+    return _Refusal(
+        488, f"Not Acceptable Here: {streams} media streams to record, at most {cap} a session"
+    )
 
 
 def _channel_name(section: MediaSection, index: int, sdp: SessionDescription) -> str:
@@ -747,17 +987,23 @@ class _SipTcpProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
-        connection_id = self.gateway.connection_made(transport)
-        self.peer = Peer("TCP", (host, port), connection_id)
+        connection_id = self.gateway.connection_made(transport, host)
+        if connection_id is not None:
+            self.peer = Peer("TCP", (host, port), connection_id)
 
     def data_received(self, data: bytes) -> None:
-        assert self.transport is not None and self.peer is not None
+        if self.transport is None or self.peer is None or self.transport.is_closing():
+            return  # refused or timed out: whatever was still in flight
         try:
             messages = self.framer.feed(data)
         except SipFramingError as exc:
             log.warning("SIP over TCP from %s closed: %s", _where(self.peer), exc)
             self.transport.close()
             return
+        assert self.peer.connection is not None
+        self.gateway.message_progress(
+            self.peer.connection, bool(messages), self.framer.incomplete_bytes
+        )
         for message in messages:
             if isinstance(message, KeepAlive):
                 self.transport.write(b"\r\n")  # RFC 5626 pong

@@ -310,6 +310,11 @@ class SipStreamFramer:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
+    @property
+    def incomplete_bytes(self) -> int:
+        """Bytes of a message (or ping) started but not complete yet; 0 between messages."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes | KeepAlive]:
         self._buffer += data
         out: list[bytes | KeepAlive] = []

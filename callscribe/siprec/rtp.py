@@ -16,12 +16,15 @@ sample position it belongs at on the call's timeline.
 * Positions come from RTP timestamps, which keep silence and loss in the right place; the
   first packet of the call (over all its streams) is sample 0, and a stream that starts
   later starts at the wall-clock offset from it (see :class:`CallClock`).
+
+An RTP port is reachable by anyone, so the server asks :class:`RtpSourceFilter` first whether
+a datagram comes from the stream's sender at all.
 """
 
 from __future__ import annotations
 
 import abc
-
+import ipaddress
 import struct
 from dataclasses import dataclass, field
 
@@ -185,9 +188,61 @@ class RtpStats:
     rtcp: int = 0
     other_payload: int = 0  # DTMF events, comfort noise, formats not negotiated
     ssrc_changes: int = 0
+    wrong_source: int = 0  # not from the stream's sender: dropped before anything else
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+class RtpSourceFilter:
+    """The one source a stream is taken from, so that nobody else can play audio into a call.
+
+    ``expected`` is what the SDP offer named; ``match_port`` False takes any port of that
+    address. ``expected`` None (an offer without a usable address) latches onto the source of
+    the first packet, as SBC-facing media servers do. A re-offer naming another source (the
+    SBC moved the media) replaces it; one naming the same keeps what was latched."""
+
+    def __init__(self, expected: tuple[str, int] | None, *, match_port: bool = True) -> None:
+        self._offered: tuple[tuple[str, int] | None, bool] | None = None
+        self._host: str | None = None
+        self._port = 0
+        self._match_port = match_port
+        self.expect(expected, match_port=match_port)
+
+    def expect(self, expected: tuple[str, int] | None, *, match_port: bool = True) -> None:
+        if self._offered == (expected, match_port):
+            return
+        self._offered = (expected, match_port)
+        self._match_port = match_port
+        if expected is None:
+            self._host, self._port = None, 0
+        else:
+            self._host = _normalised_host(expected[0])
+            self._port = expected[1] if match_port else 0
+
+    def admits(self, source: tuple[str, int]) -> bool:
+        """Whether an RTP packet from ``source`` is the stream's (the first one latches)."""
+        host = _normalised_host(source[0])
+        if self._host is None:
+            self._host, self._port = host, source[1] if self._match_port else 0
+            return True
+        return host == self._host and (not self._port or source[1] == self._port)
+
+    def admits_rtcp(self, source: tuple[str, int]) -> bool:
+        """RTCP comes from another port of the sender (the one above, or a=rtcp): only the
+        address is checked, and nothing is latched by it."""
+        return self._host is not None and _normalised_host(source[0]) == self._host
+
+
+def _normalised_host(host: str) -> str:
+    """One spelling per address: a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host.lower()
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
 
 
 @dataclass
