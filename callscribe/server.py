@@ -54,6 +54,7 @@ from callscribe.secrets import (
 from callscribe.siprec.gateway import SiprecGateway, SiprecServices
 from callscribe.store.base import Store
 from callscribe.store.sqlite import SqliteStore
+from callscribe.takeover import LocalInstance, complete_abandoned_calls
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
 from callscribe.webhook_targets import WebhookTargets, default_webhook_target
@@ -97,6 +98,8 @@ class LocalRuntime:
     blobs: BlobStore | None = None
     exporter: UtteranceExporter | None = None
     retention: Retention | None = None
+    # Local mode: this run as the owner of its calls (see callscribe.takeover).
+    instance: LocalInstance | None = None
 
     @classmethod
     def build(cls, settings: Settings, asr: AsrEngine | None = None) -> LocalRuntime:
@@ -107,6 +110,12 @@ class LocalRuntime:
         if tightened:
             log.info("data dir %s: %d modes set owner-only", settings.data_dir, tightened)
         store = SqliteStore(settings.store_path)
+        # Calls an earlier run on this data dir left open (killed: no shutdown completed them)
+        # are completed before this one serves, so the after-call API says they are complete.
+        instance = LocalInstance(settings.data_dir)
+        complete_abandoned_calls(
+            store, instance.owner_is_gone, settings.message_retention_days * DAY_S, time.time()
+        )
         secrets = FileSecrets(settings.secrets_path)
         blobs = open_blob_store(settings, secrets)
         recordings = Recordings(
@@ -133,10 +142,11 @@ class LocalRuntime:
             secrets=secrets,
             bus=bus,
             asr=asr,
-            owner=f"local:{socket.gethostname()}:{os.getpid()}",
+            owner=instance.owner,
             dispatcher=dispatcher,
             recordings=recordings,
         )
+        runtime.instance = instance
         export_retention_s = settings.export_retention_days * DAY_S
         runtime.api = ApiServices(
             store=store,
@@ -270,6 +280,8 @@ class LocalRuntime:
         if self.owns_asr:
             await self.asr.close()
         self.store.close()
+        if self.instance is not None:
+            self.instance.close()
 
 
 def create_local_app(runtime: LocalRuntime) -> FastAPI:

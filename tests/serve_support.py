@@ -68,6 +68,11 @@ class TwilioCall:
             self.next_ms += 20
             await asyncio.sleep(0)  # let the socket breathe; pacing is not what is tested
 
+    async def close(self) -> None:
+        """Leave the socket (a server that was killed has closed it already)."""
+        if self.ws is not None:
+            await self.ws.close()
+
 
 async def wait_until(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s

@@ -293,6 +293,69 @@ class StoreContract:
         # ... so a later create still succeeds.
         assert store.create_call(make_call(key)) is True
 
+    # ------------------------------------------------------------------------- abandoned calls
+
+    def incomplete(self, store: Store, tenant: str) -> dict[str, str]:
+        """guid -> owner of the tenant's calls not completed (the list spans all tenants)."""
+        return {c.key.guid: c.owner for c in store.list_incomplete_calls() if c.key.tenant == tenant}
+
+    def test_incomplete_calls_are_those_not_completed(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        keys = {status: CallKey(tenant, "twilio", unique("CA")) for status in CallStatus}
+        for status, key in keys.items():
+            store.create_call(make_call(key, status=status, owner=f"owner-{status.value}"))
+        store.create_call(make_call(CallKey(other_tenant, "twilio", unique("CA"))))
+        assert self.incomplete(store, tenant) == {
+            keys[s].guid: f"owner-{s.value}"
+            for s in (CallStatus.CONNECTED, CallStatus.STREAMING, CallStatus.STOPPED)
+        }
+
+        # A call follows its status and its owner: completed, it leaves the list; taken up
+        # again (a stream reconnecting to another process), it is back under its new owner.
+        streaming = keys[CallStatus.STREAMING]
+        store.update_call(streaming, status=CallStatus.COMPLETED, completed_at=T0 + 5,
+                          updated_at=T0 + 5)
+        assert streaming.guid not in self.incomplete(store, tenant)
+        store.update_call(streaming, status=CallStatus.CONNECTED, owner="owner-2",
+                          updated_at=T0 + 6)
+        assert self.incomplete(store, tenant)[streaming.guid] == "owner-2"
+        store.update_call(streaming, owner="owner-3", updated_at=T0 + 7)
+        assert self.incomplete(store, tenant)[streaming.guid] == "owner-3"
+
+    def test_complete_abandoned_call(self, store: Store, key: CallKey) -> None:
+        store.create_call(make_call(key, status=CallStatus.STREAMING, owner="dead-task",
+                                    params={"language": "en-US"}))
+        assert store.complete_abandoned_call(key, "dead-task", completed_at=T0 + 60) is True
+        done = store.get_call(key)
+        assert done is not None
+        assert (done.status, done.completed_at, done.updated_at) == (
+            CallStatus.COMPLETED, T0 + 60, T0 + 60
+        )
+        assert (done.owner, done.params) == ("dead-task", {"language": "en-US"})
+        assert key.guid not in self.incomplete(store, key.tenant)
+        # Once only: a second sweep finds nothing to do.
+        assert store.complete_abandoned_call(key, "dead-task", completed_at=T0 + 61) is False
+        assert store.get_call(key).completed_at == T0 + 60  # type: ignore[union-attr]
+
+    def test_complete_abandoned_call_leaves_a_call_taken_over(
+        self, store: Store, key: CallKey
+    ) -> None:
+        """The owner changed since the sweep read it (the stream reconnected to a live
+        process): the call is not completed under its new owner."""
+        store.create_call(make_call(key, status=CallStatus.STREAMING, owner="dead-task"))
+        store.update_call(key, status=CallStatus.CONNECTED, owner="live-task", updated_at=T0 + 1)
+        assert store.complete_abandoned_call(key, "dead-task", completed_at=T0 + 2) is False
+        got = store.get_call(key)
+        assert got is not None and (got.status, got.owner) == (CallStatus.CONNECTED, "live-task")
+        assert self.incomplete(store, key.tenant) == {key.guid: "live-task"}
+
+    def test_complete_abandoned_call_of_an_unknown_call_is_false(
+        self, store: Store, key: CallKey
+    ) -> None:
+        assert store.complete_abandoned_call(key, "dead-task", completed_at=T0) is False
+        assert store.get_call(key) is None
+
     # ------------------------------------------------------------------------- call locks
 
     def test_lock_acquire_and_refuse_second_holder(self, store: Store, key: CallKey) -> None:

@@ -74,7 +74,7 @@ async def record_a_short_call(server: Any) -> str:
                 await ws.send(writer.media(track, bytes([0xF0]) * 160, n * 20))
         await ws.send(writer.stop())
         # Hang up as Twilio does: the gateway closes the socket once the stream stopped.
-        with contextlib.suppress(websockets.ConnectionClosed):
+        with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
             await asyncio.wait_for(ws.recv(), timeout=30)
     deadline = time.monotonic() + 60
     while not (await api.messages(call_sid)).json()["complete"]:
@@ -130,3 +130,5 @@ def test_a_data_dir_of_an_older_version_is_tightened_on_start(
         assert not_private(data_dir) == {}
     finally:
         runtime.store.close()
+        assert runtime.instance is not None
+        runtime.instance.close()

@@ -386,7 +386,7 @@ async def test_the_after_call_api_serves_every_part_of_a_real_twilio_call(
                 await ws.send(writer.media(track, payload, timestamp))
         await ws.send(writer.stop())
         # Hang up as Twilio does: the gateway closes the socket once the stream stopped.
-        with contextlib.suppress(websockets.ConnectionClosed):
+        with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
             await asyncio.wait_for(ws.recv(), timeout=30)
         deadline = time.monotonic() + 60
         while not (await api.messages(call_sid)).json()["complete"]:

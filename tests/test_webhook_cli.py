@@ -206,6 +206,7 @@ async def test_serve_reads_the_webhook_secret_from_a_file(tmp_path: Path) -> Non
                 return bool(receiver.messages)
 
             await wait_until(delivered, 120, "a transcript delivered")
+            await call.close()
             await api.close()
     assert receiver.messages[0].headers["x-hook-token"] == secret
 

@@ -8,6 +8,7 @@ One on-demand table, partition key ``pk`` and sort key ``sk`` (strings), one GSI
 | API key | ``KEY#<apiId>`` | ``KEY`` | ``TENANTKEYS#<tenant>`` / created time |
 | call | ``CALL#<tenant>#<namespace>#<guid>`` | ``CALL`` | ``GUID#<tenant>#<guid>`` / namespace |
 | request lock | same pk as its call | ``LOCK`` | |
+| open-call marker | same pk as its call | ``OPEN`` | ``OPENCALLS`` / the call's pk |
 | message | ``MSG#<tenant>#<namespace>#<guid>`` | zero-padded seq | ``TENANTMSG#<tenant>`` / created time and message id |
 | delivery failure | ``FAIL#<tenant>`` | time and id | |
 | webhook configuration | ``WEBHOOK#<tenant>`` | ``CONFIG`` | |
@@ -17,6 +18,13 @@ Messages carry ``ttl`` = their expiry, so DynamoDB deletes them itself; reads st
 ``expires_at`` because TTL deletion can lag by up to a couple of days. The request lock is a
 conditional put: two API workers racing for the same call get exactly one lock (409-202 for the
 other), with no read-then-write window.
+
+A call not completed has an open-call marker naming its owner, kept with the call's status and
+owner by ``create_call``/``update_call`` and removed when it completes: a starting gateway
+queries them in one partition of ``gsi1`` (``list_incomplete_calls``) to find calls whose
+owner task is gone, where a scan would read every message of the last week. A marker is
+written after its call, so a crash in between loses a marker (that call is not swept), never
+leaves one for a call that does not exist.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from callscribe.store.base import (
 )
 
 GSI1 = "gsi1"
+OPEN_CALLS = "OPENCALLS"  # gsi1pk of the open-call markers
 FAILURE_RETENTION_S = 30 * 86_400
 
 
@@ -217,6 +226,62 @@ class DynamoStore:
             self.table.put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
         except self._errors.ConditionalCheckFailedException:
             return False
+        if call.status is not CallStatus.COMPLETED:
+            self._put_open_marker(k, call.owner)
+        return True
+
+    def _put_open_marker(self, key: CallKey, owner: str) -> None:
+        pk = _call_pk(key)
+        self.table.put_item(
+            Item={
+                "pk": pk,
+                "sk": "OPEN",
+                "gsi1pk": OPEN_CALLS,
+                "gsi1sk": pk,
+                "tenant": key.tenant,
+                "namespace": key.namespace,
+                "guid": key.guid,
+                "owner": owner,
+            }
+        )
+
+    def _delete_open_marker(self, key: CallKey) -> None:
+        self.table.delete_item(Key={"pk": _call_pk(key), "sk": "OPEN"})
+
+    def list_incomplete_calls(self) -> list[CallRecord]:
+        from boto3.dynamodb.conditions import Key
+
+        found = []
+        for marker in self._query_all(
+            IndexName=GSI1, KeyConditionExpression=Key("gsi1pk").eq(OPEN_CALLS)
+        ):
+            key = CallKey(marker["tenant"], marker["namespace"], marker["guid"])
+            # The call item, read consistently, is the truth; the index lags behind it.
+            item = self.table.get_item(
+                Key={"pk": _call_pk(key), "sk": "CALL"}, ConsistentRead=True
+            ).get("Item")
+            if item is None or item["status"] == CallStatus.COMPLETED.value:
+                continue
+            found.append(self._call(item))
+        return sorted(found, key=lambda c: c.created_at)
+
+    def complete_abandoned_call(self, key: CallKey, owner: str, completed_at: float) -> bool:
+        try:
+            self.table.update_item(
+                Key={"pk": _call_pk(key), "sk": "CALL"},
+                UpdateExpression="SET #status = :completed, completed_at = :at, updated_at = :at",
+                ConditionExpression="attribute_exists(pk) AND #owner = :owner "
+                "AND #status <> :completed",
+                ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":completed": CallStatus.COMPLETED.value,
+                    ":at": _num(completed_at),
+                    ":owner": owner,
+                },
+            )
+        except self._errors.ConditionalCheckFailedException:
+            return False
+        self._delete_open_marker(key)
         return True
 
     def get_call(self, key: CallKey) -> CallRecord | None:
@@ -255,15 +320,23 @@ class DynamoStore:
                 assignments.append(f"#{column} = :{column}")
                 values[f":{column}"] = value
         try:
-            self.table.update_item(
+            answer = self.table.update_item(
                 Key={"pk": _call_pk(key), "sk": "CALL"},
                 UpdateExpression="SET " + ", ".join(assignments),
                 ConditionExpression="attribute_exists(pk)",  # never create a call by updating
                 ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
                 **({"ExpressionAttributeNames": names} if names else {}),
             )
         except self._errors.ConditionalCheckFailedException:
-            pass
+            return
+        if status is None and owner is None:
+            return  # the marker follows status and owner only
+        updated = answer["Attributes"]
+        if updated["status"] == CallStatus.COMPLETED.value:
+            self._delete_open_marker(key)
+        else:
+            self._put_open_marker(key, updated["owner"])
 
     def acquire_call_lock(self, key: CallKey, holder: str, now: float, ttl_s: float) -> bool:
         try:

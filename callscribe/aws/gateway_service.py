@@ -18,13 +18,16 @@ import logging
 import os
 import socket
 import urllib.request
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from callscribe.asr.base import AsrEngine
 from callscribe.aws.dynamodb_store import DynamoStore
+from callscribe.aws.ecs_tasks import AbandonedCallSweep
 from callscribe.aws.eventbridge_bus import EventBridgeBus
 from callscribe.aws.outputs import s3_blob_store, s3_recordings
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
@@ -41,13 +44,22 @@ from callscribe.server import (
 
 log = logging.getLogger(__name__)
 
+DAY_S = 86_400
+
+
+def task_metadata() -> dict[str, Any] | None:
+    """This task's ECS task metadata (v4 endpoint); None outside ECS."""
+    metadata_uri = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if not metadata_uri:
+        return None
+    with urllib.request.urlopen(f"{metadata_uri}/task", timeout=5) as response:
+        return json.load(response)
+
 
 def task_private_ip() -> str:
     """This task's VPC address, from the ECS task metadata endpoint (awsvpc networking)."""
-    metadata_uri = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
-    if metadata_uri:
-        with urllib.request.urlopen(f"{metadata_uri}/task", timeout=5) as response:
-            task = json.load(response)
+    task = task_metadata()
+    if task is not None:
         for container in task.get("Containers", []):
             for network in container.get("Networks", []):
                 addresses = network.get("IPv4Addresses") or []
@@ -104,19 +116,60 @@ def build_runtime(
     return runtime, control_secret
 
 
-def create_gateway_app(runtime: LocalRuntime, control_secret: str, control_port: int) -> ASGIApp:
+def abandoned_call_sweep(
+    aws: AwsSettings, settings: Settings, runtime: LocalRuntime
+) -> AbandonedCallSweep | None:
+    """The sweep this task runs as it starts (None outside ECS, where no cluster is known).
+    Made before the task serves, so its start time precedes every call it will own."""
+    cluster = aws.ecs_cluster
+    if cluster is None:
+        try:
+            cluster = (task_metadata() or {}).get("Cluster")
+        except (OSError, ValueError) as exc:
+            log.warning("ECS task metadata unavailable (%s): no abandoned-call sweep", exc)
+    if not cluster:
+        return None
+    return AbandonedCallSweep(
+        store=runtime.store,
+        cluster=cluster,
+        own_owner=runtime.gateway.services.owner,
+        started_at=time.time(),
+        retention_s=settings.message_retention_days * DAY_S,
+    )
+
+
+def create_gateway_app(
+    runtime: LocalRuntime,
+    control_secret: str,
+    control_port: int,
+    sweep: AbandonedCallSweep | None = None,
+) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         try:
             await runtime.warm_up()
         except Exception:  # a worker still starting must not keep the gateway down
             log.exception("ASR warm-up failed; continuing")
+        sweeping = None
+        if sweep is not None:
+            # In the background: the gateway serves at once; the sweep only completes calls
+            # that no live task holds.
+            sweeping = asyncio.get_running_loop().create_task(_sweep(sweep))
         yield
+        if sweeping is not None:
+            sweeping.cancel()
         await runtime.shutdown()
 
     gateway_app = Starlette(lifespan=lifespan)
     add_gateway_routes(gateway_app, runtime)
     return RouteByPort(control_port, create_control_app(runtime.registry, control_secret), gateway_app)
+
+
+async def _sweep(sweep: AbandonedCallSweep) -> None:
+    try:
+        await asyncio.to_thread(sweep.run)
+    except Exception:  # a failed sweep leaves calls for the next task's; it never stops this one
+        log.exception("abandoned-call sweep failed")
 
 
 async def serve_on_two_ports(
@@ -163,7 +216,8 @@ def run_task_service(serve: Callable[[AwsSettings, Settings], Awaitable[None]]) 
 async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
                 ready: asyncio.Event | None = None) -> None:
     runtime, control_secret = build_runtime(aws, settings, asr)
-    app = create_gateway_app(runtime, control_secret, aws.control_port)
+    sweep = abandoned_call_sweep(aws, settings, runtime)
+    app = create_gateway_app(runtime, control_secret, aws.control_port, sweep)
     banner = (
         f"CallScribe gateway on :{aws.port} (Twilio media, /healthz), control on "
         f":{aws.control_port}, owner {runtime.gateway.services.owner}"

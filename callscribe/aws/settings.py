@@ -21,6 +21,10 @@ class AwsSettings(BaseSettings):
     control_port: int = Field(8081, ge=1, le=65535)
     control_url: str | None = None
     port: int = Field(8080, ge=1, le=65535)
+    # The ECS cluster whose tasks own calls; a starting gateway completes the calls of owners
+    # that are no longer among its live tasks. Unset: the cluster named in the task's metadata
+    # (no sweep outside ECS).
+    ecs_cluster: str | None = None
     # The API Lambda: the KVS reader tasks' private control base (their Cloud Map name, e.g.
     # http://kvs-reader.prod.callscribe.internal:8081), where start-streaming opens Amazon
     # Connect calls. Unset: this deployment does not ingest Amazon Connect.

@@ -158,6 +158,17 @@ class Store(Protocol):
         updated_at: float,
     ) -> None: ...
 
+    def list_incomplete_calls(self) -> list[CallRecord]:
+        """Every tenant's calls not completed yet (media held, or held by a process that died):
+        what a starting process sweeps for calls whose owner is gone."""
+        ...
+
+    def complete_abandoned_call(self, key: CallKey, owner: str, completed_at: float) -> bool:
+        """Complete a call whose owner died, only if ``owner`` still holds it and it is not
+        completed (a stream that reconnected to a live process meanwhile keeps its call);
+        True if it was completed here. The caller then sets its messages' expiry."""
+        ...
+
     def acquire_call_lock(self, key: CallKey, holder: str, now: float, ttl_s: float) -> bool:
         """Take the per-call request lock (409-202 when another request holds it)."""
         ...

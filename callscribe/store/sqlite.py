@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS calls (
     PRIMARY KEY (tenant, namespace, guid)
 );
 CREATE INDEX IF NOT EXISTS calls_by_guid ON calls (tenant, guid);
+CREATE INDEX IF NOT EXISTS calls_by_status ON calls (status);
 CREATE TABLE IF NOT EXISTS call_locks (
     tenant TEXT NOT NULL,
     namespace TEXT NOT NULL,
@@ -235,6 +236,31 @@ class SqliteStore:
                 "WHERE tenant = ? AND namespace = ? AND guid = ?",
                 (*values, key.tenant, key.namespace, key.guid),
             )
+
+    def list_incomplete_calls(self) -> list[CallRecord]:
+        rows = self._db().execute(
+            "SELECT * FROM calls WHERE status != ? ORDER BY created_at",
+            (CallStatus.COMPLETED.value,),
+        )
+        return [self._call(row) for row in rows]
+
+    def complete_abandoned_call(self, key: CallKey, owner: str, completed_at: float) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE calls SET status = ?, completed_at = ?, updated_at = ? "
+                "WHERE tenant = ? AND namespace = ? AND guid = ? AND owner = ? AND status != ?",
+                (
+                    CallStatus.COMPLETED.value,
+                    completed_at,
+                    completed_at,
+                    key.tenant,
+                    key.namespace,
+                    key.guid,
+                    owner,
+                    CallStatus.COMPLETED.value,
+                ),
+            )
+            return cursor.rowcount == 1
 
     def acquire_call_lock(self, key: CallKey, holder: str, now: float, ttl_s: float) -> bool:
         with self._tx() as db:
