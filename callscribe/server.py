@@ -204,6 +204,7 @@ class LocalRuntime:
                 pipeline=pipeline,
                 registry=registry,
                 endpointing=settings.endpointing,
+                intake=settings.twilio,
                 max_frame_bytes=settings.max_ws_frame_bytes,
                 owner=owner,
             )
@@ -254,6 +255,8 @@ class LocalRuntime:
             "twilioStreams": {
                 "opened": self.gateway.streams_opened,
                 "rejected": self.gateway.streams_rejected,
+                # Streams read more slowly for running far ahead of real time (a flood).
+                "paced": self.gateway.streams_paced,
             },
             "siprec": self.siprec.snapshot() if self.siprec else None,
             "asr": {

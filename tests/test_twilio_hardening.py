@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 import uuid
 import wave
@@ -16,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import websockets
+import websockets.sync.client
 
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.audio import pcm16_to_ulaw
 from callscribe.simulate import WebhookReceiver
 from callscribe.store.base import CallKey, CallStatus
+from callscribe.twilio.gateway import RealTimePacer
 from callscribe.twilio.protocol import TwilioStreamWriter
 from tests.conftest import RunningServer
 from tests.speech import needs_speech_tools, speak
@@ -282,3 +285,133 @@ async def test_stop_streaming_after_the_stream_ended_answers_the_calls_summary(
     # As after any stop: a second one finds transcription already stopped.
     again = await api.stop(call_sid)
     assert (again.status_code, again.json()["error"]["code"]) == (409, "409-201")
+
+
+# -------------------------------------------------------------------------- a flooding stream
+
+
+class LoopLag:
+    """How late a ticker on the event loop wakes: the longest time the loop was held."""
+
+    def __init__(self, tick_s: float = 0.005) -> None:
+        self.tick_s = tick_s
+        self.worst_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.tick_s
+            await asyncio.sleep(self.tick_s)
+            self.worst_s = max(self.worst_s, loop.time() - due)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+def flood(url: str, call_sid: str, audio_s: float, stop: threading.Event, sent: list[int]) -> None:
+    """A sender far ahead of real time: ``audio_s`` of both tracks as fast as the socket
+    takes it (until ``stop``), from its own thread so that its work is not the server's."""
+    writer = new_writer(call_sid)
+    opening = [writer.connected(), writer.start()]
+    frames = [
+        frame
+        for _ in range(int(audio_s / 0.02))
+        for frame in (writer.media("inbound", SILENCE_FRAME), writer.media("outbound", SILENCE_FRAME))
+    ]
+    with websockets.sync.client.connect(url, max_size=None) as ws:
+        for frame in opening:
+            ws.send(frame)
+        for frame in frames:
+            if stop.is_set():
+                return
+            ws.send(frame)
+            sent[0] += 1
+
+
+@needs_speech_tools
+async def test_a_flooding_stream_does_not_starve_another_tenants_call(
+    server: RunningServer, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """One tenant pushes minutes of audio in seconds while another tenant's call starts in real
+    time: the event loop keeps turning, and the other call's first words are transcribed."""
+    hello = speech_ulaw("Hello, I need help with my order.", tmp_path, "hello")
+    evil, acme = server.client("evil"), server.client("acme")
+    flood_sid, call_sid = "CA" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
+    flood_key = CallKey("evil", "twilio", flood_sid)
+    stop_flood, sent = threading.Event(), [0]
+    flooding = asyncio.create_task(
+        asyncio.to_thread(flood, await evil.stream_url(), flood_sid, 374.0, stop_flood, sent)
+    )
+    url = await acme.stream_url()
+    flood_began = time.monotonic()
+    try:
+        with LoopLag() as lag:
+            await wait_until_registered(server, flood_key)
+            # Transcription on for the flood too: the endpointer's work is what costs.
+            assert (await evil.start(flood_sid, "C0", "A0")).status_code == 200
+            async with asyncio.timeout(60):
+                while sent[0] < 1000:
+                    await asyncio.sleep(0.02)
+            # The other tenant's call, in real time; its start-streaming goes out as the audio
+            # begins (an integration does not wait for it), and the first word follows 300 ms in.
+            writer = new_writer(call_sid)
+            async with opened_stream(url, writer) as ws:
+                starting = asyncio.create_task(acme.start(call_sid, "C1", "A1"))
+                await send_audio(ws, writer, silence(300) + hello + silence(1500), speed=1)
+                assert (await starting).status_code == 200
+                [first] = await wait_for_messages(receiver, call_sid, 1)
+                await ws.send(writer.stop())
+            worst_lag_s = lag.worst_s
+            flooded = server.runtime.registry.get(flood_key)
+            # Gone: the whole flood was taken in and its call completed.
+            taken_in_s = 374.0 if flooded is None else max(
+                s.position for s in flooded.streams.values()
+            ) / 8000
+            flood_s = time.monotonic() - flood_began
+    finally:
+        stop_flood.set()
+        await flooding
+    print(f"\nworst event loop lag {worst_lag_s * 1000:.0f} ms; flood frames sent {sent[0]}")
+    text = first["autotranscribeResponse"]["utterance"][0]["text"].lower()
+    assert "hello" in text, text
+    assert first["autotranscribeResponse"]["start"] < 800, first
+    # The loop was never held for long (a generous bound: the machine may be busy; a flood
+    # read as fast as it came held it for seconds).
+    assert worst_lag_s < 0.75, worst_lag_s
+    # The flood was taken in no faster than the intake allows (defaults: 25x plus 5 s).
+    assert server.runtime.gateway.streams_paced == 1
+    intake = server.runtime.gateway.services.intake
+    assert taken_in_s <= intake.burst_s + intake.max_speed * flood_s + 1, (taken_in_s, flood_s)
+
+
+def test_pacer_lets_real_time_and_a_burst_through_and_holds_back_the_rest() -> None:
+    pacer = RealTimePacer(max_speed=2.0, burst_s=1.0, started_at=100.0)
+    assert pacer.wait_s(100.0) == 0
+    # 20 ms frames in real time on two tracks: never held.
+    for frame in range(250):
+        for track in ("inbound", "outbound"):
+            pacer.media(track, frame * 20, 160)
+        assert pacer.wait_s(100.0 + (frame + 1) * 0.02) == 0
+    assert pacer.position_s == pytest.approx(5.0)
+    # Within the burst ahead of 2x real time: read on. Beyond it: wait until it is not.
+    pacer.media("inbound", 5000, 8000 * 6)  # 6 s more at once: 11 s of audio at t = 5 s
+    assert pacer.wait_s(105.0) == 0  # allowed: 1 + 2 * 5 = 11 s
+    pacer.media("inbound", 11_000, 8000 * 3)  # 14 s
+    assert pacer.wait_s(105.0) == pytest.approx(1.5)  # (14 - 11) / 2
+    assert pacer.wait_s(106.5) == 0
+
+
+def test_pacer_counts_audio_that_repeats_a_timestamp_and_forward_jumps() -> None:
+    pacer = RealTimePacer(max_speed=1.0, burst_s=2.0, started_at=0.0)
+    for _ in range(10):  # timestamp 0 again and again, 1 s of audio each time
+        pacer.media("inbound", 0, 8000)
+    assert pacer.position_s == pytest.approx(10.0)
+    assert pacer.wait_s(0.0) == pytest.approx(8.0)
+    pacer.media("outbound", 60_000, 160)  # a jump: the call fills it with silence
+    assert pacer.position_s == pytest.approx(60.02)

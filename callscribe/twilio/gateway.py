@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from callscribe.api.schemas import Namespace, Role
 from callscribe.audio import TELEPHONE_RATE, ulaw_to_pcm16
 from callscribe.auth import AuthError, StreamGrant, StreamTokens
 from callscribe.calls import CallRegistry, CallSession
-from callscribe.config import EndpointingSettings
+from callscribe.config import EndpointingSettings, TwilioSettings
 from callscribe.store.base import CallKey, Store
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.protocol import (
@@ -93,6 +93,36 @@ class TwilioCall(CallSession):
             stream.position = self.stream_offset_samples
 
 
+class RealTimePacer:
+    """Keeps one stream's intake within ``max_speed`` times real time plus ``burst_s`` of audio.
+
+    Sans-IO: the caller passes the clock. A track's position is how far its audio reaches on
+    the stream's timeline: each frame's audio, placed at its timestamp when that is later (a
+    forward jump the call fills with silence). Both count, because both are work for the
+    endpointer: timestamps alone would let a sender repeat timestamp 0 with ever more audio.
+    """
+
+    def __init__(self, max_speed: float, burst_s: float, started_at: float) -> None:
+        self.max_speed = max_speed
+        self.burst_s = burst_s
+        self.started_at = started_at
+        self._track_end_s: dict[str, float] = {}
+
+    @property
+    def position_s(self) -> float:
+        """How far the furthest track's audio reaches, in seconds since the stream started."""
+        return max(self._track_end_s.values(), default=0.0)
+
+    def media(self, track: str, timestamp_ms: int, samples: int) -> None:
+        start = max(self._track_end_s.get(track, 0.0), timestamp_ms / 1000)
+        self._track_end_s[track] = start + samples / TELEPHONE_RATE
+
+    def wait_s(self, now: float) -> float:
+        """How long to leave the stream unread before its next frame (0: read on)."""
+        allowed_s = self.burst_s + self.max_speed * (now - self.started_at)
+        return max(0.0, (self.position_s - allowed_s) / self.max_speed)
+
+
 @dataclass
 class GatewayServices:
     store: Store
@@ -100,6 +130,7 @@ class GatewayServices:
     pipeline: TranscriptionPipeline
     registry: CallRegistry
     endpointing: EndpointingSettings
+    intake: TwilioSettings = field(default_factory=TwilioSettings)
     max_frame_bytes: int = 16_384
     owner: str = "local"
     # A WebSocket opened without a token must present one in its start frame within this time.
@@ -111,6 +142,8 @@ class TwilioGateway:
         self.services = services
         self.streams_opened = 0
         self.streams_rejected = 0
+        # Streams that ran ahead of real time beyond the burst and were read more slowly.
+        self.streams_paced = 0
 
     async def __call__(self, websocket: WebSocket) -> None:
         await websocket.accept()
@@ -141,6 +174,8 @@ class _TwilioStream:
         self.grant = grant
         self.protocol = TwilioStreamProtocol(max_frame_bytes=self.services.max_frame_bytes)
         self.session: TwilioCall | None = None
+        self.pacer: RealTimePacer | None = None  # from the start frame on
+        self._paced = False
 
     async def run(self) -> None:
         close: tuple[int, str] | None = (CloseCode.NORMAL, "stream stopped")
@@ -163,6 +198,7 @@ class _TwilioStream:
                     frame = message.get("bytes") or b""
                 if await self._handle(self.protocol.receive(frame)):
                     break
+                await self._keep_to_real_time()
         except AuthError as exc:
             self.gateway.reject(self.websocket, exc)
             close = (CloseCode.POLICY_VIOLATION, str(exc))
@@ -189,12 +225,46 @@ class _TwilioStream:
             except RuntimeError:
                 pass  # the peer went away first
 
+    async def _keep_to_real_time(self) -> None:
+        """Between two frames: give the event loop to everything else, and stop reading a
+        stream that is too far ahead of real time until real time catches up.
+
+        A WebSocket's frames that have already arrived are handed over without suspending,
+        so without this a sender that floods would have the loop to itself (its endpointing
+        runs on it) for as long as its backlog lasts: other calls' frames and API requests
+        would wait seconds. One frame per turn of the loop bounds what a stream takes in one
+        go; not reading leaves its frames in the socket, so TCP slows the sender down.
+        """
+        if self.pacer is None:
+            await asyncio.sleep(0)
+            return
+        wait_s = self.pacer.wait_s(asyncio.get_running_loop().time())
+        if wait_s <= 0:
+            await asyncio.sleep(0)
+            return
+        if not self._paced:
+            self._paced = True
+            self.gateway.streams_paced += 1
+            log.warning(
+                "twilio stream %s (call %s) runs ahead of real time (%.1f s of audio in %.1f s):"
+                " reading it at %g x real time",
+                self.protocol.stream_sid,
+                self.protocol.call_sid,
+                self.pacer.position_s,
+                asyncio.get_running_loop().time() - self.pacer.started_at,
+                self.pacer.max_speed,
+            )
+        await asyncio.sleep(wait_s)
+
     async def _handle(self, events: list[object]) -> bool:
         """Apply a frame's events; True once the stream has stopped."""
         for event in events:
             if isinstance(event, MediaReceived):
                 assert self.session is not None  # the protocol refuses media before start
-                self.session.media(event.track, ulaw_to_pcm16(event.payload), event.timestamp_ms)
+                assert self.pacer is not None
+                pcm16 = ulaw_to_pcm16(event.payload)
+                self.pacer.media(event.track, event.timestamp_ms, len(pcm16))
+                self.session.media(event.track, pcm16, event.timestamp_ms)
             elif isinstance(event, StreamStarted):
                 await self._open(event)
             elif isinstance(event, StreamStopped):
@@ -222,6 +292,10 @@ class _TwilioStream:
         await session.open()
         self.services.registry.add(session)
         self.session = session
+        intake = self.services.intake
+        self.pacer = RealTimePacer(
+            intake.max_speed, intake.burst_s, asyncio.get_running_loop().time()
+        )
         log.info(
             "twilio stream %s opened call %s (tracks %s)",
             started.stream_sid,
