@@ -268,21 +268,6 @@ class TwilioSettings(BaseSettings):
     burst_s: float = Field(5.0, ge=0.1, le=600.0)
 
 
-class TwilioSettings(BaseSettings):
-    """The Twilio Media Streams gateway: how fast one stream's audio is taken in."""
-
-    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_TWILIO_", extra="ignore")
-
-    # Twilio sends 20 ms frames in real time. A stream whose audio runs more than burst_s
-    # ahead of max_speed times the time since its start is not read (TCP backpressure) until
-    # real time catches up, so one sender that floods cannot hold the event loop and the CPU
-    # that every other call needs. Above 1 for the simulated calls of `demo --speed`, `bench`
-    # and the tests (up to 20x); a deployment that only takes Twilio's streams may lower it.
-    max_speed: float = Field(25.0, ge=1.0, le=1000.0)
-    # Audio a stream may be ahead of that pace: network jitter delivers frames in bursts.
-    burst_s: float = Field(5.0, ge=0.1, le=600.0)
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
 
@@ -312,7 +297,6 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     connect: ConnectSettings = Field(default_factory=ConnectSettings)
     siprec: SiprecSettings = Field(default_factory=SiprecSettings)
-    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     limits: ServerLimitsSettings = Field(default_factory=ServerLimitsSettings)
