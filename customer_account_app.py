@@ -1,7 +1,8 @@
 """CDK app of the stack a CallScribe tenant deploys in its Amazon Connect account:
 `cdk deploy --app "python3 customer_account_app.py" -c callscribeReaderRoleArn=… -c externalId=…
 -c connectStreamPrefix=…` (README "Amazon Connect"). The settings are validated by
-infra/customer_account.py; cdk-nag's AWS Solutions rules run at synthesis."""
+infra/customer_account.py (through infra/config.py's validate_context, as app.py's are);
+cdk-nag's AWS Solutions rules run at synthesis."""
 
 import os
 import sys

@@ -15,9 +15,15 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from infra.config import DeploymentConfig
+from infra.container_service import (
+    CloudMapName,
+    ContainerService,
+    ContainerServiceProps,
+    CpuScaling,
+    GpuCompute,
+)
 from infra.images import asr_worker_image
-from infra.logs import log_group
-from infra.nag import acknowledge, acknowledge_ecr_authorization
+from infra.nag import acknowledge
 from infra.network import NetworkConstruct
 
 ASR_PORT = 8000
@@ -25,10 +31,6 @@ ASR_SERVICE_NAME = "asr"
 # What the worker reserves on the instance. A g4dn/g5/g6 .xlarge has 16 GiB: ECS keeps some for
 # its agent, the rest is the model's host-side buffers and the request queue.
 ASR_MEMORY_RESERVATION_MIB = 12_288
-HEALTH_CHECK = (
-    "import urllib.request; "
-    f"urllib.request.urlopen('http://localhost:{ASR_PORT}/healthz', timeout=4)"
-)
 
 
 class AsrConstruct(Construct):
@@ -100,77 +102,49 @@ class AsrConstruct(Construct):
         )
         cluster.add_asg_capacity_provider(self.capacity_provider)
 
-        task_definition = ecs.Ec2TaskDefinition(
-            self, "TaskDefinition", network_mode=ecs.NetworkMode.AWS_VPC
-        )
-        self.container = task_definition.add_container(
-            "asr",
-            image=asr_worker_image(config.asr_model),
-            gpu_count=1,
-            memory_reservation_mib=ASR_MEMORY_RESERVATION_MIB,
-            port_mappings=[ecs.PortMapping(container_port=ASR_PORT, name="asr")],
-            environment={
-                "CALLSCRIBE_ASR_MODEL": config.asr_model_dir,
-                "CALLSCRIBE_ASR_DEVICE": "cuda",
-                "CALLSCRIBE_ASR_COMPUTE_TYPE": "float16",
-                "CALLSCRIBE_ASR_PORT": str(ASR_PORT),
-                "LOG_LEVEL": config.log_level,
-            },
-            health_check=ecs.HealthCheck(
-                command=["CMD", "python", "-c", HEALTH_CHECK],
-                interval=Duration.seconds(15),
-                timeout=Duration.seconds(5),
-                retries=3,
-                # Loading the model onto the GPU takes a while.
-                start_period=Duration.seconds(180),
-            ),
-            logging=ecs.LogDrivers.aws_logs(
-                stream_prefix="asr", log_group=log_group(self, "Logs", config)
-            ),
-            stop_timeout=Duration.seconds(60),
-        )
-
-        acknowledge_ecr_authorization(task_definition)
-
-        self.service = ecs.Ec2Service(
+        self.container_service = ContainerService(
             self,
-            "Service",
-            cluster=cluster,
-            task_definition=task_definition,
-            desired_count=config.asr_desired_count,
-            vpc_subnets=network.private_subnets,
-            capacity_provider_strategies=[
-                ecs.CapacityProviderStrategy(
-                    capacity_provider=self.capacity_provider.capacity_provider_name, weight=1
-                )
-            ],
-            cloud_map_options=ecs.CloudMapOptions(
-                cloud_map_namespace=namespace,
-                name=ASR_SERVICE_NAME,
-                dns_record_type=servicediscovery.DnsRecordType.A,
-                dns_ttl=Duration.seconds(10),
-                container=self.container,
-                container_port=ASR_PORT,
+            "Default",
+            config=config,
+            props=ContainerServiceProps(
+                cluster=cluster,
+                subnets=network.private_subnets,
+                compute=GpuCompute(
+                    capacity_provider=self.capacity_provider,
+                    memory_reservation_mib=ASR_MEMORY_RESERVATION_MIB,
+                ),
+                container_name="asr",
+                image=asr_worker_image(config.asr_model),
+                port_mappings=(ecs.PortMapping(container_port=ASR_PORT, name="asr"),),
+                environment={
+                    "CALLSCRIBE_ASR_MODEL": config.asr_model_dir,
+                    "CALLSCRIBE_ASR_DEVICE": "cuda",
+                    "CALLSCRIBE_ASR_COMPUTE_TYPE": "float16",
+                    "CALLSCRIBE_ASR_PORT": str(ASR_PORT),
+                    "LOG_LEVEL": config.log_level,
+                },
+                environment_holds=(
+                    "The environment holds only non-secret settings (model path, device, port, "
+                    "log level)."
+                ),
+                health_port=ASR_PORT,
+                # Loading the model onto the GPU takes a while.
+                health_start_period=Duration.seconds(180),
+                stop_timeout=Duration.seconds(60),
+                log_stream_prefix="asr",
+                cloud_map=CloudMapName(namespace=namespace, name=ASR_SERVICE_NAME, port=ASR_PORT),
+                # The container exposes no GPU metric to ECS; its CPU work (feature extraction,
+                # the decoding loop, the HTTP server) grows with the utterances in flight.
+                scaling=CpuScaling(
+                    counts=config.asr_counts,
+                    cpu_target_percent=config.asr_cpu_target_percent,
+                    scale_out_cooldown=Duration.minutes(2),
+                ),
             ),
-            placement_strategies=[ecs.PlacementStrategy.spread_across_instances()],
-            # A replacement task starts (on a new instance if needed) before the old one stops.
-            min_healthy_percent=100,
-            max_healthy_percent=200,
-            circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
         )
+        self.container = self.container_service.container
+        self.service = self.container_service.service
         self.url = f"http://{ASR_SERVICE_NAME}.{namespace.namespace_name}:{ASR_PORT}"
-
-        scaling = self.service.auto_scale_task_count(
-            min_capacity=config.asr_min_count, max_capacity=config.asr_max_count
-        )
-        # The container exposes no GPU metric to ECS; its CPU work (feature extraction, the
-        # decoding loop, the HTTP server) grows with the utterances in flight.
-        scaling.scale_on_cpu_utilization(
-            "CpuScaling",
-            target_utilization_percent=config.asr_cpu_target_percent,
-            scale_out_cooldown=Duration.minutes(2),
-            scale_in_cooldown=Duration.minutes(10),
-        )
 
         acknowledge(
             self.auto_scaling_group,
@@ -187,11 +161,6 @@ class AsrConstruct(Construct):
             "resource scoping, and ecs:Submit* (the agent reporting task and container state) "
             "is scoped to this cluster.",
             findings=["Resource::*", "Action::ecs:Submit*"],
-        )
-        acknowledge(
-            task_definition,
-            "AwsSolutions-ECS2",
-            "The environment holds only non-secret settings (model path, device, port, log level).",
         )
 
     def allow_from(self, peer: ec2.IConnectable) -> None:

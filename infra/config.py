@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AliasGenerator,
     BaseModel,
     ConfigDict,
@@ -40,8 +41,28 @@ DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+
 WHISPER_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
+DEPLOYMENT_SETTINGS = "deployment settings"
+
+
 class ConfigError(ValueError):
     """The CDK context does not describe a deployable CallScribe."""
+
+
+def _log_retention(value: int) -> int:
+    if value not in LOG_RETENTION_DAYS:
+        raise ValueError(f"CloudWatch Logs accepts only {', '.join(map(str, LOG_RETENTION_DAYS))}")
+    return value
+
+
+LogRetentionDays = Annotated[int, AfterValidator(_log_retention)]
+
+# How both CDK apps' settings read CDK context: camelCase keys, and an unknown key is an error.
+CONTEXT_SETTINGS = ConfigDict(
+    alias_generator=AliasGenerator(validation_alias=to_camel),
+    extra="forbid",
+    frozen=True,
+    populate_by_name=True,
+)
 
 
 class ServiceCounts(BaseModel):
@@ -51,12 +72,7 @@ class ServiceCounts(BaseModel):
 
 
 class DeploymentConfig(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=AliasGenerator(validation_alias=to_camel),
-        extra="forbid",
-        frozen=True,
-        populate_by_name=True,
-    )
+    model_config = CONTEXT_SETTINGS
 
     # Names every resource and the event bus (`callscribe-<stage>`); several stages can live in
     # one account and region.
@@ -133,7 +149,7 @@ class DeploymentConfig(BaseModel):
     retention_days: int = Field(7, ge=1, le=3650)
     recording_retention_days: int | None = Field(None, ge=1, le=3650)
     export_retention_days: int | None = Field(None, ge=1, le=3650)
-    log_retention_days: int = 30
+    log_retention_days: LogRetentionDays = 30
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("gateway_domain_name", "api_domain_name", "hosted_zone_name")
@@ -176,15 +192,6 @@ class DeploymentConfig(BaseModel):
             raise ValueError(
                 f"{value!r} is not a faster-whisper model name (e.g. large-v3-turbo) "
                 "or a Hugging Face repository (org/model)"
-            )
-        return value
-
-    @field_validator("log_retention_days")
-    @classmethod
-    def _log_retention(cls, value: int) -> int:
-        if value not in LOG_RETENTION_DAYS:
-            raise ValueError(
-                f"CloudWatch Logs accepts only {', '.join(map(str, LOG_RETENTION_DAYS))}"
             )
         return value
 
@@ -289,17 +296,22 @@ class DeploymentConfig(BaseModel):
         return f"callscribe/{self.stage}/"
 
 
-def _is_callscribe_key(key: str) -> bool:
-    # CDK's own context (feature flags "@aws-cdk/…", "aws:cdk:…", cached lookups
-    # "vpc-provider:…") lives beside ours; ours are plain camelCase words.
-    return not key.startswith("@") and ":" not in key
+def is_cdk_key(key: str) -> bool:
+    """CDK's own context (feature flags "@aws-cdk/…", "aws:cdk:…", cached lookups
+    "vpc-provider:…") lives beside the apps' settings, which are plain camelCase words."""
+    return key.startswith("@") or ":" in key
 
 
-def load_config(context: Mapping[str, Any]) -> DeploymentConfig:
-    """Validate the CallScribe keys of a CDK context; raise ConfigError naming every problem."""
-    values = {k: v for k, v in context.items() if _is_callscribe_key(k)}
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def validate_context(
+    model: type[Settings], values: Mapping[str, Any], *, what: str, unknown_key: str
+) -> Settings:
+    """`values` (settings from a CDK context) validated into `model`, or ConfigError naming
+    every problem under "invalid CallScribe <what>:", an unknown key as "<key>: <unknown_key>"."""
     try:
-        return DeploymentConfig.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -307,10 +319,20 @@ def load_config(context: Mapping[str, Any]) -> DeploymentConfig:
             if error["type"] == "missing":
                 lines.append(f"  {key}: required (cdk deploy -c {key}=…)")
             elif error["type"] == "extra_forbidden":
-                lines.append(f"  {key}: not a CallScribe setting (a typo?)")
+                lines.append(f"  {key}: {unknown_key}")
             else:
                 lines.append(f"  {key}: {error['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid CallScribe deployment settings:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid CallScribe {what}:\n" + "\n".join(lines)) from None
+
+
+def load_config(context: Mapping[str, Any]) -> DeploymentConfig:
+    """Validate the CallScribe keys of a CDK context; raise ConfigError naming every problem."""
+    return validate_context(
+        DeploymentConfig,
+        {key: value for key, value in context.items() if not is_cdk_key(key)},
+        what=DEPLOYMENT_SETTINGS,
+        unknown_key="not a CallScribe setting (a typo?)",
+    )
 
 
 def certificate_region(arn: str) -> str:
@@ -342,6 +364,6 @@ def deployment_target(
             "the CDK CLI)"
         )
     if problems:
-        raise ConfigError("invalid CallScribe deployment settings:\n" + "\n".join(problems))
+        raise ConfigError(f"invalid CallScribe {DEPLOYMENT_SETTINGS}:\n" + "\n".join(problems))
     assert region is not None
     return account, region

@@ -30,12 +30,18 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic import BaseModel, Field, HttpUrl, field_validator
 from pydantic.alias_generators import to_camel
 
-from infra.config import LOG_RETENTION_DAYS, ConfigError, DeploymentConfig
+from infra.config import (
+    CONTEXT_SETTINGS,
+    DeploymentConfig,
+    LogRetentionDays,
+    is_cdk_key,
+    validate_context,
+)
 from infra.kvs_reader import CUSTOMER_ROLE_NAME_PREFIX
-from infra.logs import _RETENTION
+from infra.logs import retention
 from infra.nag import acknowledge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,12 +73,7 @@ CONNECT_INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:in
 
 
 class CustomerAccountConfig(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=AliasGenerator(validation_alias=to_camel),
-        extra="forbid",
-        frozen=True,
-        populate_by_name=True,
-    )
+    model_config = CONTEXT_SETTINGS
 
     # The main stack's ConnectReaderRoleArn output (the operator gives it to the tenant).
     callscribe_reader_role_arn: str
@@ -94,7 +95,7 @@ class CustomerAccountConfig(BaseModel):
     agent_id_attribute: str = Field("agentId", pattern=r"^[\w.-]{1,128}$")
     language: str | None = Field(None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     redaction_output: Literal["redacted", "unredacted", "redacted_and_unredacted"] = "redacted"
-    log_retention_days: int = 30
+    log_retention_days: LogRetentionDays = 30
 
     @field_validator("callscribe_reader_role_arn")
     @classmethod
@@ -140,13 +141,6 @@ class CustomerAccountConfig(BaseModel):
             raise ValueError("the API is reached over https:// (the Lambdas send the API key)")
         return value
 
-    @field_validator("log_retention_days")
-    @classmethod
-    def _log_retention(cls, value: int) -> int:
-        if value not in LOG_RETENTION_DAYS:
-            raise ValueError(f"CloudWatch Logs accepts only {', '.join(map(str, LOG_RETENTION_DAYS))}")
-        return value
-
 
 def _main_stack_keys() -> set[str]:
     return {to_camel(name) for name in DeploymentConfig.model_fields}
@@ -162,21 +156,14 @@ def load_customer_config(context: Mapping[str, Any]) -> CustomerAccountConfig:
     values = {
         key: value
         for key, value in context.items()
-        if not key.startswith("@") and ":" not in key and (key in own or key not in main_keys)
+        if not is_cdk_key(key) and (key in own or key not in main_keys)
     }
-    try:
-        return CustomerAccountConfig.model_validate(values)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "context"
-            if error["type"] == "missing":
-                lines.append(f"  {key}: required (cdk deploy -c {key}=…)")
-            elif error["type"] == "extra_forbidden":
-                lines.append(f"  {key}: not a setting of this stack (a typo?)")
-            else:
-                lines.append(f"  {key}: {error['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid CallScribe Connect access settings:\n" + "\n".join(lines)) from None
+    return validate_context(
+        CustomerAccountConfig,
+        values,
+        what="Connect access settings",
+        unknown_key="not a setting of this stack (a typo?)",
+    )
 
 
 def _nag(value: str, pseudo: str) -> str:
@@ -305,7 +292,7 @@ class ConnectMediaAccessStack(Stack):
                 environment=environment,
                 description=f"CallScribe {module.replace('_', ' ')} for Amazon Connect contact flows",
                 log_group=logs.LogGroup(
-                    self, f"{id}Logs", retention=_RETENTION[config.log_retention_days]
+                    self, f"{id}Logs", retention=retention(config.log_retention_days)
                 ),
             )
             self.credentials_secret.grant_read(function)

@@ -14,23 +14,33 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
-from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infra.config import DeploymentConfig
-from infra.data import RECORDINGS_PREFIX, DataConstruct
-from infra.images import twilio_gateway_image
-from infra.logs import log_group
-from infra.nag import (
-    acknowledge,
-    acknowledge_bucket_grant,
-    acknowledge_ecr_authorization,
-    acknowledge_table_index_grant,
+from infra.container_service import (
+    SCALE_IN_COOLDOWN,
+    ContainerService,
+    ContainerServiceProps,
+    CpuScaling,
+    FargateCompute,
 )
+from infra.data import DataConstruct
+from infra.images import TWILIO_GATEWAY_COMMAND, ingest_image
+from infra.ingest import (
+    CONTROL_PORT,
+    ENVIRONMENT_HOLDS,
+    HEALTH_START_PERIOD,
+    INGEST_PORT,
+    SCALE_OUT_COOLDOWN,
+    STOP_TIMEOUT,
+    grant_ingest_task_access,
+    ingest_environment,
+)
+from infra.nag import acknowledge
 from infra.network import NetworkConstruct
 
-GATEWAY_PORT = 8080
-CONTROL_PORT = 8081
+# The media WebSockets and /healthz: the ALB forwards 443 here.
+GATEWAY_PORT = INGEST_PORT
 # The ALB's maximum: a WebSocket on which nothing arrives for this long is closed. Twilio sends a
 # media frame every 20 ms, so only a dead stream gets near it; calls themselves last hours.
 ALB_IDLE_TIMEOUT = Duration.seconds(4000)
@@ -38,26 +48,6 @@ ALB_IDLE_TIMEOUT = Duration.seconds(4000)
 # connections close) before stopping it: the ALB maximum, so calls up to an hour finish on the
 # task that has them instead of being cut.
 DEREGISTRATION_DELAY = Duration.seconds(3600)
-HEALTH_CHECK = (
-    "import urllib.request; "
-    f"urllib.request.urlopen('http://localhost:{GATEWAY_PORT}/healthz', timeout=4)"
-)
-
-
-def grant_ingest_task_access(role: iam.IRole, data: DataConstruct, bus: events.IEventBus) -> None:
-    """What a task holding calls' media needs (a Twilio gateway, a KVS reader): the table,
-    the transcript bus, the token and control secrets, and recordings/ in the bucket."""
-    data.table.grant_read_write_data(role)
-    acknowledge_table_index_grant(role, data.table)
-    bus.grant_put_events_to(role)
-    data.token_secret.grant_read(role)
-    data.control_secret.grant_read(role)
-    # Each recording is uploaded under recordings/ when its call ends, then HEADed for its
-    # size (HEAD needs s3:GetObject).
-    recordings = f"{RECORDINGS_PREFIX}*"
-    data.exports_bucket.grant_put(role, recordings)
-    data.exports_bucket.grant_read(role, recordings)
-    acknowledge_bucket_grant(role, data.exports_bucket, [recordings])
 
 
 class GatewayConstruct(Construct):
@@ -75,66 +65,42 @@ class GatewayConstruct(Construct):
     ) -> None:
         super().__init__(scope, id)
 
-        task_definition = ecs.FargateTaskDefinition(
+        self.container_service = ContainerService(
             self,
-            "TaskDefinition",
-            cpu=config.gateway_cpu,
-            memory_limit_mib=config.gateway_memory_mib,
-            runtime_platform=ecs.RuntimePlatform(
-                cpu_architecture=ecs.CpuArchitecture.X86_64,
-                operating_system_family=ecs.OperatingSystemFamily.LINUX,
+            "Default",
+            config=config,
+            props=ContainerServiceProps(
+                cluster=cluster,
+                subnets=network.private_subnets,
+                compute=FargateCompute(
+                    cpu=config.gateway_cpu, memory_mib=config.gateway_memory_mib
+                ),
+                container_name="gateway",
+                image=ingest_image(),
+                command=TWILIO_GATEWAY_COMMAND,
+                port_mappings=(
+                    ecs.PortMapping(container_port=GATEWAY_PORT, name="media"),
+                    ecs.PortMapping(container_port=CONTROL_PORT, name="control"),
+                ),
+                environment=ingest_environment(config, data, bus, asr_url),
+                environment_holds=ENVIRONMENT_HOLDS,
+                health_port=GATEWAY_PORT,
+                health_start_period=HEALTH_START_PERIOD,
+                stop_timeout=STOP_TIMEOUT,
+                log_stream_prefix="gateway",
+                # The work of the calls already open (μ-law decoding, resampling, VAD); new
+                # streams are tracked by the request scaling below.
+                scaling=CpuScaling(
+                    counts=config.gateway_counts,
+                    cpu_target_percent=config.gateway_cpu_target_percent,
+                    scale_out_cooldown=SCALE_OUT_COOLDOWN,
+                ),
+                health_check_grace_period=Duration.seconds(60),
             ),
         )
-        self.container = task_definition.add_container(
-            "gateway",
-            image=twilio_gateway_image(),
-            port_mappings=[
-                ecs.PortMapping(container_port=GATEWAY_PORT, name="media"),
-                ecs.PortMapping(container_port=CONTROL_PORT, name="control"),
-            ],
-            environment={
-                "CALLSCRIBE_TABLE_NAME": data.table.table_name,
-                "CALLSCRIBE_EVENT_BUS_NAME": bus.event_bus_name,
-                "CALLSCRIBE_TOKEN_SECRET_ARN": data.token_secret.secret_arn,
-                "CALLSCRIBE_CONTROL_SECRET_ARN": data.control_secret.secret_arn,
-                "CALLSCRIBE_ASR_URL": asr_url,
-                "CALLSCRIBE_PORT": str(GATEWAY_PORT),
-                "CALLSCRIBE_CONTROL_PORT": str(CONTROL_PORT),
-                "CALLSCRIBE_MESSAGE_RETENTION_DAYS": str(config.retention_days),
-                "CALLSCRIBE_BLOB_S3_BUCKET": data.exports_bucket.bucket_name,
-                "LOG_LEVEL": config.log_level,
-            },
-            health_check=ecs.HealthCheck(
-                command=["CMD", "python", "-c", HEALTH_CHECK],
-                interval=Duration.seconds(15),
-                timeout=Duration.seconds(5),
-                retries=3,
-                start_period=Duration.seconds(60),
-            ),
-            logging=ecs.LogDrivers.aws_logs(
-                stream_prefix="gateway", log_group=log_group(self, "Logs", config)
-            ),
-            # Fargate's maximum: after SIGTERM the gateway finishes open utterances, transcribes
-            # and publishes them before it exits.
-            stop_timeout=Duration.seconds(120),
-        )
-        grant_ingest_task_access(task_definition.task_role, data, bus)
-
-        acknowledge_ecr_authorization(task_definition)
-
-        self.service = ecs.FargateService(
-            self,
-            "Service",
-            cluster=cluster,
-            task_definition=task_definition,
-            desired_count=config.gateway_desired_count,
-            vpc_subnets=network.private_subnets,
-            assign_public_ip=False,
-            min_healthy_percent=100,
-            max_healthy_percent=200,
-            circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
-            health_check_grace_period=Duration.seconds(60),
-        )
+        self.container = self.container_service.container
+        self.service = self.container_service.service
+        grant_ingest_task_access(self.container_service.task_definition.task_role, data, bus)
 
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self,
@@ -189,23 +155,13 @@ class GatewayConstruct(Construct):
             open=True,
         )
 
-        scaling = self.service.auto_scale_task_count(
-            min_capacity=config.gateway_min_count, max_capacity=config.gateway_max_count
-        )
-        # New streams (a WebSocket upgrade is one request) per task per minute…
-        scaling.scale_on_request_count(
+        # New streams (a WebSocket upgrade is one request) per task per minute, beside the CPU.
+        self.container_service.scaling.scale_on_request_count(
             "RequestScaling",
             requests_per_target=config.gateway_requests_per_target,
             target_group=self.target_group,
-            scale_out_cooldown=Duration.minutes(1),
-            scale_in_cooldown=Duration.minutes(10),
-        )
-        # …and the work of the calls already open (μ-law decoding, resampling, VAD).
-        scaling.scale_on_cpu_utilization(
-            "CpuScaling",
-            target_utilization_percent=config.gateway_cpu_target_percent,
-            scale_out_cooldown=Duration.minutes(1),
-            scale_in_cooldown=Duration.minutes(10),
+            scale_out_cooldown=SCALE_OUT_COOLDOWN,
+            scale_in_cooldown=SCALE_IN_COOLDOWN,
         )
 
         acknowledge(
@@ -214,12 +170,6 @@ class GatewayConstruct(Construct):
             "The media gateway is a public endpoint: Twilio's media servers "
             "connect from addresses Twilio does not publish as a fixed list; only "
             "443 (TLS) is open and every stream presents a signed, short-lived token.",
-        )
-        acknowledge(
-            task_definition,
-            "AwsSolutions-ECS2",
-            "The environment holds names, ARNs, ports and URLs only; the secrets "
-            "themselves are read from Secrets Manager at run time by ARN.",
         )
 
     def allow_control_from(self, peer: ec2.IConnectable) -> None:

@@ -17,9 +17,13 @@ from aws_cdk import aws_lambda as lambda_
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 LAMBDA_DOCKERFILE = "containers/lambda/Dockerfile"
-TWILIO_GATEWAY_DOCKERFILE = "containers/twilio_gateway/Dockerfile"
+# The Twilio gateway and the KVS reader: one image (same dependencies, ports and health check),
+# each service picking its entrypoint through the command its task definition sets.
+INGEST_DOCKERFILE = "containers/ingest/Dockerfile"
 ASR_WORKER_DOCKERFILE = "containers/asr_worker/Dockerfile"
-KVS_READER_DOCKERFILE = "containers/kvs_reader/Dockerfile"
+
+TWILIO_GATEWAY_COMMAND = ("python", "-m", "containers.twilio_gateway.entrypoint")
+KVS_READER_COMMAND = ("python", "-m", "containers.kvs_reader.entrypoint")
 
 # Handlers (module path as Lambda's Python runtime interface client reads it: "dir/module.func").
 API_HANDLER = "functions/api.handler"
@@ -39,16 +43,10 @@ def lambda_code(handler: str) -> lambda_.DockerImageCode:
     )
 
 
-def twilio_gateway_image() -> ecs.ContainerImage:
-    return ecs.ContainerImage.from_asset(
-        str(REPO_ROOT), file=TWILIO_GATEWAY_DOCKERFILE, platform=PLATFORM
-    )
-
-
-def kvs_reader_image() -> ecs.ContainerImage:
-    return ecs.ContainerImage.from_asset(
-        str(REPO_ROOT), file=KVS_READER_DOCKERFILE, platform=PLATFORM
-    )
+def ingest_image() -> ecs.ContainerImage:
+    """The Twilio gateway's and the KVS reader's image (same Dockerfile, same hash: built and
+    pushed once); run it with TWILIO_GATEWAY_COMMAND or KVS_READER_COMMAND."""
+    return ecs.ContainerImage.from_asset(str(REPO_ROOT), file=INGEST_DOCKERFILE, platform=PLATFORM)
 
 
 def asr_worker_image(whisper_model: str) -> ecs.ContainerImage:

@@ -33,11 +33,12 @@ _RETENTION = {
 }
 
 
-def retention(config: DeploymentConfig) -> logs.RetentionDays:
-    return _RETENTION[config.log_retention_days]
+def retention(days: int) -> logs.RetentionDays:
+    """`days` is one of LOG_RETENTION_DAYS (the settings are validated so)."""
+    return _RETENTION[days]
 
 
 def log_group(scope: Construct, id: str, config: DeploymentConfig) -> logs.LogGroup:
     # Retained when the stack is deleted (the default): logs are the audit trail of what the
     # deployment did; the retention period still expires them.
-    return logs.LogGroup(scope, id, retention=retention(config))
+    return logs.LogGroup(scope, id, retention=retention(config.log_retention_days))

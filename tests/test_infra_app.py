@@ -49,11 +49,11 @@ def test_app_synthesises_the_stack_into_cdk_out(tmp_path):
     assert violations == []
     assets = json.loads((tmp_path / "cdk.out" / "CallScribe-prod.assets.json").read_text())
     dockerfiles = {image["source"]["dockerFile"] for image in assets["dockerImages"].values()}
+    # The Twilio gateway and the KVS reader share the ingest image.
     assert dockerfiles == {
         "containers/lambda/Dockerfile",
-        "containers/twilio_gateway/Dockerfile",
+        "containers/ingest/Dockerfile",
         "containers/asr_worker/Dockerfile",
-        "containers/kvs_reader/Dockerfile",
     }
 
 

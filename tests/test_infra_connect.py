@@ -22,6 +22,7 @@ from infra.customer_account import (
     ConnectMediaAccessStack,
     load_customer_config,
 )
+from infra.images import KVS_READER_COMMAND
 from infra.kvs_reader import CONTROL_PORT, HEALTH_PORT
 from tests.infra_support import (
     ACCOUNT,
@@ -129,6 +130,7 @@ def test_reader_task_environment_ports_and_health_check() -> None:
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [HEALTH_PORT, CONTROL_PORT]
     assert f"localhost:{HEALTH_PORT}/healthz" in " ".join(container["HealthCheck"]["Command"])
     assert container["StopTimeout"] == 120
+    assert container["Command"] == list(KVS_READER_COMMAND)
     # No secret values in the environment: names and ARNs only.
     assert not [k for k in environment if "SECRET" in k and not k.endswith("_ARN")]
 
@@ -296,6 +298,7 @@ def test_the_lambda_zip_holds_only_the_flow_code(tmp_path: Path) -> None:
         ({**MINIMAL, "callscribeApiUrl": "http://api.example.com"}, "https://"),
         ({**MINIMAL, "kmsKeyArn": "alias/aws/kinesisvideo"}, "is not a KMS key ARN"),
         ({**MINIMAL, "connectStreamPrefx": "acme"}, "connectStreamPrefx: not a setting of this stack"),
+        ({**MINIMAL, "logRetentionDays": 31}, "logRetentionDays: CloudWatch Logs accepts only 1, 3, 5"),
     ],
 )
 def test_tenant_settings_are_validated(values: dict[str, Any], message: str) -> None:

@@ -14,16 +14,16 @@ import pytest
 
 from infra.asr import ASR_PORT
 from infra.config import DeploymentConfig
-from infra.gateway import CONTROL_PORT, GATEWAY_PORT
-from infra.kvs_reader import HEALTH_PORT
 from infra.images import (
     API_HANDLER,
     ASR_WORKER_DOCKERFILE,
-    KVS_READER_DOCKERFILE,
+    INGEST_DOCKERFILE,
+    KVS_READER_COMMAND,
     LAMBDA_DOCKERFILE,
-    TWILIO_GATEWAY_DOCKERFILE,
+    TWILIO_GATEWAY_COMMAND,
     WEBHOOK_HANDLER,
 )
+from infra.ingest import CONTROL_PORT, INGEST_PORT
 from tests.infra_support import REPO_ROOT
 
 
@@ -95,7 +95,15 @@ def json_command(args: str) -> list[str]:
     return command
 
 
-ALL = [LAMBDA_DOCKERFILE, TWILIO_GATEWAY_DOCKERFILE, ASR_WORKER_DOCKERFILE, KVS_READER_DOCKERFILE]
+ALL = [LAMBDA_DOCKERFILE, INGEST_DOCKERFILE, ASR_WORKER_DOCKERFILE]
+ASR_WORKER_COMMAND = ("python", "-m", "containers.asr_worker.entrypoint")
+
+
+def entrypoint_file(command: tuple[str, ...]) -> Path:
+    """The module a `python -m <module>` command runs, as a path under the repository."""
+    python, flag, module = command
+    assert (python, flag) == ("python", "-m")
+    return Path(*module.split(".")).with_suffix(".py")
 
 
 @pytest.mark.parametrize("dockerfile", ALL)
@@ -133,23 +141,29 @@ def test_build_context_leaves_out_the_virtualenv_tests_and_cdk_out():
 
 
 @pytest.mark.parametrize(
-    ("dockerfile", "module", "port"),
+    ("dockerfile", "commands", "port"),
     [
-        (TWILIO_GATEWAY_DOCKERFILE, "containers.twilio_gateway.entrypoint", GATEWAY_PORT),
-        (ASR_WORKER_DOCKERFILE, "containers.asr_worker.entrypoint", ASR_PORT),
-        (KVS_READER_DOCKERFILE, "containers.kvs_reader.entrypoint", HEALTH_PORT),
+        # The image's own CMD runs the first; the stack sets each service's command.
+        (INGEST_DOCKERFILE, [TWILIO_GATEWAY_COMMAND, KVS_READER_COMMAND], INGEST_PORT),
+        (ASR_WORKER_DOCKERFILE, [ASR_WORKER_COMMAND], ASR_PORT),
     ],
 )
-def test_service_images_run_their_entrypoint_as_non_root_with_a_health_check(
-    dockerfile, module, port
+def test_service_images_run_their_entrypoints_as_non_root_with_a_health_check(
+    dockerfile, commands, port
 ):
     _, stages = parse(REPO_ROOT / dockerfile)
     final = stages[-1]
     (cmd,) = final.all("CMD")
-    assert json_command(cmd) == ["python", "-m", module]
-    # The entrypoint module lives beside its Dockerfile, under the copied containers/ tree.
-    assert Path(*module.split(".")).parent == Path(dockerfile).parent
+    assert json_command(cmd) == list(commands[0])
+    # Every entrypoint the image may run is in the containers/ tree it copies.
     assert "containers/" in copied_sources(final)
+    for command in commands:
+        entrypoint = entrypoint_file(command)
+        assert entrypoint.parts[0] == "containers"
+        assert (REPO_ROOT / entrypoint).is_file(), entrypoint
+    if len(commands) == 1:
+        # An image of one service keeps its entrypoint beside its Dockerfile.
+        assert entrypoint_file(commands[0]).parent == Path(dockerfile).parent
     (user,) = final.all("USER")
     assert user not in ("root", "0")
     assert any("useradd --system --uid 10001" in run and user in run for run in final.all("RUN"))
@@ -158,10 +172,13 @@ def test_service_images_run_their_entrypoint_as_non_root_with_a_health_check(
     assert str(port) in final.all("EXPOSE")[0].split()
 
 
-def test_gateway_image_exposes_media_and_control_ports():
-    _, stages = parse(REPO_ROOT / TWILIO_GATEWAY_DOCKERFILE)
+def test_ingest_image_exposes_the_media_health_and_control_ports():
+    _, stages = parse(REPO_ROOT / INGEST_DOCKERFILE)
     (expose,) = stages[-1].all("EXPOSE")
-    assert expose.split() == [str(GATEWAY_PORT), str(CONTROL_PORT)]
+    assert expose.split() == [str(INGEST_PORT), str(CONTROL_PORT)]
+    env = " ".join(stages[-1].all("ENV"))
+    assert f"CALLSCRIBE_PORT={INGEST_PORT}" in env
+    assert f"CALLSCRIBE_CONTROL_PORT={CONTROL_PORT}" in env
 
 
 def test_asr_image_is_cuda_with_the_model_baked_in_where_the_task_looks():

@@ -10,7 +10,13 @@ import pytest
 from aws_cdk.assertions import Match
 
 from infra.events import EVENT_SOURCE, TRANSCRIPT_DETAIL_TYPE
-from infra.images import API_HANDLER, EXPORTER_HANDLER, WEBHOOK_HANDLER
+from infra.images import (
+    API_HANDLER,
+    EXPORTER_HANDLER,
+    KVS_READER_COMMAND,
+    TWILIO_GATEWAY_COMMAND,
+    WEBHOOK_HANDLER,
+)
 from tests.infra_support import (
     CERTIFICATE_ARN,
     EXPORTER_ARN,
@@ -359,6 +365,126 @@ def test_api_custom_domain_with_the_certificate_and_alias_record():
         assert record["Type"] == "A" and record["HostedZoneId"] == "Z0123456789ABCDEFGHIJ"
 
 
+# --- ECS services: the Twilio gateway, the KVS readers, the ASR workers -----------------------
+
+# Per service: its construct's attribute on the stack, the container's name, what the container
+# runs (None: the image's own CMD), the port its health check probes and the grace it has to
+# start, its stop timeout, its log stream prefix, scale-out cooldown, and its CPU target and
+# counts (min, max) with cdk.json's defaults.
+ECS_SERVICES = {
+    "gateway": ("gateway", TWILIO_GATEWAY_COMMAND, 8080, 60, 120, "gateway", 60, 60, (2, 10)),
+    "kvs_reader": ("reader", KVS_READER_COMMAND, 8080, 60, 120, "kvs-reader", 60, 60, (1, 10)),
+    "asr": ("asr", None, 8000, 180, 60, "asr", 120, 70, (1, 4)),
+}
+
+
+def ecs_service_resources(attribute: str) -> tuple[dict, dict, dict]:
+    """The service's ECS service, its task definition's one container, and its CPU scaling
+    policy, from the default template."""
+    stack = default_stack()
+    template = default_template()
+    construct = getattr(stack, attribute)
+    service = template.find_resources("AWS::ECS::Service")[logical_id(construct.service)]
+    task = template.find_resources("AWS::ECS::TaskDefinition")[
+        logical_id(construct.service.task_definition)
+    ]
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    (target_id,) = [
+        target_id
+        for target_id, target in template.find_resources(
+            "AWS::ApplicationAutoScaling::ScalableTarget"
+        ).items()
+        if logical_id(construct.service) in json.dumps(target["Properties"]["ResourceId"])
+    ]
+    (cpu_policy,) = [
+        policy["Properties"]
+        for policy in template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
+        if policy["Properties"]["ScalingTargetId"] == {"Ref": target_id}
+        and policy["Properties"]["TargetTrackingScalingPolicyConfiguration"][
+            "PredefinedMetricSpecification"
+        ]["PredefinedMetricType"]
+        == "ECSServiceAverageCPUUtilization"
+    ]
+    scalable_target = template.find_resources("AWS::ApplicationAutoScaling::ScalableTarget")[
+        target_id
+    ]["Properties"]
+    return service["Properties"], container, {**cpu_policy, "target": scalable_target}
+
+
+@pytest.mark.parametrize("attribute", ECS_SERVICES)
+def test_every_ecs_service_rolls_out_one_task_ahead_and_rolls_back_in_private_subnets(attribute):
+    service, _, _ = ecs_service_resources(attribute)
+    assert service["DeploymentConfiguration"] == {
+        "DeploymentCircuitBreaker": {"Enable": True, "Rollback": True},
+        "MaximumPercent": 200,
+        "MinimumHealthyPercent": 100,
+    }
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    private = [ref(subnet) for subnet in default_stack().network.vpc.private_subnets]
+    assert [{"Ref": s["Ref"]} for s in network["Subnets"]] == private
+
+
+@pytest.mark.parametrize("attribute", ECS_SERVICES)
+def test_every_ecs_container_is_health_checked_and_logs_to_its_own_log_group(attribute):
+    name, command, port, start_period, stop_timeout, prefix, *_ = ECS_SERVICES[attribute]
+    _, container, _ = ecs_service_resources(attribute)
+    assert container["Name"] == name
+    assert container.get("Command") == (list(command) if command else None)
+    assert container["HealthCheck"] == {
+        "Command": [
+            "CMD",
+            "python",
+            "-c",
+            "import urllib.request; "
+            f"urllib.request.urlopen('http://localhost:{port}/healthz', timeout=4)",
+        ],
+        "Interval": 15,
+        "Timeout": 5,
+        "Retries": 3,
+        "StartPeriod": start_period,
+    }
+    assert container["StopTimeout"] == stop_timeout
+    log = container["LogConfiguration"]
+    assert log["LogDriver"] == "awslogs"
+    assert log["Options"]["awslogs-stream-prefix"] == prefix
+    group = default_template().find_resources("AWS::Logs::LogGroup")[
+        log["Options"]["awslogs-group"]["Ref"]
+    ]
+    assert group["Properties"]["RetentionInDays"] == 30
+    # One log group per service.
+    others = [
+        ecs_service_resources(other)[1]["LogConfiguration"]["Options"]["awslogs-group"]
+        for other in ECS_SERVICES
+        if other != attribute
+    ]
+    assert log["Options"]["awslogs-group"] not in others
+
+
+@pytest.mark.parametrize("attribute", ECS_SERVICES)
+def test_every_ecs_service_scales_on_cpu_between_its_counts(attribute):
+    *_, scale_out_s, cpu_target, (minimum, maximum) = ECS_SERVICES[attribute]
+    service, _, scaling = ecs_service_resources(attribute)
+    assert (scaling["target"]["MinCapacity"], scaling["target"]["MaxCapacity"]) == (
+        minimum,
+        maximum,
+    )
+    assert scaling["target"]["ScalableDimension"] == "ecs:service:DesiredCount"
+    assert minimum <= service["DesiredCount"] <= maximum
+    configuration = scaling["TargetTrackingScalingPolicyConfiguration"]
+    assert configuration["TargetValue"] == cpu_target
+    assert configuration["ScaleOutCooldown"] == scale_out_s
+    assert configuration["ScaleInCooldown"] == 600
+
+
+def test_gateway_and_reader_run_one_image_with_their_own_commands():
+    _, gateway, _ = ecs_service_resources("gateway")
+    _, reader, _ = ecs_service_resources("kvs_reader")
+    _, asr, _ = ecs_service_resources("asr")
+    assert gateway["Image"] == reader["Image"] != asr["Image"]
+    assert gateway["Command"] != reader["Command"]
+
+
 # --- Twilio gateway -------------------------------------------------------------------------
 
 
@@ -386,6 +512,7 @@ def test_gateway_task_definition():
     assert command[0] == "CMD" and "http://localhost:8080/healthz" in command[-1]
     assert container["StopTimeout"] == 120
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    assert container["Command"] == list(TWILIO_GATEWAY_COMMAND)
 
 
 def test_gateway_task_role_permissions():

@@ -1,0 +1,72 @@
+"""What the two services that hold calls' media share: the Twilio gateway and the KVS readers.
+
+Both run the one ingest image (``containers/ingest/Dockerfile``; the stack sets each one's
+command), listen on the same two ports, are configured by the same environment, and need the
+same access to the deployment's table, bus, secrets and recordings.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
+
+from infra.config import DeploymentConfig
+from infra.data import RECORDINGS_PREFIX, DataConstruct
+from infra.nag import acknowledge_bucket_grant, acknowledge_table_index_grant
+
+# CALLSCRIBE_PORT: /healthz (the container health check) and, on the gateway, the media
+# WebSockets the load balancer forwards.
+INGEST_PORT = 8080
+# CALLSCRIBE_CONTROL_PORT: the private control API (open, start, stop a call) the API reaches.
+CONTROL_PORT = 8081
+HEALTH_START_PERIOD = Duration.seconds(60)
+# Fargate's maximum: after SIGTERM the open utterances are finished, transcribed and published
+# before the process exits.
+STOP_TIMEOUT = Duration.seconds(120)
+# Tasks are added within a minute of the load rising: each one takes new calls at once.
+SCALE_OUT_COOLDOWN = Duration.minutes(1)
+ENVIRONMENT_HOLDS = (
+    "The environment holds names, ARNs, ports and URLs only; the secrets "
+    "themselves are read from Secrets Manager at run time by ARN."
+)
+
+
+def ingest_environment(
+    config: DeploymentConfig,
+    data: DataConstruct,
+    bus: events.IEventBus,
+    asr_url: str,
+    **service_settings: str,
+) -> dict[str, str]:
+    """The settings both services read (callscribe/aws/settings.py), then `service_settings`;
+    LOG_LEVEL last."""
+    return {
+        "CALLSCRIBE_TABLE_NAME": data.table.table_name,
+        "CALLSCRIBE_EVENT_BUS_NAME": bus.event_bus_name,
+        "CALLSCRIBE_TOKEN_SECRET_ARN": data.token_secret.secret_arn,
+        "CALLSCRIBE_CONTROL_SECRET_ARN": data.control_secret.secret_arn,
+        "CALLSCRIBE_ASR_URL": asr_url,
+        "CALLSCRIBE_PORT": str(INGEST_PORT),
+        "CALLSCRIBE_CONTROL_PORT": str(CONTROL_PORT),
+        "CALLSCRIBE_MESSAGE_RETENTION_DAYS": str(config.retention_days),
+        "CALLSCRIBE_BLOB_S3_BUCKET": data.exports_bucket.bucket_name,
+        **service_settings,
+        "LOG_LEVEL": config.log_level,
+    }
+
+
+def grant_ingest_task_access(role: iam.IRole, data: DataConstruct, bus: events.IEventBus) -> None:
+    """What a task holding calls' media needs: the table, the transcript bus, the token and
+    control secrets, and recordings/ in the bucket."""
+    data.table.grant_read_write_data(role)
+    acknowledge_table_index_grant(role, data.table)
+    bus.grant_put_events_to(role)
+    data.token_secret.grant_read(role)
+    data.control_secret.grant_read(role)
+    # Each recording is uploaded under recordings/ when its call ends, then HEADed for its
+    # size (HEAD needs s3:GetObject).
+    recordings = f"{RECORDINGS_PREFIX}*"
+    data.exports_bucket.grant_put(role, recordings)
+    data.exports_bucket.grant_read(role, recordings)
+    acknowledge_bucket_grant(role, data.exports_bucket, [recordings])
