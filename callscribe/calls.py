@@ -155,6 +155,9 @@ class CallSession:
         # Audio is kept only while transcription is on and its start allowed recording.
         self._recorder: CallRecorder | None = None
         self._recording = False
+        # Per channel, how far the source's timestamps jumped since its last recorded chunk
+        # (a jump during a hold must not become silence when recording resumes).
+        self._skipped_since_recorded: dict[str, int] = {}
         # Audio counted when the media ended while transcribing (summary_after_end only), and
         # whether a stop-streaming has had that summary: only one stop gets it, as when live.
         self._audio_at_end: dict[str, int] | None = None
@@ -226,15 +229,16 @@ class CallSession:
         expected_at = stream.position
         for utterance in stream.push(pcm16, at_sample):
             self._submit(stream, utterance)
+        # After push, the chunk ends at the stream's position (gaps and jumps applied); what
+        # the source's timestamps skipped tells the recorder a jump from a hold.
+        chunk_at = stream.position - len(pcm16)
+        skipped = self._skipped_since_recorded.get(channel, 0) + chunk_at - expected_at
+        self._skipped_since_recorded[channel] = skipped
         if self._recording and stream.transcribing and stream.role is not None:
             assert self._recorder is not None
+            self._skipped_since_recorded[channel] = 0
             try:
-                # After push, the chunk ends at the stream's position (gaps and jumps applied);
-                # what the source's timestamps skipped tells the recorder a jump from a hold.
-                chunk_at = stream.position - len(pcm16)
-                self._recorder.write(
-                    stream.role, chunk_at, pcm16, skipped_samples=chunk_at - expected_at
-                )
+                self._recorder.write(stream.role, chunk_at, pcm16, skipped_samples=skipped)
             except OSError:
                 # A full disk loses the recording, never the transcription.
                 log.exception("call %s: recording abandoned", self.key)

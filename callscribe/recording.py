@@ -297,7 +297,7 @@ class CallRecorder:
     def discard(self) -> None:
         for part in self._parts:
             self._close(part)
-            for role in list(part.ends) + [r for r in CHANNELS if r not in part.ends]:
+            for role in CHANNELS:
                 with contextlib.suppress(FileNotFoundError):
                     self._spool_path(part, role).unlink()
             part.ends.clear()

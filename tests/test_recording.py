@@ -18,7 +18,7 @@ import pytest
 
 from callscribe.api.schemas import Role
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore
-from callscribe.config import RecordingSettings
+from callscribe.config import RecordingSettings, TwilioSettings
 from callscribe.recording import Recordings, recording_info
 from callscribe.store.base import CallKey
 
@@ -366,7 +366,10 @@ async def test_the_after_call_api_serves_every_part_of_a_real_twilio_call(
     from callscribe.twilio.protocol import TwilioStreamWriter
 
     server = await server_factory(
-        receiver.url, recording=RecordingSettings(max_part_bytes=44 + 4 * RATE)
+        receiver.url, recording=RecordingSettings(max_part_bytes=44 + 4 * RATE),
+        # The intake pacer reads the jump as an hour of audio sent at once; at its default
+        # 25x it would hold the stream for 144 s. This bound lets it through in about 3 s.
+        twilio=TwilioSettings(max_speed=1000, burst_s=600),
     )
     api = server.client("acme")
     call_sid = "CA" + uuid.uuid4().hex
@@ -407,3 +410,36 @@ async def test_the_after_call_api_serves_every_part_of_a_real_twilio_call(
             assert len(frames) == part["durationMs"] * RATE // 1000
             assert (frames == expected).all()
     assert server.runtime.api.outputs.recordings.discontinuities == 1
+
+
+async def test_a_timestamp_jump_during_a_hold_is_a_discontinuity_too(
+    recordings: Recordings, blobs: DirectoryBlobStore, tmp_path: Path
+) -> None:
+    """The jump comes while transcription is stopped (nothing recorded then): when recording
+    resumes, the hour the timestamps skipped is still not written as silence, while the hold's
+    own few seconds of real time are."""
+    from callscribe.api.schemas import StartRequest
+
+    session, store = await recorded_session(recordings, tmp_path, "CA-hold-jump")
+    for n in range(20):
+        session.audio("inbound", tone(160, 1), n * 160)
+    await session.stop()
+    for n in range(20, 50):  # 600 ms of hold, then the jump, then more hold
+        session.audio("inbound", tone(160, 2), n * 160)
+    hour = 3600 * RATE
+    for n in range(10):
+        session.audio("inbound", tone(160, 2), hour + n * 160)
+    await session.start(StartRequest.model_validate({
+        "namespace": "twilio", "guid": "CA-hold-jump",
+        "autotranscribeParams": {"audioRecordingAllowed": True},
+    }))
+    for n in range(10, 20):
+        session.audio("inbound", tone(160, 3), hour + n * 160)
+    await session.complete()
+
+    assert sum(b.size for b in blobs.list("recordings/")) < 100_000
+    (first_offset, first), (second_offset, second) = stored_wavs(blobs, session.key)
+    assert (first_offset, len(first)) == (0, 20 * 160) and (first[:, 0] == 1).all()
+    assert (second_offset, len(second)) == (3_600_000 + 200, 10 * 160)
+    assert (second[:, 0] == 3).all()
+    store.close()
