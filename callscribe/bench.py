@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from callscribe.auth import create_api_key
@@ -62,14 +61,10 @@ def truncate(call: SampleCall, seconds: float | None) -> SampleCall:
     )
 
 
-async def _stats(http: httpx.AsyncClient) -> dict:
-    return (await http.get("/healthz")).json()
-
-
 async def run_level(
-    n: int, call: SampleCall, api: ApiClient, http: httpx.AsyncClient, inbox: list[ReceivedMessage]
+    n: int, call: SampleCall, api: ApiClient, inbox: list[ReceivedMessage]
 ) -> LevelResult:
-    before = await _stats(http)
+    before = await api.health()
     inbox.clear()
     stream_url = await api.stream_url()
     played = [PlayedCall(call_sid="CA" + uuid.uuid4().hex) for _ in range(n)]
@@ -80,7 +75,7 @@ async def run_level(
 
     await asyncio.gather(*(one(i) for i in range(n)))
     await asyncio.sleep(3)  # the last utterances of the last call
-    after = await _stats(http)
+    after = await api.health()
 
     by_sid = {p.call_sid: p for p in played}
     latencies = [
@@ -157,13 +152,12 @@ async def run_bench(
             async with running_server(data_dir, receiver.url, env=env) as server:
                 issued = create_api_key(SqliteStore(data_dir / "callscribe.sqlite3"), "bench")
                 api = ApiClient(server.base_url, issued.api_id, issued.api_secret)
-                async with httpx.AsyncClient(base_url=server.base_url) as http:
-                    for n in levels:
-                        print(f"… {n} simultaneous call(s)", flush=True)
-                        result = await run_level(n, call, api, http, inbox)
-                        results.append(result)
-                        if stop_when_over and result.p95_ms > p95_bound_ms:
-                            break
+                for n in levels:
+                    print(f"… {n} simultaneous call(s)", flush=True)
+                    result = await run_level(n, call, api, inbox)
+                    results.append(result)
+                    if stop_when_over and result.p95_ms > p95_bound_ms:
+                        break
                 await api.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from callscribe.asr.base import AsrRequest
@@ -124,7 +123,6 @@ def _transcript(body: dict[str, Any]) -> Transcript:
 
 async def stream_calls(
     calls: list[CorpusCall],
-    base_url: str,
     api: ApiClient,
     inbox: list[ReceivedMessage],
     *,
@@ -134,29 +132,28 @@ async def stream_calls(
 ) -> StreamedRun:
     """Play ``calls`` against a running server, ``at_once`` at a time (all by default), and
     collect what its webhook delivered."""
-    async with httpx.AsyncClient(base_url=base_url) as http:
-        before = (await http.get("/healthz")).json()["asr"]
-        inbox.clear()
-        stream_url = await api.stream_url()
-        played = {c.id: PlayedCall(call_sid="CA" + uuid.uuid4().hex, speed=speed) for c in calls}
-        slots = asyncio.Semaphore(at_once or len(calls))
-        width = min(len(calls), at_once or len(calls))
+    before = (await api.health())["asr"]
+    inbox.clear()
+    stream_url = await api.stream_url()
+    played = {c.id: PlayedCall(call_sid="CA" + uuid.uuid4().hex, speed=speed) for c in calls}
+    slots = asyncio.Semaphore(at_once or len(calls))
+    width = min(len(calls), at_once or len(calls))
 
-        async def one(index: int, corpus_call: CorpusCall) -> None:
-            async with slots:
-                await asyncio.sleep(STAGGER_S * (index % width) / max(1, width))
-                await play_call(
-                    stream_url,
-                    corpus_call.call,
-                    api,
-                    played=played[corpus_call.id],
-                    # Scored against the script, so the words as said: no redaction.
-                    autotranscribe_params={"redactionOutput": "unredacted"},
-                )
+    async def one(index: int, corpus_call: CorpusCall) -> None:
+        async with slots:
+            await asyncio.sleep(STAGGER_S * (index % width) / max(1, width))
+            await play_call(
+                stream_url,
+                corpus_call.call,
+                api,
+                played=played[corpus_call.id],
+                # Scored against the script, so the words as said: no redaction.
+                autotranscribe_params={"redactionOutput": "unredacted"},
+            )
 
-        await asyncio.gather(*(one(i, c) for i, c in enumerate(calls)))
-        await asyncio.sleep(settle_s)
-        after = (await http.get("/healthz")).json()["asr"]
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(calls)))
+    await asyncio.sleep(settle_s)
+    after = (await api.health())["asr"]
 
     by_sid = {p.call_sid: (call_id, p) for call_id, p in played.items()}
     transcripts: dict[str, list[Transcript]] = {c.id: [] for c in calls}
@@ -379,9 +376,7 @@ async def run_quality_bench(
                 issued = create_api_key(SqliteStore(data_dir / "callscribe.sqlite3"), "bench")
                 api = ApiClient(server.base_url, issued.api_id, issued.api_secret)
                 try:
-                    run = await stream_calls(
-                        calls, server.base_url, api, inbox, at_once=at_once, speed=speed
-                    )
+                    run = await stream_calls(calls, api, inbox, at_once=at_once, speed=speed)
                 finally:
                     await api.close()
     finally:

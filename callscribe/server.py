@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -26,17 +27,18 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
-from callscribe.api.schemas import Namespace
+from callscribe.api.schemas import ApiError, ErrorCode, Namespace
 from callscribe.api.outputs import OutputServices
 from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
 from callscribe.asr.factory import make_asr_engine
-from callscribe.auth import StreamTokens
+from callscribe.auth import AuthError, StreamTokens, authenticate
 from callscribe.blobs.base import BlobStore
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore
 from callscribe.bus import EventBus, InProcessEventBus
 from callscribe.calls import CallRegistry
 from callscribe.config import Settings
 from callscribe.connect.ingest import ConnectIngest
+from callscribe.connection_limits import install_log_rate_limits, limited_http_protocol
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.control import LocalControl
 from callscribe.delivery import WebhookDispatcher
@@ -60,6 +62,11 @@ from callscribe.twilio.gateway import GatewayServices, TwilioGateway
 from callscribe.webhook_targets import WebhookTargets, default_webhook_target
 
 log = logging.getLogger(__name__)
+
+try:
+    SERVER_VERSION = importlib.metadata.version("callscribe")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    SERVER_VERSION = "unknown"
 
 DAY_S = 86_400
 DRAIN_TIMEOUT_S = 15.0
@@ -207,6 +214,7 @@ class LocalRuntime:
                 intake=settings.twilio,
                 max_frame_bytes=settings.max_ws_frame_bytes,
                 owner=owner,
+                start_timeout_s=settings.limits.twilio_start_timeout_s,
             )
         )
         connect = ConnectIngest(
@@ -248,13 +256,22 @@ class LocalRuntime:
             # fail (and are counted) until it answers.
             log.warning("ASR warm-up failed: %s", exc)
 
-    def stats(self) -> dict[str, Any]:
+    def liveness(self) -> dict[str, Any]:
+        """What anyone may see (load balancers, container health checks): no call details."""
+        return {"status": "ok", "version": SERVER_VERSION, "liveCalls": len(self.registry)}
+
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """The server's counters, and the details of ``tenant``'s own live calls (every
+        tenant's when None: for callers inside this process)."""
+        connect = self.connect.stats() if self.connect else None
+        if connect is not None and tenant is not None:
+            connect["readers"] = [r for r in connect["readers"] if r.get("tenant") == tenant]
         return {
-            "status": "ok",
-            "liveCalls": len(self.registry),
+            **self.liveness(),
             "twilioStreams": {
                 "opened": self.gateway.streams_opened,
                 "rejected": self.gateway.streams_rejected,
+                "timedOut": self.gateway.streams_timed_out,
                 # Streams read more slowly for running far ahead of real time (a flood).
                 "paced": self.gateway.streams_paced,
             },
@@ -266,7 +283,7 @@ class LocalRuntime:
                 # Loops that even the full window gave, cut back to one occurrence.
                 "loopsCut": getattr(self.asr, "loops_cut", 0),
             },
-            "amazonConnect": self.connect.stats() if self.connect else None,
+            "amazonConnect": connect,
             "delivery": self.dispatcher.as_dict() if self.dispatcher else None,
         }
 
@@ -316,18 +333,32 @@ def create_local_app(runtime: LocalRuntime) -> FastAPI:
 
 
 def add_gateway_routes(app: Starlette, runtime: LocalRuntime) -> None:
-    async def healthz(_: Request) -> JSONResponse:
-        return JSONResponse(runtime.stats())
-
     async def twilio_media(websocket: WebSocket) -> None:
         await runtime.gateway(websocket)
 
     app.router.routes.extend(
-        [
-            WebSocketRoute(TWILIO_MEDIA_PATH, twilio_media),
-            Route("/healthz", healthz, methods=["GET"], include_in_schema=False),
-        ]
+        [WebSocketRoute(TWILIO_MEDIA_PATH, twilio_media), healthz_route(runtime)]
     )
+
+
+def healthz_route(runtime: LocalRuntime) -> Route:
+    """``GET /healthz``: liveness for anyone; with a tenant's API key (the asapp-api-id and
+    asapp-api-secret headers), the server's counters and that tenant's own live calls. It is
+    public behind a load balancer, so without a key it names no call and no tenant."""
+
+    async def healthz(request: Request) -> JSONResponse:
+        api_id = request.headers.get("asapp-api-id")
+        api_secret = request.headers.get("asapp-api-secret")
+        if api_id is None and api_secret is None:
+            return JSONResponse(runtime.liveness())
+        try:
+            key = await asyncio.to_thread(authenticate, runtime.store, api_id, api_secret)
+        except AuthError as exc:
+            error = ApiError(ErrorCode.UNAUTHENTICATED, str(exc))
+            return JSONResponse(error.body(), status_code=error.http_status)
+        return JSONResponse(runtime.stats(tenant=key.tenant))
+
+    return Route("/healthz", healthz, methods=["GET"], include_in_schema=False)
 
 
 async def _purge_once(retention: Retention) -> None:
@@ -346,10 +377,16 @@ async def _purge_expired(retention: Retention) -> None:
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """How every CallScribe server listens (local mode and the AWS tasks). Installs the
+    rate limits on the logs of connection limits as a side effect: the server this config
+    starts is the one they are about."""
+    install_log_rate_limits(settings.limits.log_interval_s)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # Deadlines, header size and connection cap (see callscribe.connection_limits).
+        http=limited_http_protocol(settings.limits),
         ws="websockets-sansio",
         # Our protocol object reports oversized frames with a precise reason; the server's own
         # limit only guards memory, above it.

@@ -221,6 +221,12 @@ class ApiClient:
     async def webhook_failures(self, **params: Any) -> httpx.Response:
         return await self._http.get("/callscribe/v1/webhook-failures", params=params)
 
+    async def health(self) -> dict[str, Any]:
+        """``/healthz`` with this key: the server's counters (ASR, delivery, streams)."""
+        response = await self._http.get("/healthz")
+        response.raise_for_status()
+        return response.json()
+
     async def feed_files(self, feed: str, start: str, end: str) -> httpx.Response:
         return await self._http.get(
             f"/fileexporter/v1/feeds/{feed}/files", params={"start": start, "end": end}

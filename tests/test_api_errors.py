@@ -4,6 +4,7 @@ Twilio WebSocket, and a webhook target that is down."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -104,7 +105,6 @@ async def test_transcription_parameter_errors_400_202(server: RunningServer) -> 
             start_body("CA1", autotranscribeParams={"language": "english please"}),
             start_body("CA1", autotranscribeParams={"redactionOutput": "some"}),
             start_body("CA1", autotranscribeParams={"detailedToken": "maybe"}),
-            start_body("CA1", autotranscribeParams={"unknownSetting": 1}),
             start_body("CA1", twilioParams={"trackMap": {"inbound": "customer", "outbound": "customer"}}),
             start_body("CA1", twilioParams={"trackMap": {"inbound": "supervisor"}}),
             start_body("CA1", namespace="siprec", twilioParams={"trackMap": {"inbound": "agent"}}),
@@ -120,6 +120,84 @@ async def test_transcription_parameter_errors_400_202(server: RunningServer) -> 
         ]
         for body in bad:
             assert_error(await http.post(START, json=body), 400, "400-202")
+
+
+async def test_a_deeply_nested_body_is_400_201(server: RunningServer) -> None:
+    """Nesting deeper than the JSON parser recurses is a bad body, not an internal error."""
+    deep = b"[" * 20_000 + b"]" * 20_000
+    inside = (
+        b'{"namespace": "twilio", "guid": "CA1", "autotranscribeParams": {"x": '
+        + deep
+        + b"}}"
+    )
+    async with raw_client(server) as http:
+        for body in (deep, inside):
+            assert_error(await http.post(START, content=body), 400, "400-201")
+        # Nesting the parser takes, in a field this server does not know, is ignored.
+        shallow = start_body("CAnope", autotranscribeParams={"x": [[[[[[[[[[1]]]]]]]]]]})
+        assert_error(await http.post(START, json=shallow), 400, "400-203")
+
+
+async def test_times_beyond_the_calendar_in_utc_are_400_201(server: RunningServer) -> None:
+    """A time that is valid as written but not once converted to UTC (or too close to the
+    calendar's end to count hours from) is a bad parameter, not an internal error."""
+    failures = "/callscribe/v1/webhook-failures"
+    feed = "/fileexporter/v1/feeds/utterances/files"
+    async with raw_client(server) as http:
+        for since in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+            response = await http.get(failures, params={"since": since})
+            assert_error(response, 400, "400-201")
+            assert "since" in response.json()["error"]["message"]
+        for start, end in (
+            ("0001-01-01T00:00:00+14:00", "0001-01-02T00:00:00Z"),
+            ("9999-12-30T00:00:00Z", "9999-12-31T23:59:59-14:00"),
+            ("9999-12-31T20:00:00Z", "9999-12-31T23:59:59Z"),
+        ):
+            response = await http.get(feed, params={"start": start, "end": end})
+            assert_error(response, 400, "400-201")
+        # Early but representable: still answered.
+        early = await http.get(failures, params={"since": "0001-01-01T00:00:00Z"})
+        assert early.status_code == 200, early.text
+        day = {"start": "2024-01-01T00:00:00+14:00", "end": "2024-01-02T00:00:00Z"}
+        ok = await http.get(feed, params=day)
+        assert ok.status_code == 200, ok.text
+
+
+async def test_unknown_fields_are_ignored_and_logged_once(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that sends a field this server does not know keeps working, wherever the
+    field is: at the top level or inside autotranscribeParams or twilioParams."""
+    api = server.client("acme")
+    caplog.set_level(logging.INFO)
+    async with live_call(await api.stream_url()) as (guid, _), raw_client(server) as http:
+        body = start_body(
+            guid,
+            futureTopLevel=1,
+            autotranscribeParams={"language": "en-US", "unknownSetting": 1, "alsoNew": {"a": 1}},
+            twilioParams={"trackMap": {"inbound": "customer"}, "newTwilioThing": True},
+        )
+        response = await http.post(START, json=body)
+        assert response.status_code == 200, response.text
+        schema = (await http.get("/openapi.json")).json()
+    logged = [r.getMessage() for r in caplog.records if "unknownSetting" in r.getMessage()]
+    assert len(logged) == 1, logged
+    for name in ("futureTopLevel", "alsoNew", "newTwilioThing"):
+        assert name in logged[0]
+    # The OpenAPI description says so, and no part of the body's schema forbids them.
+    start = schema["paths"][START]["post"]
+    assert "ignored" in start["description"]
+    assert not _forbids_extra_fields(start["requestBody"])
+
+
+def _forbids_extra_fields(node: Any) -> bool:
+    if isinstance(node, dict):
+        return node.get("additionalProperties") is False or any(
+            _forbids_extra_fields(value) for value in node.values()
+        )
+    if isinstance(node, list):
+        return any(_forbids_extra_fields(value) for value in node)
+    return False
 
 
 async def test_unknown_call_400_203(server: RunningServer) -> None:
@@ -243,7 +321,7 @@ async def test_stream_tokens(server: RunningServer) -> None:
         await ws.send(writer.start(custom_parameters={"token": token}))
         await asyncio.sleep(0.3)
         assert server.runtime.registry.get(CallKey("acme", "twilio", "CAparam")) is not None
-    server.runtime.gateway.services.token_deadline_s = 0.5
+    server.runtime.gateway.services.start_timeout_s = 0.5
     assert await _closed_with(base) == (1008, "missing token")
     forged = URLSafeTimedSerializer("not-the-key", salt=TOKEN_SALT).dumps({"t": "acme", "k": "x"})
     assert await _closed_with(f"{base}?token={forged}") == (1008, "stream token invalid")

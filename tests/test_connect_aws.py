@@ -165,7 +165,8 @@ async def test_the_api_lambda_opens_the_contact_on_a_reader_task_and_controls_it
     assert record.status is CallStatus.STREAMING
 
     await asyncio.sleep(0.5)
-    async with httpx.AsyncClient() as http:
+    # The reader's call details are shown to its tenant's API key only.
+    async with httpx.AsyncClient(headers=deployment.credentials) as http:
         health = (await http.get(f"{deployment.health_url}/healthz")).json()["amazonConnect"]
     assert health["readersActive"] == 1
     assert health["readers"][0]["guid"] == GUID

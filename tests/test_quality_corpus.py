@@ -58,7 +58,7 @@ async def test_streaming_is_as_accurate_as_offline_on_held_back_voices(
     api = server.client("quality")
     inbox: list[ReceivedMessage] = []
     receiver.listeners.append(inbox.append)
-    run = await stream_calls(calls, server.base_url, api, inbox, speed=2.0)
+    run = await stream_calls(calls, api, inbox, speed=2.0)
     assert run.control_errors == 0 and run.lost == 0
 
     engine = FasterWhisperEngine(offline_settings())

@@ -37,11 +37,12 @@ async def test_sigterm_completes_siprec_calls_without_bye(tmp_path: Path) -> Non
         async with running_server(
             tmp_path, receiver.url, env={"CALLSCRIBE_SIPREC_TENANT": "acme"}
         ) as server:
-            async with httpx.AsyncClient() as client:
+            issued = create_api_key(SqliteStore(tmp_path / "callscribe.sqlite3"), "acme")
+            key = {"asapp-api-id": issued.api_id, "asapp-api-secret": issued.api_secret}
+            async with httpx.AsyncClient(headers=key) as client:
                 health = (await client.get(f"{server.base_url}/healthz")).json()
             sip_port = health["siprec"]["port"]
             assert sip_port > 0
-            issued = create_api_key(SqliteStore(tmp_path / "callscribe.sqlite3"), "acme")
             api = SiprecApi(server.base_url, issued.api_id, issued.api_secret)
             sources = bind_rtp_sockets(["1", "2"])
             sipp = await start_sipp(

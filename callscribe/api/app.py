@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from callscribe.api.middleware import BodySizeLimit, InternalErrorAsJson
 from callscribe.api.schemas import (
     ApiError,
     AutotranscribeResult,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024  # every request; the middleware refuses more before reading it
 LOCK_TTL_S = 60.0
 TWILIO_MEDIA_PATH = "/twilio-media"
 
@@ -86,13 +87,14 @@ Authenticated = Annotated[ApiKey, Depends(_tenant_key)]
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(ErrorCode.PARAMETER, f"body of {len(raw)} bytes exceeds {MAX_BODY_BYTES}")
+    raw = await request.body()  # at most MAX_BODY_BYTES (BodySizeLimit)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(ErrorCode.PARAMETER, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # 64 KB of "[" nests far deeper than the parser recurses.
+        raise ApiError(ErrorCode.PARAMETER, "body is nested too deeply") from None
 
 
 class _CallLock:
@@ -212,7 +214,10 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     "amazonconnect the call need not exist: start-streaming creates it and reads the Kinesis "
     "Video Stream that amazonConnectParams names (from the fragment given, or from now), "
     "customer audio from AUDIO_FROM_CUSTOMER and agent audio from AUDIO_TO_CUSTOMER; a later "
-    "start on a stopped or ended contact reads again from its own selector.",
+    "start on a stopped or ended contact reads again from its own selector. Fields this server "
+    "does not know, at the top level or inside autotranscribeParams, twilioParams or "
+    "amazonConnectParams, are ignored (and logged), so that a client sending a field added to "
+    "the contract later keeps working. A body over 64 KB is refused with 400-201.",
     openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
@@ -327,13 +332,6 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("internal error", exc_info=exc)
-    return JSONResponse(
-        ApiError(ErrorCode.INTERNAL, "internal error").body(), status_code=500
-    )
-
-
 def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
     from fastapi.exceptions import RequestValidationError
     from fastapi.routing import APIRoute
@@ -389,5 +387,7 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
 
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _internal_error)
+    # The last added is the outermost: whatever escapes the body limit is answered as JSON.
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(InternalErrorAsJson)
     return app

@@ -8,7 +8,6 @@ import asyncio
 import mimetypes
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -17,7 +16,7 @@ from pydantic import BaseModel, Field
 
 # app.py imports this module only inside create_api_app, so this import is not circular.
 from callscribe.api.app import ERROR_RESPONSES, Authenticated, _services, find_tenant_call
-from callscribe.api.schemas import ApiError, ErrorCode, Namespace
+from callscribe.api.schemas import ApiError, ErrorCode, Namespace, UtcDatetime
 from callscribe.blobs.base import BlobNotFound, BlobStore
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore, LinkError
 from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
@@ -50,10 +49,6 @@ def _absolute(request: Request, url: str) -> str:
         return url
     base = _outputs(request).public_url or str(request.base_url)
     return base.rstrip("/") + url
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # Response bodies -----------------------------------------------------------------------
@@ -138,7 +133,9 @@ def build_router() -> APIRouter:
         request: Request,
         key: Authenticated,
         externalConversationId: Annotated[str | None, Query(max_length=128)] = None,
-        since: Annotated[datetime | None, Query(description="ISO 8601; UTC if no offset")] = None,
+        since: Annotated[
+            UtcDatetime | None, Query(description="ISO 8601; UTC if no offset")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     ) -> DeliveryFailuresResponse:
         store = _services(request).store
@@ -147,7 +144,7 @@ def build_router() -> APIRouter:
             key.tenant,
             externalConversationId,
             limit,
-            _utc(since).timestamp() if since else None,
+            since.timestamp() if since else None,
         )
         return DeliveryFailuresResponse(
             failures=[
@@ -179,12 +176,11 @@ def build_router() -> APIRouter:
         request: Request,
         key: Authenticated,
         feed: Annotated[str, Path(description="utterances")],
-        start: Annotated[datetime, Query(description="ISO 8601; UTC if no offset")],
-        end: Annotated[datetime, Query(description="exclusive")],
+        start: Annotated[UtcDatetime, Query(description="ISO 8601; UTC if no offset")],
+        end: Annotated[UtcDatetime, Query(description="exclusive")],
     ) -> FeedFilesResponse:
         if feed not in FEEDS:
             raise ApiError(ErrorCode.PARAMETER, f"unknown feed {feed!r}; feeds: {', '.join(FEEDS)}")
-        start, end = _utc(start), _utc(end)
         if end <= start:
             raise ApiError(ErrorCode.PARAMETER, "end must be after start")
         if end - start > MAX_INTERVAL:

@@ -2,16 +2,30 @@
 
 Requests are validated in two steps so that each failure gets the contract's code: the API
 envelope (``namespace``, ``guid``, participant ids) → 400-201; the transcription settings and
-their combination with the namespace → 400-202.
+their combination with the namespace → 400-202. Fields this server does not know, at the top
+level or inside the parameter objects, are ignored (and logged): a client that sends a field
+added to the contract later keeps working.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+log = logging.getLogger(__name__)
 
 # Used with fullmatch: "$" alone would let a trailing newline through.
 GUID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
@@ -86,7 +100,7 @@ LANGUAGE_PATTERN = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
 
 class AutotranscribeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     language: str = Field("en-US", description="BCP-47 locale, e.g. en-US, es-US")
     detailedToken: bool = Field(False, description="Add word tokens with times and confidence")
@@ -116,7 +130,7 @@ class AutotranscribeParams(BaseModel):
 
 
 class TwilioParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     trackMap: dict[Literal["inbound", "outbound"], Role] = Field(
         default_factory=lambda: {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}
@@ -131,7 +145,7 @@ class TwilioParams(BaseModel):
 
 
 class AmazonConnectParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     streamArn: str = Field(pattern=r"^arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:\d{12}:stream/.+")
     startSelectorType: Literal["NOW", "FRAGMENT_NUMBER"] = "NOW"
@@ -190,11 +204,37 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# The parameter objects of a start request and the model each is read with.
+_PARAMETER_MODELS: dict[str, type[BaseModel]] = {
+    "autotranscribeParams": AutotranscribeParams,
+    "twilioParams": TwilioParams,
+    "amazonConnectParams": AmazonConnectParams,
+}
+_LOGGED_NAMES = 10
+_LOGGED_NAME_CHARS = 64
+
+
+def _log_ignored_fields(what: str, body: dict[str, Any], model: type[BaseModel]) -> None:
+    """One log line per request naming the fields ignored (the first few, clipped: the names
+    come from the client)."""
+    ignored = [name for name in body if name not in model.model_fields]
+    for name, params_model in _PARAMETER_MODELS.items():
+        params = body.get(name) if name in model.model_fields else None
+        if isinstance(params, dict):
+            ignored += [f"{name}.{key}" for key in params if key not in params_model.model_fields]
+    if ignored:
+        shown = ", ".join(repr(name[:_LOGGED_NAME_CHARS]) for name in ignored[:_LOGGED_NAMES])
+        more = f" and {len(ignored) - _LOGGED_NAMES} more" if len(ignored) > _LOGGED_NAMES else ""
+        log.info("%s: ignoring fields this server does not know: %s%s", what, shown, more)
+
+
 def parse_stop(body: Any) -> StopRequest:
     try:
-        return StopRequest.model_validate(body)
+        request = StopRequest.model_validate(body)
     except ValidationError as exc:
         raise ApiError(ErrorCode.PARAMETER, _describe(exc)) from None
+    _log_ignored_fields("stop-streaming", body, StopRequest)
+    return request
 
 
 def parse_start(body: Any) -> StartRequest:
@@ -240,7 +280,31 @@ def parse_start(body: Any) -> StartRequest:
         raise ApiError(
             ErrorCode.TRANSCRIPTION_PARAMETER, "namespace amazonconnect needs amazonConnectParams"
         )
+    _log_ignored_fields("start-streaming", body, StartEnvelope)
     return request
+
+
+# Query parameters.
+
+# A day short of the calendar's end, so that the hours and days counted from a time (feed
+# files are hourly) stay within it.
+LATEST_QUERY_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A query's time in UTC (UTC when it has no offset). A time valid as written may not be
+    once converted (0001-01-01T00:00:00+14:00 is in year 0): a bad parameter, not an
+    internal error."""
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the years 1 to 9999 once converted to UTC") from None
+    if utc > LATEST_QUERY_TIME:
+        raise ValueError(f"must be before {LATEST_QUERY_TIME.isoformat()}")
+    return utc
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
 
 
 # Bodies documented in OpenAPI.

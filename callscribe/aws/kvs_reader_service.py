@@ -8,7 +8,8 @@ come to it directly. Its task role is the identity that tenants' Connect roles t
 the assumed role of the call's tenant.
 
 One process, one uvicorn server on two ports: ``CALLSCRIBE_PORT`` (8080) serves ``/healthz``
-(readers, millis-behind-now, ASR and delivery counters) for the ECS health check;
+for the ECS health check (liveness; with a tenant's API key also readers, millis-behind-now,
+ASR and delivery counters, and that tenant's calls);
 ``CALLSCRIBE_CONTROL_PORT`` (8081) is the control endpoint, open to the API Lambda only.
 """
 
@@ -20,9 +21,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from callscribe.asr.base import AsrEngine
@@ -35,7 +33,7 @@ from callscribe.aws.gateway_service import (
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app
-from callscribe.server import LocalRuntime
+from callscribe.server import LocalRuntime, healthz_route
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +45,7 @@ def create_reader_app(runtime: LocalRuntime, control_secret: str, control_port: 
         yield
         await runtime.shutdown()
 
-    async def healthz(_: Request) -> JSONResponse:
-        return JSONResponse(runtime.stats())
-
-    health_app = Starlette(
-        routes=[Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan
-    )
+    health_app = Starlette(routes=[healthz_route(runtime)], lifespan=lifespan)
     control_app = create_control_app(runtime.registry, control_secret, opener=runtime.connect)
     return RouteByPort(control_port, control_app, health_app)
 

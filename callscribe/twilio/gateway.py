@@ -3,7 +3,10 @@
 The stream token is checked once, when the WebSocket opens. Twilio's ``<Stream url>`` may not
 carry a query string in every setup, so a token can also come as the ``token`` custom
 parameter (``<Parameter name="token" value="…"/>``) of the ``start`` frame: it is then checked
-on that frame, before any audio is accepted. Each accepted stream becomes a ``TwilioCall``
+on that frame, before any audio is accepted. Either way the start frame must come within
+``start_timeout_s`` of the WebSocket opening (Twilio sends it at once): a WebSocket that sends
+nothing, or only ``connected``, would otherwise hold its connection for as long as it answers
+pings. Each accepted stream becomes a ``TwilioCall``
 (a ``CallSession``) keyed by (tenant, "twilio", callSid) on its ``start`` frame. A malformed,
 oversized or out-of-order frame closes that one WebSocket with a precise close code and
 reason; the call's audio so far is kept and its open utterances are finished.
@@ -25,6 +28,7 @@ from callscribe.api.schemas import Namespace, Role
 from callscribe.audio import TELEPHONE_RATE, ulaw_to_pcm16
 from callscribe.auth import AuthError, StreamGrant, StreamTokens
 from callscribe.calls import CallRegistry, CallSession
+from callscribe.connection_limits import LIMITS_LOG
 from callscribe.config import EndpointingSettings, TwilioSettings
 from callscribe.store.base import CallKey, Store
 from callscribe.transcription import TranscriptionPipeline
@@ -133,8 +137,9 @@ class GatewayServices:
     intake: TwilioSettings = field(default_factory=TwilioSettings)
     max_frame_bytes: int = 16_384
     owner: str = "local"
-    # A WebSocket opened without a token must present one in its start frame within this time.
-    token_deadline_s: float = 10.0
+    # The start frame (which carries the token when the URL has none) must come this long
+    # after the WebSocket opens.
+    start_timeout_s: float = 10.0
 
 
 class TwilioGateway:
@@ -142,6 +147,7 @@ class TwilioGateway:
         self.services = services
         self.streams_opened = 0
         self.streams_rejected = 0
+        self.streams_timed_out = 0  # closed for want of a start frame (with a token)
         # Streams that ran ahead of real time beyond the burst and were read more slowly.
         self.streams_paced = 0
 
@@ -166,6 +172,12 @@ class TwilioGateway:
         log.warning("twilio stream from %s rejected: %s", websocket.client, exc)
 
 
+class _NoStartInTime(Exception):
+    def __init__(self, without_token: bool) -> None:
+        super().__init__("no start frame in time")
+        self.without_token = without_token
+
+
 class _TwilioStream:
     def __init__(self, gateway: TwilioGateway, websocket: WebSocket, grant: StreamGrant | None):
         self.gateway = gateway
@@ -179,15 +191,17 @@ class _TwilioStream:
 
     async def run(self) -> None:
         close: tuple[int, str] | None = (CloseCode.NORMAL, "stream stopped")
+        # One deadline for the whole wait, not one per frame: frames other than start (a
+        # connected frame every few seconds) must not keep a stream waiting.
+        start_deadline = asyncio.get_running_loop().time() + self.services.start_timeout_s
         try:
             while True:
-                if self.grant is None:
+                if self.session is None:
                     try:
-                        message = await asyncio.wait_for(
-                            self.websocket.receive(), self.services.token_deadline_s
-                        )
+                        async with asyncio.timeout_at(start_deadline):
+                            message = await self.websocket.receive()
                     except TimeoutError:
-                        raise AuthError("missing token") from None
+                        raise _NoStartInTime(without_token=self.grant is None) from None
                 else:
                     message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
@@ -199,6 +213,16 @@ class _TwilioStream:
                 if await self._handle(self.protocol.receive(frame)):
                     break
                 await self._keep_to_real_time()
+        except _NoStartInTime as exc:
+            if exc.without_token:
+                self.gateway.streams_rejected += 1
+                reason = "missing token"
+            else:
+                self.gateway.streams_timed_out += 1
+                reason = f"no start frame within {self.services.start_timeout_s:g} s"
+            # Rate-limited: idle WebSockets come in floods.
+            LIMITS_LOG.warning("closed a Twilio media stream: %s", reason)
+            close = (CloseCode.POLICY_VIOLATION, reason)
         except AuthError as exc:
             self.gateway.reject(self.websocket, exc)
             close = (CloseCode.POLICY_VIOLATION, str(exc))
