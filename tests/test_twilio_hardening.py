@@ -362,6 +362,7 @@ async def test_a_flooding_stream_does_not_starve_another_tenants_call(
             # begins (an integration does not wait for it), and the first word follows 300 ms in.
             writer = new_writer(call_sid)
             async with opened_stream(url, writer) as ws:
+                await wait_until_registered(server, CallKey("acme", "twilio", call_sid))
                 starting = asyncio.create_task(acme.start(call_sid, "C1", "A1"))
                 await send_audio(ws, writer, silence(300) + hello + silence(1500), speed=1)
                 assert (await starting).status_code == 200
