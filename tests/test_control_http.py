@@ -1,5 +1,7 @@
 """Control over private HTTP: the API side (HttpControl) against a real gateway control
-endpoint on loopback, its signatures, and its errors."""
+endpoint on loopback, its signatures, and its errors. What every Control adapter does (start,
+stop, their refusals) is tests/control_contract.py, run for HttpControl in
+tests/test_control_contract.py."""
 
 from __future__ import annotations
 
@@ -80,21 +82,6 @@ def start_request(guid: str) -> StartRequest:
     return StartRequest.model_validate(
         {"namespace": "twilio", "guid": guid, "customerId": "C1", "agentId": "A1"}
     )
-
-
-async def test_start_and_stop_reach_the_owning_gateway(gateway: Gateway) -> None:
-    call = await gateway.add_call("CA1")
-    assert call.owner == gateway.url
-    control = HttpControl(SECRET)
-    started = await control.start(call, start_request("CA1"))
-    assert started.customer is not None and started.agent is not None
-    session = gateway.runtime.registry.get(call.key)
-    assert session is not None and session.status is CallStatus.STREAMING
-    stopped = await control.stop(call)
-    assert stopped.customer is not None and stopped.customer.summary is not None
-    with pytest.raises(ApiError) as again:
-        await control.stop(call)
-    assert again.value.code is ErrorCode.ALREADY
 
 
 async def test_errors_travel_back_with_their_codes(gateway: Gateway) -> None:

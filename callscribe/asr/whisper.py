@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from callscribe.asr.base import AsrRequest, AsrResult, AsrWord
+from callscribe.asr.base import AsrError, AsrRequest, AsrResult, AsrWord
 from callscribe.asr.models import resolve_model
 from callscribe.config import AsrSettings
 from callscribe.textnorm import loop_free, normalize, repetition_loop, without_loops
@@ -115,6 +115,12 @@ class FasterWhisperEngine:
         self.loops_cut = 0
 
     async def transcribe(self, request: AsrRequest) -> AsrResult:
+        # The port reports an utterance it cannot transcribe as AsrError, as the remote engine
+        # does for the worker's refusal (faster-whisper itself raises ValueError).
+        try:
+            self._check_languages([request])
+        except ValueError as exc:
+            raise AsrError(str(exc)) from exc
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.transcribe_blocking, request)
 
