@@ -416,3 +416,28 @@ def test_pacer_counts_audio_that_repeats_a_timestamp_and_forward_jumps() -> None
     assert pacer.wait_s(0.0) == pytest.approx(8.0)
     pacer.media("outbound", 60_000, 160)  # a jump: the call fills it with silence
     assert pacer.position_s == pytest.approx(60.02)
+
+
+# -------------------------------------------------------------------------- a quick goodbye
+
+
+async def test_a_client_that_closes_right_after_stop_leaves_no_traceback(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twilio sends stop and closes at once; the server, completing the call first, then finds
+    the connection gone when it closes it: that is the normal end of a stream, not an error."""
+    api = server.client("acme")
+    url = await api.stream_url()
+    for _ in range(3):
+        writer = new_writer()
+        async with opened_stream(url, writer) as ws:
+            await wait_until_registered(server, CallKey("acme", "twilio", writer.call_sid))
+            assert (await api.start(writer.call_sid, "C1", "A1")).status_code == 200
+            await ws.send(writer.stop())
+            ws.transport.abort()  # gone before the server's close frame
+        await wait_for_status(
+            server, CallKey("acme", "twilio", writer.call_sid), CallStatus.COMPLETED
+        )
+    await asyncio.sleep(0.5)  # the server's close attempts run after the calls complete
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]

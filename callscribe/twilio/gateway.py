@@ -160,7 +160,7 @@ class TwilioGateway:
                 grant = await self.verify(token)
             except AuthError as exc:
                 self.reject(websocket, exc)
-                await websocket.close(CloseCode.POLICY_VIOLATION, str(exc))
+                await close_quietly(websocket, CloseCode.POLICY_VIOLATION, str(exc))
                 return
         await _TwilioStream(self, websocket, grant).run()
 
@@ -170,6 +170,15 @@ class TwilioGateway:
     def reject(self, websocket: WebSocket, exc: AuthError) -> None:
         self.streams_rejected += 1
         log.warning("twilio stream from %s rejected: %s", websocket.client, exc)
+
+
+async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close from our side, unless the peer went away first: Twilio closes right after its
+    stop frame, often before the call has completed and our close frame is sent."""
+    try:
+        await websocket.close(code, reason)
+    except (RuntimeError, WebSocketDisconnect, OSError):
+        pass
 
 
 class _NoStartInTime(Exception):
@@ -244,10 +253,7 @@ class _TwilioStream:
                 await self.session.complete()
                 self.services.registry.remove(self.session)
         if close is not None:
-            try:
-                await self.websocket.close(close[0], close[1])
-            except RuntimeError:
-                pass  # the peer went away first
+            await close_quietly(self.websocket, *close)
 
     async def _keep_to_real_time(self) -> None:
         """Between two frames: give the event loop to everything else, and stop reading a
