@@ -14,6 +14,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infra.config import DeploymentConfig
@@ -82,7 +83,9 @@ class GatewayConstruct(Construct):
                     ecs.PortMapping(container_port=GATEWAY_PORT, name="media"),
                     ecs.PortMapping(container_port=CONTROL_PORT, name="control"),
                 ),
-                environment=ingest_environment(config, data, bus, asr_url),
+                environment=ingest_environment(
+                    config, data, bus, asr_url, CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn
+                ),
                 environment_holds=ENVIRONMENT_HOLDS,
                 health_port=GATEWAY_PORT,
                 health_start_period=HEALTH_START_PERIOD,
@@ -100,7 +103,24 @@ class GatewayConstruct(Construct):
         )
         self.container = self.container_service.container
         self.service = self.container_service.service
-        grant_ingest_task_access(self.container_service.task_definition.task_role, data, bus)
+        task_role = self.container_service.task_definition.task_role
+        grant_ingest_task_access(task_role, data, bus)
+        # A starting task completes the calls that tasks gone without ending them (killed,
+        # out of memory) left open: it lists which of the cluster's tasks still run.
+        task_role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["ecs:ListTasks", "ecs:DescribeTasks"],
+                resources=["*"],
+                conditions={"ArnEquals": {"ecs:cluster": cluster.cluster_arn}},
+            )
+        )
+        acknowledge(
+            task_role,
+            "AwsSolutions-IAM5",
+            "ecs:ListTasks and ecs:DescribeTasks name no task ahead of time: the policy is "
+            "bound to this stack's cluster by the ecs:cluster condition instead.",
+            findings=["Resource::*"],
+        )
 
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self,

@@ -506,6 +506,7 @@ def test_gateway_task_definition():
         "CALLSCRIBE_CONTROL_PORT": "8081",
         "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
         "CALLSCRIBE_BLOB_S3_BUCKET": ref(stack.data.exports_bucket),
+        "CALLSCRIBE_ECS_CLUSTER": {"Fn::GetAtt": [logical_id(stack.cluster), "Arn"]},
         "LOG_LEVEL": "INFO",
     }
     command = container["HealthCheck"]["Command"]
@@ -533,6 +534,12 @@ def test_gateway_task_role_permissions():
     assert "s3:PutObject" in by_pattern["/recordings/*"]
     assert "/exports/*" not in by_pattern
     assert not any(a.startswith("s3:Delete") for actions in by_pattern.values() for a in actions)
+    # Which of its cluster's tasks still run (the abandoned-call sweep), and only its cluster's.
+    (tasks,) = [s for s in statements if "ecs:ListTasks" in s["Action"]]
+    assert sorted(tasks["Action"]) == ["ecs:DescribeTasks", "ecs:ListTasks"]
+    assert tasks["Condition"] == {
+        "ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [logical_id(stack.cluster), "Arn"]}}
+    }
 
 
 def test_alb_internet_facing_https_only_with_websocket_idle_timeout_and_access_logs():
