@@ -1,106 +1,87 @@
 """The SIPREC recording server: SIP over UDP and TCP on one port, RTP on a port range, each
 recording session a ``CallSession`` keyed by (tenant, "siprec", guid).
 
-It wraps the sans-IO :class:`~callscribe.siprec.uas.RecordingServerUas` (signalling) and one
-:class:`~callscribe.siprec.rtp.RtpStreamReceiver` per recorded stream (media), drives their
-timers, and maps SIPREC onto the call model:
+The decisions (admission, tenants, call identifiers, roles, SDP answers, when a session ends)
+are the sans-IO :class:`~callscribe.siprec.recorder.SiprecRecorder`'s. This module wraps it
+as :mod:`callscribe.twilio.gateway` wraps the Twilio protocol: it owns the sockets, the RTP
+ports, the timers and the calls, feeds the recorder what arrives and does what it asks:
 
-* the call's guid comes from the configured call-id sources (Avaya UCID, Cisco-Guid, …), its
-  tenant from the SBC's address (SIPREC carries no credentials);
-* each recorded stream is a channel named by its SDP label, its role decided by
-  :mod:`~callscribe.siprec.roles`;
-* BYE (or CANCEL, a session timer, a media timeout) finishes the open utterances and completes
-  the call. While that runs, start/stop answer 409-203.
+* SIP datagrams and messages framed off TCP connections go to the recorder, and what it
+  sends goes back over the transport the request came on;
+* :class:`~callscribe.siprec.recorder.OpenRecording` and ``OpenStreams`` open an even/odd
+  port pair per stream (and the call), reported back when done; each port's RTP goes to the
+  recorder, and the audio it decodes into the call;
+* :class:`~callscribe.siprec.recorder.CloseRecording` closes the ports and completes the
+  call. While that runs, start/stop answer 409-203.
 
 A session that fails to set up is answered with an error and leaves the others untouched;
 nothing one SBC sends can stop the listeners. SIPREC carries no credentials and anyone may
-reach the ports, so what a peer can hold is bounded: RTP ports per session and sessions per
-source address (beyond them 488, or 503 with Retry-After, as when the port range is full),
-SIP-over-TCP connections in all and per source, each closed when idle or when a message it
-started does not finish in time; and a stream's RTP is taken only from the source its offer
-named (see :class:`~callscribe.siprec.rtp.RtpSourceFilter`).
+reach the ports, so what a peer can hold is bounded: the recorder caps RTP ports per session
+and sessions per source address, and this server caps SIP-over-TCP connections in all and per
+source, each closed when idle or when a message it started does not finish in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import logging
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from callscribe.api.schemas import Namespace
 from callscribe.calls import CallRegistry, CallSession
 from callscribe.config import EndpointingSettings, SiprecSettings
-from callscribe.siprec.callid import CallIdSource, parse_sources, resolve_call_guid
 from callscribe.siprec.message import KeepAlive, SipFramingError, SipStreamFramer, safe_text
-from callscribe.siprec.metadata import RecordingMetadata
-from callscribe.siprec.offer import RecordingOffer
-from callscribe.siprec.roles import RoleRules, assign_roles
-from callscribe.siprec.rtp import CallClock, RtpSourceFilter, RtpStats, RtpStreamReceiver
-from callscribe.siprec.sdp import (
-    Codec,
-    MediaSection,
-    SessionDescription,
-    StreamAnswer,
-    accepts,
-    build_answer,
-    offered_direction,
+from callscribe.siprec.recorder import (
+    Action,
+    CloseRecording,
+    CloseStreams,
+    MediaTimedOut,
+    OpenRecording,
+    OpenStreams,
+    Recording,
+    RecorderPolicy,
+    RecordingStarted,
+    RecordingStopped,
+    RecordingUpdated,
+    SiprecConfigError,
+    SiprecRecorder,
+    StreamAudio,
+    parse_tenant_map,
 )
-from callscribe.siprec.uas import (
-    MessageDropped,
-    Output,
-    Peer,
-    RecordingChanged,
-    RecordingEnded,
-    RecordingOffered,
-    RecordingServerUas,
-    RequestRejected,
-    Send,
-)
-from callscribe.store.base import CallKey, Store
+from callscribe.siprec.rtp import RtpStats
+from callscribe.siprec.uas import MessageDropped, Peer, RequestRejected, Send
+from callscribe.store.base import Store
 from callscribe.transcription import TranscriptionPipeline
+
+__all__ = [
+    "RtpPortAllocator",
+    "RtpPortsExhausted",
+    "SiprecConfigError",
+    "SiprecGateway",
+    "SiprecServices",
+    "parse_port_range",
+    "parse_tenant_map",
+]
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
-MEDIA_CHECK_S = 1.0
 BIND_ATTEMPTS = 50
 # RTP is not flow-controlled: while the event loop is busy (VAD runs in it) packets wait in
 # the socket. 1 MiB holds several seconds of a stream (the kernel may cap it at rmem_max).
 RTP_RECEIVE_BUFFER_BYTES = 1 << 20
-# Ports come free as calls end, minutes rather than seconds: an SBC told to come back sooner
-# would only be refused again (and SBCs fail over to another recorder meanwhile).
-RETRY_AFTER_S = 30
 # A flood of connections must not become a flood of log lines: one line per kind of event in
 # this many seconds, which says how many more there were.
 LOG_INTERVAL_S = 10.0
 
 
-class SiprecConfigError(ValueError):
-    pass
-
-
 class RtpPortsExhausted(OSError):
     """Every port pair of the RTP range is taken, by our streams or by other programs."""
-
-
-@dataclass(frozen=True)
-class _Refusal:
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def _service_unavailable(reason: str) -> _Refusal:
-    return _Refusal(
-        503, f"Service Unavailable: {reason}", (("Retry-After", str(RETRY_AFTER_S)),)
-    )
 
 
 class _RateLimitedLog:
@@ -136,34 +117,12 @@ class SiprecServices:
     owner: str = "local"
 
 
-# Configuration ------------------------------------------------------------------------------
-
-
 def parse_port_range(spec: str) -> tuple[int, int]:
     low, _, high = spec.partition("-")
     first, last = int(low), int(high)
     if not (1024 <= first < last <= 65535):
         raise SiprecConfigError(f"RTP port range {spec!r}: need 1024 <= first < last <= 65535")
     return first, last
-
-
-def parse_tenant_map(
-    spec: str,
-) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
-    mapping = []
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
-        network, _, tenant = item.partition("=")
-        try:
-            parsed = ipaddress.ip_network(network.strip(), strict=False)
-        except ValueError:
-            raise SiprecConfigError(f"bad SBC address {network!r} in tenant map") from None
-        if not tenant.strip():
-            raise SiprecConfigError(f"no tenant for {network!r} in tenant map")
-        mapping.append((parsed, tenant.strip()))
-    # The most specific network wins.
-    return sorted(mapping, key=lambda entry: -entry[0].prefixlen)
 
 
 # RTP ports ----------------------------------------------------------------------------------
@@ -236,43 +195,14 @@ class RtpPortAllocator:
         self.in_use.discard(port)
 
 
-# Recording sessions -------------------------------------------------------------------------
+# The server -------------------------------------------------------------------------------
 
 
 @dataclass
-class _MediaStream:
-    label: str
+class _StreamPorts:
     port: int
-    receiver: RtpStreamReceiver
-    source: RtpSourceFilter
     rtp: asyncio.DatagramTransport
     rtcp: asyncio.DatagramTransport
-    payload_type: int
-    codec: Codec
-    direction: str = "sendonly"
-    rtcp_packets: int = 0
-
-    def close(self) -> None:
-        self.rtp.close()
-        self.rtcp.close()
-
-
-@dataclass
-class _Recording:
-    session_id: str
-    key: CallKey
-    peer: Peer
-    call: CallSession | None = None
-    streams: dict[str, _MediaStream] = field(default_factory=dict)
-    metadata: RecordingMetadata | None = None
-    sdp: SessionDescription | None = None
-    clock: CallClock = field(default_factory=CallClock)
-    answer_version: int = 0
-    ended: bool = False
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    started_at: float = field(default_factory=time.monotonic)
-    contact: tuple[str, int] = ("127.0.0.1", 0)
-    guid_source: str = ""
 
 
 @dataclass
@@ -285,41 +215,28 @@ class _TcpConnection:
 
 @dataclass
 class SiprecStats:
-    sessions_offered: int = 0
-    sessions_answered: int = 0
-    sessions_rejected: int = 0
-    sessions_ended: int = 0
-    messages_dropped: int = 0
     tcp_connections: int = 0
     tcp_connections_refused: int = 0
     tcp_connections_timed_out: int = 0
-    # RTP counters of finished sessions (live ones are added in snapshot()).
-    rtp: RtpStats = field(default_factory=RtpStats)
 
 
 class SiprecGateway:
     def __init__(self, services: SiprecServices) -> None:
         self.services = services
-        settings = services.settings
-        self.call_id_sources: tuple[CallIdSource, ...] = parse_sources(settings.call_id_sources)
-        self.role_rules = RoleRules.from_settings(
-            settings.agent_pattern,
-            settings.customer_pattern,
-            settings.label_roles,
-            settings.first_stream_role,
-        )
-        self.tenant_map = parse_tenant_map(settings.tenant_by_source)
-        self.ports = RtpPortAllocator(*parse_port_range(settings.rtp_ports))
+        # Parsed now, so that a bad setting stops start-up rather than the first INVITE.
+        self.policy = RecorderPolicy.from_settings(services.settings)
+        self.ports = RtpPortAllocator(*parse_port_range(services.settings.rtp_ports))
         self.stats = SiprecStats()
         self.port = 0
-        self.uas: RecordingServerUas | None = None
+        self.recorder: SiprecRecorder | None = None  # from start(), when the SIP port is known
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: dict[int, _TcpConnection] = {}
         self._connections_by_host: Counter[str] = Counter()
         self._connection_ids = itertools.count(1)
         self._rate_limited = _RateLimitedLog()
-        self._recordings: dict[str, _Recording] = {}
+        self._calls: dict[str, CallSession] = {}  # session id -> its call, once opened
+        self._media: dict[str, dict[str, _StreamPorts]] = {}  # session id -> label -> ports
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -347,7 +264,13 @@ class SiprecGateway:
             break
         else:
             raise OSError("no port free for both SIP over UDP and TCP")
-        self.uas = RecordingServerUas(local_port=self.port)
+        registry = self.services.registry
+        self.recorder = SiprecRecorder(
+            self.policy,
+            local_port=self.port,
+            rtp_port_pairs=self.ports.capacity,
+            is_call_live=lambda key: registry.get(key) is not None,
+        )
         self._ticker = loop.create_task(self._tick_forever())
         log.info("SIPREC recorder on %s:%d (UDP and TCP)", host, self.port)
 
@@ -365,53 +288,80 @@ class SiprecGateway:
             for connection in list(self._connections.values()):
                 connection.transport.close()
             await self._tcp.wait_closed()
-        for recording in list(self._recordings.values()):
-            self._flush_media(recording)
-            self._close_media(recording)
+        if self.recorder is not None:
+            self._dispatch(self.recorder.drain())
+        for session_id in list(self._media):
+            self._close_ports(session_id, None)
 
     @property
     def live_sessions(self) -> int:
-        return sum(1 for r in self._recordings.values() if not r.ended)
+        return self.recorder.live_sessions if self.recorder else 0
 
-    def recording_of(self, guid: str) -> _Recording | None:
-        for recording in self._recordings.values():
-            if recording.key.guid == guid:
-                return recording
-        return None
+    def recording_of(self, guid: str) -> Recording | None:
+        return self.recorder.recording_of(guid) if self.recorder else None
 
     # Input from the sockets ---------------------------------------------------------------------
 
     def sip_received(self, data: bytes, peer: Peer) -> None:
-        assert self.uas is not None
-        self._dispatch(self.uas.receive(data, peer, time.monotonic()))
+        assert self.recorder is not None
+        self._dispatch(self.recorder.receive(data, peer, time.monotonic()))
 
-    def _dispatch(self, outputs: list[Output]) -> None:
-        for output in outputs:
+    def _rtp_received(
+        self, session_id: str, label: str, data: bytes, addr: tuple[str, int]
+    ) -> None:
+        assert self.recorder is not None
+        self._dispatch(
+            self.recorder.rtp_received(session_id, label, data, addr, time.monotonic())
+        )
+
+    def _rtcp_received(self, session_id: str, label: str, addr: tuple[str, int]) -> None:
+        assert self.recorder is not None
+        self.recorder.rtcp_received(session_id, label, addr)
+
+    # What the recorder asks for ---------------------------------------------------------------
+
+    def _dispatch(self, actions: list[Action]) -> None:
+        for action in actions:
             try:
-                if isinstance(output, Send):
-                    self._send(output)
-                elif isinstance(output, RecordingOffered):
-                    self._offered(output)
-                elif isinstance(output, RecordingChanged):
-                    self._changed(output)
-                elif isinstance(output, RecordingEnded):
-                    self._ended(output)
-                elif isinstance(output, RequestRejected):
-                    log.log(
-                        logging.WARNING if output.status >= 500 else logging.INFO,
-                        "SIP %s from %s answered %d %s",
-                        output.method,
-                        _where(output.peer),
-                        output.status,
-                        safe_text(output.reason),
-                    )
-                elif isinstance(output, MessageDropped):
-                    self.stats.messages_dropped += 1
+                if isinstance(action, StreamAudio):
+                    call = self._calls.get(action.session_id)
+                    if call is not None:
+                        call.audio(action.channel, action.pcm16, action.at_sample)
+                elif isinstance(action, Send):
+                    self._send(action)
+                elif isinstance(action, OpenRecording):
+                    self._spawn(self._open_recording(action))
+                elif isinstance(action, OpenStreams):
+                    self._spawn(self._open_streams(action))
+                elif isinstance(action, CloseStreams):
+                    self._close_ports(action.session_id, action.channels)
+                elif isinstance(action, RecordingStarted):
+                    self._started(action)
+                elif isinstance(action, RecordingUpdated):
+                    self._updated(action)
+                elif isinstance(action, RecordingStopped):
+                    log.info("SIPREC call %s ended: %s", action.key, action.reason)
+                elif isinstance(action, MediaTimedOut):
                     log.warning(
-                        "SIP message from %s dropped: %s", _where(output.peer), output.reason
+                        "SIPREC call %s: no RTP for %.0f s, ending it", action.key, action.silent_s
+                    )
+                elif isinstance(action, CloseRecording):
+                    self._close_recording(action)
+                elif isinstance(action, RequestRejected):
+                    log.log(
+                        logging.WARNING if action.status >= 500 else logging.INFO,
+                        "SIP %s from %s answered %d %s",
+                        action.method,
+                        _where(action.peer),
+                        action.status,
+                        safe_text(action.reason),
+                    )
+                elif isinstance(action, MessageDropped):
+                    log.warning(
+                        "SIP message from %s dropped: %s", _where(action.peer), action.reason
                     )
             except Exception:
-                log.exception("SIPREC: handling %s failed", type(output).__name__)
+                log.exception("SIPREC: handling %s failed", type(action).__name__)
 
     def _send(self, send: Send) -> None:
         if send.peer.transport == "UDP":
@@ -424,232 +374,116 @@ class SiprecGateway:
             return
         connection.transport.write(send.data)
 
-    # Session set-up -------------------------------------------------------------------------
-
-    def _offered(self, offered: RecordingOffered) -> None:
-        self.stats.sessions_offered += 1
-        admitted = self._admit(offered)
-        if isinstance(admitted, _Refusal):
-            self._reject(offered.offer_id, admitted)
-            return
-        recording = admitted
-        self._recordings[offered.session_id] = recording
-        self._spawn(self._set_up(recording, offered))
-
-    def _admit(self, offered: RecordingOffered) -> _Recording | _Refusal:
-        """The new recording, or how to refuse it."""
-        settings = self.services.settings
-        source_host = offered.peer.address[0]
-        tenant = self._tenant_of(source_host)
-        if tenant is None:
-            return _Refusal(403, "Forbidden: this SBC is not mapped to a tenant")
-        request = offered.request
-        headers = {name.lower(): request.headers[name] for name in request.headers.keys()}
-        resolved = resolve_call_guid(self.call_id_sources, headers, offered.offer.metadata)
-        if resolved is None:
-            sources = ", ".join(str(s) for s in self.call_id_sources)
-            return _Refusal(400, f"no call identifier found (looked at {sources})")
-        guid, source = resolved
-        assert offered.offer.sdp is not None  # the UAS refuses an INVITE without an SDP offer
-        streams = len(_recorded_channels(offered.offer.sdp))
-        if streams > settings.max_streams_per_session:
-            return _too_many_streams(streams, settings.max_streams_per_session)
-        key = CallKey(tenant, Namespace.SIPREC.value, guid)
-        live = self.services.registry.get(key) is not None or any(
-            r.key == key and not r.ended for r in self._recordings.values()
-        )
-        if live:
-            return _Refusal(486, f"Busy Here: call {guid} is already being recorded")
-        from_source = sum(
-            1
-            for r in self._recordings.values()
-            if not r.ended and r.peer.address[0] == source_host
-        )
-        if from_source >= settings.max_sessions_per_source:
-            return _service_unavailable(
-                f"{from_source} sessions from {source_host}, the most one source may hold"
-            )
-        if streams > self.ports.available:
-            return _service_unavailable("no free RTP port")
-        return _Recording(
-            offered.session_id,
-            key,
-            offered.peer,
-            metadata=offered.offer.metadata,
-            guid_source=str(source),
-        )
-
-    def _tenant_of(self, address: str) -> str | None:
+    async def _open_recording(self, opening: OpenRecording) -> None:
+        assert self.recorder is not None
         try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            ip = None
-        if ip is not None:
-            for network, tenant in self.tenant_map:
-                if ip.version == network.version and ip in network:
-                    return tenant
-        return self.services.settings.tenant or None
-
-    async def _set_up(self, recording: _Recording, offered: RecordingOffered) -> None:
-        sdp = offered.offer.sdp
-        assert sdp is not None  # the UAS refuses an INVITE without an SDP offer
-        try:
-            answers, channels = await self._open_streams(recording, sdp)
-            roles = assign_roles(self.role_rules, channels, recording.metadata)
+            ports = await self._open_ports(opening.session_id, opening.channels)
             call = CallSession(
-                recording.key,
+                opening.key,
                 self.services.pipeline,
                 self.services.store,
                 self.services.endpointing,
-                channels=channels,
-                channel_roles=roles,
+                channels=list(opening.channels),
+                channel_roles=opening.roles,
                 owner=self.services.owner,
             )
             await call.open()
-            recording.call = call
-            if recording.ended:
-                # Cancelled (or the SBC hung up) while the call was being registered.
-                await self._finish(recording)
-                return
-            self.services.registry.add(call)
-            recording.sdp = sdp
-            recording.contact = (self._advertised_address(offered.peer), self.port)
-            answer = self._answer(recording, sdp, answers)
-        except Exception as exc:
-            if isinstance(exc, RtpPortsExhausted):
-                # Other programs hold ports of the range: as full as when our streams do.
-                refusal = _service_unavailable("no free RTP port")
-            else:
-                log.exception("SIPREC session for call %s could not be set up", recording.key)
-                refusal = _Refusal(500, "Server Internal Error")
-            # Rejecting ends the session (RecordingEnded), which finishes a registered call;
-            # streams opened before the call existed are closed here.
-            self._reject(offered.offer_id, refusal)
-            if recording.call is None:
-                recording.ended = True
-                self._close_media(recording)
-                self._recordings.pop(recording.session_id, None)
-                recording.finished.set()
-            return
-        assert self.uas is not None
-        self._dispatch(
-            self.uas.accept(offered.offer_id, answer, time.monotonic(), contact=recording.contact)
-        )
-        if not recording.ended:
-            self.stats.sessions_answered += 1
-            log.info(
-                "SIPREC call %s (guid from %s) from %s recording streams %s",
-                recording.key,
-                recording.guid_source,
-                _where(offered.peer),
-                ", ".join(
-                    f"{label}={roles.get(label, 'unassigned')}:{s.codec.name}@{s.port}"
-                    for label, s in recording.streams.items()
-                ),
+            self._calls[opening.session_id] = call
+            contact = (self._advertised_address(opening.peer), self.port)
+            actions = self.recorder.recording_ready(
+                opening.session_id, ports, contact, time.monotonic()
             )
+        except Exception as exc:
+            # A full range (other programs hold ports of it too) is a refusal, not a fault.
+            exhausted = isinstance(exc, RtpPortsExhausted)
+            if not exhausted:
+                log.exception("SIPREC session for call %s could not be set up", opening.key)
+            actions = self.recorder.set_up_failed(opening.session_id, exhausted, time.monotonic())
+        self._dispatch(actions)
 
-    async def _open_streams(
-        self, recording: _Recording, sdp: SessionDescription
-    ) -> tuple[list[StreamAnswer], list[str]]:
-        """A port per recorded stream of the offer (new ones only on a re-offer)."""
-        answers: list[StreamAnswer] = []
-        channels: list[str] = []
-        for index, section in enumerate(sdp.media):
-            label = _channel_name(section, index, sdp)
-            if not accepts(section):
-                answers.append(StreamAnswer(0))
-                continue
-            choice = section.choose_codec()
-            assert choice is not None
-            payload_type, codec = choice
-            expected, match_port = self._offered_source(sdp, section)
-            stream = recording.streams.get(label)
-            if stream is None:
-                source = RtpSourceFilter(expected, match_port=match_port)
-                stream = await self._open_stream(recording, label, payload_type, codec, source)
-            else:
-                stream.payload_type, stream.codec = payload_type, codec
-                stream.receiver.set_payload_types({payload_type: codec})
-                stream.source.expect(expected, match_port=match_port)
-            stream.direction = offered_direction(sdp, section)
-            answers.append(StreamAnswer(stream.port, payload_type, codec))
-            channels.append(label)
-        return answers, channels
+    def _started(self, started: RecordingStarted) -> None:
+        # Registered before the 200 that follows goes out: the SBC's call is live from then.
+        call = self._calls.get(started.session_id)
+        if call is not None:
+            self.services.registry.add(call)
+        log.info(
+            "SIPREC call %s (guid from %s) from %s recording streams %s",
+            started.key,
+            started.guid_source,
+            _where(started.peer),
+            ", ".join(started.streams),
+        )
 
-    def _offered_source(
-        self, sdp: SessionDescription, section: MediaSection
-    ) -> tuple[tuple[str, int] | None, bool]:
-        """Where the stream's RTP may come from (None: latch onto the first source), and
-        whether its port must match too."""
-        mode = self.services.settings.rtp_source
-        match_port = mode != "offer-address"
-        if mode == "first-packet":
-            return None, match_port
-        address = sdp.address_of(section)
+    async def _open_streams(self, opening: OpenStreams) -> None:
+        assert self.recorder is not None
         try:
-            ip = ipaddress.ip_address(address or "")
-        except ValueError:
-            return None, match_port  # no address, or a host name: nothing to compare with
-        if ip.is_unspecified or ip.is_multicast:
-            return None, match_port
-        return (str(ip), section.port), match_port
+            ports = await self._open_ports(opening.session_id, opening.channels)
+            actions = self.recorder.streams_opened(opening.session_id, ports, time.monotonic())
+        except Exception as exc:
+            exhausted = isinstance(exc, RtpPortsExhausted)
+            if not exhausted:
+                log.exception("SIPREC session %s: re-offer failed", opening.session_id)
+            actions = self.recorder.streams_failed(
+                opening.session_id, exhausted, time.monotonic()
+            )
+        self._dispatch(actions)
 
-    async def _open_stream(
-        self,
-        recording: _Recording,
-        label: str,
-        payload_type: int,
-        codec: Codec,
-        source: RtpSourceFilter,
-    ) -> _MediaStream:
-        settings = self.services.settings
-        receiver = RtpStreamReceiver(
-            {payload_type: codec}, recording.clock, depth=settings.jitter_packets
-        )
-        holder: dict[str, _MediaStream] = {}
+    def _updated(self, updated: RecordingUpdated) -> None:
+        call = self._calls.get(updated.session_id)
+        if call is not None:
+            for channel in updated.new_channels:
+                call.add_channel(channel)
+            call.assign_roles(updated.roles)
+        log.info("SIPREC call %s changed: streams %s", updated.key, updated.directions)
 
-        def on_rtp(data: bytes, addr: tuple[str, int]) -> None:
-            stream = holder.get("stream")
-            if stream is None or recording.ended:
-                return
-            if not source.admits(addr):
-                receiver.stats.wrong_source += 1
-                return
-            self._play(recording, stream, receiver.receive(data, time.monotonic()))
+    def _close_recording(self, closing: CloseRecording) -> None:
+        """Ports now (they are free for the next session), the call's completion in a task."""
+        self._close_ports(closing.session_id, None)
+        for label, counters in closing.rtp.items():
+            log.info("SIPREC call %s stream %s RTP: %s", closing.key, label, counters)
+        self._spawn(self._complete(closing.session_id))
 
-        def on_rtcp(data: bytes, addr: tuple[str, int]) -> None:
-            stream = holder.get("stream")
-            if stream is None:
-                return
-            if not source.admits_rtcp(addr):
-                receiver.stats.wrong_source += 1
-                return
-            stream.rtcp_packets += 1  # sender reports are not needed: counted, dropped
+    async def _complete(self, session_id: str) -> None:
+        call = self._calls.pop(session_id, None)
+        try:
+            if call is not None:
+                await call.complete()
+                self.services.registry.remove(call)
+        finally:
+            if self.recorder is not None:
+                self.recorder.forget(session_id)
 
-        port, rtp, rtcp = await self.ports.open(self.services.host, on_rtp, on_rtcp)
-        stream = _MediaStream(label, port, receiver, source, rtp, rtcp, payload_type, codec)
-        holder["stream"] = stream
-        recording.streams[label] = stream
-        return stream
+    # RTP ports ----------------------------------------------------------------------------------
 
-    def _play(self, recording: _Recording, stream: _MediaStream, decoded: list[Any]) -> None:
-        call = recording.call
-        if call is None or not decoded:
-            return
-        for chunk in decoded:
-            call.audio(stream.label, chunk.pcm16, chunk.at_sample)
+    async def _open_ports(self, session_id: str, labels: tuple[str, ...]) -> dict[str, int]:
+        """An even/odd port pair per stream. Each is recorded as the session's at once, so
+        that closing the session closes it whatever the set-up is waiting for."""
+        opened: dict[str, int] = {}
+        for label in labels:
 
-    def _answer(
-        self, recording: _Recording, sdp: SessionDescription, answers: list[StreamAnswer]
-    ) -> bytes:
-        recording.answer_version += 1
-        return build_answer(
-            sdp,
-            answers,
-            address=recording.contact[0],
-            session_id=str(int(recording.session_id[:10], 16)),
-            version=recording.answer_version,
-        )
+            def on_rtp(data: bytes, addr: tuple[str, int], label: str = label) -> None:
+                self._rtp_received(session_id, label, data, addr)
+
+            def on_rtcp(data: bytes, addr: tuple[str, int], label: str = label) -> None:
+                self._rtcp_received(session_id, label, addr)
+
+            port, rtp, rtcp = await self.ports.open(self.services.host, on_rtp, on_rtcp)
+            self._media.setdefault(session_id, {})[label] = _StreamPorts(port, rtp, rtcp)
+            opened[label] = port
+        return opened
+
+    def _close_ports(self, session_id: str, labels: tuple[str, ...] | None) -> None:
+        """Close the session's ports of ``labels`` (None: all of them). Only ports this
+        session still holds: a port released once may already be another session's."""
+        media = self._media.get(session_id, {})
+        for label in list(media) if labels is None else labels:
+            stream = media.pop(label, None)
+            if stream is not None:
+                stream.rtp.close()
+                stream.rtcp.close()
+                self.ports.release(stream.port)
+        if not media:
+            self._media.pop(session_id, None)
 
     def _advertised_address(self, peer: Peer) -> str:
         configured = self.services.settings.advertised_address
@@ -667,165 +501,18 @@ class SiprecGateway:
             except OSError:
                 return "127.0.0.1"
 
-    def _reject(self, offer_id: str, refusal: _Refusal) -> None:
-        assert self.uas is not None
-        self.stats.sessions_rejected += 1
-        self._dispatch(
-            self.uas.reject(
-                offer_id, refusal.status, refusal.reason, time.monotonic(), headers=refusal.headers
-            )
-        )
-
-    # Changes (re-INVITE, UPDATE) ----------------------------------------------------------------
-
-    def _changed(self, changed: RecordingChanged) -> None:
-        recording = self._recordings.get(changed.session_id)
-        if recording is None or recording.call is None:
-            self._reject(
-                changed.offer_id, _Refusal(500, "Server Internal Error: session not ready")
-            )
-            return
-        if changed.offer.sdp is not None:
-            refusal = self._refuse_new_streams(recording, changed.offer.sdp)
-            if refusal is not None:
-                self._reject(changed.offer_id, refusal)
-                return
-        self._spawn(self._change(recording, changed))
-
-    def _refuse_new_streams(
-        self, recording: _Recording, sdp: SessionDescription
-    ) -> _Refusal | None:
-        """A re-offer may add streams, up to the session's cap (or it could take every port
-        one re-INVITE after another)."""
-        new = [c for c in _recorded_channels(sdp) if c not in recording.streams]
-        cap = self.services.settings.max_streams_per_session
-        if len(recording.streams) + len(new) > cap:
-            return _too_many_streams(len(recording.streams) + len(new), cap)
-        if len(new) > self.ports.available:
-            return _service_unavailable("no free RTP port")
-        return None
-
-    async def _change(self, recording: _Recording, changed: RecordingChanged) -> None:
-        assert self.uas is not None and recording.call is not None
-        offer: RecordingOffer = changed.offer
-        if offer.metadata is not None:
-            recording.metadata = (
-                recording.metadata.merged_with(offer.metadata)
-                if recording.metadata is not None
-                else offer.metadata
-            )
-        answer: bytes | None = None
-        try:
-            if offer.sdp is not None:
-                answers, channels = await self._open_streams(recording, offer.sdp)
-                for channel in channels:
-                    recording.call.add_channel(channel)
-                recording.sdp = offer.sdp
-                answer = self._answer(recording, offer.sdp, answers)
-            if recording.sdp is not None:
-                labels = [
-                    _channel_name(section, index, recording.sdp)
-                    for index, section in enumerate(recording.sdp.media)
-                    if accepts(section)
-                ]
-                recording.call.assign_roles(
-                    assign_roles(self.role_rules, labels, recording.metadata)
-                )
-        except RtpPortsExhausted:
-            self._reject(changed.offer_id, _service_unavailable("no free RTP port"))
-            return
-        except Exception:
-            log.exception("SIPREC call %s: re-offer failed", recording.key)
-            self._reject(changed.offer_id, _Refusal(500, "Server Internal Error"))
-            return
-        self._dispatch(
-            self.uas.accept(changed.offer_id, answer, time.monotonic(), contact=recording.contact)
-        )
-        directions = {label: s.direction for label, s in recording.streams.items()}
-        log.info("SIPREC call %s changed: streams %s", recording.key, directions)
-
-    # The end ----------------------------------------------------------------------------------
-
-    def _ended(self, ended: RecordingEnded) -> None:
-        recording = self._recordings.get(ended.session_id)
-        if recording is None or recording.ended:
-            return
-        recording.ended = True
-        self.stats.sessions_ended += 1
-        log.info("SIPREC call %s ended: %s", recording.key, ended.reason)
-        if recording.call is not None:
-            self._spawn(self._finish(recording))
-        # Otherwise the set-up in progress sees ``ended`` and finishes it.
-
-    async def _finish(self, recording: _Recording) -> None:
-        self._flush_media(recording)
-        self._close_media(recording)
-        for stream in recording.streams.values():
-            counters = stream.receiver.stats.as_dict()
-            for name, value in counters.items():
-                setattr(self.stats.rtp, name, getattr(self.stats.rtp, name) + value)
-            log.info("SIPREC call %s stream %s RTP: %s", recording.key, stream.label, counters)
-        call = recording.call
-        try:
-            if call is not None:
-                await call.complete()
-                self.services.registry.remove(call)
-        finally:
-            self._recordings.pop(recording.session_id, None)
-            recording.finished.set()
-
-    def _flush_media(self, recording: _Recording) -> None:
-        for stream in recording.streams.values():
-            self._play(recording, stream, stream.receiver.drain())
-
-    def _close_media(self, recording: _Recording) -> None:
-        for stream in recording.streams.values():
-            stream.close()
-            self.ports.release(stream.port)
-
     # Timers -----------------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
-        last_media_check = time.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
             try:
-                assert self.uas is not None
-                self._dispatch(self.uas.tick(now))
-                for recording in list(self._recordings.values()):
-                    if recording.ended:
-                        continue
-                    for stream in recording.streams.values():
-                        self._play(recording, stream, stream.receiver.release_stale(now))
-                if now - last_media_check >= MEDIA_CHECK_S:
-                    last_media_check = now
-                    self._check_media(now)
+                assert self.recorder is not None
+                self._dispatch(self.recorder.tick(now))
                 self._expire_connections(now)
             except Exception:
                 log.exception("SIPREC timer failed")
-
-    def _check_media(self, now: float) -> None:
-        """End sessions whose SBC went away without a BYE: no RTP for media_timeout_s on any
-        stream that should be sending (streams on hold are inactive and do not count)."""
-        assert self.uas is not None
-        timeout = self.services.settings.media_timeout_s
-        for recording in list(self._recordings.values()):
-            if recording.ended or recording.call is None:
-                continue
-            sending = [
-                s for s in recording.streams.values() if s.direction in ("sendonly", "sendrecv")
-            ]
-            if not sending:
-                continue
-            last = max(
-                [recording.started_at] + [s.receiver.last_packet_at or 0.0 for s in sending]
-            )
-            if now - last >= timeout:
-                log.warning(
-                    "SIPREC call %s: no RTP for %.0f s, ending it", recording.key, now - last
-                )
-                self._dispatch(self.uas.end_session(recording.session_id, "media timeout", now))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -834,32 +521,23 @@ class SiprecGateway:
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for /healthz."""
-        stats = self.stats
+        recorder = self.recorder
+        decided = recorder.stats if recorder is not None else None
         return {
             "port": self.port,
             "liveSessions": self.live_sessions,
-            "sessionsOffered": stats.sessions_offered,
-            "sessionsAnswered": stats.sessions_answered,
-            "sessionsRejected": stats.sessions_rejected,
-            "sessionsEnded": stats.sessions_ended,
-            "messagesDropped": stats.messages_dropped,
-            "tcpConnections": stats.tcp_connections,
+            "sessionsOffered": decided.sessions_offered if decided else 0,
+            "sessionsAnswered": decided.sessions_answered if decided else 0,
+            "sessionsRejected": decided.sessions_rejected if decided else 0,
+            "sessionsEnded": decided.sessions_ended if decided else 0,
+            "messagesDropped": decided.messages_dropped if decided else 0,
+            "tcpConnections": self.stats.tcp_connections,
             "tcpConnectionsOpen": len(self._connections),
-            "tcpConnectionsRefused": stats.tcp_connections_refused,
-            "tcpConnectionsTimedOut": stats.tcp_connections_timed_out,
-            "sip": self.uas.stats.as_dict() if self.uas else {},
-            "rtp": self._rtp_totals(),
+            "tcpConnectionsRefused": self.stats.tcp_connections_refused,
+            "tcpConnectionsTimedOut": self.stats.tcp_connections_timed_out,
+            "sip": recorder.uas.stats.as_dict() if recorder else {},
+            "rtp": recorder.rtp_totals() if recorder else RtpStats().as_dict(),
         }
-
-    def _rtp_totals(self) -> dict[str, int]:
-        totals = self.stats.rtp.as_dict()
-        for recording in self._recordings.values():
-            if recording.ended:
-                continue  # counted when it finishes
-            for stream in recording.streams.values():
-                for name, value in stream.receiver.stats.as_dict().items():
-                    totals[name] += value
-        return totals
 
     # Connections ------------------------------------------------------------------------------
 
@@ -909,11 +587,7 @@ class SiprecGateway:
         settings = self.services.settings
         # The recorder's own BYE (a media timeout) goes over the connection its session came
         # on: such a connection is kept however quiet the SBC is.
-        in_use = {
-            r.peer.connection
-            for r in self._recordings.values()
-            if not r.ended and r.peer.transport == "TCP"
-        }
+        in_use = self.recorder.tcp_connections_in_use() if self.recorder else set()
         for connection_id, connection in list(self._connections.items()):
             started = connection.message_started_at
             if started is not None and now - started >= settings.tcp_message_timeout_s:
@@ -931,30 +605,6 @@ class SiprecGateway:
             # Not close(): that would wait for responses a peer that does not read never takes.
             connection.transport.abort()
             self.connection_lost(connection_id)
-
-
-def _recorded_channels(sdp: SessionDescription) -> list[str]:
-    """The channels an offer's streams would be recorded as, each taking an RTP port."""
-    return [
-        _channel_name(section, index, sdp)
-        for index, section in enumerate(sdp.media)
-        if accepts(section)
-    ]
-
-
-def _too_many_streams(streams: int, cap: int) -> _Refusal:
-    return _Refusal(
-        488, f"Not Acceptable Here: {streams} media streams to record, at most {cap} a session"
-    )
-
-
-def _channel_name(section: MediaSection, index: int, sdp: SessionDescription) -> str:
-    """The stream's SDP label; a stream without one (or with a label another stream also
-    uses) is named by its position."""
-    labels = [s.label for s in sdp.media]
-    if section.label is not None and labels.count(section.label) == 1:
-        return section.label
-    return f"m{index + 1}"
 
 
 def _where(peer: Peer) -> str:
