@@ -30,17 +30,27 @@ class CallOpener(Protocol):
 
 
 class LocalControl:
+    """Control of the calls whose media this process holds. The API of local mode calls it
+    directly; a gateway task's private control endpoint (``control_http``) calls it for the
+    API Lambda, so both apply the same rules."""
+
     def __init__(self, registry: CallRegistry) -> None:
         self.registry = registry
 
-    def _live(self, call: CallRecord) -> CallSession:
-        session = self.registry.get(call.key)
+    def _live(self, key: CallKey) -> CallSession:
+        session = self.registry.get(key)
         if session is None:
-            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media")
+            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has no live media")
         return session
 
     async def start(self, call: CallRecord, request: StartRequest) -> AutotranscribeResult:
-        return await self._live(call).start(request)
+        return await self.start_live(call.key, request)
 
     async def stop(self, call: CallRecord) -> AutotranscribeResult:
-        return await self._live(call).stop()
+        return await self.stop_live(call.key)
+
+    async def start_live(self, key: CallKey, request: StartRequest) -> AutotranscribeResult:
+        return await self._live(key).start(request)
+
+    async def stop_live(self, key: CallKey) -> AutotranscribeResult:
+        return await self._live(key).stop()

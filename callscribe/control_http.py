@@ -30,7 +30,7 @@ from callscribe.api.schemas import (
     StartRequest,
 )
 from callscribe.calls import CallRegistry
-from callscribe.control import CallOpener
+from callscribe.control import CallOpener, LocalControl
 from callscribe.store.base import CallKey, CallRecord
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def create_control_app(
     ``opener``, of a KVS reader task, which also opens new Amazon Connect calls)."""
 
     actions = ("start", "stop", "open") if opener is not None else ("start", "stop")
+    local = LocalControl(registry)
 
     async def control(request: Request) -> JSONResponse:
         action = request.path_params["action"]
@@ -160,16 +161,14 @@ def create_control_app(
         try:
             payload = json.loads(body)
             key = CallKey(**payload["key"])
-            session = registry.get(key)
             if action == "open":
                 assert opener is not None
                 result = await opener.open(key, StartRequest.model_validate(payload["request"]))
-            elif session is None:
-                raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has no live media here")
             elif action == "start":
-                result = await session.start(StartRequest.model_validate(payload["request"]))
+                request_body = StartRequest.model_validate(payload["request"])
+                result = await local.start_live(key, request_body)
             else:
-                result = await session.stop()
+                result = await local.stop_live(key)
         except ApiError as exc:
             return JSONResponse(exc.body(), exc.http_status)
         except (ValueError, KeyError, TypeError) as exc:
