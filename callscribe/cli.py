@@ -269,7 +269,7 @@ def _pem(path: Path | None) -> str | None:
 
 def cmd_webhook_set(args: argparse.Namespace) -> int:
     from callscribe.store.base import WebhookAuth
-    from callscribe.webhook_management import WebhookConfigError, set_webhook
+    from callscribe.webhooks.management import WebhookConfigError, set_webhook
 
     try:
         auth = WebhookAuth(args.auth) if args.auth else None
@@ -297,21 +297,21 @@ def cmd_webhook_set(args: argparse.Namespace) -> int:
     except (WebhookConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from callscribe.webhook_management import describe_webhook
+    from callscribe.webhooks.management import describe_webhook
 
     print(json.dumps(describe_webhook(_store(args), _secrets(args), config.tenant), indent=2))
     return 0
 
 
 def cmd_webhook_show(args: argparse.Namespace) -> int:
-    from callscribe.webhook_management import describe_webhook
+    from callscribe.webhooks.management import describe_webhook
 
     print(json.dumps(describe_webhook(_store(args), _secrets(args), args.tenant), indent=2))
     return 0
 
 
 def cmd_webhook_clear(args: argparse.Namespace) -> int:
-    from callscribe.webhook_management import clear_webhook
+    from callscribe.webhooks.management import clear_webhook
 
     if clear_webhook(_store(args), _secrets(args), args.tenant):
         print(f"cleared the webhook configuration of {args.tenant}")
@@ -321,7 +321,7 @@ def cmd_webhook_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_webhook_signing_secret(args: argparse.Namespace) -> int:
-    from callscribe.webhook_management import signing_secret
+    from callscribe.webhooks.management import signing_secret
 
     print(signing_secret(_secrets(args), args.tenant, rotate=args.rotate))
     return 0

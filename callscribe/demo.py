@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from callscribe.auth import create_api_key
-from callscribe.simulate import (
+from callscribe.testing.simulate import (
     ApiClient,
     Control,
     PlayedCall,

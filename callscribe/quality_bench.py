@@ -31,7 +31,7 @@ from callscribe.audio import resample_8k_to_16k, ulaw_to_pcm16
 from callscribe.auth import create_api_key
 from callscribe.config import AsrSettings
 from callscribe.quality import Group, Score, Transcript, Turn, group, regroup, score
-from callscribe.simulate import (
+from callscribe.testing.simulate import (
     ApiClient,
     PlayedCall,
     ReceivedMessage,

@@ -4,7 +4,7 @@ Local adapter: one JSON file in the data directory, readable by its owner only. 
 adapter (Secrets Manager) implements the same four methods. Values are never logged.
 
 Names: ``stream-token-signing-key``, ``file-link-signing-key`` (local download links), and per
-tenant ``webhook/<tenant>/<credential>`` (see ``callscribe.webhook_targets``).
+tenant ``webhook/<tenant>/<credential>`` (see ``callscribe.webhooks.targets``).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from callscribe.connect.ingest import ConnectIngest
 from callscribe.connection_limits import install_log_rate_limits, limited_http_protocol
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.control import LocalControl
-from callscribe.delivery import WebhookDispatcher
+from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.export import UtteranceExporter, run_daily
 from callscribe.private_files import secure_data_dir
 from callscribe.recording import Recordings
@@ -59,7 +59,7 @@ from callscribe.store.sqlite import SqliteStore
 from callscribe.takeover import LocalInstance, complete_abandoned_calls
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
-from callscribe.webhook_targets import WebhookTargets, default_webhook_target
+from callscribe.webhooks.targets import WebhookTargets, default_webhook_target
 
 log = logging.getLogger(__name__)
 

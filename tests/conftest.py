@@ -17,7 +17,7 @@ from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import IssuedKey, create_api_key
 from callscribe.config import AsrSettings, Settings, SiprecSettings, WebhookSettings
 from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
-from callscribe.simulate import ApiClient, WebhookReceiver, bind_loopback, running_receiver
+from callscribe.testing.simulate import ApiClient, WebhookReceiver, bind_loopback, running_receiver
 
 # Servers a test starts take any free SIPREC port rather than 5070, so a suite never collides
 # with another server (or suite) on the same machine. Tests that need a port pass their own.

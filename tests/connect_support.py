@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from callscribe.audio import ulaw_to_pcm16
-from callscribe.connect.simulate import (
+from callscribe.testing.connect_stream import (
     SimulatedFragment,
     SimulatedKvsStream,
     connect_fragments,
     two_party_pcm,
 )
-from callscribe.simulate import load_sample_call
+from callscribe.testing.simulate import load_sample_call
 
 # Read-only real GetMedia output, beside the repository (../shared/fixtures/kvs).
 KVS_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kvs"

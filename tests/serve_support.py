@@ -12,7 +12,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from callscribe.auth import create_api_key
-from callscribe.simulate import FRAME_BYTES, ApiClient, SampleCall, Segment, load_sample_call
+from callscribe.testing.simulate import FRAME_BYTES, ApiClient, SampleCall, Segment, load_sample_call
 from callscribe.store.sqlite import SqliteStore
 from callscribe.twilio.protocol import TwilioStreamWriter
 

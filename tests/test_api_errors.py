@@ -20,7 +20,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 from callscribe.audio import pcm16_to_ulaw
 from callscribe.auth import TOKEN_SALT
-from callscribe.simulate import ApiClient, PlayedCall, WebhookReceiver, free_port, load_sample_call, play_call
+from callscribe.testing.simulate import ApiClient, PlayedCall, WebhookReceiver, free_port, load_sample_call, play_call
 from callscribe.store.base import CallKey
 from callscribe.twilio.protocol import TwilioStreamWriter
 from tests.conftest import RunningServer

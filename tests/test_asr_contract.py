@@ -14,7 +14,7 @@ from callscribe.asr.remote import RemoteAsrEngine
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.asr.worker import create_worker_app, worker_uvicorn_config
 from callscribe.config import AsrWorkerSettings
-from callscribe.simulate import bind_loopback
+from callscribe.testing.simulate import bind_loopback
 from tests.asr_contract import AsrEngineContract
 
 WAIT_S = 120.0  # generous: other test suites share this machine's cores

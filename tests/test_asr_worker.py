@@ -34,7 +34,7 @@ from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.asr.worker import create_worker_app, worker_uvicorn_config
 from callscribe.config import AsrSettings, AsrWorkerSettings, Settings, WebhookSettings
 from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
-from callscribe.simulate import (
+from callscribe.testing.simulate import (
     PlayedCall,
     WebhookReceiver,
     bind_loopback,
@@ -426,7 +426,7 @@ async def test_serve_pipeline_transcribes_through_a_remote_worker(
                 task.result()
             await asyncio.sleep(0.01)
         from callscribe.auth import create_api_key
-        from callscribe.simulate import ApiClient
+        from callscribe.testing.simulate import ApiClient
 
         issued = create_api_key(runtime.store, "acme")
         api = ApiClient(f"http://127.0.0.1:{sock.getsockname()[1]}", issued.api_id,

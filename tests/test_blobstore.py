@@ -19,7 +19,7 @@ from callscribe.api.app import _api_error
 from callscribe.api.outputs import build_download_router
 from callscribe.api.schemas import ApiError
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore, LinkError
-from callscribe.simulate import bind_loopback
+from callscribe.testing.simulate import bind_loopback
 from tests.blobstore_contract import BlobStoreContract, Fetch
 
 

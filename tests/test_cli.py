@@ -16,7 +16,7 @@ from pathlib import Path
 import websockets
 
 from callscribe.auth import create_api_key
-from callscribe.simulate import (
+from callscribe.testing.simulate import (
     FRAME_BYTES,
     ApiClient,
     load_sample_call,

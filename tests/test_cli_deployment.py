@@ -19,7 +19,7 @@ from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.cli import main
 from callscribe.store.base import ApiKey, CallKey, DeliveryFailure, StoredMessage
-from callscribe.webhook_targets import WebhookTargets
+from callscribe.webhooks.targets import WebhookTargets
 from tests.aws_fixtures import REGION, AwsResources, create_resources
 
 PREFIX = "callscribe/test/"

@@ -31,7 +31,7 @@ import uvicorn
 from moto.server import ThreadedMotoServer
 
 from callscribe.aws import api_lambda, webhook_lambda
-from callscribe.simulate import (
+from callscribe.testing.simulate import (
     ApiClient,
     PlayedCall,
     WebhookReceiver,

@@ -27,11 +27,11 @@ from callscribe.aws.kvs_reader_service import build_runtime, create_reader_app
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import ConnectSettings, Settings
 from callscribe.connect.kvs import BotoMediaSources
-from callscribe.connect.simulate import SimulatedKvsStream
+from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.control_http import SIGNATURE_HEADER, TIMESTAMP_HEADER, create_control_app, sign
 from callscribe.calls import CallRegistry
 from callscribe.server import LocalRuntime
-from callscribe.simulate import bind_loopback
+from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallStatus, ConnectAccess
 from tests.aws_fixtures import LambdaContext, create_resources, http_api_event
 from tests.connect_support import (

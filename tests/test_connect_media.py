@@ -21,8 +21,8 @@ from callscribe.connect.media import (
     StreamFailed,
     parse_mime_type,
 )
-from callscribe.connect.mkv_writer import error_fragment
-from callscribe.connect.simulate import SimulatedFragment, connect_fragments
+from callscribe.testing.mkv_writer import error_fragment
+from callscribe.testing.connect_stream import SimulatedFragment, connect_fragments
 from tests.connect_support import (
     CONTACT_ID,
     OTHER_CONTACT_ID,

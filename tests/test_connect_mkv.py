@@ -25,7 +25,7 @@ from callscribe.connect.mkv import (
     Truncated,
     decode_vint,
 )
-from callscribe.connect.mkv_writer import (
+from callscribe.testing.mkv_writer import (
     element,
     ebml_header,
     encode_size,

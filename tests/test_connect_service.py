@@ -24,9 +24,9 @@ from callscribe.config import ConnectSettings, Settings
 from callscribe.connect.ingest import ConnectCall
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.connect.media import AGENT_TRACK, CUSTOMER_TRACK
-from callscribe.connect.simulate import SimulatedKvsStream
+from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
-from callscribe.simulate import bind_loopback
+from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallStatus, ConnectAccess
 from tests.connect_support import (
     EXTERNAL_ID,

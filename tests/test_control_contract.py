@@ -13,7 +13,7 @@ import uvicorn
 
 from callscribe.control import LocalControl
 from callscribe.control_http import HttpControl, create_control_app
-from callscribe.simulate import bind_loopback
+from callscribe.testing.simulate import bind_loopback
 from tests.control_contract import CallHolder, ControlContract, ControlWorld
 
 SECRET = "contract-control-secret"

@@ -27,7 +27,7 @@ from callscribe.control_http import (
     sign,
 )
 from callscribe.server import LocalRuntime
-from callscribe.simulate import bind_loopback
+from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallRecord, CallStatus
 
 SECRET = "shared-control-secret"

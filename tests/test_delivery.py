@@ -1,4 +1,4 @@
-"""``WebhookDispatcher`` (``callscribe/delivery.py``) against real HTTP receivers on loopback."""
+"""``WebhookDispatcher`` (``callscribe/webhooks/delivery.py``) against real HTTP receivers on loopback."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callscribe.bus import InProcessEventBus, TranscriptEvent
-from callscribe.delivery import WebhookDispatcher
+from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.secrets import FileSecrets
-from callscribe.simulate import WebhookReceiver, free_port, running_receiver
+from callscribe.testing.simulate import WebhookReceiver, free_port, running_receiver
 from callscribe.store.base import DeliveryFailure
 from callscribe.store.sqlite import SqliteStore
-from callscribe.webhook_targets import WebhookTarget, WebhookTargets
+from callscribe.webhooks.targets import WebhookTarget, WebhookTargets
 
 TENANT = "acme"
 MESSAGE_ID_HEADER = "x-callscribe-message-id"  # Starlette lower-cases header names

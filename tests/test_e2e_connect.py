@@ -21,9 +21,9 @@ from moto import mock_aws
 from callscribe.config import ConnectSettings
 from callscribe.connect import flow
 from callscribe.connect.kvs import BotoMediaSources
-from callscribe.connect.simulate import SimulatedKvsStream
+from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.redaction import redact
-from callscribe.simulate import SampleCall, WebhookReceiver, load_sample_call
+from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
 from callscribe.store.base import ConnectAccess
 from functions import connect_start, connect_stop
 from tests.conftest import RunningServer

@@ -11,7 +11,7 @@ import jiwer
 import pytest
 
 from callscribe.redaction import redact
-from callscribe.simulate import (
+from callscribe.testing.simulate import (
     FRAME_BYTES,
     PlayedCall,
     SampleCall,

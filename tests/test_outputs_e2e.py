@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from callscribe.audio import ulaw_to_pcm16
-from callscribe.signing import verify
-from callscribe.simulate import PlayedCall, SampleCall, load_sample_call, play_call, running_receiver
-from callscribe.webhook_management import set_webhook, signing_secret
+from callscribe.webhooks.signing import verify
+from callscribe.testing.simulate import PlayedCall, SampleCall, load_sample_call, play_call, running_receiver
+from callscribe.webhooks.management import set_webhook, signing_secret
 from tests.conftest import RunningServer
 
 SPEED = 4.0

@@ -21,7 +21,7 @@ from callscribe.quality_bench import (
     offline_transcripts,
     stream_calls,
 )
-from callscribe.simulate import FRAME_BYTES, ReceivedMessage, WebhookReceiver
+from callscribe.testing.simulate import FRAME_BYTES, ReceivedMessage, WebhookReceiver
 from tests.conftest import RunningServer
 
 # The bar. Decoding is deterministic (greedy, then a beam search when that looks

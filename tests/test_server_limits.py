@@ -27,7 +27,7 @@ import pytest
 import websockets
 
 from callscribe.config import ServerLimitsSettings
-from callscribe.simulate import free_port
+from callscribe.testing.simulate import free_port
 from callscribe.twilio.protocol import TwilioStreamWriter
 from tests.conftest import RunningServer
 

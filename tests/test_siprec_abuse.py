@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from callscribe.config import SiprecSettings
-from callscribe.simulate import WebhookReceiver
+from callscribe.testing.simulate import WebhookReceiver
 from callscribe.siprec.gateway import SiprecGateway
 from callscribe.siprec.rtp import RtpPacket, build_rtp
 from tests.conftest import RunningServer

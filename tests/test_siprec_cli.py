@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from callscribe.auth import create_api_key
-from callscribe.simulate import load_sample_call, running_receiver, running_server
+from callscribe.testing.simulate import load_sample_call, running_receiver, running_server
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.store.sqlite import SqliteStore
 from tests.siprec_support import (

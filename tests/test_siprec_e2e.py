@@ -20,7 +20,7 @@ import pytest
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.config import SiprecSettings
 from callscribe.redaction import redact
-from callscribe.simulate import SampleCall, WebhookReceiver, load_sample_call
+from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.siprec.rtp import RtpPacket, build_rtp
 from callscribe.store.base import CallKey

@@ -20,7 +20,7 @@ import pytest
 from moto import mock_aws
 
 from callscribe.aws.dynamodb_store import DynamoStore, create_table
-from callscribe.simulate import running_receiver, running_server
+from callscribe.testing.simulate import running_receiver, running_server
 from callscribe.store.base import CallKey, CallRecord, CallStatus, StoredMessage
 from callscribe.store.sqlite import SqliteStore
 from callscribe.takeover import LocalInstance, complete_abandoned_calls

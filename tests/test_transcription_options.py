@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 
 from callscribe.asr.base import AsrRequest, AsrResult
-from callscribe.simulate import PlayedCall, WebhookReceiver, load_sample_call, play_call
+from callscribe.testing.simulate import PlayedCall, WebhookReceiver, load_sample_call, play_call
 from tests.conftest import RunningServer
 from tests.test_e2e_twilio import wait_for_quiet
 
@@ -103,7 +103,7 @@ async def test_language_reaches_the_asr_engine(tmp_path, receiver: WebhookReceiv
 
     from callscribe.config import Settings, WebhookSettings
     from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
-    from callscribe.simulate import ApiClient, bind_loopback
+    from callscribe.testing.simulate import ApiClient, bind_loopback
     from callscribe.auth import create_api_key
 
     asr = RecordingAsr()

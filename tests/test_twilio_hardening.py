@@ -21,7 +21,7 @@ import websockets.sync.client
 
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.audio import pcm16_to_ulaw
-from callscribe.simulate import WebhookReceiver
+from callscribe.testing.simulate import WebhookReceiver
 from callscribe.store.base import CallKey, CallStatus
 from callscribe.twilio.gateway import RealTimePacer
 from callscribe.twilio.protocol import TwilioStreamWriter

@@ -24,14 +24,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from callscribe.bus import TranscriptEvent
-from callscribe.delivery import WebhookDispatcher
+from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.secrets import FileSecrets
-from callscribe.signing import SignatureError, verify
-from callscribe.simulate import WebhookReceiver, bind_loopback
+from callscribe.webhooks.signing import SignatureError, verify
+from callscribe.testing.simulate import WebhookReceiver, bind_loopback
 from callscribe.store.base import WebhookAuth
 from callscribe.store.sqlite import SqliteStore
-from callscribe.webhook_management import WebhookConfigError, set_webhook, signing_secret
-from callscribe.webhook_targets import (
+from callscribe.webhooks.management import WebhookConfigError, set_webhook, signing_secret
+from callscribe.webhooks.targets import (
     TOKEN_RENEW_MARGIN_S,
     WebhookTarget,
     WebhookTargets,
@@ -355,7 +355,7 @@ async def test_every_post_is_signed_with_the_tenant_secret(
 
 def test_signature_matches_the_standard_webhooks_example() -> None:
     # The worked example of the Standard Webhooks specification's reference libraries.
-    from callscribe.signing import sign
+    from callscribe.webhooks.signing import sign
 
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = b'{"test": 2432232314}'
@@ -365,7 +365,7 @@ def test_signature_matches_the_standard_webhooks_example() -> None:
 
 
 def test_verify_rejects_stale_and_future_timestamps() -> None:
-    from callscribe.signing import signature_headers
+    from callscribe.webhooks.signing import signature_headers
 
     secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
     headers = signature_headers(secret, "m1", b"{}", now=1_000_000)

@@ -14,8 +14,8 @@ import trustme
 
 from callscribe.config import Settings
 from callscribe.secrets import FileSecrets
-from callscribe.signing import sign
-from callscribe.simulate import running_receiver, running_server
+from callscribe.webhooks.signing import sign
+from callscribe.testing.simulate import running_receiver, running_server
 from callscribe.store.base import DeliveryFailure, WebhookAuth
 from callscribe.store.sqlite import SqliteStore
 from tests.conftest import RunningServer
@@ -140,7 +140,7 @@ def test_readme_verification_helper_verifies_our_signatures() -> None:
     import re
     import time
 
-    from callscribe.signing import new_signing_secret, signature_headers
+    from callscribe.webhooks.signing import new_signing_secret, signature_headers
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     (code,) = [

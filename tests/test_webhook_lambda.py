@@ -18,7 +18,7 @@ from callscribe.aws import webhook_lambda
 from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.eventbridge_bus import DETAIL_TYPE, SOURCE, event_detail
 from callscribe.bus import TranscriptEvent
-from callscribe.simulate import WebhookReceiver, running_receiver
+from callscribe.testing.simulate import WebhookReceiver, running_receiver
 from callscribe.store.base import WebhookAuth, WebhookConfig
 from tests.aws_fixtures import REGION, AwsResources, LambdaContext, create_resources
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from callscribe.audio import ulaw_to_pcm16
 from callscribe.connect.media import AGENT_TRACK, CUSTOMER_TRACK, AudioReceived, ConnectMediaDemuxer
-from callscribe.connect.simulate import connect_fragments, two_party_pcm
-from callscribe.simulate import load_sample_call
+from callscribe.testing.connect_stream import connect_fragments, two_party_pcm
+from callscribe.testing.simulate import load_sample_call
 
 
 def main(argv: list[str] | None = None) -> int:

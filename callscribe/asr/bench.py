@@ -26,7 +26,7 @@ from callscribe.audio import resample_8k_to_16k, ulaw_to_pcm16
 from callscribe.config import AsrSettings
 from callscribe.quality import word_errors
 from callscribe.textnorm import normalize
-from callscribe.simulate import load_sample_call
+from callscribe.testing.simulate import load_sample_call
 
 SAMPLE_RATE = 16_000
 MARGIN_MS = 200

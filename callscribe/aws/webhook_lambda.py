@@ -36,8 +36,8 @@ from callscribe.aws.eventbridge_bus import event_from_detail
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.bus import TranscriptEvent
 from callscribe.config import WebhookSettings
-from callscribe.delivery import WebhookDispatcher
-from callscribe.webhook_targets import WebhookTargets, default_webhook_target
+from callscribe.webhooks.delivery import WebhookDispatcher
+from callscribe.webhooks.targets import WebhookTargets, default_webhook_target
 from callscribe.store.base import DeliveryFailure, Store
 
 logger = Logger(service="callscribe-webhook")

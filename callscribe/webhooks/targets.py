@@ -35,7 +35,7 @@ import httpx
 
 from callscribe.config import WebhookSettings
 from callscribe.secrets import Secrets
-from callscribe.signing import new_signing_secret
+from callscribe.webhooks.signing import new_signing_secret
 from callscribe.store.base import Store, WebhookAuth, WebhookConfig
 
 log = logging.getLogger(__name__)

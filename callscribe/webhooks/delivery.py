@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 
 from callscribe.bus import TranscriptEvent
-from callscribe.signing import signature_headers
+from callscribe.webhooks.signing import signature_headers
 from callscribe.store.base import DeliveryFailure, Store
-from callscribe.webhook_targets import (
+from callscribe.webhooks.targets import (
     ResolvedTarget,
     TargetResolver,
     WebhookAuthError,

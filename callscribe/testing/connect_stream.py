@@ -1,7 +1,7 @@
 """A simulated Amazon Connect media stream in Kinesis Video Streams, for tests and tools.
 
 :func:`connect_fragments` cuts a two-party call (customer and agent PCM) into Connect-shaped
-fragments (:mod:`callscribe.connect.mkv_writer`). :class:`SimulatedKvsStream` plays them as a
+fragments (:mod:`callscribe.testing.mkv_writer`). :class:`SimulatedKvsStream` plays them as a
 live stream: fragment *i* exists once the producer has written it (paced at ``speed`` × real
 time from the moment the stream starts), and :meth:`SimulatedKvsStream.get_media` answers a
 GetMedia request the way KVS does: from the fragment being produced (``NOW``) or *at* a given
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from callscribe.audio import TELEPHONE_RATE
-from callscribe.connect.mkv_writer import FragmentAudio, connect_fragment
+from callscribe.testing.mkv_writer import FragmentAudio, connect_fragment
 
 # Real fragment numbers are 47-digit decimals that grow by a large, irregular step.
 FIRST_FRAGMENT_NUMBER = 91343852333181432392682062607743920146159169392
