@@ -18,6 +18,7 @@ import pytest
 import websockets
 from itsdangerous import URLSafeTimedSerializer
 
+from callscribe.api.schemas import ApiError, ErrorCode, parse_start
 from callscribe.audio import pcm16_to_ulaw
 from callscribe.auth import TOKEN_SALT
 from callscribe.testing.simulate import ApiClient, PlayedCall, WebhookReceiver, free_port, load_sample_call, play_call
@@ -120,6 +121,18 @@ async def test_transcription_parameter_errors_400_202(server: RunningServer) -> 
         ]
         for body in bad:
             assert_error(await http.post(START, json=body), 400, "400-202")
+
+
+def test_the_language_is_checked_against_the_languages_given() -> None:
+    """The languages start-streaming accepts are the API services' to say (the ASR port's list
+    by default), not a list the request schema holds itself."""
+    spanish_only = {"es"}
+    spanish = start_body("CA1", autotranscribeParams={"language": "es-US"})
+    assert parse_start(spanish, spanish_only).autotranscribeParams.language == "es-US"
+    with pytest.raises(ApiError) as refused:
+        parse_start(start_body("CA1", autotranscribeParams={"language": "en-US"}), spanish_only)
+    assert refused.value.code is ErrorCode.TRANSCRIPTION_PARAMETER
+    assert "language 'en-US' is not supported" in refused.value.message
 
 
 async def test_a_deeply_nested_body_is_400_201(server: RunningServer) -> None:

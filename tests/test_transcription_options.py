@@ -9,7 +9,8 @@ from dataclasses import replace
 import httpx
 import numpy as np
 
-from callscribe.asr.base import AsrRequest, AsrResult
+from callscribe.asr.base import WHISPER_LANGUAGES, AsrRequest, AsrResult
+from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.testing.simulate import PlayedCall, WebhookReceiver, load_sample_call, play_call
 from tests.conftest import RunningServer
 from tests.test_e2e_twilio import wait_for_quiet
@@ -137,6 +138,15 @@ async def test_language_reaches_the_asr_engine(tmp_path, receiver: WebhookReceiv
     assert all(r.word_timestamps for r in requests)
     assert all(r.audio.dtype == np.float32 for r in requests)
     assert receiver.messages and receiver.messages[0].body["autotranscribeResponse"]["utterance"][0]["text"] == "hola"
+
+
+def test_the_accepted_languages_are_those_a_multilingual_model_lists(
+    asr_engine: FasterWhisperEngine,
+) -> None:
+    """start-streaming checks the language against the list shipped with the ASR port (the API
+    Lambda has no model to ask): it must be the one faster-whisper's multilingual models list,
+    so that an upgrade adding a language shows here."""
+    assert set(asr_engine.supported_languages) == WHISPER_LANGUAGES
 
 
 async def test_openapi_describes_the_contract(server: RunningServer) -> None:

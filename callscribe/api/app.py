@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -32,6 +32,7 @@ from callscribe.api.schemas import (
     parse_stop,
     request_body_schema,
 )
+from callscribe.asr.base import WHISPER_LANGUAGES
 from callscribe.auth import AuthError, StreamTokens, authenticate
 from callscribe.calls import claim_end_summary
 from callscribe.control import CallOpener, Control
@@ -65,6 +66,8 @@ class ApiServices:
     outputs: OutputServices | None = None
     # Namespaces whose calls start-streaming itself opens (amazonconnect).
     openers: dict[Namespace, CallOpener] = field(default_factory=dict)
+    # The languages start-streaming accepts (their ISO 639 codes): the ASR port's.
+    accepted_languages: Set[str] = WHISPER_LANGUAGES
 
 
 def _services(request: Request) -> ApiServices:
@@ -221,8 +224,8 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
-    start = parse_start(await _json_body(request))
     services = _services(request)
+    start = parse_start(await _json_body(request), services.accepted_languages)
     call_key = CallKey(key.tenant, start.namespace.value, start.guid)
     if start.namespace is Namespace.AMAZON_CONNECT:
         return await _open_or_start(services, call_key, start)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Set
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -21,9 +22,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from callscribe.asr.base import whisper_language
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +94,13 @@ class RedactionOutput(StrEnum):
     BOTH = "redacted_and_unredacted"
 
 
-def _whisper_languages() -> frozenset[str]:
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    return frozenset(_LANGUAGE_CODES)
-
-
 LANGUAGE_PATTERN = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+
+# Validation context key: the ISO 639 codes the ASR accepts. Which those are is the
+# deployment's to say (the API passes them in when it reads a start request); a request read
+# without them, as the task holding the call re-reads what the API already checked, is
+# checked for the locale's shape only.
+ACCEPTED_LANGUAGES = "accepted_languages"
 
 
 class AutotranscribeParams(BaseModel):
@@ -121,10 +125,11 @@ class AutotranscribeParams(BaseModel):
 
     @field_validator("language")
     @classmethod
-    def _supported_language(cls, value: str) -> str:
+    def _supported_language(cls, value: str, info: ValidationInfo) -> str:
         if not LANGUAGE_PATTERN.match(value):
             raise ValueError(f"language {value!r} is not a BCP-47 locale such as en-US")
-        if value.split("-")[0].split("_")[0].lower() not in _whisper_languages():
+        accepted = (info.context or {}).get(ACCEPTED_LANGUAGES)
+        if accepted is not None and whisper_language(value) not in accepted:
             raise ValueError(f"language {value!r} is not supported")
         return value
 
@@ -237,7 +242,9 @@ def parse_stop(body: Any) -> StopRequest:
     return request
 
 
-def parse_start(body: Any) -> StartRequest:
+def parse_start(body: Any, accepted_languages: Set[str]) -> StartRequest:
+    """``accepted_languages``: the ISO 639 codes the deployment's ASR accepts
+    (``ApiServices.accepted_languages``)."""
     try:
         envelope = StartEnvelope.model_validate(body)
     except ValidationError as exc:
@@ -249,7 +256,8 @@ def parse_start(body: Any) -> StartRequest:
             customerId=envelope.customerId,
             agentId=envelope.agentId,
             autotranscribeParams=AutotranscribeParams.model_validate(
-                envelope.autotranscribeParams or {}
+                envelope.autotranscribeParams or {},
+                context={ACCEPTED_LANGUAGES: accepted_languages},
             ),
             twilioParams=(
                 TwilioParams.model_validate(envelope.twilioParams)

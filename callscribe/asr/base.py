@@ -53,6 +53,25 @@ class AsrUnavailableError(AsrError):
     """A remote ASR service could not be reached, timed out, or answered with an error."""
 
 
+# The languages Whisper transcribes, as ``AsrRequest.language`` codes (ISO 639-1, and 639-3
+# where Whisper has no two-letter code): the list faster-whisper's tokenizer knows. The API
+# accepts these in start-streaming without asking an engine: the API Lambda has none, and an
+# engine's own list says less (an English-only model lists "en" alone, yet is given any
+# language and transcribes it as English).
+WHISPER_LANGUAGES = frozenset(
+    {
+        "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs",
+        "cy", "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu",
+        "ha", "haw", "he", "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka",
+        "kk", "km", "kn", "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml",
+        "mn", "mr", "ms", "mt", "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt",
+        "ro", "ru", "sa", "sd", "si", "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw",
+        "ta", "te", "tg", "th", "tk", "tl", "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo",
+        "zh", "yue",
+    }
+)
+
+
 class AsrEngine(Protocol):
     """Implementations must be safe to call from several threads or tasks at once."""
 
