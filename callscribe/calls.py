@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from callscribe.api.schemas import (
-    ApiError,
+from callscribe.audio import TELEPHONE_RATE, Upsampler
+from callscribe.config import EndpointingSettings
+from callscribe.endpointing import Endpointer, SileroVad, Utterance
+from callscribe.model import (
     AutotranscribeResult,
+    CallError,
     ErrorCode,
     Namespace,
     ParticipantResult,
@@ -29,9 +32,6 @@ from callscribe.api.schemas import (
     StartRequest,
     StreamSummary,
 )
-from callscribe.audio import TELEPHONE_RATE, Upsampler
-from callscribe.config import EndpointingSettings
-from callscribe.endpointing import Endpointer, SileroVad, Utterance
 from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 from callscribe.transcription import Speaker, TranscriptionPipeline
 
@@ -250,7 +250,7 @@ class CallSession:
 
     def _refuse_while_closing(self) -> None:
         if self.closing and self.key.namespace == Namespace.SIPREC.value:
-            raise ApiError(
+            raise CallError(
                 ErrorCode.BYE_IN_PROGRESS,
                 f"call {self.key.guid} received a SIPREC BYE; its last utterances are being "
                 "transcribed",
@@ -259,9 +259,9 @@ class CallSession:
     async def start(self, request: StartRequest) -> AutotranscribeResult:
         self._refuse_while_closing()
         if self.status is CallStatus.COMPLETED:
-            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
+            raise CallError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
         if self.status is CallStatus.STREAMING:
-            raise ApiError(ErrorCode.ALREADY, "transcription already started")
+            raise CallError(ErrorCode.ALREADY, "transcription already started")
         if request.twilioParams is not None:
             self.channel_roles = {
                 track: role for track, role in request.twilioParams.trackMap.items()
@@ -271,7 +271,7 @@ class CallSession:
         for role, external_id in ids.items():
             known = self.participants.get(role)
             if external_id is None and known is None:
-                raise ApiError(
+                raise CallError(
                     ErrorCode.PARAMETER,
                     f"{role.value}Id is required on the first start-streaming of a call",
                 )
@@ -296,9 +296,9 @@ class CallSession:
         if self.status is CallStatus.COMPLETED:
             if self._audio_at_end is not None:
                 return await self._stop_after_end()
-            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
+            raise CallError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
         if self.status is not CallStatus.STREAMING:
-            raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
+            raise CallError(ErrorCode.ALREADY, "transcription already stopped")
         self.status = CallStatus.STOPPED
         self._recording = False
         self._stop_transcribing()
@@ -366,7 +366,7 @@ class CallSession:
         summary as it ended, once (a second stop finds transcription already stopped)."""
         async with self._end_lock:
             if self._end_summary_claimed:
-                raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
+                raise CallError(ErrorCode.ALREADY, "transcription already stopped")
             self._end_summary_claimed = True
             if self._end_persisted:
                 await claim_end_summary(self.store, self.key)
@@ -472,9 +472,9 @@ async def claim_end_summary(store: Store, key: CallKey) -> AutotranscribeResult:
     record = await asyncio.to_thread(store.get_call, key)
     end = record.params.get(END_SUMMARY) if record is not None else None
     if record is None or end is None:
-        raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has ended")
+        raise CallError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has ended")
     if end.get("claimed"):
-        raise ApiError(ErrorCode.ALREADY, "transcription already stopped")
+        raise CallError(ErrorCode.ALREADY, "transcription already stopped")
     params = {**record.params, END_SUMMARY: {**end, "claimed": True}}
     await asyncio.to_thread(store.update_call, key, params=params, updated_at=time.time())
     return AutotranscribeResult.model_validate(end["result"])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from callscribe.api.schemas import ApiError, AutotranscribeResult, ErrorCode, StartRequest
 from callscribe.calls import CallRegistry, CallSession
+from callscribe.model import AutotranscribeResult, CallError, ErrorCode, StartRequest
 from callscribe.store.base import CallKey, CallRecord
 
 
@@ -40,7 +40,7 @@ class LocalControl:
     def _live(self, key: CallKey) -> CallSession:
         session = self.registry.get(key)
         if session is None:
-            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has no live media")
+            raise CallError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has no live media")
         return session
 
     async def start(self, call: CallRecord, request: StartRequest) -> AutotranscribeResult:

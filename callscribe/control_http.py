@@ -6,6 +6,12 @@ the Store. Requests carry an HMAC-SHA256 signature over a timestamp and the body
 secret shared by the API and the gateways (Secrets Manager); the gateway refuses unsigned,
 mis-signed or stale (> 60 s) requests, so the control port is never an open door even inside
 the VPC.
+
+Answers: 200 with ``{"isOk": true, "autotranscribeResponse": …}``; otherwise the contract's
+error body, ``{"isOk": false, "error": {"code", "message"}}``, with 401 for a bad signature,
+404 for an unknown action, 400 for a malformed request, and ``REFUSED_STATUS`` for an action
+the call refused (or the task failed at). The API side re-raises the code, and the API answers
+it with the contract's status for that code: that table is the API's alone.
 """
 
 from __future__ import annotations
@@ -23,14 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from callscribe.api.schemas import (
-    ApiError,
-    AutotranscribeResult,
-    ErrorCode,
-    StartRequest,
-)
 from callscribe.calls import CallRegistry
 from callscribe.control import CallOpener, LocalControl
+from callscribe.model import AutotranscribeResult, CallError, ErrorCode, StartRequest
 from callscribe.store.base import CallKey, CallRecord
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,17 @@ TIMESTAMP_HEADER = "X-CallScribe-Timestamp"
 SIGNATURE_HEADER = "X-CallScribe-Signature"
 MAX_SKEW_S = 60
 MAX_BODY_BYTES = 64 * 1024
+REFUSED_STATUS = 422
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _error_answer(error: CallError, status: int) -> JSONResponse:
+    return JSONResponse(
+        {"isOk": False, "error": {"code": error.code.value, "message": error.message}}, status
+    )
 
 
 def _key_json(key: CallKey) -> dict[str, str]:
@@ -50,7 +58,7 @@ def _key_json(key: CallKey) -> dict[str, str]:
 
 
 async def _signed_post(
-    secret: str, timeout_s: float, url: str, payload: dict[str, Any], unreachable: ApiError
+    secret: str, timeout_s: float, url: str, payload: dict[str, Any], unreachable: CallError
 ) -> AutotranscribeResult:
     body = json.dumps(payload).encode()
     timestamp = str(int(time.time()))
@@ -79,10 +87,10 @@ async def _signed_post(
     error = answer.get("error") if isinstance(answer, dict) else None
     if response.status_code == 401:
         # Our own deployment's secrets disagree: the customer's request was fine.
-        raise ApiError(ErrorCode.INTERNAL, "the gateway refused the control signature")
+        raise CallError(ErrorCode.INTERNAL, "the gateway refused the control signature")
     if isinstance(error, dict) and error.get("code") in {c.value for c in ErrorCode}:
-        raise ApiError(ErrorCode(error["code"]), str(error.get("message", "")))
-    raise ApiError(ErrorCode.INTERNAL, f"gateway answered HTTP {response.status_code}")
+        raise CallError(ErrorCode(error["code"]), str(error.get("message", "")))
+    raise CallError(ErrorCode.INTERNAL, f"gateway answered HTTP {response.status_code}")
 
 
 class HttpControl:
@@ -101,8 +109,8 @@ class HttpControl:
 
     async def _post(self, call: CallRecord, action: str, payload: dict[str, Any]) -> AutotranscribeResult:
         if not call.owner.startswith(("http://", "https://")):
-            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media")
-        unreachable = ApiError(
+            raise CallError(ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media")
+        unreachable = CallError(
             ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media (owner unreachable)"
         )
         return await _signed_post(
@@ -123,7 +131,7 @@ class HttpCallOpener:
 
     async def open(self, key: CallKey, request: StartRequest) -> AutotranscribeResult:
         payload = {"key": _key_json(key), "request": request.model_dump(mode="json")}
-        unreachable = ApiError(ErrorCode.INTERNAL, "the Amazon Connect readers are unreachable")
+        unreachable = CallError(ErrorCode.INTERNAL, "the Amazon Connect readers are unreachable")
         return await _signed_post(
             self._secret, self._timeout_s, f"{self._url}/control/open", payload, unreachable
         )
@@ -141,7 +149,7 @@ def create_control_app(
     async def control(request: Request) -> JSONResponse:
         action = request.path_params["action"]
         if action not in actions:
-            return JSONResponse(ApiError(ErrorCode.PARAMETER, "unknown action").body(), 404)
+            return _error_answer(CallError(ErrorCode.PARAMETER, "unknown action"), 404)
         body = await request.body()
         timestamp = request.headers.get(TIMESTAMP_HEADER, "")
         signature = request.headers.get(SIGNATURE_HEADER, "")
@@ -155,9 +163,7 @@ def create_control_app(
             or not hmac.compare_digest(sign(secret, timestamp, body), signature)
         ):
             log.warning("control request from %s refused: bad signature", request.client)
-            return JSONResponse(
-                ApiError(ErrorCode.UNAUTHENTICATED, "bad control signature").body(), 401
-            )
+            return _error_answer(CallError(ErrorCode.UNAUTHENTICATED, "bad control signature"), 401)
         try:
             payload = json.loads(body)
             key = CallKey(**payload["key"])
@@ -169,12 +175,10 @@ def create_control_app(
                 result = await local.start_live(key, request_body)
             else:
                 result = await local.stop_live(key)
-        except ApiError as exc:
-            return JSONResponse(exc.body(), exc.http_status)
+        except CallError as exc:
+            return _error_answer(exc, REFUSED_STATUS)
         except (ValueError, KeyError, TypeError) as exc:
-            return JSONResponse(
-                ApiError(ErrorCode.PARAMETER, f"bad control request: {exc}").body(), 400
-            )
+            return _error_answer(CallError(ErrorCode.PARAMETER, f"bad control request: {exc}"), 400)
         return JSONResponse(
             {"isOk": True, "autotranscribeResponse": result.model_dump(mode="json", exclude_none=True)}
         )

@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from callscribe.api.schemas import Role
 from callscribe.audio import TELEPHONE_RATE
 from callscribe.blobs.base import BlobInfo, BlobStore, key_segment
 from callscribe.config import RecordingSettings
+from callscribe.model import Role
 from callscribe.private_files import private_dir, private_file_descriptor
 from callscribe.store.base import CallKey
 

@@ -26,9 +26,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from callscribe.api.app import TWILIO_MEDIA_PATH, ApiServices, create_api_app
-from callscribe.api.schemas import ApiError, ErrorCode, Namespace
-from callscribe.api.outputs import OutputServices
+from callscribe.api.app import TWILIO_MEDIA_PATH, create_api_app
+from callscribe.api.deps import ApiServices, OutputServices
+from callscribe.api.errors import error_response
 from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
 from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import AuthError, StreamTokens, authenticate
@@ -43,6 +43,7 @@ from callscribe.connect.kvs import BotoMediaSources
 from callscribe.control import LocalControl
 from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.export import UtteranceExporter, run_daily
+from callscribe.model import CallError, ErrorCode, Namespace
 from callscribe.private_files import secure_data_dir
 from callscribe.recording import Recordings
 from callscribe.retention import Retention
@@ -354,8 +355,7 @@ def healthz_route(runtime: LocalRuntime) -> Route:
         try:
             key = await asyncio.to_thread(authenticate, runtime.store, api_id, api_secret)
         except AuthError as exc:
-            error = ApiError(ErrorCode.UNAUTHENTICATED, str(exc))
-            return JSONResponse(error.body(), status_code=error.http_status)
+            return error_response(CallError(ErrorCode.UNAUTHENTICATED, str(exc)))
         return JSONResponse(runtime.stats(tenant=key.tenant))
 
     return Route("/healthz", healthz, methods=["GET"], include_in_schema=False)

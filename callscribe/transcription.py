@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from callscribe.api.schemas import AutotranscribeParams, RedactionOutput
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult, AsrWord, whisper_language
 from callscribe.bus import EventBus, TranscriptEvent
 from callscribe.endpointing import Utterance
+from callscribe.model import AutotranscribeParams, RedactionOutput
 from callscribe.redaction import find_sensitive_spans, redact
 from callscribe.store.base import CallKey, Store, StoredMessage
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from callscribe.api.schemas import ApiError, ErrorCode, Role, StartRequest
 from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.bus import InProcessEventBus
 from callscribe.calls import CallRegistry, CallSession
 from callscribe.config import EndpointingSettings
 from callscribe.control import Control
+from callscribe.model import CallError, ErrorCode, Role, StartRequest
 from callscribe.store.base import CallKey, CallRecord, CallStatus
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
@@ -96,8 +96,8 @@ def start_request(guid: str, **fields: object) -> StartRequest:
     )
 
 
-async def refused(action: Awaitable[object]) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+async def refused(action: Awaitable[object]) -> CallError:
+    with pytest.raises(CallError) as caught:
         await action
     return caught.value
 

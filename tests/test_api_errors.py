@@ -18,9 +18,10 @@ import pytest
 import websockets
 from itsdangerous import URLSafeTimedSerializer
 
-from callscribe.api.schemas import ApiError, ErrorCode, parse_start
+from callscribe.api.schemas import parse_start
 from callscribe.audio import pcm16_to_ulaw
 from callscribe.auth import TOKEN_SALT
+from callscribe.model import CallError, ErrorCode
 from callscribe.testing.simulate import ApiClient, PlayedCall, WebhookReceiver, free_port, load_sample_call, play_call
 from callscribe.store.base import CallKey
 from callscribe.twilio.protocol import TwilioStreamWriter
@@ -129,7 +130,7 @@ def test_the_language_is_checked_against_the_languages_given() -> None:
     spanish_only = {"es"}
     spanish = start_body("CA1", autotranscribeParams={"language": "es-US"})
     assert parse_start(spanish, spanish_only).autotranscribeParams.language == "es-US"
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(CallError) as refused:
         parse_start(start_body("CA1", autotranscribeParams={"language": "en-US"}), spanish_only)
     assert refused.value.code is ErrorCode.TRANSCRIPTION_PARAMETER
     assert "language 'en-US' is not supported" in refused.value.message

@@ -15,10 +15,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from callscribe.api.app import _api_error
+from callscribe.api.errors import answer_call_error
 from callscribe.api.outputs import build_download_router
-from callscribe.api.schemas import ApiError
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore, LinkError
+from callscribe.model import CallError
 from callscribe.testing.simulate import bind_loopback
 from tests.blobstore_contract import BlobStoreContract, Fetch
 
@@ -43,7 +43,7 @@ async def file_server(directory_store: DirectoryBlobStore) -> AsyncIterator[str]
     assert directory_store.signer is not None
     app = FastAPI()
     app.include_router(build_download_router(directory_store, directory_store.signer))
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(CallError, answer_call_error)
     sock = bind_loopback()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))

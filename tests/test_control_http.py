@@ -15,17 +15,18 @@ import httpx
 import pytest
 import uvicorn
 
-from callscribe.api.schemas import ApiError, ErrorCode, Role, StartRequest
 from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.calls import CallSession
 from callscribe.config import Settings
 from callscribe.control_http import (
+    REFUSED_STATUS,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     HttpControl,
     create_control_app,
     sign,
 )
+from callscribe.model import CallError, ErrorCode, Role, StartRequest
 from callscribe.server import LocalRuntime
 from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallRecord, CallStatus
@@ -87,16 +88,34 @@ def start_request(guid: str) -> StartRequest:
 async def test_errors_travel_back_with_their_codes(gateway: Gateway) -> None:
     call = await gateway.add_call("CA2")
     gone = CallRecord(CallKey("acme", "twilio", "CAgone"), CallStatus.CONNECTED, gateway.url, 0, 0)
-    with pytest.raises(ApiError) as missing:
+    with pytest.raises(CallError) as missing:
         await HttpControl(SECRET).start(gone, start_request("CAgone"))
     assert missing.value.code is ErrorCode.NO_SUCH_CALL
-    with pytest.raises(ApiError) as wrong_secret:
+    with pytest.raises(CallError) as wrong_secret:
         await HttpControl("not-the-secret").start(call, start_request("CA2"))
     assert wrong_secret.value.code is ErrorCode.INTERNAL
     local_owner = CallRecord(call.key, CallStatus.CONNECTED, "local:host:1", 0, 0)
-    with pytest.raises(ApiError) as not_http:
+    with pytest.raises(CallError) as not_http:
         await HttpControl(SECRET).start(local_owner, start_request("CA2"))
     assert not_http.value.code is ErrorCode.NO_SUCH_CALL
+
+
+async def test_a_refused_action_is_answered_with_its_code(gateway: Gateway) -> None:
+    """The holder's refusal carries the contract's code; its HTTP status is the API's to give
+    (the API side re-raises the code), so the control answer has one status for them all."""
+    await gateway.add_call("CA5")
+    now = str(int(time.time()))
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        for guid, code in [("CAelsewhere", "400-203"), ("CA5", "409-201")]:
+            key = {"tenant": "acme", "namespace": "twilio", "guid": guid}
+            body = json.dumps({"key": key}).encode()
+            response = await http.post(
+                "/control/stop", content=body,
+                headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, body)},
+            )
+            assert response.status_code == REFUSED_STATUS
+            assert response.json()["isOk"] is False
+            assert response.json()["error"]["code"] == code
 
 
 async def test_gateway_refuses_unsigned_stale_and_tampered_requests(gateway: Gateway) -> None:

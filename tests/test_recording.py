@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callscribe.api.schemas import Role
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore
 from callscribe.config import RecordingSettings, TwilioSettings
+from callscribe.model import Role
 from callscribe.recording import Recordings, recording_info
 from callscribe.store.base import CallKey
 
@@ -142,7 +142,7 @@ def test_memory_stays_bounded_for_a_long_call(
 async def test_a_failing_spool_loses_the_recording_not_the_call(
     recordings: Recordings, blobs: DirectoryBlobStore, tmp_path: Path
 ) -> None:
-    from callscribe.api.schemas import StartRequest
+    from callscribe.model import StartRequest
     from callscribe.bus import InProcessEventBus
     from callscribe.calls import CallSession
     from callscribe.config import EndpointingSettings
@@ -196,7 +196,7 @@ class SilentAsr:
 
 
 async def recorded_session(recordings: Recordings, tmp_path: Path, guid: str):  # type: ignore[no-untyped-def]
-    from callscribe.api.schemas import StartRequest
+    from callscribe.model import StartRequest
     from callscribe.bus import InProcessEventBus
     from callscribe.calls import CallSession
     from callscribe.config import EndpointingSettings
@@ -418,7 +418,7 @@ async def test_a_timestamp_jump_during_a_hold_is_a_discontinuity_too(
     """The jump comes while transcription is stopped (nothing recorded then): when recording
     resumes, the hour the timestamps skipped is still not written as silence, while the hold's
     own few seconds of real time are."""
-    from callscribe.api.schemas import StartRequest
+    from callscribe.model import StartRequest
 
     session, store = await recorded_session(recordings, tmp_path, "CA-hold-jump")
     for n in range(20):

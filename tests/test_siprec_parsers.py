@@ -8,7 +8,7 @@ import base64
 
 import pytest
 
-from callscribe.api.schemas import Role
+from callscribe.model import Role
 from callscribe.siprec.callid import (
     CallIdConfigError,
     cisco_guid,

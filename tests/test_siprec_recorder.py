@@ -9,8 +9,8 @@ from typing import Any
 
 from sipmessage import Request, Response
 
-from callscribe.api.schemas import Role
 from callscribe.config import SiprecSettings
+from callscribe.model import Role
 from callscribe.siprec.message import parse_message
 from callscribe.siprec.recorder import (
     CloseRecording,

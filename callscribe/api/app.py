@@ -8,22 +8,25 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from collections.abc import Awaitable, Callable, Set
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
+from callscribe.api.deps import (
+    ERROR_RESPONSES,
+    ApiServices,
+    Authenticated,
+    api_services,
+    find_tenant_call,
+)
+from callscribe.api.errors import answer_call_error, answer_validation_error
 from callscribe.api.middleware import BodySizeLimit, InternalErrorAsJson
+from callscribe.api.outputs import build_download_router, build_router
 from callscribe.api.schemas import (
-    ApiError,
-    AutotranscribeResult,
-    ErrorCode,
-    ErrorResponse,
     MessagesResponse,
-    Namespace,
-    StartRequest,
     StopRequest,
     StreamingResponse,
     StreamUrlResponse,
@@ -32,14 +35,11 @@ from callscribe.api.schemas import (
     parse_stop,
     request_body_schema,
 )
-from callscribe.asr.base import WHISPER_LANGUAGES
-from callscribe.auth import AuthError, StreamTokens, authenticate
+from callscribe.blobs.directory import DirectoryBlobStore
 from callscribe.calls import claim_end_summary
-from callscribe.control import CallOpener, Control
-from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, Store
-
-if TYPE_CHECKING:
-    from callscribe.api.outputs import OutputServices
+from callscribe.control import Control
+from callscribe.model import AutotranscribeResult, CallError, ErrorCode, Namespace, StartRequest
+from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 
 log = logging.getLogger(__name__)
 
@@ -47,57 +47,16 @@ MAX_BODY_BYTES = 64 * 1024  # every request; the middleware refuses more before 
 LOCK_TTL_S = 60.0
 TWILIO_MEDIA_PATH = "/twilio-media"
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "400-201, 400-202 or 400-203"},
-    401: {"model": ErrorResponse, "description": "401-201: missing or wrong credentials"},
-    409: {"model": ErrorResponse, "description": "409-201, 409-202 or 409-203"},
-    500: {"model": ErrorResponse, "description": "500-201"},
-}
-
-
-@dataclass
-class ApiServices:
-    store: Store
-    tokens: StreamTokens
-    control: Control
-    public_gateway_url: str | None = None
-    max_messages: int = 1000
-    # Recordings, feed files, delivery failures (absent: those endpoints are not served).
-    outputs: OutputServices | None = None
-    # Namespaces whose calls start-streaming itself opens (amazonconnect).
-    openers: dict[Namespace, CallOpener] = field(default_factory=dict)
-    # The languages start-streaming accepts (their ISO 639 codes): the ASR port's.
-    accepted_languages: Set[str] = WHISPER_LANGUAGES
-
-
-def _services(request: Request) -> ApiServices:
-    return request.app.state.services
-
-
-async def _tenant_key(
-    request: Request,
-    asapp_api_id: Annotated[str | None, Header(alias="asapp-api-id")] = None,
-    asapp_api_secret: Annotated[str | None, Header(alias="asapp-api-secret")] = None,
-) -> ApiKey:
-    store = _services(request).store
-    try:
-        return await asyncio.to_thread(authenticate, store, asapp_api_id, asapp_api_secret)
-    except AuthError as exc:
-        raise ApiError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
-
-
-Authenticated = Annotated[ApiKey, Depends(_tenant_key)]
-
 
 async def _json_body(request: Request) -> Any:
     raw = await request.body()  # at most MAX_BODY_BYTES (BodySizeLimit)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(ErrorCode.PARAMETER, f"body is not valid JSON: {exc}") from None
+        raise CallError(ErrorCode.PARAMETER, f"body is not valid JSON: {exc}") from None
     except RecursionError:
         # 64 KB of "[" nests far deeper than the parser recurses.
-        raise ApiError(ErrorCode.PARAMETER, "body is nested too deeply") from None
+        raise CallError(ErrorCode.PARAMETER, "body is nested too deeply") from None
 
 
 class _CallLock:
@@ -111,7 +70,7 @@ class _CallLock:
             self.store.acquire_call_lock, self.key, self.holder, time.time(), LOCK_TTL_S
         )
         if not taken:
-            raise ApiError(ErrorCode.PENDING, "another request for this guid is pending")
+            raise CallError(ErrorCode.PENDING, "another request for this guid is pending")
 
     async def __aexit__(self, *_: Any) -> None:
         await asyncio.to_thread(self.store.release_call_lock, self.key, self.holder)
@@ -120,9 +79,9 @@ class _CallLock:
 async def _call(store: Store, key: CallKey, *, ended_ok: bool = False) -> CallRecord:
     call = await asyncio.to_thread(store.get_call, key)
     if call is None:
-        raise ApiError(ErrorCode.NO_SUCH_CALL, f"no {key.namespace} call with guid {key.guid}")
+        raise CallError(ErrorCode.NO_SUCH_CALL, f"no {key.namespace} call with guid {key.guid}")
     if call.status is CallStatus.COMPLETED and not ended_ok:
-        raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has ended")
+        raise CallError(ErrorCode.NO_SUCH_CALL, f"call {key.guid} has ended")
     return call
 
 
@@ -142,7 +101,7 @@ async def _control_call(
         else:
             try:
                 result = await action(services.control, call)
-            except ApiError as exc:
+            except CallError as exc:
                 if ended is None or exc.code is not ErrorCode.NO_SUCH_CALL:
                     raise
                 # The holder may have let the call go, its media ended, between the read
@@ -152,23 +111,6 @@ async def _control_call(
                     raise
                 result = await ended(services.store, key)
     return StreamingResponse(autotranscribeResponse=result)
-
-
-async def find_tenant_call(
-    store: Store, tenant: str, guid: str, namespace: Namespace | None
-) -> CallRecord:
-    """The tenant's call with this guid (after-call endpoints take the guid alone)."""
-    calls = await asyncio.to_thread(store.find_calls, tenant, guid)
-    if namespace is not None:
-        calls = [c for c in calls if c.key.namespace == namespace.value]
-    if not calls:
-        raise ApiError(ErrorCode.NO_SUCH_CALL, f"no call with guid {guid}")
-    if len(calls) > 1:
-        raise ApiError(
-            ErrorCode.PARAMETER,
-            "calls in several namespaces share this guid: add the namespace query parameter",
-        )
-    return calls[0]
 
 
 router = APIRouter()
@@ -197,7 +139,7 @@ WEBHOOK_HEADERS = [
     "one URL may open any number of streams during its life.",
 )
 async def twilio_media_stream_url(request: Request, key: Authenticated) -> StreamUrlResponse:
-    services = _services(request)
+    services = api_services(request)
     base = services.public_gateway_url
     if not base:
         scheme = "wss" if request.url.scheme == "https" else "ws"
@@ -224,7 +166,7 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
-    services = _services(request)
+    services = api_services(request)
     start = parse_start(await _json_body(request), services.accepted_languages)
     call_key = CallKey(key.tenant, start.namespace.value, start.guid)
     if start.namespace is Namespace.AMAZON_CONNECT:
@@ -241,7 +183,7 @@ async def _open_or_start(
     it does not exist, has ended, or its holder is gone."""
     opener = services.openers.get(start.namespace)
     if opener is None:
-        raise ApiError(
+        raise CallError(
             ErrorCode.TRANSCRIPTION_PARAMETER,
             f"this deployment does not ingest namespace {start.namespace.value}",
         )
@@ -251,7 +193,7 @@ async def _open_or_start(
         if call is not None and call.status is not CallStatus.COMPLETED:
             try:
                 result = await services.control.start(call, start)
-            except ApiError as exc:
+            except CallError as exc:
                 if exc.code is not ErrorCode.NO_SUCH_CALL:
                     raise
                 log.info("call %s: its holder is gone; opening it afresh", key)
@@ -276,7 +218,7 @@ async def _open_or_start(
 async def stop_streaming(request: Request, key: Authenticated) -> StreamingResponse:
     stop = parse_stop(await _json_body(request))
     return await _control_call(
-        _services(request), CallKey(key.tenant, stop.namespace.value, stop.guid),
+        api_services(request), CallKey(key.tenant, stop.namespace.value, stop.guid),
         lambda control, call: control.stop(call),
         ended=claim_end_summary,
     )
@@ -297,10 +239,10 @@ async def conversation_messages(
     externalConversationId: Annotated[str, Query(min_length=1, max_length=128)],
     namespace: Annotated[Namespace | None, Query()] = None,
 ) -> MessagesResponse:
-    store = _services(request).store
+    store = api_services(request).store
     call = await find_tenant_call(store, key.tenant, externalConversationId, namespace)
     messages = await asyncio.to_thread(
-        store.list_messages, call.key, _services(request).max_messages, time.time()
+        store.list_messages, call.key, api_services(request).max_messages, time.time()
     )
     return MessagesResponse(
         externalConversationId=externalConversationId,
@@ -310,35 +252,7 @@ async def conversation_messages(
     )
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    if exc.code is not ErrorCode.UNAUTHENTICATED:
-        log.info("API error %s: %s", exc.code.value, exc.message)
-    return JSONResponse(exc.body(), status_code=exc.http_status)
-
-
-def _validation_message(exc: Exception) -> str:
-    """What was wrong, field by field ("query.externalConversationId: Field required"); never
-    the exception's text, which names the endpoint's source file and line."""
-    errors_of = getattr(exc, "errors", None)
-    errors = errors_of() if callable(errors_of) else []
-    parts = []
-    for error in errors:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
-    return "; ".join(parts) or "invalid request"
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        ApiError(ErrorCode.PARAMETER, _validation_message(exc)).body(), status_code=400
-    )
-
-
 def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.routing import APIRoute
-
     app = FastAPI(
         title="CallScribe",
         version="0.1.0",
@@ -361,9 +275,6 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
                 include_in_schema=False,
             )
     if services.outputs is not None:
-        from callscribe.api.outputs import build_download_router, build_router
-        from callscribe.blobs.directory import DirectoryBlobStore
-
         app.include_router(build_router())
         outputs = services.outputs
         if isinstance(outputs.blobs, DirectoryBlobStore) and outputs.link_signer is not None:
@@ -388,8 +299,8 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
         secret token in a header or query parameter, or an OAuth2 client-credentials bearer
         token."""
 
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(CallError, answer_call_error)
+    app.add_exception_handler(RequestValidationError, answer_validation_error)
     # The last added is the outermost: whatever escapes the body limit is answered as JSON.
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(InternalErrorAsJson)

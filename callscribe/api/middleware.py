@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from callscribe.api.schemas import ApiError, ErrorCode
+from callscribe.api.errors import error_response
 from callscribe.connection_limits import LIMITS_LOG
+from callscribe.model import CallError, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,8 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
         LIMITS_LOG.warning("refused a request body over %d bytes", self.max_bytes)
-        error = ApiError(ErrorCode.PARAMETER, f"{what} exceeds {self.max_bytes}")
-        response = JSONResponse(
-            error.body(), status_code=error.http_status, headers={"connection": "close"}
-        )
-        await response(scope, receive, send)
+        error = CallError(ErrorCode.PARAMETER, f"{what} exceeds {self.max_bytes}")
+        await error_response(error, headers={"connection": "close"})(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -115,5 +112,5 @@ class InternalErrorAsJson:
             log.exception("internal error answering %s %s", scope["method"], scope["path"])
             if response_started:
                 raise  # half an answer is out: only closing the connection tells the client
-            error = ApiError(ErrorCode.INTERNAL, "internal error")
-            await JSONResponse(error.body(), status_code=error.http_status)(scope, receive, send)
+            error = CallError(ErrorCode.INTERNAL, "internal error")
+            await error_response(error)(scope, receive, send)

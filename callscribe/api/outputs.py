@@ -7,38 +7,31 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import time
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-# app.py imports this module only inside create_api_app, so this import is not circular.
-from callscribe.api.app import ERROR_RESPONSES, Authenticated, _services, find_tenant_call
-from callscribe.api.schemas import ApiError, ErrorCode, Namespace, UtcDatetime
-from callscribe.blobs.base import BlobNotFound, BlobStore
+from callscribe.api.deps import (
+    ERROR_RESPONSES,
+    Authenticated,
+    OutputServices,
+    api_services,
+    find_tenant_call,
+)
+from callscribe.api.schemas import UtcDatetime
+from callscribe.blobs.base import BlobNotFound
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore, LinkError
 from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
-from callscribe.recording import Recordings
+from callscribe.model import CallError, ErrorCode, Namespace
 from callscribe.store.base import CallKey
 
 KNOWN_MEDIA_TYPES = {".wav": "audio/wav", ".gz": "application/gzip"}
 
 
-@dataclass
-class OutputServices:
-    blobs: BlobStore
-    recordings: Recordings
-    export_retention_s: float
-    link_ttl_s: int = 3600
-    public_url: str | None = None
-    # Local mode: links point at this server, which checks their signature and expiry.
-    link_signer: BlobLinkSigner | None = None
-
-
 def _outputs(request: Request) -> OutputServices:
-    outputs = request.app.state.services.outputs
+    outputs = api_services(request).outputs
     assert outputs is not None
     return outputs
 
@@ -138,7 +131,7 @@ def build_router() -> APIRouter:
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     ) -> DeliveryFailuresResponse:
-        store = _services(request).store
+        store = api_services(request).store
         failures = await asyncio.to_thread(
             store.list_delivery_failures,
             key.tenant,
@@ -180,11 +173,11 @@ def build_router() -> APIRouter:
         end: Annotated[UtcDatetime, Query(description="exclusive")],
     ) -> FeedFilesResponse:
         if feed not in FEEDS:
-            raise ApiError(ErrorCode.PARAMETER, f"unknown feed {feed!r}; feeds: {', '.join(FEEDS)}")
+            raise CallError(ErrorCode.PARAMETER, f"unknown feed {feed!r}; feeds: {', '.join(FEEDS)}")
         if end <= start:
-            raise ApiError(ErrorCode.PARAMETER, "end must be after start")
+            raise CallError(ErrorCode.PARAMETER, "end must be after start")
         if end - start > MAX_INTERVAL:
-            raise ApiError(ErrorCode.PARAMETER, "the interval may span at most 31 days")
+            raise CallError(ErrorCode.PARAMETER, "the interval may span at most 31 days")
         outputs = _outputs(request)
         found = await asyncio.to_thread(
             feed_files,
@@ -232,7 +225,7 @@ def build_router() -> APIRouter:
         namespace: Annotated[Namespace | None, Query()] = None,
     ) -> RecordingsResponse:
         call = await find_tenant_call(
-            _services(request).store, key.tenant, externalConversationId, namespace
+            api_services(request).store, key.tenant, externalConversationId, namespace
         )
         call_key: CallKey = call.key
         outputs = _outputs(request)
@@ -277,11 +270,11 @@ def build_download_router(blobs: DirectoryBlobStore, signer: BlobLinkSigner) -> 
         try:
             grant = signer.verify(token)
         except LinkError as exc:
-            raise ApiError(ErrorCode.LINK_REFUSED, str(exc)) from None
+            raise CallError(ErrorCode.LINK_REFUSED, str(exc)) from None
         try:
             path = await asyncio.to_thread(blobs.open_path, grant.key)
         except (BlobNotFound, ValueError):
-            raise ApiError(ErrorCode.GONE, "this file no longer exists") from None
+            raise CallError(ErrorCode.GONE, "this file no longer exists") from None
         media_type = KNOWN_MEDIA_TYPES.get(path.suffix, mimetypes.guess_type(path.name)[0])
         return FileResponse(
             path,

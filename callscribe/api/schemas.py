@@ -1,4 +1,5 @@
-"""The wire contract (autotranscribe-api.md): request and response bodies, error codes.
+"""The wire contract (autotranscribe-api.md): request and response bodies around the domain's
+terms (``callscribe.model``).
 
 Requests are validated in two steps so that each failure gets the contract's code: the API
 envelope (``namespace``, ``guid``, participant ids) → 400-201; the transcription settings and
@@ -10,157 +11,27 @@ added to the contract later keeps working.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Set
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from callscribe.model import (
+    ACCEPTED_LANGUAGES,
+    GUID_PATTERN,
+    AmazonConnectParams,
+    AutotranscribeParams,
+    AutotranscribeResult,
+    CallError,
+    ErrorCode,
+    Namespace,
+    Role,
+    StartRequest,
+    TwilioParams,
 )
 
-from callscribe.asr.base import whisper_language
-
 log = logging.getLogger(__name__)
-
-# Used with fullmatch: "$" alone would let a trailing newline through.
-GUID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
-
-
-class ErrorCode(StrEnum):
-    PARAMETER = "400-201"
-    TRANSCRIPTION_PARAMETER = "400-202"
-    NO_SUCH_CALL = "400-203"
-    ALREADY = "409-201"
-    PENDING = "409-202"
-    BYE_IN_PROGRESS = "409-203"
-    INTERNAL = "500-201"
-    # Beyond the reference table (which covers start and stop only):
-    UNAUTHENTICATED = "401-201"
-    LINK_REFUSED = "403-201"  # a download link expired or was altered
-    GONE = "404-201"  # a linked file was removed by retention
-
-
-_HTTP_STATUS = {
-    ErrorCode.PARAMETER: 400,
-    ErrorCode.TRANSCRIPTION_PARAMETER: 400,
-    ErrorCode.NO_SUCH_CALL: 400,
-    ErrorCode.ALREADY: 409,
-    ErrorCode.PENDING: 409,
-    ErrorCode.BYE_IN_PROGRESS: 409,
-    ErrorCode.INTERNAL: 500,
-    ErrorCode.UNAUTHENTICATED: 401,
-    ErrorCode.LINK_REFUSED: 403,
-    ErrorCode.GONE: 404,
-}
-
-
-class ApiError(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def http_status(self) -> int:
-        return _HTTP_STATUS[self.code]
-
-    def body(self) -> dict[str, Any]:
-        return {"isOk": False, "error": {"code": self.code.value, "message": self.message}}
-
-
-class Namespace(StrEnum):
-    TWILIO = "twilio"
-    SIPREC = "siprec"
-    AMAZON_CONNECT = "amazonconnect"
-
-
-class Role(StrEnum):
-    CUSTOMER = "customer"
-    AGENT = "agent"
-
-
-class RedactionOutput(StrEnum):
-    REDACTED = "redacted"
-    UNREDACTED = "unredacted"
-    BOTH = "redacted_and_unredacted"
-
-
-LANGUAGE_PATTERN = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
-
-# Validation context key: the ISO 639 codes the ASR accepts. Which those are is the
-# deployment's to say (the API passes them in when it reads a start request); a request read
-# without them, as the task holding the call re-reads what the API already checked, is
-# checked for the locale's shape only.
-ACCEPTED_LANGUAGES = "accepted_languages"
-
-
-class AutotranscribeParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    language: str = Field("en-US", description="BCP-47 locale, e.g. en-US, es-US")
-    detailedToken: bool = Field(False, description="Add word tokens with times and confidence")
-    audioRecordingAllowed: bool = Field(
-        False,
-        description="Keep the call's audio (WAV, 8 kHz, 16-bit, customer and agent channels) "
-        "for the windows this start opens; see GET /conversation/v1/conversation/recording",
-    )
-    redactionOutput: RedactionOutput = Field(
-        RedactionOutput.REDACTED,
-        description=(
-            "redacted: utterance[].text is redacted. unredacted: the raw text. "
-            "redacted_and_unredacted: utterance[].text is redacted and "
-            "utterance[].unredactedText holds the raw text (tokens likewise: tokens / "
-            "unredactedTokens)."
-        ),
-    )
-
-    @field_validator("language")
-    @classmethod
-    def _supported_language(cls, value: str, info: ValidationInfo) -> str:
-        if not LANGUAGE_PATTERN.match(value):
-            raise ValueError(f"language {value!r} is not a BCP-47 locale such as en-US")
-        accepted = (info.context or {}).get(ACCEPTED_LANGUAGES)
-        if accepted is not None and whisper_language(value) not in accepted:
-            raise ValueError(f"language {value!r} is not supported")
-        return value
-
-
-class TwilioParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    trackMap: dict[Literal["inbound", "outbound"], Role] = Field(
-        default_factory=lambda: {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}
-    )
-
-    @field_validator("trackMap")
-    @classmethod
-    def _one_role_per_track(cls, value: dict[str, Role]) -> dict[str, Role]:
-        if len(set(value.values())) != len(value):
-            raise ValueError("trackMap must map each track to a different role")
-        return value
-
-
-class AmazonConnectParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    streamArn: str = Field(pattern=r"^arn:aws[a-z-]*:kinesisvideo:[a-z0-9-]+:\d{12}:stream/.+")
-    startSelectorType: Literal["NOW", "FRAGMENT_NUMBER"] = "NOW"
-    afterFragmentNumber: str | None = Field(None, pattern=r"^\d{1,128}$")
-
-    @model_validator(mode="after")
-    def _fragment_number_when_asked(self) -> AmazonConnectParams:
-        if self.startSelectorType == "FRAGMENT_NUMBER" and not self.afterFragmentNumber:
-            raise ValueError("startSelectorType FRAGMENT_NUMBER needs afterFragmentNumber")
-        return self
 
 
 class _Envelope(BaseModel):
@@ -187,18 +58,6 @@ class StartEnvelope(_Envelope):
     autotranscribeParams: dict[str, Any] | None = None
     twilioParams: dict[str, Any] | None = None
     amazonConnectParams: dict[str, Any] | None = None
-
-
-class StartRequest(BaseModel):
-    """A validated start-streaming request (what the ingest side receives)."""
-
-    namespace: Namespace
-    guid: str
-    customerId: str | None = None
-    agentId: str | None = None
-    autotranscribeParams: AutotranscribeParams = Field(default_factory=AutotranscribeParams)
-    twilioParams: TwilioParams | None = None
-    amazonConnectParams: AmazonConnectParams | None = None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -237,18 +96,18 @@ def parse_stop(body: Any) -> StopRequest:
     try:
         request = StopRequest.model_validate(body)
     except ValidationError as exc:
-        raise ApiError(ErrorCode.PARAMETER, _describe(exc)) from None
+        raise CallError(ErrorCode.PARAMETER, _describe(exc)) from None
     _log_ignored_fields("stop-streaming", body, StopRequest)
     return request
 
 
 def parse_start(body: Any, accepted_languages: Set[str]) -> StartRequest:
     """``accepted_languages``: the ISO 639 codes the deployment's ASR accepts
-    (``ApiServices.accepted_languages``)."""
+    (``ApiServices.languages``)."""
     try:
         envelope = StartEnvelope.model_validate(body)
     except ValidationError as exc:
-        raise ApiError(ErrorCode.PARAMETER, _describe(exc)) from None
+        raise CallError(ErrorCode.PARAMETER, _describe(exc)) from None
     try:
         request = StartRequest(
             namespace=envelope.namespace,
@@ -271,21 +130,21 @@ def parse_start(body: Any, accepted_languages: Set[str]) -> StartRequest:
             ),
         )
     except ValidationError as exc:
-        raise ApiError(ErrorCode.TRANSCRIPTION_PARAMETER, _describe(exc)) from None
+        raise CallError(ErrorCode.TRANSCRIPTION_PARAMETER, _describe(exc)) from None
     if request.twilioParams is not None and request.namespace is not Namespace.TWILIO:
-        raise ApiError(
+        raise CallError(
             ErrorCode.TRANSCRIPTION_PARAMETER,
             f"twilioParams cannot be used with namespace {request.namespace.value}",
         )
     if request.amazonConnectParams is not None and (
         request.namespace is not Namespace.AMAZON_CONNECT
     ):
-        raise ApiError(
+        raise CallError(
             ErrorCode.TRANSCRIPTION_PARAMETER,
             f"amazonConnectParams cannot be used with namespace {request.namespace.value}",
         )
     if request.namespace is Namespace.AMAZON_CONNECT and request.amazonConnectParams is None:
-        raise ApiError(
+        raise CallError(
             ErrorCode.TRANSCRIPTION_PARAMETER, "namespace amazonconnect needs amazonConnectParams"
         )
     _log_ignored_fields("start-streaming", body, StartEnvelope)
@@ -365,30 +224,6 @@ class TranscriptMessage(BaseModel):
     streamId: str
     sender: Sender
     autotranscribeResponse: TranscriptBody
-
-
-
-class Status(BaseModel):
-    code: int = Field(1000, description="1000 = OK")
-    description: str = "OK"
-
-
-class StreamSummary(BaseModel):
-    totalAudioBytes: int = Field(description="16-bit PCM at 8 kHz received: 16,000 bytes a second")
-    audioDurationMs: int
-    streamingSeconds: int = Field(description="Wall-clock seconds since the media connected")
-    transcripts: int = Field(description="Messages produced for this participant")
-
-
-class ParticipantResult(BaseModel):
-    streamId: str
-    status: Status = Field(default_factory=Status)
-    summary: StreamSummary | None = None
-
-
-class AutotranscribeResult(BaseModel):
-    customer: ParticipantResult | None = None
-    agent: ParticipantResult | None = None
 
 
 class StreamingResponse(BaseModel):

@@ -12,15 +12,16 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from mangum import Mangum
 
-from callscribe.api.app import ApiServices, create_api_app
+from callscribe.api.app import create_api_app
+from callscribe.api.deps import ApiServices
 from callscribe.auth import StreamTokens
 from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.outputs import s3_output_services
 from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
-from callscribe.api.schemas import Namespace
 from callscribe.control_http import HttpCallOpener, HttpControl
+from callscribe.model import Namespace
 from callscribe.secrets import TOKEN_SIGNING_KEY
 
 logger = Logger(service="callscribe-api")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from callscribe.api.outputs import OutputServices
+from callscribe.api.deps import OutputServices
 from callscribe.blobs.s3 import S3BlobStore
 from callscribe.config import Settings
 from callscribe.recording import Recordings

@@ -21,14 +21,6 @@ import logging
 import time
 from typing import Any, Protocol
 
-from callscribe.api.schemas import (
-    AmazonConnectParams,
-    ApiError,
-    AutotranscribeResult,
-    ErrorCode,
-    Role,
-    StartRequest,
-)
 from callscribe.calls import CallRegistry, CallSession
 from callscribe.config import ConnectSettings, EndpointingSettings
 from callscribe.connect.media import (
@@ -49,6 +41,14 @@ from callscribe.connect.reader import (
     ReaderFinished,
     StartSelector,
 )
+from callscribe.model import (
+    AmazonConnectParams,
+    AutotranscribeResult,
+    CallError,
+    ErrorCode,
+    Role,
+    StartRequest,
+)
 from callscribe.store.base import CallKey, CallStatus, Store
 from callscribe.transcription import TranscriptionPipeline
 
@@ -59,7 +59,7 @@ CHANNEL_ROLES = {CUSTOMER_TRACK: Role.CUSTOMER, AGENT_TRACK: Role.AGENT}
 
 class MediaSources(Protocol):
     def for_tenant(self, tenant: str) -> MediaSource:
-        """Blocking; ApiError when the tenant cannot use Amazon Connect."""
+        """Blocking; CallError when the tenant cannot use Amazon Connect."""
         ...
 
 
@@ -101,11 +101,11 @@ class ConnectCall(CallSession):
 
     def _startable(self, request: StartRequest) -> AmazonConnectParams:
         if self.status is CallStatus.COMPLETED:
-            raise ApiError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
+            raise CallError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
         if self.status is CallStatus.STREAMING:
-            raise ApiError(ErrorCode.ALREADY, "transcription already started")
+            raise CallError(ErrorCode.ALREADY, "transcription already started")
         if request.amazonConnectParams is None:
-            raise ApiError(
+            raise CallError(
                 ErrorCode.TRANSCRIPTION_PARAMETER, "namespace amazonconnect needs amazonConnectParams"
             )
         return request.amazonConnectParams
@@ -257,14 +257,14 @@ class ConnectIngest:
             return result
         params = request.amazonConnectParams
         if params is None:
-            raise ApiError(
+            raise CallError(
                 ErrorCode.TRANSCRIPTION_PARAMETER, "namespace amazonconnect needs amazonConnectParams"
             )
         known = await asyncio.to_thread(self.store.get_call, key)
         if known is None:
             for role, external_id in ((Role.CUSTOMER, request.customerId), (Role.AGENT, request.agentId)):
                 if external_id is None:
-                    raise ApiError(
+                    raise CallError(
                         ErrorCode.PARAMETER,
                         f"{role.value}Id is required on the first start-streaming of a call",
                     )
@@ -302,16 +302,16 @@ class ConnectIngest:
                 earlier=earlier,
             )
             await reader.connect()
-        except ApiError:
+        except CallError:
             self.readers_failed_to_open += 1
             raise
         except KvsAccessError as exc:
             self.readers_failed_to_open += 1
-            raise ApiError(ErrorCode.TRANSCRIPTION_PARAMETER, str(exc)) from None
+            raise CallError(ErrorCode.TRANSCRIPTION_PARAMETER, str(exc)) from None
         except Exception as exc:
             self.readers_failed_to_open += 1
             log.exception("connect call %s: GetMedia failed", key)
-            raise ApiError(
+            raise CallError(
                 ErrorCode.INTERNAL, f"Kinesis Video Streams did not answer: {exc}"
             ) from None
         self.readers_opened += 1

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from callscribe.api.schemas import ApiError, ErrorCode
 from callscribe.config import ConnectSettings
 from callscribe.connect.reader import KvsAccessError, MediaBody, StartSelector
+from callscribe.model import CallError, ErrorCode
 from callscribe.store.base import ConnectAccess, Store
 
 # Errors that the tenant's setup causes (and a retry cannot fix).
@@ -210,10 +210,10 @@ class BotoMediaSources:
         self._lock = threading.Lock()
 
     def for_tenant(self, tenant: str) -> BotoKvsMediaSource:
-        """Blocking (reads the Store). ApiError 400-202 when the tenant has no access set up."""
+        """Blocking (reads the Store). CallError 400-202 when the tenant has no access set up."""
         access = self.store.get_connect_access(tenant)
         if access is None:
-            raise ApiError(
+            raise CallError(
                 ErrorCode.TRANSCRIPTION_PARAMETER,
                 "Amazon Connect is not set up for this tenant: its operator must register the "
                 "tenant's Connect role (callscribe connect-access set)",
@@ -221,7 +221,7 @@ class BotoMediaSources:
         try:
             import boto3  # noqa: F401
         except ImportError:
-            raise ApiError(
+            raise CallError(
                 ErrorCode.INTERNAL, "reading Amazon Connect media needs callscribe[aws] (boto3)"
             ) from None
         with self._lock:

@@ -31,7 +31,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from callscribe.api.schemas import GUID_PATTERN
+from callscribe.model import GUID_PATTERN
 from callscribe.siprec.metadata import RecordingMetadata
 
 KNOWN_SOURCES = ("user-to-user", "cisco-guid", "metadata-session", "call-id")

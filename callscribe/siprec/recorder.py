@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from callscribe.api.schemas import Namespace, Role
 from callscribe.config import SiprecSettings
+from callscribe.model import Namespace, Role
 from callscribe.siprec.callid import CallIdSource, parse_sources, resolve_call_guid
 from callscribe.siprec.metadata import RecordingMetadata
 from callscribe.siprec.roles import RoleRules, assign_roles

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from callscribe.api.schemas import Role
+from callscribe.model import Role
 from callscribe.siprec.metadata import RecordingMetadata
 
 

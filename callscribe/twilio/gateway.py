@@ -24,12 +24,12 @@ import numpy as np
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from callscribe.api.schemas import Namespace, Role
 from callscribe.audio import TELEPHONE_RATE, ulaw_to_pcm16
 from callscribe.auth import AuthError, StreamGrant, StreamTokens
 from callscribe.calls import CallRegistry, CallSession
-from callscribe.connection_limits import LIMITS_LOG
 from callscribe.config import EndpointingSettings, TwilioSettings
+from callscribe.connection_limits import LIMITS_LOG
+from callscribe.model import Namespace, Role
 from callscribe.store.base import CallKey, Store
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.protocol import (

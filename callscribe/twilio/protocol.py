@@ -80,7 +80,7 @@ be oversized or carry control characters.
     per-track state from ``StreamStarted.tracks``.
 
 * ``start.callSid`` must be a guid as the API accepts it
-  (:data:`callscribe.api.schemas.GUID_PATTERN`, matched whole) -> ``INVALID_PAYLOAD``
+  (:data:`callscribe.model.GUID_PATTERN`, matched whole) -> ``INVALID_PAYLOAD``
   (1007). It becomes the call's key in the Store and its id in the API, webhooks and
   file names, so NUL, control or bidi characters, ``/`` and ``..`` never get that far.
   Twilio's own CallSids (``CA`` + 32 hex digits) always match.
@@ -122,7 +122,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final, TypeAlias
 
-from callscribe.api.schemas import GUID_PATTERN
+from callscribe.model import GUID_PATTERN
 
 __all__ = [
     "CloseCode",
