@@ -36,6 +36,7 @@ FD_RESERVE_FRACTION = 0.25
 FD_RESERVE_MIN = 64
 
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
+STALE_ACCEPT_RETRY = "Exception in callback BaseSelectorEventLoop._start_serving"
 
 
 class RateLimitedLogFilter(logging.Filter):
@@ -76,7 +77,15 @@ class AcceptOutOfResourcesFilter(RateLimitedLogFilter):
     tracebacks in seconds. One line per interval says the same."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.getMessage().startswith(ACCEPT_OUT_OF_RESOURCES):
+        message = record.getMessage()
+        if message.startswith(STALE_ACCEPT_RETRY) and isinstance(
+            record.exc_info[1] if record.exc_info else None, ValueError
+        ):
+            # Each failed accept() also scheduled a retry a second later; retries that come
+            # due after shutdown closed the listening socket fail on its closed descriptor
+            # (thousands of tracebacks as the process exits) and would have done nothing.
+            return False
+        if not message.startswith(ACCEPT_OUT_OF_RESOURCES):
             return True
         held = self._admit(ACCEPT_OUT_OF_RESOURCES)
         if held is None:
