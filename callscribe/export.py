@@ -231,16 +231,16 @@ def feed_files(
                 present[blob.key] = blob
     files = []
     for hour in wanted:
-        blob = present.get(feed_file_key(feed, tenant, hour))
-        if blob is None:
+        stored = present.get(feed_file_key(feed, tenant, hour))
+        if stored is None:
             continue
         name = f"{feed}-{tenant}-{hour:%Y-%m-%dT%H}.jsonl.gz"
         files.append(
             FeedFile(
-                blob.key,
+                stored.key,
                 hour,
-                blob.size,
-                blobs.signed_url(blob.key, link_ttl_s, name),
+                stored.size,
+                blobs.signed_url(stored.key, link_ttl_s, name),
                 now + link_ttl_s,
             )
         )

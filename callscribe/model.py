@@ -109,7 +109,7 @@ class TwilioParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     trackMap: dict[Literal["inbound", "outbound"], Role] = Field(
-        default_factory=lambda: {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}
+        default_factory=lambda: {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}  # type: ignore[arg-type,dict-item]
     )
 
     @field_validator("trackMap")

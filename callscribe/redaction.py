@@ -303,23 +303,23 @@ def _find_emails(text: str) -> list[tuple[int, int]]:
     # start right after one.
     spoken: list[tuple[int, int]] = []
     prev_end = 0
-    for at in _SPOKEN_AT_RE.finditer(text):
-        if at.start() < prev_end:
+    for spoken_at in _SPOKEN_AT_RE.finditer(text):
+        if spoken_at.start() < prev_end:
             continue
-        domain = _SPOKEN_DOMAIN_RE.match(text, at.end())
+        domain = _SPOKEN_DOMAIN_RE.match(text, spoken_at.end())
         if domain is None:
             continue
         lo = prev_end
-        k = bisect.bisect_left(literal, (at.start(),))  # literals before "at"
+        k = bisect.bisect_left(literal, (spoken_at.start(),))  # literals before "at"
         if k > 0:
             lo = max(lo, literal[k - 1][1])
-        if lo > at.start() or (k < len(literal) and literal[k][0] < domain.end()):
+        if lo > spoken_at.start() or (k < len(literal) and literal[k][0] < domain.end()):
             continue
-        start = _spoken_local_start(text, at.start(), lo)
+        start = _spoken_local_start(text, spoken_at.start(), lo)
         if start is None:
             continue
-        local = text[start:at.start()]
-        if "@" not in at.group() and local.lower() in _NOT_A_LOCAL_PART:
+        local = text[start:spoken_at.start()]
+        if "@" not in spoken_at.group() and local.lower() in _NOT_A_LOCAL_PART:
             continue
         spoken.append((start, domain.end()))
         prev_end = domain.end()

@@ -35,9 +35,10 @@ def _small_number(words: list[str], i: int) -> tuple[int, int] | None:
         if i < len(words) and 0 < _UNITS.get(words[i], _ORDINALS.get(words[i], 10)) < 10:
             value, i = value + _UNITS.get(words[i], _ORDINALS.get(words[i], 0)), i + 1
         return value, i
-    value = _UNITS.get(word, _TEENS.get(word, _ORDINALS.get(word)))
-    if value is None:
+    first = _UNITS.get(word, _TEENS.get(word, _ORDINALS.get(word)))
+    if first is None:
         return None
+    value = first
     i += 1
     if i < len(words) and words[i] == "hundred" and 0 < value < 10:
         value, i = value * 100, i + 1

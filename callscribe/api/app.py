@@ -269,7 +269,7 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
             app.add_api_route(
                 route.path + "/",
                 route.endpoint,
-                methods=list(route.methods),
+                methods=list(route.methods or ()),
                 response_model=route.response_model,
                 response_model_exclude_none=route.response_model_exclude_none,
                 include_in_schema=False,

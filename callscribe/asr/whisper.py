@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -233,7 +234,7 @@ class FasterWhisperEngine:
     def _transcribe_window(self, request: AsrRequest, frames: int | None) -> AsrResult:
         self._model._context.frames = frames
         audio = self._padded(request.audio, frames)
-        tried: list[tuple[_Decode, list, object]] = []  # type: ignore[type-arg]
+        tried: list[tuple[_Decode, list[Any], Any]] = []  # with faster-whisper's TranscriptionInfo
         for beam_size, temperature in self._decoding_rounds():
             segments, info = self._model.transcribe(
                 audio,

@@ -309,7 +309,8 @@ class ContactFlowHandler:
                 result = flatten_result(answer.get("autotranscribeResponse") or {})
                 log.info(json.dumps({"action": action, "guid": guid, "status": status}))
                 return {"callscribeResult": "ok", "callscribeGuid": guid, **result}
-            error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+            raw_error = answer.get("error")
+            error = raw_error if isinstance(raw_error, dict) else {}
             raise FlowError(
                 str(error.get("code") or f"http-{status}"),
                 str(error.get("message") or f"CallScribe answered HTTP {status}"),

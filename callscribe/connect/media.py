@@ -265,26 +265,26 @@ class ConnectMediaDemuxer:
                 self._discard(self._fragment, "a fragment without its end", out)
             self._fragment = _Fragment()
         elif isinstance(event, DocumentEnded):
-            fragment = self._fragment
+            ended = self._fragment
             self._fragment = None
-            if fragment is None:
+            if ended is None:
                 return
             if event.reason == "next-document":
-                self._release(fragment, out)
+                self._release(ended, out)
                 if not self.finished:
-                    self._complete(fragment, out)
+                    self._complete(ended, out)
             else:
-                self._discard(fragment, "the response ended before the fragment did", out)
+                self._discard(ended, "the response ended before the fragment did", out)
         elif isinstance(event, (Corrupted, Truncated)):
-            fragment = self._fragment
+            broken = self._fragment
             self._fragment = None
             if isinstance(event, Corrupted):
                 # Reported even when nothing was held yet: the rest of the fragment is lost.
-                number = fragment.number if fragment is not None else None
-                held = len(fragment.held) if fragment is not None else 0
+                number = broken.number if broken is not None else None
+                held = len(broken.held) if broken is not None else 0
                 out.append(AudioDiscarded(event.reason, number, held, lost=True))
-            elif fragment is not None:
-                self._discard(fragment, event.reason, out)
+            elif broken is not None:
+                self._discard(broken, event.reason, out)
 
     def _current(self) -> _Fragment:
         if self._fragment is None:  # pragma: no cover - the parser always starts a document

@@ -117,7 +117,8 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     message.body = body
 
     if problem is not None:
-        raise SipParseError(problem, message if _answerable(message) else None)
+        answerable = message if isinstance(message, Request) and _answerable(message) else None
+        raise SipParseError(problem, answerable)
     if isinstance(message, Request):
         _check_request(message)
     return message
@@ -225,7 +226,9 @@ def response_destination(request: Request, source: tuple[str, int]) -> tuple[str
 
 def _split_commas(value: str) -> list[str]:
     """Split a header value on commas outside quoted strings and angle brackets."""
-    parts, depth, quoted, current = [], 0, False, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quoted = 0, False
     for ch in value:
         if ch == '"':
             quoted = not quoted

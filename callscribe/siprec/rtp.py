@@ -23,6 +23,8 @@ a datagram comes from the stream's sender at all.
 
 from __future__ import annotations
 
+from typing import Any
+
 import abc
 import ipaddress
 import struct
@@ -130,9 +132,11 @@ class G729Decoder(AudioDecoder):
         import av  # heavy import: only sessions that negotiate G.729 pay for it
 
         self._av = av
-        self._context = av.CodecContext.create("g729", "r")
-        self._context.sample_rate = TELEPHONE_RATE
-        self._context.layout = "mono"
+        # An audio decoder's context (PyAV's stubs type create() as the generic base).
+        context: Any = av.CodecContext.create("g729", "r")
+        context.sample_rate = TELEPHONE_RATE
+        context.layout = "mono"
+        self._context = context
 
     def decode(self, payload: bytes) -> np.ndarray:
         frames = len(payload) // G729_FRAME_BYTES

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -286,7 +287,7 @@ class _TwilioStream:
             )
         await asyncio.sleep(wait_s)
 
-    async def _handle(self, events: list[object]) -> bool:
+    async def _handle(self, events: Sequence[object]) -> bool:
         """Apply a frame's events; True once the stream has stopped."""
         for event in events:
             if isinstance(event, MediaReceived):

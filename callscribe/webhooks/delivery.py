@@ -134,6 +134,7 @@ class WebhookDispatcher:
                 break
             self.stats.retried += 1
             await asyncio.sleep(target.retry_backoff_s * 2**attempt)
+        assert outcome is not None  # the loop left only on a failed attempt
         reason = outcome.reason
         if attempt:
             reason += f" (after {attempt + 1} attempts)"

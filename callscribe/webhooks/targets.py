@@ -173,7 +173,7 @@ class OAuth2ClientCredentials:
         form = {"grant_type": "client_credentials"}
         if self.scope:
             form["scope"] = self.scope
-        auth = None
+        auth = httpx.Auth()  # httpx's base Auth sends the request as it is
         if self.client_auth == "post":
             form |= {"client_id": self.client_id, "client_secret": self.client_secret}
         else:
