@@ -5,6 +5,9 @@ Every ingest (Twilio, SIPREC, Amazon Connect) turns its source into a ``CallSess
 channel is the customer and which the agent is decided by the ingest or by the start request
 (Twilio's ``trackMap``). Audio is counted from the moment the source connects, but only
 transcribed between start-streaming and stop-streaming.
+
+Every ingest gets its calls from one ``Calls`` factory (construct, open in the Store, register
+as live) on the process's ``CallServices``.
 """
 
 from __future__ import annotations
@@ -14,29 +17,29 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from callscribe.audio import TELEPHONE_RATE, Upsampler
 from callscribe.config import EndpointingSettings
-from callscribe.endpointing import Endpointer, SileroVad, Utterance
+from callscribe.endpointing import Endpointer, SileroVad, SpeechProbability, Utterance
 from callscribe.model import (
     AutotranscribeResult,
     CallError,
     ErrorCode,
-    Namespace,
     ParticipantResult,
     Role,
     StartRequest,
     StreamSummary,
 )
 from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
-from callscribe.transcription import Speaker, TranscriptionPipeline
+from callscribe.transcription import MessageSequence, Speaker, TranscriptionPipeline
 
 if TYPE_CHECKING:
-    from callscribe.recording import CallRecorder
+    from callscribe.recording import CallRecorder, Recordings
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,32 @@ COMPLETE_WAIT_S = 60.0
 # for stop-streaming (see ``CallSession.summary_after_end``).
 END_SUMMARY = "endSummary"
 
+# Each participant stream gets a VAD of its own (it keeps state between chunks).
+VadFactory = Callable[[], SpeechProbability]
+
+
+@dataclass(frozen=True)
+class CallServices:
+    """What every call of a process shares."""
+
+    store: Store
+    pipeline: TranscriptionPipeline
+    endpointing: EndpointingSettings
+    # Recorded in the Store as the holder of the process's calls (the control API finds it so).
+    owner: str = "local"
+    # Where a call's audio goes when its start request allows recording; None: not kept.
+    recordings: Recordings | None = None
+    vad_factory: VadFactory = SileroVad
+
+
+# An ingest's own rule for whether a call takes start/stop now (raises CallError to refuse).
+Admission = Callable[["CallSession"], None]
+
 
 class ParticipantStream:
-    def __init__(self, channel: str, settings: EndpointingSettings) -> None:
+    def __init__(
+        self, channel: str, settings: EndpointingSettings, vad: SpeechProbability
+    ) -> None:
         self.channel = channel
         self.role: Role | None = None
         self.position = 0  # 8 kHz samples from the start of the call's audio
@@ -62,8 +88,7 @@ class ParticipantStream:
         self.transcripts = 0
         self.transcribing = False
         self._settings = settings
-        self._vad = SileroVad()
-        self._endpointer = Endpointer(settings, self._vad)
+        self._endpointer = Endpointer(settings, vad)
         self._upsampler = Upsampler()
 
     def push(self, pcm16: np.ndarray, at_sample: int | None = None) -> list[Utterance]:
@@ -127,19 +152,18 @@ class CallSession:
     def __init__(
         self,
         key: CallKey,
-        pipeline: TranscriptionPipeline,
-        store: Store,
-        settings: EndpointingSettings,
+        services: CallServices,
         channels: Iterable[str],
         channel_roles: dict[str, Role] | None = None,
-        owner: str = "local",
+        admission: Admission | None = None,
     ) -> None:
         self.key = key
-        self.pipeline = pipeline
-        self.store = store
-        self.owner = owner
-        self._settings = settings
-        self.streams = {channel: ParticipantStream(channel, settings) for channel in channels}
+        self.services = services
+        self.pipeline = services.pipeline
+        self.store = services.store
+        self.owner = services.owner
+        self._admission = admission
+        self.streams = {channel: self._new_stream(channel) for channel in channels}
         self.channel_roles: dict[str, Role] = dict(channel_roles or {})
         self._apply_roles()
         self.status = CallStatus.CONNECTED
@@ -148,8 +172,7 @@ class CallSession:
         self.connected_at = time.monotonic()
         self.request: StartRequest | None = None
         self.participants: dict[Role, dict[str, str]] = {}  # role -> externalId, streamId
-        self._next_seq = 0
-        self._publish_lock = asyncio.Lock()
+        self._messages = MessageSequence()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         # Audio is kept only while transcription is on and its start allowed recording.
@@ -182,7 +205,7 @@ class CallSession:
                 }
                 self.restore_params(existing.params)
             last = await asyncio.to_thread(self.store.last_message_seq, self.key)
-            self._next_seq = 0 if last is None else last + 1
+            self._messages = MessageSequence(0 if last is None else last + 1)
             await asyncio.to_thread(
                 self.store.update_call,
                 self.key,
@@ -198,6 +221,9 @@ class CallSession:
     def restore_params(self, params: dict[str, Any]) -> None:
         """Take back what ``ingest_params`` kept, when this process takes the call over."""
 
+    def _new_stream(self, channel: str) -> ParticipantStream:
+        return ParticipantStream(channel, self.services.endpointing, self.services.vad_factory())
+
     def _apply_roles(self) -> None:
         for channel, stream in self.streams.items():
             stream.role = self.channel_roles.get(channel)
@@ -205,7 +231,7 @@ class CallSession:
     def add_channel(self, channel: str) -> None:
         """A stream that joined the call (a SIPREC re-INVITE adding a stream)."""
         if channel not in self.streams:
-            self.streams[channel] = ParticipantStream(channel, self._settings)
+            self.streams[channel] = self._new_stream(channel)
             self._apply_roles()
 
     def assign_roles(self, channel_roles: dict[str, Role]) -> None:
@@ -248,16 +274,12 @@ class CallSession:
 
     # control (start / stop) ---------------------------------------------------------------
 
-    def _refuse_while_closing(self) -> None:
-        if self.closing and self.key.namespace == Namespace.SIPREC.value:
-            raise CallError(
-                ErrorCode.BYE_IN_PROGRESS,
-                f"call {self.key.guid} received a SIPREC BYE; its last utterances are being "
-                "transcribed",
-            )
+    def _admit(self) -> None:
+        if self._admission is not None:
+            self._admission(self)
 
     async def start(self, request: StartRequest) -> AutotranscribeResult:
-        self._refuse_while_closing()
+        self._admit()
         if self.status is CallStatus.COMPLETED:
             raise CallError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
         if self.status is CallStatus.STREAMING:
@@ -292,7 +314,7 @@ class CallSession:
         return self._result(summary=False)
 
     async def stop(self) -> AutotranscribeResult:
-        self._refuse_while_closing()
+        self._admit()
         if self.status is CallStatus.COMPLETED:
             if self._audio_at_end is not None:
                 return await self._stop_after_end()
@@ -335,10 +357,7 @@ class CallSession:
                 updated_at=now,
             )
             self._end_persisted = True
-        # Retention counts from the end of the call, so every message of it expires together.
-        await asyncio.to_thread(
-            self.store.set_message_expiry, self.key, now + self.pipeline.retention_s
-        )
+        await self.pipeline.expire_messages(self.key, ended_at=now)
         self.closing = False
         self._closed.set()
         log.info("call %s: completed", self.key)
@@ -374,7 +393,7 @@ class CallSession:
         return self._result(summary=True, audio_bytes=self._audio_at_end, until=self._ended_at)
 
     def _recording_allowed(self, request: StartRequest) -> bool:
-        recordings = self.pipeline.recordings
+        recordings = self.services.recordings
         if not request.autotranscribeParams.audioRecordingAllowed or recordings is None:
             return False
         if self._recorder is None:
@@ -449,20 +468,8 @@ class CallSession:
     async def _transcribe(
         self, stream: ParticipantStream, speaker: Speaker, utterance: Utterance, params: Any
     ) -> None:
-        result = await self.pipeline.transcribe(utterance, params)
-        if result is None:
-            return
-        body = self.pipeline.message_body(self.key, speaker, utterance, result, params)
-        # Persist and publish one message at a time, so delivery order is transcription order.
-        async with self._publish_lock:
-            seq = self._next_seq
-            self._next_seq += 1
-            try:
-                await self.pipeline.persist_and_publish(self.key, seq, body)
-            except Exception:
-                log.exception("call %s: could not persist message %d", self.key, seq)
-                return
-        stream.transcripts += 1
+        if await self.pipeline.handle(self.key, speaker, utterance, params, self._messages):
+            stream.transcripts += 1
 
 
 async def claim_end_summary(store: Store, key: CallKey) -> AutotranscribeResult:
@@ -478,6 +485,9 @@ async def claim_end_summary(store: Store, key: CallKey) -> AutotranscribeResult:
     params = {**record.params, END_SUMMARY: {**end, "claimed": True}}
     await asyncio.to_thread(store.update_call, key, params=params, updated_at=time.time())
     return AutotranscribeResult.model_validate(end["result"])
+
+
+SessionKind = TypeVar("SessionKind", bound=CallSession)
 
 
 class CallRegistry:
@@ -501,3 +511,35 @@ class CallRegistry:
 
     async def complete_all(self) -> None:
         await asyncio.gather(*(call.complete() for call in list(self._calls.values())))
+
+
+class Calls:
+    """Where every ingest's calls come from: each is made on the process's shared services,
+    opened in the Store (or taken over) and registered as live, in that order, in one place."""
+
+    def __init__(self, services: CallServices, registry: CallRegistry) -> None:
+        self.services = services
+        self.registry = registry
+
+    async def open(
+        self, kind: type[SessionKind], key: CallKey, /, *, register: bool = True, **fields: Any
+    ) -> SessionKind:
+        """A call of ``kind`` (``CallSession`` or an ingest's subclass of it), opened in the
+        Store and registered as live; ``fields`` are the rest of its constructor's arguments.
+        ``register=False`` leaves registering to the ingest (``register``), for a source
+        whose call goes live later than it is opened (SIPREC: when its 200 OK goes out)."""
+        call = kind(key, self.services, **fields)
+        await call.open()
+        if register:
+            self.register(call)
+        return call
+
+    def register(self, call: CallSession) -> None:
+        self.registry.add(call)
+
+    def get(self, key: CallKey) -> CallSession | None:
+        return self.registry.get(key)
+
+    def forget(self, call: CallSession) -> None:
+        """The call is no longer held here (its media ended and it completed)."""
+        self.registry.remove(call)

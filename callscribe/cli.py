@@ -153,7 +153,8 @@ def _bucket_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from callscribe.server import exit_cleanly_on_sigterm, serve
+    from callscribe.server import serve
+    from callscribe.serving import exit_cleanly_on_sigterm
 
     try:
         settings = _settings(args)
@@ -182,18 +183,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from callscribe import adapters
+
     if getattr(args, "store", "sqlite") == "dynamodb":
         import os
-
-        from callscribe.aws.dynamodb_store import DynamoStore
 
         table = args.table or os.environ.get("CALLSCRIBE_TABLE_NAME")
         if not table:
             raise SystemExit("--store dynamodb needs --table (or CALLSCRIBE_TABLE_NAME)")
-        return DynamoStore(table)
-    from callscribe.store.sqlite import SqliteStore
-
-    return SqliteStore(_settings(args).store_path)
+        return adapters.dynamodb_store(table)
+    return adapters.local_store(_settings(args))
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -232,27 +231,23 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _secrets(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from callscribe import adapters
+
     prefix = getattr(args, "secrets_prefix", None)
     if prefix:
-        from callscribe.aws.secrets_manager import SecretsManagerSecrets
-
-        return SecretsManagerSecrets({}, name_prefix=prefix.rstrip("/") + "/")
-    from callscribe.secrets import FileSecrets
-
-    return FileSecrets(_settings(args).secrets_path)
+        return adapters.secrets_manager({}, prefix)
+    return adapters.local_secrets(_settings(args))
 
 
 def _blobs(args: argparse.Namespace, settings: Settings):  # type: ignore[no-untyped-def]
     """The deployment's bucket with --bucket; otherwise local mode's blob store."""
-    if getattr(args, "bucket", None):
-        from callscribe.blobs.s3 import S3BlobStore
+    from callscribe import adapters
 
-        return S3BlobStore(args.bucket, settings.blob_s3_prefix)
+    if getattr(args, "bucket", None):
+        return adapters.s3_blobs(settings, bucket=args.bucket)
     if getattr(args, "store", "sqlite") == "dynamodb":
         raise SystemExit("--store dynamodb needs --bucket (the deployment's exports bucket)")
-    from callscribe.server import open_blob_store
-
-    return open_blob_store(settings, _secrets(args))
+    return adapters.local_blobs(settings, _secrets(args))
 
 
 def _value(argument: str | None) -> str | None:
@@ -372,7 +367,7 @@ def cmd_export_list(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
-    from callscribe.server import DAY_S
+    from callscribe.adapters import DAY_S
 
     settings = _settings(args)
     if args.feed not in FEEDS:

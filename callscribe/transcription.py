@@ -1,7 +1,8 @@
 """Utterance → message: ASR, redaction, the webhook JSON, persist, then publish.
 
-Messages are persisted to the Store before they are published, so a webhook failure never
-loses a transcript: the after-call API still has it.
+``TranscriptionPipeline.handle`` is the one entry point, once per finished utterance. Messages
+are persisted to the Store before they are published, so a webhook failure never loses a
+transcript: the after-call API still has it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,6 @@ from callscribe.endpointing import Utterance
 from callscribe.model import AutotranscribeParams, RedactionOutput
 from callscribe.redaction import find_sensitive_spans, redact
 from callscribe.store.base import CallKey, Store, StoredMessage
-
-if TYPE_CHECKING:
-    from callscribe.recording import Recordings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +37,20 @@ class Speaker:
 
 
 RECENT_WAITS = 1000
+
+
+class MessageSequence:
+    """A call's message numbers. Handed out and persisted one at a time, so that delivery
+    order is transcription order."""
+
+    def __init__(self, next_seq: int = 0) -> None:
+        self.next_seq = next_seq
+        self.lock = asyncio.Lock()
+
+    def take(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
 
 
 @dataclass
@@ -126,16 +138,40 @@ class TranscriptionPipeline:
         store: Store,
         bus: EventBus,
         retention_s: float,
-        recordings: Recordings | None = None,
     ) -> None:
         self.asr = asr
         self.store = store
         self.bus = bus
-        self.retention_s = retention_s
-        # The call's other output: its audio, when the start request allows it. Carried here
-        # because every ingest hands its calls this pipeline.
-        self.recordings = recordings
+        self.retention_s = retention_s  # how long messages are kept after their call ends
         self.stats = AsrStats()
+
+    async def handle(
+        self,
+        key: CallKey,
+        speaker: Speaker,
+        utterance: Utterance,
+        params: AutotranscribeParams,
+        sequence: MessageSequence,
+    ) -> bool:
+        """One finished utterance of call ``key``: transcribe, build the message, persist and
+        publish it under the call's next number. True when a message went out."""
+        result = await self.transcribe(utterance, params)
+        if result is None:
+            return False
+        body = self.message_body(key, speaker, utterance, result, params)
+        async with sequence.lock:
+            seq = sequence.take()
+            try:
+                await self.persist_and_publish(key, seq, body)
+            except Exception:
+                log.exception("call %s: could not persist message %d", key, seq)
+                return False
+        return True
+
+    async def expire_messages(self, key: CallKey, ended_at: float) -> None:
+        """Retention counts from the end of the call, so every message of it expires
+        together."""
+        await asyncio.to_thread(self.store.set_message_expiry, key, ended_at + self.retention_s)
 
     async def transcribe(
         self, utterance: Utterance, params: AutotranscribeParams

@@ -16,7 +16,8 @@ import uvicorn
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import IssuedKey, create_api_key
 from callscribe.config import AsrSettings, Settings, SiprecSettings, WebhookSettings
-from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
+from callscribe.server import LocalRuntime, create_local_app
+from callscribe.serving import start_serving, stop_serving, uvicorn_config
 from callscribe.testing.simulate import ApiClient, WebhookReceiver, bind_loopback, running_receiver
 
 # Servers a test starts take any free SIPREC port rather than 5070, so a suite never collides
@@ -101,12 +102,10 @@ async def server_factory(
         app = create_local_app(runtime)
         sock = bind_loopback()
         port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn_config(app, settings))
-        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+        server, task = await start_serving(uvicorn_config(app, settings), [sock])
+        if not server.started:
+            task.result()  # raises what stopped it
+            raise RuntimeError("the server did not start")
         running = RunningServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", runtime, [])
         started.append((server, task, running))
         return running
@@ -116,8 +115,7 @@ async def server_factory(
     for server, task, running in started:
         for client in running.clients:
             await client.close()
-        server.should_exit = True
-        await task
+        await stop_serving(server, task)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.bus import InProcessEventBus
-from callscribe.calls import CallRegistry, CallSession
+from callscribe.calls import CallRegistry, Calls, CallServices, CallSession
 from callscribe.config import EndpointingSettings
 from callscribe.control import Control
 from callscribe.model import CallError, ErrorCode, Role, StartRequest
@@ -54,17 +54,16 @@ class CallHolder:
 
     async def add_call(self, guid: str) -> CallRecord:
         """A Twilio call whose media this process holds, connected, not yet transcribing."""
-        session = CallSession(
+        calls = Calls(
+            CallServices(self.store, self.pipeline, EndpointingSettings(), owner=self.owner),
+            self.registry,
+        )
+        session = await calls.open(
+            CallSession,
             CallKey("acme", "twilio", guid),
-            self.pipeline,
-            self.store,
-            EndpointingSettings(),
             channels=("inbound", "outbound"),
             channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
-            owner=self.owner,
         )
-        await session.open()
-        self.registry.add(session)
         record = self.store.get_call(session.key)
         assert record is not None
         return record

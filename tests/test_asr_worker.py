@@ -33,7 +33,8 @@ from callscribe.asr.remote import RemoteAsrEngine, pcm16_bytes
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.asr.worker import create_worker_app, worker_uvicorn_config
 from callscribe.config import AsrSettings, AsrWorkerSettings, Settings, WebhookSettings
-from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
+from callscribe.server import LocalRuntime, create_local_app
+from callscribe.serving import uvicorn_config
 from callscribe.testing.simulate import (
     PlayedCall,
     WebhookReceiver,

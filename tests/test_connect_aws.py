@@ -23,14 +23,15 @@ from moto import mock_aws
 from callscribe.auth import create_api_key
 from callscribe.aws import api_lambda
 from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.aws.kvs_reader_service import build_runtime, create_reader_app
+from callscribe.aws.gateway_service import build_runtime
+from callscribe.aws.kvs_reader_service import create_reader_app
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import ConnectSettings, Settings
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.control_http import SIGNATURE_HEADER, TIMESTAMP_HEADER, create_control_app, sign
 from callscribe.calls import CallRegistry
-from callscribe.server import LocalRuntime
+from callscribe.ingest import Ingest, IngestRuntime
 from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallStatus, ConnectAccess
 from tests.aws_fixtures import LambdaContext, create_resources, http_api_event
@@ -51,7 +52,7 @@ KEY = CallKey("acme", "amazonconnect", GUID)
 @dataclass
 class Deployment:
     store: DynamoStore
-    runtime: LocalRuntime
+    runtime: IngestRuntime
     control_url: str
     health_url: str
     credentials: dict[str, str]
@@ -113,7 +114,7 @@ async def deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> AsyncIte
             blob_s3_bucket=resources.bucket_name,
             connect=ConnectSettings(read_timeout_s=2, retry_backoff_s=0.05, stopped_call_timeout_s=30),
         )
-        runtime, control_secret = build_runtime(aws, settings, asr=SilentAsr())
+        runtime, control_secret = build_runtime(aws, settings, Ingest.AMAZON_CONNECT, asr=SilentAsr())
         app = create_reader_app(runtime, control_secret, control_port)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         task = asyncio.get_running_loop().create_task(

@@ -25,7 +25,8 @@ from callscribe.connect.ingest import ConnectCall
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.connect.media import AGENT_TRACK, CUSTOMER_TRACK
 from callscribe.testing.connect_stream import SimulatedKvsStream
-from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
+from callscribe.server import LocalRuntime, create_local_app
+from callscribe.serving import uvicorn_config
 from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallStatus, ConnectAccess
 from tests.connect_support import (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import uvicorn
 
 from callscribe.asr.base import AsrRequest, AsrResult
-from callscribe.calls import CallSession
+from callscribe.calls import Calls, CallSession
 from callscribe.config import Settings
 from callscribe.control_http import (
     REFUSED_STATUS,
@@ -49,13 +50,12 @@ class Gateway:
 
     async def add_call(self, guid: str) -> CallRecord:
         key = CallKey("acme", "twilio", guid)
-        session = CallSession(
-            key, self.runtime.pipeline, self.runtime.store, self.runtime.settings.endpointing,
-            channels=("inbound", "outbound"),
-            channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT}, owner=self.url,
+        # A call this gateway holds under its control URL (as an AWS task records it).
+        calls = Calls(replace(self.runtime.calls.services, owner=self.url), self.runtime.registry)
+        await calls.open(
+            CallSession, key, channels=("inbound", "outbound"),
+            channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
         )
-        await session.open()
-        self.runtime.registry.add(session)
         record = self.runtime.store.get_call(key)
         assert record is not None
         return record

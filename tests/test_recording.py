@@ -144,7 +144,7 @@ async def test_a_failing_spool_loses_the_recording_not_the_call(
 ) -> None:
     from callscribe.model import StartRequest
     from callscribe.bus import InProcessEventBus
-    from callscribe.calls import CallSession
+    from callscribe.calls import CallServices, CallSession
     from callscribe.config import EndpointingSettings
     from callscribe.store.sqlite import SqliteStore
     from callscribe.transcription import TranscriptionPipeline
@@ -157,10 +157,10 @@ async def test_a_failing_spool_loses_the_recording_not_the_call(
             pass
 
     store = SqliteStore(tmp_path / "s.sqlite3")
-    pipeline = TranscriptionPipeline(SilentAsr(), store, InProcessEventBus(), 3600,  # type: ignore[arg-type]
-                                     recordings=recordings)
+    pipeline = TranscriptionPipeline(SilentAsr(), store, InProcessEventBus(), 3600)  # type: ignore[arg-type]
     key = CallKey("acme", "twilio", "CA-disk")
-    session = CallSession(key, pipeline, store, EndpointingSettings(), channels=("inbound", "outbound"),
+    services = CallServices(store, pipeline, EndpointingSettings(), recordings=recordings)
+    session = CallSession(key, services, channels=("inbound", "outbound"),
                           channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT})
     await session.open()
     request = StartRequest.model_validate({
@@ -198,16 +198,16 @@ class SilentAsr:
 async def recorded_session(recordings: Recordings, tmp_path: Path, guid: str):  # type: ignore[no-untyped-def]
     from callscribe.model import StartRequest
     from callscribe.bus import InProcessEventBus
-    from callscribe.calls import CallSession
+    from callscribe.calls import CallServices, CallSession
     from callscribe.config import EndpointingSettings
     from callscribe.store.sqlite import SqliteStore
     from callscribe.transcription import TranscriptionPipeline
 
     store = SqliteStore(tmp_path / "s.sqlite3")
-    pipeline = TranscriptionPipeline(SilentAsr(), store, InProcessEventBus(), 3600,  # type: ignore[arg-type]
-                                     recordings=recordings)
+    pipeline = TranscriptionPipeline(SilentAsr(), store, InProcessEventBus(), 3600)  # type: ignore[arg-type]
     key = CallKey("acme", "twilio", guid)
-    session = CallSession(key, pipeline, store, EndpointingSettings(), channels=("inbound", "outbound"),
+    services = CallServices(store, pipeline, EndpointingSettings(), recordings=recordings)
+    session = CallSession(key, services, channels=("inbound", "outbound"),
                           channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT})
     await session.open()
     request = StartRequest.model_validate({

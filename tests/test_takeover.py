@@ -258,6 +258,7 @@ async def test_gateway_task_sweeps_on_start(
     )
     from callscribe.aws.settings import AwsSettings
     from callscribe.config import Settings, SiprecSettings
+    from callscribe.ingest import Ingest
     from tests.aws_fixtures import create_resources
 
     resources = create_resources()
@@ -271,7 +272,7 @@ async def test_gateway_task_sweeps_on_start(
         control_url=control_url(ip), ecs_cluster=CLUSTER,
     )
     settings = Settings(blob_s3_bucket=resources.bucket_name, siprec=SiprecSettings(port=0))
-    runtime, secret = build_runtime(aws_settings, settings, asr=asr_engine)
+    runtime, secret = build_runtime(aws_settings, settings, Ingest.TWILIO, asr=asr_engine)
     sweep = abandoned_call_sweep(aws_settings, settings, runtime)
     assert sweep is not None
     app = create_gateway_app(runtime, secret, aws_settings.control_port, sweep=sweep)

@@ -103,7 +103,8 @@ async def test_language_reaches_the_asr_engine(tmp_path, receiver: WebhookReceiv
     import uvicorn
 
     from callscribe.config import Settings, WebhookSettings
-    from callscribe.server import LocalRuntime, create_local_app, uvicorn_config
+    from callscribe.server import LocalRuntime, create_local_app
+    from callscribe.serving import uvicorn_config
     from callscribe.testing.simulate import ApiClient, bind_loopback
     from callscribe.auth import create_api_key
 

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.asr.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from callscribe.config import AsrWorkerSettings
+from callscribe.serving import serve_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +240,8 @@ async def serve_worker(settings: AsrWorkerSettings) -> None:
     engine = FasterWhisperEngine(settings)
     try:
         app = create_worker_app(engine, settings)
-        server = uvicorn.Server(worker_uvicorn_config(app, settings))
-        serving = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.05)
-        if server.started:
+
+        def announce(server: uvicorn.Server) -> None:
             port = server.servers[0].sockets[0].getsockname()[1]
             print(
                 f"CallScribe ASR worker listening on "
@@ -253,7 +251,8 @@ async def serve_worker(settings: AsrWorkerSettings) -> None:
                 f"queue {settings.max_queue})",
                 flush=True,
             )
-        await serving
+
+        await serve_until_stopped(worker_uvicorn_config(app, settings), on_started=announce)
     finally:
         await engine.close()
 

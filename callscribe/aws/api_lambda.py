@@ -12,24 +12,22 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from mangum import Mangum
 
+from callscribe import adapters
 from callscribe.api.app import create_api_app
-from callscribe.api.deps import ApiServices
+from callscribe.api.deps import ApiServices, OutputServices
 from callscribe.auth import StreamTokens
-from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.aws.outputs import s3_output_services
-from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import HttpCallOpener, HttpControl
 from callscribe.model import Namespace
-from callscribe.secrets import TOKEN_SIGNING_KEY
+from callscribe.secrets import TOKEN_SIGNING_KEY, Secrets
 
 logger = Logger(service="callscribe-api")
 tracer = Tracer(service="callscribe-api")
 metrics = Metrics(namespace="CallScribe", service="callscribe-api")
 
 
-def _required(secrets: SecretsManagerSecrets, name: str) -> str:
+def _required(secrets: Secrets, name: str) -> str:
     value = secrets.get(name)
     if not value:
         raise RuntimeError(f"secret {name!r} is missing from Secrets Manager")
@@ -40,22 +38,27 @@ def _required(secrets: SecretsManagerSecrets, name: str) -> str:
 def asgi_handler() -> Mangum:
     """Built once per Lambda container (cold start), reused by every invocation."""
     aws, settings = AwsSettings(), Settings()
-    secrets = SecretsManagerSecrets(
-        {TOKEN_SIGNING_KEY: aws.token_secret_arn, CONTROL_SECRET: aws.control_secret_arn}
-    )
+    secrets = adapters.deployment_secrets(aws)
+    blobs = adapters.s3_blobs(settings)
     control_secret = _required(secrets, CONTROL_SECRET)
     openers = {}
     if aws.kvs_reader_url:
         # Amazon Connect calls are opened by start-streaming, on one of the KVS reader tasks.
         openers[Namespace.AMAZON_CONNECT] = HttpCallOpener(control_secret, aws.kvs_reader_url)
     services = ApiServices(
-        store=DynamoStore(aws.table_name),
+        store=adapters.dynamodb_store(aws.table_name),
         tokens=StreamTokens(_required(secrets, TOKEN_SIGNING_KEY), settings.stream_token_ttl_s),
         control=HttpControl(control_secret),
         openers=openers,
         public_gateway_url=settings.public_gateway_url,
         max_messages=settings.max_messages_per_call,
-        outputs=s3_output_services(settings),
+        # Links are pre-signed S3 GETs, so no download route is served.
+        outputs=OutputServices(
+            blobs=blobs,
+            recordings=adapters.recordings(settings, blobs, adapters.AWS_SPOOL_DIR),
+            export_retention_s=settings.export_retention_days * adapters.DAY_S,
+            link_ttl_s=settings.link_ttl_s,
+        ),
     )
     return Mangum(create_api_app(services), lifespan="off")
 

@@ -10,7 +10,6 @@ marker. An operator re-runs a day with ``{"date": "YYYY-MM-DD"}`` (and optionall
 from __future__ import annotations
 
 import functools
-import os
 import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.aws.outputs import SPOOL_DIR, s3_blob_store
+from callscribe import adapters
+from callscribe.aws.settings import AwsResources
 from callscribe.config import Settings
 from callscribe.export import UtteranceExporter
 
@@ -34,9 +33,11 @@ class InvalidExportRequest(ValueError):
 
 @functools.cache
 def exporter() -> UtteranceExporter:
-    """Built once per Lambda container (cold start)."""
+    """Built once per Lambda container (cold start), from the function's environment."""
     return UtteranceExporter(
-        DynamoStore(os.environ["CALLSCRIBE_TABLE_NAME"]), s3_blob_store(Settings()), SPOOL_DIR
+        adapters.dynamodb_store(AwsResources().table_name),
+        adapters.s3_blobs(Settings()),
+        adapters.AWS_SPOOL_DIR,
     )
 
 

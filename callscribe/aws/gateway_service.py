@@ -12,39 +12,34 @@ EventBridge; recordings (``audioRecordingAllowed``) go to the S3 bucket; ASR run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import socket
-import urllib.request
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import Any
-import uvicorn
+
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from callscribe import adapters
 from callscribe.asr.base import AsrEngine
-from callscribe.aws.dynamodb_store import DynamoStore
 from callscribe.aws.ecs_tasks import AbandonedCallSweep
-from callscribe.aws.eventbridge_bus import EventBridgeBus
-from callscribe.aws.outputs import s3_blob_store, s3_recordings
-from callscribe.aws.secrets_manager import SecretsManagerSecrets
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app
-from callscribe.secrets import TOKEN_SIGNING_KEY
-from callscribe.server import (
-    LocalRuntime,
-    add_gateway_routes,
+from callscribe.ingest import Ingest, IngestRuntime
+from callscribe.server import add_gateway_routes
+from callscribe.serving import (
     exit_cleanly_on_sigterm,
+    lifespan,
+    serve_until_stopped,
     uvicorn_config,
 )
 
 log = logging.getLogger(__name__)
-
-DAY_S = 86_400
 
 
 def task_metadata() -> dict[str, Any] | None:
@@ -86,38 +81,22 @@ class RouteByPort:
 
 
 def build_runtime(
-    aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None
-) -> tuple[LocalRuntime, str]:
-    """The ingest runtime of an AWS task (a Twilio gateway or a KVS reader) on the AWS
-    adapters, and the control secret its private endpoint checks."""
-    if not aws.event_bus_name:
-        raise RuntimeError("CALLSCRIBE_EVENT_BUS_NAME must name the transcript event bus")
-    secrets = SecretsManagerSecrets(
-        {TOKEN_SIGNING_KEY: aws.token_secret_arn, CONTROL_SECRET: aws.control_secret_arn}
-    )
-    control_secret = secrets.get(CONTROL_SECRET)
+    aws: AwsSettings, settings: Settings, ingest: Ingest, asr: AsrEngine | None = None
+) -> tuple[IngestRuntime, str]:
+    """An AWS task's runtime, serving the one ``ingest`` it exists for (SIPREC has a service
+    and load balancer of its own), on the AWS adapters; and the control secret its private
+    endpoint checks."""
+    ports = adapters.aws(settings, aws)
+    control_secret = ports.secrets.get(CONTROL_SECRET)
     if not control_secret:
         raise RuntimeError("the control secret is missing from Secrets Manager")
     owner = aws.control_url or f"http://{task_private_ip()}:{aws.control_port}"
-    # SIPREC has a service (and network load balancer) of its own, never these tasks.
-    settings.siprec.enabled = False
-    blobs = s3_blob_store(settings)
-    runtime = LocalRuntime.assemble(
-        settings,
-        store=DynamoStore(aws.table_name),
-        secrets=secrets,
-        bus=EventBridgeBus(aws.event_bus_name),
-        asr=asr,
-        owner=owner,
-        # Calls started with audioRecordingAllowed leave a WAV in the bucket when they end.
-        recordings=s3_recordings(settings, blobs),
-    )
-    runtime.blobs = blobs
+    runtime = IngestRuntime.compose(settings, ports, ingests=[ingest], owner=owner, asr=asr)
     return runtime, control_secret
 
 
 def abandoned_call_sweep(
-    aws: AwsSettings, settings: Settings, runtime: LocalRuntime
+    aws: AwsSettings, settings: Settings, runtime: IngestRuntime
 ) -> AbandonedCallSweep | None:
     """The sweep this task runs as it starts (None outside ECS, where no cluster is known).
     Made before the task serves, so its start time precedes every call it will own."""
@@ -132,35 +111,30 @@ def abandoned_call_sweep(
     return AbandonedCallSweep(
         store=runtime.store,
         cluster=cluster,
-        own_owner=runtime.gateway.services.owner,
+        own_owner=runtime.owner,
         started_at=time.time(),
-        retention_s=settings.message_retention_days * DAY_S,
+        retention_s=settings.message_retention_days * adapters.DAY_S,
     )
 
 
 def create_gateway_app(
-    runtime: LocalRuntime,
+    runtime: IngestRuntime,
     control_secret: str,
     control_port: int,
     sweep: AbandonedCallSweep | None = None,
 ) -> ASGIApp:
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def start() -> None:
         try:
-            await runtime.warm_up()
+            await runtime.start()
         except Exception:  # a worker still starting must not keep the gateway down
             log.exception("ASR warm-up failed; continuing")
-        sweeping = None
-        if sweep is not None:
-            # In the background: the gateway serves at once; the sweep only completes calls
-            # that no live task holds.
-            sweeping = asyncio.get_running_loop().create_task(_sweep(sweep))
-        yield
-        if sweeping is not None:
-            sweeping.cancel()
-        await runtime.shutdown()
 
-    gateway_app = Starlette(lifespan=lifespan)
+    def background() -> list[Any]:
+        # In the background: the gateway serves at once; the sweep only completes calls that
+        # no live task holds.
+        return [_sweep(sweep)] if sweep is not None else []
+
+    gateway_app = Starlette(lifespan=lifespan(start, runtime.shutdown, background=background))
     add_gateway_routes(gateway_app, runtime)
     return RouteByPort(control_port, create_control_app(runtime.registry, control_secret), gateway_app)
 
@@ -186,15 +160,22 @@ async def serve_on_two_ports(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, port))
         sockets.append(sock)
-    server = uvicorn.Server(uvicorn_config(app, settings))  # type: ignore[arg-type]
-    serving = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.05)
-    if server.started:
+
+    def announce(_: object) -> None:
         print(banner, flush=True)
         if ready is not None:
             ready.set()
-    await serving
+
+    await serve_until_stopped(uvicorn_config(app, settings), sockets, on_started=announce)
+
+
+def task_settings() -> Settings:
+    """The task's settings, from its environment; a container listens on every interface
+    unless CALLSCRIBE_HOST says otherwise."""
+    settings = Settings()
+    if "host" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"host": "0.0.0.0"})
+    return settings
 
 
 def run_task_service(serve: Callable[[AwsSettings, Settings], Awaitable[None]]) -> int:
@@ -203,7 +184,7 @@ def run_task_service(serve: Callable[[AwsSettings, Settings], Awaitable[None]]) 
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    settings = Settings(host=os.environ.get("CALLSCRIBE_HOST", "0.0.0.0"))
+    settings = task_settings()
     aws = AwsSettings()
     exit_cleanly_on_sigterm()
     try:
@@ -215,12 +196,12 @@ def run_task_service(serve: Callable[[AwsSettings, Settings], Awaitable[None]]) 
 
 async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
                 ready: asyncio.Event | None = None) -> None:
-    runtime, control_secret = build_runtime(aws, settings, asr)
+    runtime, control_secret = build_runtime(aws, settings, Ingest.TWILIO, asr)
     sweep = abandoned_call_sweep(aws, settings, runtime)
     app = create_gateway_app(runtime, control_secret, aws.control_port, sweep)
     banner = (
         f"CallScribe gateway on :{aws.port} (Twilio media, /healthz), control on "
-        f":{aws.control_port}, owner {runtime.gateway.services.owner}"
+        f":{aws.control_port}, owner {runtime.owner}"
     )
     await serve_on_two_ports(app, aws, settings, banner, ready)
 

@@ -16,9 +16,7 @@ ASR and delivery counters, and that tenant's calls);
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
@@ -33,30 +31,28 @@ from callscribe.aws.gateway_service import (
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app
-from callscribe.server import LocalRuntime, healthz_route
+from callscribe.ingest import Ingest, IngestRuntime
+from callscribe.server import healthz_route
+from callscribe.serving import lifespan
 
 log = logging.getLogger(__name__)
 
 
-def create_reader_app(runtime: LocalRuntime, control_secret: str, control_port: int) -> ASGIApp:
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await runtime.warm_up()
-        yield
-        await runtime.shutdown()
-
-    health_app = Starlette(routes=[healthz_route(runtime)], lifespan=lifespan)
+def create_reader_app(runtime: IngestRuntime, control_secret: str, control_port: int) -> ASGIApp:
+    health_app = Starlette(
+        routes=[healthz_route(runtime)], lifespan=lifespan(runtime.start, runtime.shutdown)
+    )
     control_app = create_control_app(runtime.registry, control_secret, opener=runtime.connect)
     return RouteByPort(control_port, control_app, health_app)
 
 
 async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
                 ready: asyncio.Event | None = None) -> None:
-    runtime, control_secret = build_runtime(aws, settings, asr)
+    runtime, control_secret = build_runtime(aws, settings, Ingest.AMAZON_CONNECT, asr)
     app = create_reader_app(runtime, control_secret, aws.control_port)
     banner = (
         f"CallScribe KVS reader: /healthz on :{aws.port}, control on :{aws.control_port}, "
-        f"owner {runtime.gateway.services.owner}"
+        f"owner {runtime.owner}"
     )
     await serve_on_two_ports(app, aws, settings, banner, ready)
 

@@ -8,10 +8,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 CONTROL_SECRET = "control-shared-secret"
 
 
-class AwsSettings(BaseSettings):
+class AwsResources(BaseSettings):
+    """What every AWS process finds: the deployment's table and its secrets' name prefix."""
+
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
 
     table_name: str
+    # Secrets not passed by ARN (tenants' webhook credentials) are named <prefix><name>.
+    secrets_prefix: str = "callscribe/"
+
+
+class WebhookFunctionSettings(AwsResources):
+    """The webhook Lambda's: the deployment-wide target's credentials, and how long a message
+    may wait in the queue before it is dropped (oldest first) rather than sent."""
+
+    webhook_secret_arn: str | None = None
+    webhook_max_queue_age_s: float = Field(120.0, gt=0)
+
+
+class AwsSettings(AwsResources):
+    """The tasks that hold calls and the API Lambda."""
+
     event_bus_name: str | None = None
     token_secret_arn: str
     control_secret_arn: str

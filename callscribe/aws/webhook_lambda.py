@@ -6,7 +6,7 @@ in order per conversation, a failed POST is recorded and dropped, never retried 
 Two things are particular to a queue:
 
 - *Oldest pending dropped first*: a message that waited in the queue longer than
-  ``CALLSCRIBE_WEBHOOK_MAX_QUEUE_AGE_S`` (a slow or failing target made the queue back up) is
+  ``CALLSCRIBE_WEBHOOK_MAX_QUEUE_AGE_S`` (``WebhookFunctionSettings``) (a slow or failing target made the queue back up) is
   recorded as dropped and not sent; FIFO order means the oldest go first.
 - *Poison messages*: a body that is not a transcript event is reported as a batch item failure
   (powertools' FIFO processor also fails the rest of that message group, keeping its order),
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +30,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from callscribe.aws.dynamodb_store import DynamoStore
+from callscribe import adapters
 from callscribe.aws.eventbridge_bus import event_from_detail
-from callscribe.aws.secrets_manager import SecretsManagerSecrets
+from callscribe.aws.settings import WebhookFunctionSettings
 from callscribe.bus import TranscriptEvent
 from callscribe.config import WebhookSettings
+from callscribe.secrets import Secrets
 from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.webhooks.targets import WebhookTargets, default_webhook_target
 from callscribe.store.base import DeliveryFailure, Store
@@ -44,7 +44,7 @@ logger = Logger(service="callscribe-webhook")
 tracer = Tracer(service="callscribe-webhook")
 metrics = Metrics(namespace="CallScribe", service="callscribe-webhook")
 
-DEFAULT_MAX_QUEUE_AGE_S = 120.0
+DEPLOYMENT_WEBHOOK = "deployment-webhook"
 
 
 class PoisonMessage(ValueError):
@@ -99,14 +99,12 @@ class WebhookDelivery:
         )
 
 
-def _default_settings(secrets: SecretsManagerSecrets) -> WebhookSettings:
-    """The deployment-wide target: URL from the stack, credentials from its webhook secret
-    (JSON ``{"name": …, "value": …, "in": "header"|"query"}``, set by the operator)."""
-    fields: dict[str, Any] = {
-        "url": os.environ.get("CALLSCRIBE_WEBHOOK_URL") or None,
-        "timeout_s": float(os.environ.get("CALLSCRIBE_WEBHOOK_TIMEOUT_S", "5")),
-    }
-    credentials = secrets.get("deployment-webhook")
+def deployment_webhook(configured: WebhookSettings, secrets: Secrets) -> WebhookSettings:
+    """The deployment-wide target: URL and timeout from the stack, credentials from its
+    webhook secret (JSON ``{"name": …, "value": …, "in": "header"|"query"}``, set by the
+    operator)."""
+    fields: dict[str, Any] = {"url": configured.url, "timeout_s": configured.timeout_s}
+    credentials = secrets.get(DEPLOYMENT_WEBHOOK)
     if credentials:
         parsed = json.loads(credentials)
         if parsed.get("name") and parsed.get("value"):
@@ -120,24 +118,21 @@ def _default_settings(secrets: SecretsManagerSecrets) -> WebhookSettings:
 
 @functools.cache
 def webhook_delivery() -> WebhookDelivery:
-    """Built once per Lambda container (cold start)."""
-    store = DynamoStore(os.environ["CALLSCRIBE_TABLE_NAME"])
+    """Built once per Lambda container (cold start), from the function's environment."""
+    resources = WebhookFunctionSettings()
+    store = adapters.dynamodb_store(resources.table_name)
     secret_ids = {}
-    if os.environ.get("CALLSCRIBE_WEBHOOK_SECRET_ARN"):
-        secret_ids["deployment-webhook"] = os.environ["CALLSCRIBE_WEBHOOK_SECRET_ARN"]
-    secrets = SecretsManagerSecrets(
-        secret_ids, name_prefix=os.environ.get("CALLSCRIBE_SECRETS_PREFIX", "callscribe/")
-    )
-    settings = _default_settings(secrets)
+    if resources.webhook_secret_arn:
+        secret_ids[DEPLOYMENT_WEBHOOK] = resources.webhook_secret_arn
+    secrets = adapters.secrets_manager(secret_ids, resources.secrets_prefix)
+    settings = deployment_webhook(WebhookSettings(), secrets)
     loop = asyncio.new_event_loop()
     targets = WebhookTargets(store, secrets, default=default_webhook_target(settings))
     return WebhookDelivery(
         store=store,
         dispatcher=WebhookDispatcher(targets, store, max_pending=settings.max_pending),
         loop=loop,
-        max_queue_age_s=float(
-            os.environ.get("CALLSCRIBE_WEBHOOK_MAX_QUEUE_AGE_S", DEFAULT_MAX_QUEUE_AGE_S)
-        ),
+        max_queue_age_s=resources.webhook_max_queue_age_s,
         drain_timeout_s=settings.timeout_s * 10 + 5,
     )
 

@@ -21,8 +21,8 @@ import logging
 import time
 from typing import Any, Protocol
 
-from callscribe.calls import CallRegistry, CallSession
-from callscribe.config import ConnectSettings, EndpointingSettings
+from callscribe.calls import Calls, CallServices, CallSession
+from callscribe.config import ConnectSettings
 from callscribe.connect.media import (
     AGENT_TRACK,
     CHANNELS,
@@ -49,8 +49,7 @@ from callscribe.model import (
     Role,
     StartRequest,
 )
-from callscribe.store.base import CallKey, CallStatus, Store
-from callscribe.transcription import TranscriptionPipeline
+from callscribe.store.base import CallKey, CallStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +69,8 @@ def selector_for(params: AmazonConnectParams) -> StartSelector:
 
 
 class ConnectCall(CallSession):
-    def __init__(self, key: CallKey, ingest: ConnectIngest) -> None:
-        super().__init__(
-            key,
-            ingest.pipeline,
-            ingest.store,
-            ingest.endpointing,
-            channels=CHANNELS,
-            channel_roles=CHANNEL_ROLES,
-            owner=ingest.owner,
-        )
+    def __init__(self, key: CallKey, services: CallServices, ingest: ConnectIngest) -> None:
+        super().__init__(key, services, channels=CHANNELS, channel_roles=CHANNEL_ROLES)
         self.ingest = ingest
         self.timeline = MediaTimeline()
         self.reader: KvsStreamReader | None = None
@@ -223,21 +214,15 @@ class ConnectIngest:
     def __init__(
         self,
         *,
-        store: Store,
-        pipeline: TranscriptionPipeline,
-        registry: CallRegistry,
-        endpointing: EndpointingSettings,
+        calls: Calls,
         settings: ConnectSettings,
         sources: MediaSources,
-        owner: str,
     ) -> None:
-        self.store = store
-        self.pipeline = pipeline
-        self.registry = registry
-        self.endpointing = endpointing
+        self.call_factory = calls
+        self.store = calls.services.store
+        self.owner = calls.services.owner
         self.settings = settings
         self.sources = sources
-        self.owner = owner
         self.calls: dict[CallKey, ConnectCall] = {}
         self.readers_opened = 0
         self.readers_failed_to_open = 0
@@ -271,14 +256,12 @@ class ConnectIngest:
         # The reader connects before the call is created: a stream that this tenant cannot
         # read leaves no call behind.
         reader = await self.connect_reader(key, params)
-        call = ConnectCall(key, self)
         try:
-            await call.open()
+            call = await self.call_factory.open(ConnectCall, key, ingest=self)
         except BaseException:
             await reader.stop()
             raise
         self.calls[key] = call
-        self.registry.add(call)
         try:
             return await call.start_reading(request, reader)
         except BaseException:
@@ -334,7 +317,7 @@ class ConnectIngest:
     def forget(self, call: ConnectCall) -> None:
         if self.calls.get(call.key) is call:
             del self.calls[call.key]
-        self.registry.remove(call)
+        self.call_factory.forget(call)
 
     def stats(self) -> dict[str, Any]:
         live = [call for call in self.calls.values() if call.reader is not None]

@@ -33,8 +33,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from callscribe.calls import CallRegistry, CallSession
-from callscribe.config import EndpointingSettings, SiprecSettings
+from callscribe.calls import Calls, CallSession
+from callscribe.config import SiprecSettings
+from callscribe.siprec.admission import refuse_while_closing
 from callscribe.siprec.message import KeepAlive, SipFramingError, SipStreamFramer, safe_text
 from callscribe.siprec.recorder import (
     Action,
@@ -55,8 +56,6 @@ from callscribe.siprec.recorder import (
 )
 from callscribe.siprec.rtp import RtpStats
 from callscribe.siprec.uas import MessageDropped, Peer, RequestRejected, Send
-from callscribe.store.base import Store
-from callscribe.transcription import TranscriptionPipeline
 
 __all__ = [
     "RtpPortAllocator",
@@ -108,13 +107,9 @@ class _RateLimitedLog:
 
 @dataclass
 class SiprecServices:
-    store: Store
-    pipeline: TranscriptionPipeline
-    registry: CallRegistry
-    endpointing: EndpointingSettings
+    calls: Calls
     settings: SiprecSettings
     host: str = "127.0.0.1"
-    owner: str = "local"
 
 
 def parse_port_range(spec: str) -> tuple[int, int]:
@@ -264,12 +259,12 @@ class SiprecGateway:
             break
         else:
             raise OSError("no port free for both SIP over UDP and TCP")
-        registry = self.services.registry
+        calls = self.services.calls
         self.recorder = SiprecRecorder(
             self.policy,
             local_port=self.port,
             rtp_port_pairs=self.ports.capacity,
-            is_call_live=lambda key: registry.get(key) is not None,
+            is_call_live=lambda key: calls.get(key) is not None,
         )
         self._ticker = loop.create_task(self._tick_forever())
         log.info("SIPREC recorder on %s:%d (UDP and TCP)", host, self.port)
@@ -378,16 +373,14 @@ class SiprecGateway:
         assert self.recorder is not None
         try:
             ports = await self._open_ports(opening.session_id, opening.channels)
-            call = CallSession(
+            call = await self.services.calls.open(
+                CallSession,
                 opening.key,
-                self.services.pipeline,
-                self.services.store,
-                self.services.endpointing,
                 channels=list(opening.channels),
                 channel_roles=opening.roles,
-                owner=self.services.owner,
+                admission=refuse_while_closing,
+                register=False,  # at RecordingStarted
             )
-            await call.open()
             self._calls[opening.session_id] = call
             contact = (self._advertised_address(opening.peer), self.port)
             actions = self.recorder.recording_ready(
@@ -405,7 +398,7 @@ class SiprecGateway:
         # Registered before the 200 that follows goes out: the SBC's call is live from then.
         call = self._calls.get(started.session_id)
         if call is not None:
-            self.services.registry.add(call)
+            self.services.calls.register(call)
         log.info(
             "SIPREC call %s (guid from %s) from %s recording streams %s",
             started.key,
@@ -448,7 +441,7 @@ class SiprecGateway:
         try:
             if call is not None:
                 await call.complete()
-                self.services.registry.remove(call)
+                self.services.calls.forget(call)
         finally:
             if self.recorder is not None:
                 self.recorder.forget(session_id)

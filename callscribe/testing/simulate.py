@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from callscribe.serving import start_serving, stop_serving
 from callscribe.twilio.protocol import TwilioStreamWriter
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
@@ -147,17 +148,17 @@ class WebhookReceiver:
         app = Starlette(routes=[Route(self.path, self._receive, methods=["POST"])])
         sock = bind_loopback()
         self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **self.tls)
+        self._server, self._task = await start_serving(
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, **self.tls),
+            [sock],
         )
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            await asyncio.sleep(0.01)
+        if not self._server.started:
+            self._task.result()  # raises what stopped it
+            raise RuntimeError("the webhook receiver did not start")
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+            await stop_serving(self._server, self._task)
 
 
 def bind_loopback() -> socket.socket:

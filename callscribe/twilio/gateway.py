@@ -27,12 +27,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from callscribe.audio import TELEPHONE_RATE, ulaw_to_pcm16
 from callscribe.auth import AuthError, StreamGrant, StreamTokens
-from callscribe.calls import CallRegistry, CallSession
-from callscribe.config import EndpointingSettings, TwilioSettings
+from callscribe.calls import Calls, CallSession
+from callscribe.config import TwilioSettings
 from callscribe.connection_limits import LIMITS_LOG
 from callscribe.model import Namespace, Role
 from callscribe.store.base import CallKey, Store
-from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.protocol import (
     CloseCode,
     MediaReceived,
@@ -132,12 +131,9 @@ class RealTimePacer:
 class GatewayServices:
     store: Store
     tokens: StreamTokens
-    pipeline: TranscriptionPipeline
-    registry: CallRegistry
-    endpointing: EndpointingSettings
+    calls: Calls
     intake: TwilioSettings = field(default_factory=TwilioSettings)
     max_frame_bytes: int = 16_384
-    owner: str = "local"
     # The start frame (which carries the token when the URL has none) must come this long
     # after the WebSocket opens.
     start_timeout_s: float = 10.0
@@ -252,7 +248,7 @@ class _TwilioStream:
         finally:
             if self.session is not None:
                 await self.session.complete()
-                self.services.registry.remove(self.session)
+                self.services.calls.forget(self.session)
         if close is not None:
             await close_quietly(self.websocket, *close)
 
@@ -307,22 +303,16 @@ class _TwilioStream:
             self.grant = await self.gateway.verify(started.custom_parameters.get("token"))
         self.gateway.streams_opened += 1
         key = CallKey(self.grant.tenant, Namespace.TWILIO.value, started.call_sid)
-        if self.services.registry.get(key) is not None:
+        if self.services.calls.get(key) is not None:
             raise TwilioProtocolError(
                 CloseCode.POLICY_VIOLATION, f"call {started.call_sid} already has a live stream"
             )
-        session = TwilioCall(
+        self.session = await self.services.calls.open(
+            TwilioCall,
             key,
-            self.services.pipeline,
-            self.services.store,
-            self.services.endpointing,
             channels=started.tracks,
             channel_roles={t: DEFAULT_TRACK_ROLES[t] for t in started.tracks},
-            owner=self.services.owner,
         )
-        await session.open()
-        self.services.registry.add(session)
-        self.session = session
         intake = self.services.intake
         self.pacer = RealTimePacer(
             intake.max_speed, intake.burst_s, asyncio.get_running_loop().time()

@@ -1,0 +1,215 @@
+"""The ingest side of a serving process, composed once for every process that holds calls.
+
+The core every such process shares: stream tokens, the transcription pipeline, the live-call
+registry and the ``Calls`` factory every ingest opens its calls through. On it, only the ingests
+the process serves are built: local mode serves all three (SIPREC when enabled), the AWS Twilio
+gateway task Twilio only, the KVS reader task Amazon Connect only. (Its HTTP routes are
+callscribe.server's: the core does not import the HTTP API.)
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.metadata
+import logging
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+
+from callscribe.adapters import DAY_S, Adapters
+from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
+from callscribe.asr.factory import make_asr_engine
+from callscribe.auth import StreamTokens
+from callscribe.blobs.base import BlobStore
+from callscribe.calls import CallRegistry, Calls, CallServices, VadFactory
+from callscribe.config import Settings
+from callscribe.connect.ingest import ConnectIngest
+from callscribe.connect.kvs import BotoMediaSources
+from callscribe.webhooks.delivery import WebhookDispatcher
+from callscribe.endpointing import SileroVad
+from callscribe.secrets import TOKEN_SIGNING_KEY, Secrets, new_signing_key
+from callscribe.siprec.gateway import SiprecGateway, SiprecServices
+from callscribe.store.base import Store
+from callscribe.transcription import TranscriptionPipeline
+from callscribe.twilio.gateway import GatewayServices, TwilioGateway
+
+log = logging.getLogger(__name__)
+
+try:
+    SERVER_VERSION = importlib.metadata.version("callscribe")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    SERVER_VERSION = "unknown"
+
+DRAIN_TIMEOUT_S = 15.0
+
+
+class Ingest(enum.Enum):
+    """A source of calls a process may serve."""
+
+    TWILIO = "twilio"
+    AMAZON_CONNECT = "amazonconnect"
+    SIPREC = "siprec"
+
+
+@dataclass
+class IngestRuntime:
+    settings: Settings
+    adapters: Adapters
+    asr: AsrEngine
+    pipeline: TranscriptionPipeline
+    registry: CallRegistry
+    calls: Calls
+    tokens: StreamTokens
+    # Recorded in the Store as the holder of this process's calls.
+    owner: str
+    owns_asr: bool = True
+    # The ingests this process serves; None where it does not.
+    gateway: TwilioGateway | None = None
+    connect: ConnectIngest | None = None
+    siprec: SiprecGateway | None = None
+    # Local mode delivers webhooks in-process (in AWS: the webhook Lambda, off the bus).
+    dispatcher: WebhookDispatcher | None = None
+
+    @classmethod
+    def compose(
+        cls,
+        settings: Settings,
+        adapters: Adapters,
+        *,
+        ingests: Iterable[Ingest],
+        owner: str,
+        asr: AsrEngine | None = None,
+        vad_factory: VadFactory = SileroVad,
+        dispatcher: WebhookDispatcher | None = None,
+    ) -> Self:
+        """The core on ``adapters``, and the ``ingests`` this process serves on it."""
+        serves = set(ingests)
+        tokens = StreamTokens(
+            adapters.secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key),
+            settings.stream_token_ttl_s,
+        )
+        owns_asr = asr is None
+        asr = asr or make_asr_engine(settings.asr)
+        pipeline = TranscriptionPipeline(
+            asr, adapters.store, adapters.bus, retention_s=settings.message_retention_days * DAY_S
+        )
+        registry = CallRegistry()
+        calls = Calls(
+            CallServices(
+                store=adapters.store,
+                pipeline=pipeline,
+                endpointing=settings.endpointing,
+                owner=owner,
+                recordings=adapters.recordings,
+                vad_factory=vad_factory,
+            ),
+            registry,
+        )
+        runtime = cls(
+            settings, adapters, asr, pipeline, registry, calls, tokens, owner,
+            owns_asr=owns_asr, dispatcher=dispatcher,
+        )
+        if Ingest.TWILIO in serves:
+            runtime.gateway = TwilioGateway(
+                GatewayServices(
+                    store=adapters.store,
+                    tokens=tokens,
+                    calls=calls,
+                    intake=settings.twilio,
+                    max_frame_bytes=settings.max_ws_frame_bytes,
+                    start_timeout_s=settings.limits.twilio_start_timeout_s,
+                )
+            )
+        if Ingest.AMAZON_CONNECT in serves:
+            runtime.connect = ConnectIngest(
+                calls=calls,
+                settings=settings.connect,
+                # boto3 is imported only when a tenant's first Connect call starts.
+                sources=BotoMediaSources(adapters.store, settings.connect),
+            )
+        if Ingest.SIPREC in serves:
+            runtime.siprec = SiprecGateway(
+                SiprecServices(calls=calls, settings=settings.siprec, host=settings.host)
+            )
+        return runtime
+
+    @property
+    def store(self) -> Store:
+        return self.adapters.store
+
+    @property
+    def secrets(self) -> Secrets:
+        return self.adapters.secrets
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.adapters.blobs
+
+    async def warm_up(self) -> None:
+        """One tiny transcription so the first caller does not pay for lazy initialisation."""
+        try:
+            # Faint noise, not zeros: the engine answers digital silence without the model.
+            noise = np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 1e-3
+            await self.asr.transcribe(AsrRequest(audio=noise, language="en"))
+        except AsrError as exc:
+            # A remote ASR worker may start after this gateway: serve anyway; utterances
+            # fail (and are counted) until it answers.
+            log.warning("ASR warm-up failed: %s", exc)
+
+    async def start(self) -> None:
+        """Before serving: the engine warmed up, the SIPREC listener open."""
+        await self.warm_up()
+        if self.siprec is not None:
+            await self.siprec.start()
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """Jobs that run while the process serves (none in the core)."""
+        return []
+
+    def liveness(self) -> dict[str, Any]:
+        """What anyone may see (load balancers, container health checks): no call details."""
+        return {"status": "ok", "version": SERVER_VERSION, "liveCalls": len(self.registry)}
+
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """The server's counters, and the details of ``tenant``'s own live calls (every
+        tenant's when None: for callers inside this process)."""
+        connect = self.connect.stats() if self.connect else None
+        if connect is not None and tenant is not None:
+            connect["readers"] = [r for r in connect["readers"] if r.get("tenant") == tenant]
+        gateway = self.gateway
+        return {
+            **self.liveness(),
+            "twilioStreams": {
+                "opened": gateway.streams_opened,
+                "rejected": gateway.streams_rejected,
+                "timedOut": gateway.streams_timed_out,
+                # Streams read more slowly for running far ahead of real time (a flood).
+                "paced": gateway.streams_paced,
+            } if gateway else None,
+            "siprec": self.siprec.snapshot() if self.siprec else None,
+            "asr": {
+                **self.pipeline.stats.as_dict(),
+                # Shortened-window decodes that looked broken and were done again in 30 s.
+                "fullWindowRetries": getattr(self.asr, "full_window_retries", 0),
+                # Loops that even the full window gave, cut back to one occurrence.
+                "loopsCut": getattr(self.asr, "loops_cut", 0),
+            },
+            "amazonConnect": connect,
+            "delivery": self.dispatcher.as_dict() if self.dispatcher else None,
+        }
+
+    async def shutdown(self) -> None:
+        """Finish open utterances, deliver what is pending, then release resources."""
+        if self.siprec is not None:
+            await self.siprec.stop()  # no new sessions; buffered RTP goes into the calls
+        await self.registry.complete_all()
+        if self.connect is not None:
+            await self.connect.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.drain(DRAIN_TIMEOUT_S)
+            await self.dispatcher.close()
+        if self.owns_asr:
+            await self.asr.close()
+        self.store.close()
