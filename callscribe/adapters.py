@@ -21,7 +21,7 @@ from callscribe.secrets import FILE_LINK_SIGNING_KEY, FileSecrets, Secrets, new_
 from callscribe.store.base import Store
 
 if TYPE_CHECKING:
-    from callscribe.aws.secrets_manager import SecretsManagerSecrets
+    from callscribe.aws.adapters.secrets_manager import SecretsManagerSecrets
     from callscribe.aws.settings import AwsSettings
 
 DAY_S = 86_400
@@ -66,7 +66,7 @@ def local(settings: Settings) -> Adapters:
 
 def aws(settings: Settings, resources: AwsSettings) -> Adapters:
     """An AWS task that holds calls (the Twilio gateway, the KVS reader)."""
-    from callscribe.aws.eventbridge_bus import EventBridgeBus
+    from callscribe.aws.adapters.eventbridge_bus import EventBridgeBus
 
     if not resources.event_bus_name:
         raise RuntimeError("CALLSCRIBE_EVENT_BUS_NAME must name the transcript event bus")
@@ -92,7 +92,7 @@ def local_store(settings: Settings) -> Store:
 
 
 def dynamodb_store(table_name: str) -> Store:
-    from callscribe.aws.dynamodb_store import DynamoStore
+    from callscribe.aws.adapters.dynamodb_store import DynamoStore
 
     return DynamoStore(table_name)
 
@@ -114,7 +114,7 @@ def deployment_secrets(resources: AwsSettings) -> SecretsManagerSecrets:
 
 
 def secrets_manager(secret_ids: dict[str, str], prefix: str) -> SecretsManagerSecrets:
-    from callscribe.aws.secrets_manager import SecretsManagerSecrets
+    from callscribe.aws.adapters.secrets_manager import SecretsManagerSecrets
 
     return SecretsManagerSecrets(secret_ids, name_prefix=prefix.rstrip("/") + "/")
 

@@ -8,7 +8,7 @@ not completed whose owner is known to be gone is completed, with its already per
 kept for the retention period from now, as a call that ended well.
 
 Who is gone is the adapter's business: ``LocalInstance`` here (local mode: other runs on the same
-data dir), ``callscribe.aws.ecs_tasks`` (the AWS deployment: owners that are not a live ECS
+data dir), ``callscribe.aws.adapters.ecs_tasks`` (the AWS deployment: owners that are not a live ECS
 task). An owner whose state cannot be told is left alone: completing a live call is worse than
 leaving a dead one for the next sweep.
 """

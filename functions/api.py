@@ -1,5 +1,5 @@
 """API Gateway → the CallScribe API (FastAPI through Mangum). Logic lives in callscribe/."""
 
-from callscribe.aws.api_lambda import handler
+from callscribe.aws.services.api_lambda import handler
 
 __all__ = ["handler"]

@@ -1,6 +1,6 @@
 """EventBridge Scheduler (daily, 02:00 UTC) → the utterances feed export. Logic lives in
 callscribe/."""
 
-from callscribe.aws.exporter_lambda import handler
+from callscribe.aws.services.exporter_lambda import handler
 
 __all__ = ["handler"]

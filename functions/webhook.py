@@ -1,5 +1,5 @@
 """SQS FIFO (transcript events) → the customer's webhook. Logic lives in callscribe/."""
 
-from callscribe.aws.webhook_lambda import handler
+from callscribe.aws.services.webhook_lambda import handler
 
 __all__ = ["handler"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import boto3
 
-from callscribe.aws.dynamodb_store import create_table
+from callscribe.aws.adapters.dynamodb_store import create_table
 
 REGION = "us-east-1"
 

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from callscribe.aws.eventbridge_bus import EventBridgeBus, EventBusError, event_from_detail
+from callscribe.aws.adapters.eventbridge_bus import EventBridgeBus, EventBusError, event_from_detail
 from callscribe.bus import InProcessEventBus, TranscriptEvent
 from tests.aws_fixtures import REGION, AwsResources, create_resources, pipe_ingress_to_delivery
 from tests.bus_contract import Deliveries, Delivery, EventBusContract, transcript

@@ -15,8 +15,8 @@ import pytest
 from moto import mock_aws
 
 from callscribe.auth import hash_secret
-from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.aws.secrets_manager import SecretsManagerSecrets
+from callscribe.aws.adapters.dynamodb_store import DynamoStore
+from callscribe.aws.adapters.secrets_manager import SecretsManagerSecrets
 from callscribe.cli import main
 from callscribe.store.base import ApiKey, CallKey, DeliveryFailure, StoredMessage
 from callscribe.webhooks.targets import WebhookTargets

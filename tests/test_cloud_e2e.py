@@ -30,7 +30,7 @@ import pytest
 import uvicorn
 from moto.server import ThreadedMotoServer
 
-from callscribe.aws import api_lambda, webhook_lambda
+from callscribe.aws.services import api_lambda, webhook_lambda
 from callscribe.testing.simulate import (
     ApiClient,
     PlayedCall,

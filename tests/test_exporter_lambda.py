@@ -15,9 +15,9 @@ import pytest
 from moto import mock_aws
 
 from callscribe.auth import hash_secret
-from callscribe.aws import exporter_lambda
-from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.aws.exporter_lambda import InvalidExportRequest, export_request
+from callscribe.aws.services import exporter_lambda
+from callscribe.aws.adapters.dynamodb_store import DynamoStore
+from callscribe.aws.services.exporter_lambda import InvalidExportRequest, export_request
 from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, StoredMessage
 from tests.aws_fixtures import REGION, AwsResources, LambdaContext, create_resources
 

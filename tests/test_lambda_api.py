@@ -23,8 +23,8 @@ from moto import mock_aws
 import callscribe.api.outputs as outputs_api
 
 from callscribe.auth import create_api_key
-from callscribe.aws import api_lambda
-from callscribe.aws.dynamodb_store import DynamoStore
+from callscribe.aws.services import api_lambda
+from callscribe.aws.adapters.dynamodb_store import DynamoStore
 from callscribe.export import feed_file_key
 from callscribe.recording import call_prefix
 from callscribe.store.base import CallKey, CallRecord, CallStatus, DeliveryFailure, StoredMessage

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from callscribe.aws.secrets_manager import SecretsManagerSecrets
+from callscribe.aws.adapters.secrets_manager import SecretsManagerSecrets
 from callscribe.secrets import TOKEN_SIGNING_KEY, FileSecrets
 from tests.secrets_contract import SecretsContract
 

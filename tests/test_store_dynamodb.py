@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from callscribe.aws.dynamodb_store import DynamoStore, create_table
+from callscribe.aws.adapters.dynamodb_store import DynamoStore, create_table
 from callscribe.store.base import CallKey
 from tests.store_contract import T0, StoreContract, make_call
 

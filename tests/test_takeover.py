@@ -19,7 +19,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from callscribe.aws.dynamodb_store import DynamoStore, create_table
+from callscribe.aws.adapters.dynamodb_store import DynamoStore, create_table
 from callscribe.testing.simulate import running_receiver, running_server
 from callscribe.store.base import CallKey, CallRecord, CallStatus, StoredMessage
 from callscribe.store.sqlite import SqliteStore
@@ -196,7 +196,7 @@ def control_url(ip: str) -> str:
 
 
 def test_gateway_sweep_completes_the_calls_of_tasks_that_are_gone(aws: None) -> None:
-    from callscribe.aws.ecs_tasks import EcsOwnerLiveness
+    from callscribe.aws.adapters.ecs_tasks import EcsOwnerLiveness
 
     create_table(boto3.client("dynamodb"), "calls")
     store = DynamoStore("calls")
@@ -234,7 +234,7 @@ def test_gateway_sweep_completes_the_calls_of_tasks_that_are_gone(aws: None) -> 
 def test_gateway_sweep_completes_nothing_when_the_live_tasks_are_unknown(aws: None) -> None:
     """A wrong cluster, or this task missing from the cluster's list: the live set cannot be
     trusted, so no call is completed."""
-    from callscribe.aws.ecs_tasks import EcsOwnerLiveness
+    from callscribe.aws.adapters.ecs_tasks import EcsOwnerLiveness
 
     create_table(boto3.client("dynamodb"), "calls")
     store = DynamoStore("calls")
@@ -251,7 +251,7 @@ async def test_gateway_task_sweeps_on_start(
     """The gateway service, as its container starts it: its lifespan sweeps the table."""
     from starlette.testclient import TestClient
 
-    from callscribe.aws.gateway_service import (
+    from callscribe.aws.services.gateway_service import (
         abandoned_call_sweep,
         build_runtime,
         create_gateway_app,

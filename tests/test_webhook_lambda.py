@@ -14,9 +14,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from callscribe.aws import webhook_lambda
-from callscribe.aws.dynamodb_store import DynamoStore
-from callscribe.aws.eventbridge_bus import DETAIL_TYPE, SOURCE, event_detail
+from callscribe.aws.services import webhook_lambda
+from callscribe.aws.adapters.dynamodb_store import DynamoStore
+from callscribe.aws.adapters.eventbridge_bus import DETAIL_TYPE, SOURCE, event_detail
 from callscribe.bus import TranscriptEvent
 from callscribe.testing.simulate import WebhookReceiver, running_receiver
 from callscribe.store.base import WebhookAuth, WebhookConfig

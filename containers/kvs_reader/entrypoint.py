@@ -2,7 +2,7 @@
 
 import sys
 
-from callscribe.aws.kvs_reader_service import main
+from callscribe.aws.services.kvs_reader_service import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from callscribe.aws.gateway_service import main
+from callscribe.aws.services.gateway_service import main
 
 if __name__ == "__main__":
     sys.exit(main())

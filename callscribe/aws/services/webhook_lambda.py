@@ -31,7 +31,7 @@ from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from callscribe import adapters
-from callscribe.aws.eventbridge_bus import event_from_detail
+from callscribe.aws.adapters.eventbridge_bus import event_from_detail
 from callscribe.aws.settings import WebhookFunctionSettings
 from callscribe.bus import TranscriptEvent
 from callscribe.config import WebhookSettings

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from callscribe.asr.base import AsrEngine
-from callscribe.aws.gateway_service import (
+from callscribe.aws.services.gateway_service import (
     RouteByPort,
     build_runtime,
     run_task_service,

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from callscribe import adapters
 from callscribe.asr.base import AsrEngine
-from callscribe.aws.ecs_tasks import AbandonedCallSweep
+from callscribe.aws.adapters.ecs_tasks import AbandonedCallSweep
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app

@@ -1,0 +1,3 @@
+"""The AWS side of the ports: DynamoDB Store, EventBridge bus, Secrets Manager secrets, and
+which ECS tasks are alive (the S3 BlobStore is ``callscribe.blobs.s3``). Each passes the same
+contract suite as its local adapter."""
