@@ -108,7 +108,10 @@ def deployment_secrets(resources: AwsSettings) -> SecretsManagerSecrets:
     from callscribe.secrets import TOKEN_SIGNING_KEY
 
     return secrets_manager(
-        {TOKEN_SIGNING_KEY: resources.token_secret_arn, CONTROL_SECRET: resources.control_secret_arn},
+        {
+            TOKEN_SIGNING_KEY: resources.token_secret_arn,
+            CONTROL_SECRET: resources.control_secret_arn,
+        },
         resources.secrets_prefix,
     )
 

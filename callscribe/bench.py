@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from callscribe.auth import create_api_key
+from callscribe.store.sqlite import SqliteStore
 from callscribe.testing.simulate import (
     ApiClient,
     PlayedCall,
@@ -29,7 +30,6 @@ from callscribe.testing.simulate import (
     running_receiver,
     running_server,
 )
-from callscribe.store.sqlite import SqliteStore
 
 STAGGER_S = 2.0
 
@@ -79,8 +79,13 @@ async def run_level(
 
     by_sid = {p.call_sid: p for p in played}
     latencies = [
-        (m.received_at - by_sid[m.body["externalConversationId"]].wall_time_of(
-            m.body["autotranscribeResponse"]["end"])) * 1000
+        (
+            m.received_at
+            - by_sid[m.body["externalConversationId"]].wall_time_of(
+                m.body["autotranscribeResponse"]["end"]
+            )
+        )
+        * 1000
         for m in inbox
         if m.body["externalConversationId"] in by_sid
     ]
@@ -121,7 +126,9 @@ def print_table(results: list[LevelResult], p95_bound_ms: float) -> None:
             f"{r.p95_ms:>8.0f} {r.max_ms:>8.0f} {r.asr_rtf:>8.3f} {r.dropped:>8} "
             f"{r.failed:>7} {r.control_errors:>7}"
         )
-    held = [r.calls for r in results if r.p95_ms <= p95_bound_ms and r.messages == r.expected_messages]
+    held = [
+        r.calls for r in results if r.p95_ms <= p95_bound_ms and r.messages == r.expected_messages
+    ]
     print()
     if held:
         print(f"largest N with p95 ≤ {p95_bound_ms:.0f} ms and nothing lost: {max(held)}")

@@ -78,9 +78,7 @@ Admission = Callable[["CallSession"], None]
 
 
 class ParticipantStream:
-    def __init__(
-        self, channel: str, settings: EndpointingSettings, vad: SpeechProbability
-    ) -> None:
+    def __init__(self, channel: str, settings: EndpointingSettings, vad: SpeechProbability) -> None:
         self.channel = channel
         self.role: Role | None = None
         self.position = 0  # 8 kHz samples from the start of the call's audio

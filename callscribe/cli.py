@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -79,8 +80,16 @@ def _sip_port(value: str) -> int | str:
 
 # Settings that serve takes as flags; every other one is set in the environment only.
 SERVE_FLAG_SETTINGS = {
-    "host", "port", "data_dir", "public_gateway_url", "public_url", "webhook.url",
-    "webhook.secret_name", "webhook.secret", "webhook.secret_in", "siprec.port",
+    "host",
+    "port",
+    "data_dir",
+    "public_gateway_url",
+    "public_url",
+    "webhook.url",
+    "webhook.secret_name",
+    "webhook.secret",
+    "webhook.secret_in",
+    "siprec.port",
     "siprec.enabled",
 }
 
@@ -100,8 +109,13 @@ def _environment_only_settings() -> str:
                 walk(kind, f"{path}{name}.")
             elif f"{path}{name}" not in SERVE_FLAG_SETTINGS:
                 default = field.get_default(call_default_factory=True)
-                shown = ("unset" if default is None else json.dumps(list(default))
-                         if isinstance(default, tuple | list) else default)
+                shown = (
+                    "unset"
+                    if default is None
+                    else json.dumps(list(default))
+                    if isinstance(default, tuple | list)
+                    else default
+                )
                 lines.append(f"  {prefix}{name.upper()} [{shown}]")
 
     walk(Settings, "")
@@ -175,10 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     exit_cleanly_on_sigterm()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -366,8 +378,8 @@ def cmd_export_run(args: argparse.Namespace) -> int:
 def cmd_export_list(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
     from callscribe.adapters import DAY_S
+    from callscribe.export import FEEDS, MAX_INTERVAL, feed_files, iso
 
     settings = _settings(args)
     if args.feed not in FEEDS:
@@ -388,14 +400,24 @@ def cmd_export_list(args: argparse.Namespace) -> int:
         link_ttl_s=args.link_ttl_s or settings.link_ttl_s,
         now=time.time(),
     )
-    base = (args.public_url or settings.public_url or f"http://{settings.host}:{settings.port}")
+    base = args.public_url or settings.public_url or f"http://{settings.host}:{settings.port}"
     for f in found.files:
         url = base.rstrip("/") + f.url if f.url.startswith("/") else f.url
-        print(json.dumps({"hourStart": iso(f.hour_start.timestamp()), "bytes": f.bytes,
-                          "url": url, "expiresAt": iso(f.expires_at)}))
+        print(
+            json.dumps(
+                {
+                    "hourStart": iso(f.hour_start.timestamp()),
+                    "bytes": f.bytes,
+                    "url": url,
+                    "expiresAt": iso(f.expires_at),
+                }
+            )
+        )
     if not found.complete:
-        print("note: some hours of the interval have no file (not exported yet, or expired)",
-              file=sys.stderr)
+        print(
+            "note: some hours of the interval have no file (not exported yet, or expired)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -410,8 +432,10 @@ def cmd_connect_access_set(args: argparse.Namespace) -> int:
         print(f"error: {args.role_arn!r} is not an IAM role ARN", file=sys.stderr)
         return 2
     if args.role_arn and not args.external_id:
-        print("error: --role-arn needs the --external-id that the role's trust demands",
-              file=sys.stderr)
+        print(
+            "error: --role-arn needs the --external-id that the role's trust demands",
+            file=sys.stderr,
+        )
         return 2
     access = ConnectAccess(args.tenant, args.role_arn, args.external_id, time.time())
     _store(args).put_connect_access(access)
@@ -507,8 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
-        "serve", help="run the API, the Twilio gateway and ASR locally",
-        epilog=_environment_only_settings(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        "serve",
+        help="run the API, the Twilio gateway and ASR locally",
+        epilog=_environment_only_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 = any)")
@@ -584,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
 
     demo = commands.add_parser(
-        "demo", help="stream a sample two-party call and show transcripts",
+        "demo",
+        help="stream a sample two-party call and show transcripts",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--speed", type=_positive, default=1.0, help="playback speed (1 = real time)")
@@ -592,18 +619,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     bench = commands.add_parser(
-        "bench", help="simultaneous real-time calls: latency and RTF",
+        "bench",
+        help="simultaneous real-time calls: latency and RTF",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench.add_argument("--calls", default="1,2,4", help="comma-separated numbers of calls")
     bench.add_argument(
-        "--p95-bound-ms", type=float, default=1500.0,
+        "--p95-bound-ms",
+        type=float,
+        default=1500.0,
         help="end of utterance to webhook, p95, that a number of calls must hold",
     )
-    bench.add_argument("--seconds", type=float, default=None,
-                       help="play only this much of the sample call (default: all of it)")
-    bench.add_argument("--end-silence-ms", type=int, default=None,
-                       help="the VAD's end silence (default: the setting, 600)")
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="play only this much of the sample call (default: all of it)",
+    )
+    bench.add_argument(
+        "--end-silence-ms",
+        type=int,
+        default=None,
+        help="the VAD's end silence (default: the setting, 600)",
+    )
     bench.set_defaults(func=cmd_bench)
     bench_kinds = bench.add_subparsers(dest="bench_kind", required=False)
     quality = bench_kinds.add_parser(
@@ -612,7 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     quality.add_argument(
-        "--split", choices=("all", "tuning", "held-back"), default="all",
+        "--split",
+        choices=("all", "tuning", "held-back"),
+        default="all",
         help="which calls of the corpus (the held-back split is never used to tune)",
     )
     quality.add_argument("--at-once", type=int, default=None, help="calls played at once (all)")
@@ -628,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_asr_worker)
 
     bench_asr = commands.add_parser(
-        "bench-asr", help="ASR latency and throughput per batch size on this device",
+        "bench-asr",
+        help="ASR latency and throughput per batch size on this device",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench_asr.add_argument("--batch-sizes", default="1,2,4,8", help="comma-separated sizes")
@@ -667,7 +708,9 @@ def _webhook_commands(commands: Any) -> None:
     setting.add_argument("--oauth-client-secret", help="(or @PATH)")
     setting.add_argument("--oauth-scope")
     setting.add_argument(
-        "--oauth-client-auth", choices=["basic", "post"], default="basic",
+        "--oauth-client-auth",
+        choices=["basic", "post"],
+        default="basic",
         help="client_secret_basic (default) or client_secret_post",
     )
     setting.add_argument("--ca-bundle", type=Path, help="PEM CA certificates to trust (only)")
@@ -675,7 +718,9 @@ def _webhook_commands(commands: Any) -> None:
     setting.add_argument("--client-key", type=Path, help="its PEM private key (unencrypted)")
     setting.add_argument("--timeout-s", type=float, default=5.0)
     setting.add_argument(
-        "--retry-attempts", type=int, default=0,
+        "--retry-attempts",
+        type=int,
+        default=0,
         help="extra attempts after a failed POST (default 0: record and drop, as the contract)",
     )
     setting.add_argument("--retry-backoff-s", type=float, default=1.0, help="doubled each time")

@@ -53,8 +53,10 @@ class AsrSettings(BaseSettings):
 
     def parallelism(self) -> tuple[int, int]:
         """(workers, threads per worker), with 0s resolved for this machine."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
         )
         workers = self.workers or (min(4, cores) if self.device == "cpu" else 1)
         threads = self.cpu_threads or max(1, cores // workers)

@@ -128,7 +128,9 @@ def connection_cap(max_connections: int) -> int:
     if cap < max_connections:
         LIMITS_LOG.info(
             "at most %d connections (not %d): the process may open %d file descriptors",
-            cap, max_connections, soft,
+            cap,
+            max_connections,
+            soft,
         )
     return cap
 

@@ -107,14 +107,19 @@ class HttpControl:
     async def stop(self, call: CallRecord) -> AutotranscribeResult:
         return await self._post(call, "stop", {"key": _key_json(call.key)})
 
-    async def _post(self, call: CallRecord, action: str, payload: dict[str, Any]) -> AutotranscribeResult:
+    async def _post(
+        self, call: CallRecord, action: str, payload: dict[str, Any]
+    ) -> AutotranscribeResult:
         if not call.owner.startswith(("http://", "https://")):
             raise CallError(ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media")
         unreachable = CallError(
             ErrorCode.NO_SUCH_CALL, f"call {call.key.guid} has no live media (owner unreachable)"
         )
         return await _signed_post(
-            self._secret, self._timeout_s, f"{call.owner.rstrip('/')}/control/{action}", payload,
+            self._secret,
+            self._timeout_s,
+            f"{call.owner.rstrip('/')}/control/{action}",
+            payload,
             unreachable,
         )
 
@@ -180,7 +185,10 @@ def create_control_app(
         except (ValueError, KeyError, TypeError) as exc:
             return _error_answer(CallError(ErrorCode.PARAMETER, f"bad control request: {exc}"), 400)
         return JSONResponse(
-            {"isOk": True, "autotranscribeResponse": result.model_dump(mode="json", exclude_none=True)}
+            {
+                "isOk": True,
+                "autotranscribeResponse": result.model_dump(mode="json", exclude_none=True),
+            }
         )
 
     return Starlette(

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from callscribe.auth import create_api_key
+from callscribe.store.sqlite import SqliteStore
 from callscribe.testing.simulate import (
     ApiClient,
     Control,
@@ -29,7 +30,6 @@ from callscribe.testing.simulate import (
     running_receiver,
     running_server,
 )
-from callscribe.store.sqlite import SqliteStore
 
 
 def _clock(seconds: float) -> str:
@@ -40,8 +40,11 @@ async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
     call = load_sample_call()
     data_dir = Path(tempfile.mkdtemp(prefix="callscribe-demo-"))
     played = PlayedCall(call_sid="CA" + uuid.uuid4().hex, speed=speed)
-    print(f"CallScribe demo — a {call.duration_ms / 1000:.0f} s two-party call, "
-          f"streamed as Twilio would ({speed:g}× real time). Data: {data_dir}", flush=True)
+    print(
+        f"CallScribe demo — a {call.duration_ms / 1000:.0f} s two-party call, "
+        f"streamed as Twilio would ({speed:g}× real time). Data: {data_dir}",
+        flush=True,
+    )
 
     def on_message(message: ReceivedMessage) -> None:
         body = message.body
@@ -72,10 +75,15 @@ async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
                 print(f"• stream URL: {stream_url[:70]}…", flush=True)
                 print("• playing the call: IVR prelude first (not transcribed) …", flush=True)
 
-                async def on_control(control: Control, response: httpx.Response, _: PlayedCall) -> None:
+                async def on_control(
+                    control: Control, response: httpx.Response, _: PlayedCall
+                ) -> None:
                     body = response.json()
-                    print(f"  {control.action}-streaming at {_clock(control.at_ms / 1000)} → "
-                          f"HTTP {response.status_code}", flush=True)
+                    print(
+                        f"  {control.action}-streaming at {_clock(control.at_ms / 1000)} → "
+                        f"HTTP {response.status_code}",
+                        flush=True,
+                    )
                     result = body.get("autotranscribeResponse") or {}
                     for role in ("customer", "agent"):
                         summary = (result.get(role) or {}).get("summary")
@@ -88,18 +96,32 @@ async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
                     if int(seconds) % 10 == 0:
                         print(f"  … {_clock(seconds)} of audio sent", flush=True)
 
-                await play_call(stream_url, call, api, played=played, on_control=on_control,
-                                on_progress=on_progress)
-                print(f"• call ended: Twilio stream closed with code {played.close_code}", flush=True)
+                await play_call(
+                    stream_url,
+                    call,
+                    api,
+                    played=played,
+                    on_control=on_control,
+                    on_progress=on_progress,
+                )
+                print(
+                    f"• call ended: Twilio stream closed with code {played.close_code}", flush=True
+                )
                 await asyncio.sleep(1.0)
                 after = await api.messages(played.call_sid)
                 body = after.json()
-                print(f"• after-call API: {len(body.get('messages', []))} messages, "
-                      f"complete={body.get('complete')}", flush=True)
+                print(
+                    f"• after-call API: {len(body.get('messages', []))} messages, "
+                    f"complete={body.get('complete')}",
+                    flush=True,
+                )
                 for message in body.get("messages", []):
                     r = message["autotranscribeResponse"]
-                    print(f"    {message['sender']['role']:8} "
-                          f"{' '.join(u['text'] for u in r['utterance'])}", flush=True)
+                    print(
+                        f"    {message['sender']['role']:8} "
+                        f"{' '.join(u['text'] for u in r['utterance'])}",
+                        flush=True,
+                    )
                 await api.close()
             count = len(receiver.messages)
     finally:
@@ -111,4 +133,3 @@ async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
         return 1
     print(f"✓ {count} transcripts delivered to the webhook", flush=True)
     return 0
-

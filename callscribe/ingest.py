@@ -27,13 +27,13 @@ from callscribe.calls import CallRegistry, Calls, CallServices, VadFactory
 from callscribe.config import Settings
 from callscribe.connect.ingest import ConnectIngest
 from callscribe.connect.kvs import BotoMediaSources
-from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.endpointing import SileroVad
 from callscribe.secrets import TOKEN_SIGNING_KEY, Secrets, new_signing_key
 from callscribe.siprec.gateway import SiprecGateway, SiprecServices
 from callscribe.store.base import Store
 from callscribe.transcription import TranscriptionPipeline
 from callscribe.twilio.gateway import GatewayServices, TwilioGateway
+from callscribe.webhooks.delivery import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,16 @@ class IngestRuntime:
             registry,
         )
         runtime = cls(
-            settings, adapters, asr, pipeline, registry, calls, tokens, owner,
-            owns_asr=owns_asr, dispatcher=dispatcher,
+            settings,
+            adapters,
+            asr,
+            pipeline,
+            registry,
+            calls,
+            tokens,
+            owner,
+            owns_asr=owns_asr,
+            dispatcher=dispatcher,
         )
         if Ingest.TWILIO in serves:
             runtime.gateway = TwilioGateway(
@@ -187,7 +195,9 @@ class IngestRuntime:
                 "timedOut": gateway.streams_timed_out,
                 # Streams read more slowly for running far ahead of real time (a flood).
                 "paced": gateway.streams_paced,
-            } if gateway else None,
+            }
+            if gateway
+            else None,
             "siprec": self.siprec.snapshot() if self.siprec else None,
             "asr": {
                 **self.pipeline.stats.as_dict(),

@@ -66,8 +66,9 @@ class Group:
 
     @property
     def hypothesis(self) -> list[str]:
-        return [w for t in sorted(self.transcripts, key=lambda t: t.start_ms)
-                for w in normalize(t.text)]
+        return [
+            w for t in sorted(self.transcripts, key=lambda t: t.start_ms) for w in normalize(t.text)
+        ]
 
 
 def _overlap(a_start: int, a_end: int, b_start: int, b_end: int) -> int:
@@ -91,11 +92,21 @@ def group(turns: Iterable[Turn], transcripts: Iterable[Transcript]) -> list[Grou
         mine = [i for i, t in enumerate(turns) if t.track == transcript.track]
         if not mine:
             continue
-        hit = [i for i in mine if _overlap(turns[i].start_ms, turns[i].end_ms,
-                                           transcript.start_ms, transcript.end_ms) > 0]
+        hit = [
+            i
+            for i in mine
+            if _overlap(turns[i].start_ms, turns[i].end_ms, transcript.start_ms, transcript.end_ms)
+            > 0
+        ]
         if not hit:
-            hit = [min(mine, key=lambda i: max(turns[i].start_ms - transcript.end_ms,
-                                               transcript.start_ms - turns[i].end_ms))]
+            hit = [
+                min(
+                    mine,
+                    key=lambda i: max(
+                        turns[i].start_ms - transcript.end_ms, transcript.start_ms - turns[i].end_ms
+                    ),
+                )
+            ]
         for i in hit[1:]:
             parent[root(i)] = root(hit[0])
         owner.append((hit[0], transcript))
@@ -169,7 +180,9 @@ def score(groups: Iterable[Group]) -> Score:
             total.truncations.append(" ".join(t.text for t in g.turns))
         if g.transcripts:
             total.start_errors_ms.append(
-                abs(min(t.start_ms for t in g.transcripts) - g.turns[0].start_ms))
+                abs(min(t.start_ms for t in g.transcripts) - g.turns[0].start_ms)
+            )
             total.end_errors_ms.append(
-                abs(max(t.end_ms for t in g.transcripts) - g.turns[-1].end_ms))
+                abs(max(t.end_ms for t in g.transcripts) - g.turns[-1].end_ms)
+            )
     return total

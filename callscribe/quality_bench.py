@@ -31,6 +31,7 @@ from callscribe.audio import resample_8k_to_16k, ulaw_to_pcm16
 from callscribe.auth import create_api_key
 from callscribe.config import AsrSettings
 from callscribe.quality import Group, Score, Transcript, Turn, group, regroup, score
+from callscribe.store.sqlite import SqliteStore
 from callscribe.testing.simulate import (
     ApiClient,
     PlayedCall,
@@ -41,7 +42,6 @@ from callscribe.testing.simulate import (
     running_receiver,
     running_server,
 )
-from callscribe.store.sqlite import SqliteStore
 
 OFFLINE_BEFORE_MS = 200
 OFFLINE_AFTER_MS = 400
@@ -172,7 +172,8 @@ async def stream_calls(
     asr = {
         key: round(after[key] - before[key], 3)
         for key in after
-        if isinstance(after.get(key), int | float) and isinstance(before.get(key), int | float)
+        if isinstance(after.get(key), int | float)
+        and isinstance(before.get(key), int | float)
         and not key.startswith("recent")  # a figure over recent utterances, not a counter
     }
     asr["realTimeFactor"] = (

@@ -95,7 +95,11 @@ def recording_info(blob: BlobInfo) -> RecordingInfo | None:
         return None
     frames = max(0, blob.size - WAV_HEADER_BYTES) // FRAME_BYTES
     return RecordingInfo(
-        blob.key, blob.size, blob.modified_at, numbers[1], frames * 1000 // TELEPHONE_RATE,
+        blob.key,
+        blob.size,
+        blob.modified_at,
+        numbers[1],
+        frames * 1000 // TELEPHONE_RATE,
         numbers[0],
     )
 
@@ -198,7 +202,9 @@ class CallRecorder:
         log.warning(
             "call %s: recording discontinuity: the source's timestamps jumped %.1f s at %.1f s; "
             "the audio after it is a new part (no silence written for the jump)",
-            self.key, skipped / TELEPHONE_RATE, at / TELEPHONE_RATE,
+            self.key,
+            skipped / TELEPHONE_RATE,
+            at / TELEPHONE_RATE,
         )
         if self._on_discontinuity is not None:
             self._on_discontinuity()
@@ -255,7 +261,9 @@ class CallRecorder:
             if stored:
                 log.info(
                     "call %s: recording of %d s stored in %d part(s)",
-                    self.key, self.samples // TELEPHONE_RATE, len(stored),
+                    self.key,
+                    self.samples // TELEPHONE_RATE,
+                    len(stored),
                 )
             return stored
         finally:
@@ -321,7 +329,11 @@ class Recordings:
 
     def recorder(self, key: CallKey, origin_sample: int) -> CallRecorder:
         return CallRecorder(
-            self.blobs, self.spool_dir, key, origin_sample, self.settings,
+            self.blobs,
+            self.spool_dir,
+            key,
+            origin_sample,
+            self.settings,
             on_discontinuity=self._count_discontinuity,
         )
 

@@ -110,6 +110,7 @@ masked (``card was charged two hundred fifty`` -> ``###``).
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -134,43 +135,87 @@ class RedactionSpan:
 # --------------------------------------------------------------------------
 
 _DIGIT_WORDS = {
-    "zero": 0, "nought": 0, "two": 2, "three": 3, "four": 4,
-    "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "zero": 0,
+    "nought": 0,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
 }
 _WEAK_DIGIT_WORDS = {"one": 1, "oh": 0, "o": 0}
 _HOMOPHONES = {"to": 2, "too": 2, "for": 4, "won": 1}
 _MULTIPLIERS = {"double": 2, "triple": 3}
 _TEEN_WORDS = {
-    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
-    "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
     "nineteen": 19,
 }
 _TENS_WORDS = {
-    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
-    "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
 }
 _SCALE_WORDS = {"hundred": 100, "thousand": 1000}
 
-_CUE_WORDS = frozenset({
-    "pin", "pins", "passcode", "passcodes", "password", "passwords",
-    "code", "codes", "account", "accounts", "acct", "card", "cards",
-    "security", "cvv", "cvc", "cv2", "verification", "number", "numbers",
-    "digits", "ssn", "social", "routing", "iban",
-})
+_CUE_WORDS = frozenset(
+    {
+        "pin",
+        "pins",
+        "passcode",
+        "passcodes",
+        "password",
+        "passwords",
+        "code",
+        "codes",
+        "account",
+        "accounts",
+        "acct",
+        "card",
+        "cards",
+        "security",
+        "cvv",
+        "cvc",
+        "cv2",
+        "verification",
+        "number",
+        "numbers",
+        "digits",
+        "ssn",
+        "social",
+        "routing",
+        "iban",
+    }
+)
 _SSN_CUE_WORDS = frozenset({"social", "ssn"})
 _CUE_WINDOW = 4  # ordinary words allowed between the cue word and the number
 
 # Token classes.
-_NUM = "num"        # numeral: "4729"
-_DIGIT = "digit"    # unambiguous digit word: "four"
-_WEAK = "weak"      # ambiguous digit word: "one", "oh", "o"
-_HOMO = "homo"      # homophone: "to", "too", "for", "won"
-_MULT = "mult"      # "double", "triple"
-_TEEN = "teen"      # "ten" .. "nineteen"
-_TENS = "tens"      # "twenty" .. "ninety"
-_SCALE = "scale"    # "hundred", "thousand"
-_ORD = "ord"        # ordinal numeral: "4th"
-_WORD = "word"      # any other word
+_NUM = "num"  # numeral: "4729"
+_DIGIT = "digit"  # unambiguous digit word: "four"
+_WEAK = "weak"  # ambiguous digit word: "one", "oh", "o"
+_HOMO = "homo"  # homophone: "to", "too", "for", "won"
+_MULT = "mult"  # "double", "triple"
+_TEEN = "teen"  # "ten" .. "nineteen"
+_TENS = "tens"  # "twenty" .. "ninety"
+_SCALE = "scale"  # "hundred", "thousand"
+_ORD = "ord"  # ordinal numeral: "4th"
+_WORD = "word"  # any other word
 
 _NUMBERISH = frozenset({_NUM, _DIGIT, _WEAK, _HOMO, _MULT, _TEEN, _TENS, _SCALE})
 _SPOKEN_DIGIT = frozenset({_DIGIT, _WEAK, _HOMO})
@@ -179,8 +224,13 @@ _ANCHOR = frozenset({_NUM, _DIGIT, _MULT, _TEEN, _TENS, _SCALE})
 
 _WORD_CLASSES: dict[str, tuple[str, int]] = {}
 for _cls, _table in (
-    (_DIGIT, _DIGIT_WORDS), (_WEAK, _WEAK_DIGIT_WORDS), (_HOMO, _HOMOPHONES),
-    (_MULT, _MULTIPLIERS), (_TEEN, _TEEN_WORDS), (_TENS, _TENS_WORDS), (_SCALE, _SCALE_WORDS),
+    (_DIGIT, _DIGIT_WORDS),
+    (_WEAK, _WEAK_DIGIT_WORDS),
+    (_HOMO, _HOMOPHONES),
+    (_MULT, _MULTIPLIERS),
+    (_TEEN, _TEEN_WORDS),
+    (_TENS, _TENS_WORDS),
+    (_SCALE, _SCALE_WORDS),
 ):
     for _w, _v in _table.items():
         _WORD_CLASSES[_w] = (_cls, _v)
@@ -201,10 +251,50 @@ _END = r"(?![^\W\d]|-)"
 _LITERAL_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.[^\W\d_]{{2,}}{_END}")
 
 _TLDS = (
-    "com", "org", "net", "edu", "gov", "mil", "int", "info", "biz", "io",
-    "co", "uk", "us", "ca", "au", "nz", "ie", "de", "fr", "es", "it", "nl",
-    "be", "ch", "at", "se", "no", "dk", "fi", "pl", "pt", "in", "jp", "cn",
-    "br", "mx", "za", "me", "tv", "ai", "app", "dev", "email", "online",
+    "com",
+    "org",
+    "net",
+    "edu",
+    "gov",
+    "mil",
+    "int",
+    "info",
+    "biz",
+    "io",
+    "co",
+    "uk",
+    "us",
+    "ca",
+    "au",
+    "nz",
+    "ie",
+    "de",
+    "fr",
+    "es",
+    "it",
+    "nl",
+    "be",
+    "ch",
+    "at",
+    "se",
+    "no",
+    "dk",
+    "fi",
+    "pl",
+    "pt",
+    "in",
+    "jp",
+    "cn",
+    "br",
+    "mx",
+    "za",
+    "me",
+    "tv",
+    "ai",
+    "app",
+    "dev",
+    "email",
+    "online",
 )
 _SPOKEN_AT_RE = re.compile(r"\s*@|\s+at(?=\s)", re.IGNORECASE)
 _SPOKEN_DOMAIN_RE = re.compile(
@@ -212,26 +302,93 @@ _SPOKEN_DOMAIN_RE = re.compile(
     rf"(?:\.|\s+dot\s+)(?:{'|'.join(_TLDS)}){_END}",
     re.IGNORECASE,
 )
-_SPOKEN_LOCAL_SEP_RE = re.compile(
-    r"\s+(?:dot|underscore|dash|hyphen|plus)\s+\Z", re.IGNORECASE
-)
+_SPOKEN_LOCAL_SEP_RE = re.compile(r"\s+(?:dot|underscore|dash|hyphen|plus)\s+\Z", re.IGNORECASE)
 _SPOKEN_SEP_MAX = 20  # longest spoken separator looked back for, in chars
 _WORD_CHAR_RE = re.compile(r"\w")
 _LITERAL_LOCAL_CHAR_RE = re.compile(r"[\w%+-]")
 
 # A spoken "<word> at <domain> dot com" whose "local part" is one of these is
 # ordinary speech ("I bought it at amazon dot com"), not an address.
-_NOT_A_LOCAL_PART = frozenset({
-    "a", "address", "also", "am", "an", "and", "are", "available", "be",
-    "been", "bought", "but", "buy", "buying", "contact", "e", "email",
-    "emailed", "emails", "find", "found", "go", "goes", "going", "her",
-    "here", "him", "i", "in", "is", "it", "its", "just", "log", "logged",
-    "login", "look", "looked", "looking", "mail", "me", "on", "online",
-    "only", "or", "order", "ordered", "out", "page", "reach", "registered",
-    "shop", "shopped", "sign", "signed", "site", "so", "still", "that",
-    "them", "then", "there", "they", "this", "up", "us", "was", "we",
-    "website", "went", "were", "work", "worked", "working", "works", "you",
-})
+_NOT_A_LOCAL_PART = frozenset(
+    {
+        "a",
+        "address",
+        "also",
+        "am",
+        "an",
+        "and",
+        "are",
+        "available",
+        "be",
+        "been",
+        "bought",
+        "but",
+        "buy",
+        "buying",
+        "contact",
+        "e",
+        "email",
+        "emailed",
+        "emails",
+        "find",
+        "found",
+        "go",
+        "goes",
+        "going",
+        "her",
+        "here",
+        "him",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "just",
+        "log",
+        "logged",
+        "login",
+        "look",
+        "looked",
+        "looking",
+        "mail",
+        "me",
+        "on",
+        "online",
+        "only",
+        "or",
+        "order",
+        "ordered",
+        "out",
+        "page",
+        "reach",
+        "registered",
+        "shop",
+        "shopped",
+        "sign",
+        "signed",
+        "site",
+        "so",
+        "still",
+        "that",
+        "them",
+        "then",
+        "there",
+        "they",
+        "this",
+        "up",
+        "us",
+        "was",
+        "we",
+        "website",
+        "went",
+        "were",
+        "work",
+        "worked",
+        "working",
+        "works",
+        "you",
+    }
+)
 
 
 def _unit_start(text: str, end: int, lo: int, char_re: re.Pattern[str]) -> int:
@@ -274,7 +431,7 @@ def _spoken_local_start(text: str, end: int, lo: int) -> int | None:
         if text[start - 1] in "._+-":
             sep_start = start - 1
         else:
-            window = text[max(lo, start - _SPOKEN_SEP_MAX):start]
+            window = text[max(lo, start - _SPOKEN_SEP_MAX) : start]
             sep = _SPOKEN_LOCAL_SEP_RE.search(window)
             if sep is None:
                 break
@@ -318,7 +475,7 @@ def _find_emails(text: str) -> list[tuple[int, int]]:
         start = _spoken_local_start(text, spoken_at.start(), lo)
         if start is None:
             continue
-        local = text[start:spoken_at.start()]
+        local = text[start : spoken_at.start()]
         if "@" not in spoken_at.group() and local.lower() in _NOT_A_LOCAL_PART:
             continue
         spoken.append((start, domain.end()))
@@ -342,9 +499,9 @@ class _Token:
     start: int
     end: int
     cls: str
-    value: int = 0      # numeric value of a number word
-    digits: str = ""    # ASCII digits of a numeral
-    base: str = ""      # lower-cased word without "'s" (for cue lookup)
+    value: int = 0  # numeric value of a number word
+    digits: str = ""  # ASCII digits of a numeral
+    base: str = ""  # lower-cased word without "'s" (for cue lookup)
 
 
 def _tokenize(text: str, blocked: list[tuple[int, int]]) -> list[_Token]:
@@ -391,9 +548,7 @@ _MAX_GAP = 5
 
 
 def _single_digit(tok: _Token) -> bool:
-    return tok.cls in (_DIGIT, _WEAK, _HOMO, _MULT) or (
-        tok.cls == _NUM and len(tok.digits) == 1
-    )
+    return tok.cls in (_DIGIT, _WEAK, _HOMO, _MULT) or (tok.cls == _NUM and len(tok.digits) == 1)
 
 
 def _multi_digit_numeral(tok: _Token) -> bool:
@@ -402,7 +557,7 @@ def _multi_digit_numeral(tok: _Token) -> bool:
 
 def _joinable(text: str, a: _Token, b: _Token) -> bool:
     """Can ``b`` continue a digit run ending in ``a``?"""
-    gap = text[a.end:b.start]
+    gap = text[a.end : b.start]
     if not gap or len(gap) > _MAX_GAP or "\n" in gap or "\r" in gap:
         return False
     core = "".join(ch for ch in gap if not ch.isspace())
@@ -433,20 +588,14 @@ def _candidate_runs(text: str, tokens: list[_Token]) -> list[tuple[int, int]]:
             i += 1
             continue
         j = i + 1
-        while (
-            j < n
-            and tokens[j].cls in _NUMBERISH
-            and _joinable(text, tokens[j - 1], tokens[j])
-        ):
+        while j < n and tokens[j].cls in _NUMBERISH and _joinable(text, tokens[j - 1], tokens[j]):
             j += 1
         runs.append((i, j))
         i = j
     return runs
 
 
-def _cue_words_before(
-    tokens: list[_Token], word_indexes: list[int], i: int
-) -> set[str]:
+def _cue_words_before(tokens: list[_Token], word_indexes: list[int], i: int) -> set[str]:
     """The nearest ``_CUE_WINDOW + 1`` ordinary words before token ``i``.
 
     A cue word among them means at most ``_CUE_WINDOW`` ordinary words sit
@@ -456,7 +605,7 @@ def _cue_words_before(
     ``word_indexes`` lists the indexes of the ordinary-word tokens.
     """
     k = bisect.bisect_left(word_indexes, i)
-    return {tokens[j].base for j in word_indexes[max(0, k - _CUE_WINDOW - 1):k]}
+    return {tokens[j].base for j in word_indexes[max(0, k - _CUE_WINDOW - 1) : k]}
 
 
 def _split_run(run: list[_Token], cued: bool) -> list[list[_Token]]:
@@ -470,20 +619,23 @@ def _split_run(run: list[_Token], cued: bool) -> list[list[_Token]]:
             # "double five", "triple 7"; a "double room" is not a number
             nxt = run[k + 1] if k + 1 < len(run) else None
             ok = nxt is not None and (
-                nxt.cls in (_DIGIT, _WEAK)
-                or (nxt.cls == _NUM and len(nxt.digits) == 1)
+                nxt.cls in (_DIGIT, _WEAK) or (nxt.cls == _NUM and len(nxt.digits) == 1)
             )
         elif tok.cls == _SCALE:
             prev = run[k - 1] if k > 0 else None
-            ok = prev is not None and valid[k - 1] and (
-                prev.cls in (_DIGIT, _WEAK, _TEEN, _TENS)
-                or (prev.cls == _SCALE and prev.value < tok.value)
+            ok = (
+                prev is not None
+                and valid[k - 1]
+                and (
+                    prev.cls in (_DIGIT, _WEAK, _TEEN, _TENS)
+                    or (prev.cls == _SCALE and prev.value < tok.value)
+                )
             )
         valid.append(ok)
 
     segments: list[list[_Token]] = []
     current: list[_Token] = []
-    for tok, ok in zip(run, valid):
+    for tok, ok in zip(run, valid, strict=True):
         if ok:
             current.append(tok)
         elif current:
@@ -501,9 +653,8 @@ def _split_run(run: list[_Token], cued: bool) -> list[list[_Token]]:
             hi -= 1
         seg = seg[lo:hi]
         # "one one one one" is a PIN; a lone "one" (or "one to one") is not.
-        if (
-            any(tok.cls in _ANCHOR for tok in seg)
-            or (len(seg) >= 3 and all(tok.cls == _WEAK for tok in seg))
+        if any(tok.cls in _ANCHOR for tok in seg) or (
+            len(seg) >= 3 and all(tok.cls == _WEAK for tok in seg)
         ):
             result.append(seg)
     return result
@@ -596,7 +747,7 @@ def _groups(text: str, seg: list[_Token], pieces: list[_Piece]) -> tuple[int, ..
             prev is not None
             and prev.spoken
             and piece.spoken
-            and not text[seg[prev.last].end:seg[piece.first].start].strip()
+            and not text[seg[prev.last].end : seg[piece.first].start].strip()
         ):
             groups[-1] += len(piece.digits)
         else:
@@ -642,7 +793,10 @@ class _Finding:
 
 
 def _number_finding(
-    text: str, tokens: list[_Token], first_index: int, seg: list[_Token],
+    text: str,
+    tokens: list[_Token],
+    first_index: int,
+    seg: list[_Token],
     cue_words: set[str],
 ) -> _Finding | None:
     pieces = _to_pieces(seg)
@@ -653,7 +807,7 @@ def _number_finding(
 
     start, end = seg[0].start, seg[-1].end
     # "(555) 123-4567": take the opening parenthesis along.
-    after_first = text[seg[0].end:seg[1].start] if len(seg) > 1 else ""
+    after_first = text[seg[0].end : seg[1].start] if len(seg) > 1 else ""
     if start > 0 and text[start - 1] == "(" and ")" in after_first:
         start -= 1
     # "+1 555 123 4567" / "plus 44 20 7946 0958"
@@ -662,12 +816,14 @@ def _number_finding(
         plus_start = start - 1
     elif first_index > 0:
         prev = tokens[first_index - 1]
-        gap = text[prev.end:start]
+        gap = text[prev.end : start]
         if prev.cls == _WORD and prev.base == "plus" and gap and not gap.strip():
             plus_start = prev.start
 
     kind = _classify(
-        digits, _groups(text, seg, pieces), plus_start is not None,
+        digits,
+        _groups(text, seg, pieces),
+        plus_start is not None,
         bool(cue_words & _SSN_CUE_WORDS),
     )
     if kind == _PHONE and plus_start is not None:
@@ -683,21 +839,17 @@ def _find(text: str) -> list[_Finding]:
     index_of = {tok.start: k for k, tok in enumerate(tokens)}
     # "plus" may be masked with a phone number, so it never counts as a word
     # between a cue and a number either (keeps redact idempotent).
-    word_indexes = [
-        k for k, tok in enumerate(tokens) if tok.cls == _WORD and tok.base != "plus"
-    ]
+    word_indexes = [k for k, tok in enumerate(tokens) if tok.cls == _WORD and tok.base != "plus"]
     for i, j in _candidate_runs(text, tokens):
         cue_words = _cue_words_before(tokens, word_indexes, i)
         cued = bool(cue_words & _CUE_WORDS)
         for seg in _split_run(tokens[i:j], cued):
-            finding = _number_finding(
-                text, tokens, index_of[seg[0].start], seg, cue_words
-            )
+            finding = _number_finding(text, tokens, index_of[seg[0].start], seg, cue_words)
             if finding is not None:
                 findings.append(finding)
 
     findings.sort(key=lambda f: f.span.start)
-    for a, b in zip(findings, findings[1:]):
+    for a, b in itertools.pairwise(findings):
         assert a.span.end <= b.span.start, (a, b)
     return findings
 
@@ -721,7 +873,7 @@ def redact(text: str, mask: str = "#") -> str:
     out: list[str] = []
     pos = 0
     for finding in _find(text):
-        out.append(text[pos:finding.span.start])
+        out.append(text[pos : finding.span.start])
         out.append(mask * finding.units)
         pos = finding.span.end
     out.append(text[pos:])

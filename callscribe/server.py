@@ -222,7 +222,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
     def announce(_: object) -> None:
         port = sock.getsockname()[1]
-        sip = f"; SIPREC on {settings.host}:{runtime.siprec.port} (UDP, TCP)" if runtime.siprec else ""
+        sip = (
+            f"; SIPREC on {settings.host}:{runtime.siprec.port} (UDP, TCP)"
+            if runtime.siprec
+            else ""
+        )
         print(
             f"CallScribe listening on http://{settings.host}:{port} "
             f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}){sip}; "

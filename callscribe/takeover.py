@@ -53,7 +53,9 @@ def complete_abandoned_calls(
         store.set_message_expiry(call.key, now + retention_s)
         completed.append(call.key)
         log.warning(
-            "call %s was left %s by %s, which is gone: completed", call.key, call.status.value,
+            "call %s was left %s by %s, which is gone: completed",
+            call.key,
+            call.status.value,
             call.owner,
         )
     return completed
@@ -71,9 +73,7 @@ class LocalInstance:
 
     def __init__(self, data_dir: Path) -> None:
         self.instance_id = uuid.uuid4().hex
-        self.owner = (
-            f"{LOCAL_OWNER_PREFIX}:{socket.gethostname()}:{os.getpid()}:{self.instance_id}"
-        )
+        self.owner = f"{LOCAL_OWNER_PREFIX}:{socket.gethostname()}:{os.getpid()}:{self.instance_id}"
         self._dir = private_dir(data_dir / INSTANCES_DIR)
         self._lock_path = self._dir / f"{self.instance_id}.lock"
         # Locked under a name no one looks at, then renamed: another server starting at the

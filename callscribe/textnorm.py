@@ -8,21 +8,68 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-_UNITS = {w: i for i, w in enumerate(
-    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"))}
-_TEENS = {w: 10 + i for i, w in enumerate(
-    ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-     "eighteen", "nineteen"))}
-_TENS = {w: 20 + 10 * i for i, w in enumerate(
-    ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"))}
-_ORDINALS = {
-    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
-    "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
-    "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
-    "nineteenth": 19, "twentieth": 20, "thirtieth": 30,
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    )
 }
-_SPELLINGS = {"ok": "okay", "o.k.": "okay", "&": "and", "%": "percent", "mr": "mister",
-              "mrs": "missus", "dr": "doctor", "e-mail": "email"}
+_TEENS = {
+    w: 10 + i
+    for i, w in enumerate(
+        (
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+        )
+    )
+}
+_TENS = {
+    w: 20 + 10 * i
+    for i, w in enumerate(
+        ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+    )
+}
+_ORDINALS = {
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "eleventh": 11,
+    "twelfth": 12,
+    "thirteenth": 13,
+    "fourteenth": 14,
+    "fifteenth": 15,
+    "sixteenth": 16,
+    "seventeenth": 17,
+    "eighteenth": 18,
+    "nineteenth": 19,
+    "twentieth": 20,
+    "thirtieth": 30,
+}
+_SPELLINGS = {
+    "ok": "okay",
+    "o.k.": "okay",
+    "&": "and",
+    "%": "percent",
+    "mr": "mister",
+    "mrs": "missus",
+    "dr": "doctor",
+    "e-mail": "email",
+}
 _CURRENCIES = {"$": "dollars", "£": "pounds", "€": "euros"}
 
 
@@ -70,7 +117,7 @@ def normalize(text: str) -> list[str]:
     text = re.sub(r"(\d),(?=\d{3}\b)", r"\1", text)  # 1,000
     words: list[str] = []
     for token in re.split(r"[\s/]+", text):
-        token = _SPELLINGS.get(token.strip(".,;:!?\"()"), token)
+        token = _SPELLINGS.get(token.strip('.,;:!?"()'), token)
         for part in re.findall(r"[a-z']+|\d+|[&%]", token):
             part = _SPELLINGS.get(part.strip("'"), part.strip("'"))
             if part:

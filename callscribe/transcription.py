@@ -187,7 +187,9 @@ class TranscriptionPipeline:
             )
         except Exception:
             self.stats.errors += 1
-            log.exception("ASR failed for an utterance of %d ms", utterance.end_ms - utterance.start_ms)
+            log.exception(
+                "ASR failed for an utterance of %d ms", utterance.end_ms - utterance.start_ms
+            )
             return None
         self.stats.utterances += 1
         self.stats.audio_s += result.audio_ms / 1000

@@ -69,7 +69,9 @@ FLOW_LAMBDA_RUNTIME = lambda_.Runtime.PYTHON_3_14
 FLOW_LAMBDA_TIMEOUT = Duration.seconds(8)
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-fA-F-]{36}$")
-CONNECT_INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:instance/[0-9a-fA-F-]{36}$")
+CONNECT_INSTANCE_ARN = re.compile(
+    r"^arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:instance/[0-9a-fA-F-]{36}$"
+)
 
 
 class CustomerAccountConfig(BaseModel):
@@ -116,7 +118,9 @@ class CustomerAccountConfig(BaseModel):
     @classmethod
     def _key(cls, value: str | None) -> str | None:
         if value is not None and not KMS_KEY_ARN.match(value):
-            raise ValueError(f"{value!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)")
+            raise ValueError(
+                f"{value!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)"
+            )
         return value
 
     @field_validator("connect_instance_arn")
@@ -207,7 +211,9 @@ class ConnectMediaAccessStack(Stack):
                     sid="DecryptConnectMedia",
                     actions=["kms:Decrypt"],
                     resources=[config.kms_key_arn],
-                    conditions={"StringEquals": {"kms:ViaService": f"kinesisvideo.{region}.amazonaws.com"}},
+                    conditions={
+                        "StringEquals": {"kms:ViaService": f"kinesisvideo.{region}.amazonaws.com"}
+                    },
                 )
             )
         self.role = iam.Role(

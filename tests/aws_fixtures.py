@@ -9,8 +9,8 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 
@@ -43,9 +43,9 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
         Name=f"callscribe/{stage}/token-signing-key", SecretString=secrets.token_urlsafe(48)
     )["ARN"]
     control_secret = secrets.token_urlsafe(32)
-    control_arn = sm.create_secret(
-        Name=f"callscribe/{stage}/control", SecretString=control_secret
-    )["ARN"]
+    control_arn = sm.create_secret(Name=f"callscribe/{stage}/control", SecretString=control_secret)[
+        "ARN"
+    ]
     bucket_name = f"callscribe-{stage}-exports"
     boto3.client("s3", **kwargs).create_bucket(Bucket=bucket_name)
     sqs = boto3.client("sqs", **kwargs)
@@ -55,9 +55,9 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
             QueueName=f"callscribe-{stage}-{name}.fifo",
             Attributes={"FifoQueue": "true", **attributes},
         )["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         return url, arn
 
     dlq_url, dlq_arn = fifo("webhook-dlq")
@@ -88,8 +88,15 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
         ],
     )
     return AwsResources(
-        table_name, token_arn, control_arn, control_secret, bus_name, ingress_url, queue_url,
-        dlq_url, bucket_name,
+        table_name,
+        token_arn,
+        control_arn,
+        control_secret,
+        bus_name,
+        ingress_url,
+        queue_url,
+        dlq_url,
+        bucket_name,
     )
 
 
@@ -135,16 +142,25 @@ class LambdaContext:
         return 29_000
 
 
-def rest_event(method: str, path: str, headers: dict[str, str], body: Any = None,
-               query: dict[str, str] | None = None) -> dict[str, Any]:
+def rest_event(
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: Any = None,
+    query: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """An API Gateway REST API (payload v1.0) proxy event."""
     raw = None if body is None else (body if isinstance(body, str) else json.dumps(body))
     return {
         "resource": "/{proxy+}",
         "path": path,
         "httpMethod": method,
-        "headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com",
-                    "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443", **headers},
+        "headers": {
+            "Host": "abc123.execute-api.us-east-1.amazonaws.com",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Port": "443",
+            **headers,
+        },
         "multiValueHeaders": {k: [v] for k, v in headers.items()},
         "queryStringParameters": query,
         "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
@@ -167,8 +183,13 @@ def rest_event(method: str, path: str, headers: dict[str, str], body: Any = None
     }
 
 
-def http_api_event(method: str, path: str, headers: dict[str, str], body: Any = None,
-                   query: dict[str, str] | None = None) -> dict[str, Any]:
+def http_api_event(
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: Any = None,
+    query: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """An API Gateway HTTP API (payload v2.0) event; its body arrives base64-encoded."""
     raw = None if body is None else (body if isinstance(body, str) else json.dumps(body))
     query_string = "&".join(f"{k}={v}" for k, v in (query or {}).items())
@@ -177,16 +198,24 @@ def http_api_event(method: str, path: str, headers: dict[str, str], body: Any = 
         "routeKey": "$default",
         "rawPath": path,
         "rawQueryString": query_string,
-        "headers": {"host": "abc123.execute-api.us-east-1.amazonaws.com",
-                    "x-forwarded-proto": "https", "x-forwarded-port": "443",
-                    **{k.lower(): v for k, v in headers.items()}},
+        "headers": {
+            "host": "abc123.execute-api.us-east-1.amazonaws.com",
+            "x-forwarded-proto": "https",
+            "x-forwarded-port": "443",
+            **{k.lower(): v for k, v in headers.items()},
+        },
         "queryStringParameters": query,
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "abc123",
             "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                     "sourceIp": "203.0.113.7", "userAgent": "curl/8.5.0"},
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "curl/8.5.0",
+            },
             "requestId": "JKJaXmPLvHcESHA=",
             "routeKey": "$default",
             "stage": "$default",
@@ -249,9 +278,7 @@ def api_gateway_bridge(handler: Callable[[dict[str, Any], Any], dict[str, Any]])
 
 def sqs_event(messages: list[dict[str, Any]], resources: AwsResources) -> dict[str, Any]:
     """The event an SQS event source mapping gives a Lambda for received FIFO messages."""
-    queue_arn = (
-        f"arn:aws:sqs:{REGION}:123456789012:{resources.queue_url.rsplit('/', 1)[-1]}"
-    )
+    queue_arn = f"arn:aws:sqs:{REGION}:123456789012:{resources.queue_url.rsplit('/', 1)[-1]}"
     return {
         "Records": [
             {
@@ -260,7 +287,9 @@ def sqs_event(messages: list[dict[str, Any]], resources: AwsResources) -> dict[s
                 "body": m["Body"],
                 "attributes": {
                     "ApproximateReceiveCount": m["Attributes"].get("ApproximateReceiveCount", "1"),
-                    "SentTimestamp": m["Attributes"].get("SentTimestamp", str(int(time.time() * 1000))),
+                    "SentTimestamp": m["Attributes"].get(
+                        "SentTimestamp", str(int(time.time() * 1000))
+                    ),
                     "SequenceNumber": m["Attributes"].get("SequenceNumber", "1"),
                     "MessageGroupId": m["Attributes"].get("MessageGroupId", ""),
                     "SenderId": m["Attributes"].get("SenderId", "AIDAEXAMPLE"),

@@ -75,7 +75,9 @@ class BlobStoreContract:
         ]
         assert [i.key for i in blobs.list(prefix + "a/")] == [prefix + "a/1", prefix + "a/3/deep"]
         assert [i.key for i in blobs.list(prefix + "a")] == [
-            prefix + "a/1", prefix + "a/3/deep", prefix + "ab/4"
+            prefix + "a/1",
+            prefix + "a/3/deep",
+            prefix + "ab/4",
         ]
         assert [i.size for i in blobs.list(prefix + "b/")] == [3, 3]
 
@@ -87,8 +89,15 @@ class BlobStoreContract:
         assert [i.key for i in blobs.list(prefix)] == [prefix + "d/y"]
 
     def test_invalid_keys_are_refused(self, blobs: BlobStore, prefix: str) -> None:
-        for key in ("../escape", prefix + "a//b", "/absolute", prefix + "a/./b", prefix + "a/",
-                    prefix + "a/../../b", prefix + "sp ace"):
+        for key in (
+            "../escape",
+            prefix + "a//b",
+            "/absolute",
+            prefix + "a/./b",
+            prefix + "a/",
+            prefix + "a/../../b",
+            prefix + "sp ace",
+        ):
             with pytest.raises(ValueError):
                 blobs.put(key, b"x")
 

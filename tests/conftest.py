@@ -31,7 +31,9 @@ WEBHOOK_SECRET = "s3cr3t-for-tests"
 def _require(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: ./scripts/test.sh installs what tests need")
+        pytest.fail(
+            f"{', '.join(missing)} not installed: ./scripts/test.sh installs what tests need"
+        )
 
 
 @pytest.fixture

@@ -77,8 +77,9 @@ def sample_fragments(**kwargs: object) -> list[SimulatedFragment]:
     return connect_fragments(customer, agent, **kwargs)  # type: ignore[arg-type]
 
 
-def tone_fragments(seconds: float, *, contact_id: str | None = CONTACT_ID, seed: int = 1,
-                   **kwargs: object) -> list[SimulatedFragment]:
+def tone_fragments(
+    seconds: float, *, contact_id: str | None = CONTACT_ID, seed: int = 1, **kwargs: object
+) -> list[SimulatedFragment]:
     """Short fragments of distinct random audio per track (every sample identifiable)."""
     rng = np.random.default_rng(seed)
     n = int(seconds * 8000)
@@ -89,7 +90,9 @@ def tone_fragments(seconds: float, *, contact_id: str | None = CONTACT_ID, seed:
 
 def get_media_bytes(fragments: list[SimulatedFragment]) -> bytes:
     """Fragments as one GetMedia response (each with its trailer)."""
-    return b"".join(f.encode((1000 * (len(fragments) - i), f.number)) for i, f in enumerate(fragments))
+    return b"".join(
+        f.encode((1000 * (len(fragments) - i), f.number)) for i, f in enumerate(fragments)
+    )
 
 
 def fragment_pcm(fragments: list[SimulatedFragment], track: int) -> np.ndarray:
@@ -114,9 +117,13 @@ class StubbedKvs:
     clients, and a Stubber on each Kinesis Video Media client that answers GetMedia with the
     simulated stream, as a streaming body. Records what the reader asked for."""
 
-    def __init__(self, stream: SimulatedKvsStream, stream_arn: str,
-                 drops: list[int] | None = None,
-                 more: dict[str, SimulatedKvsStream] | None = None) -> None:
+    def __init__(
+        self,
+        stream: SimulatedKvsStream,
+        stream_arn: str,
+        drops: list[int] | None = None,
+        more: dict[str, SimulatedKvsStream] | None = None,
+    ) -> None:
         self.stream = stream
         self.stream_arn = stream_arn
         self.streams = {stream_arn: stream, **(more or {})}
@@ -134,11 +141,15 @@ class StubbedKvs:
         client = boto3_client(service, region=region, credentials=credentials, **kwargs)
         events = client.meta.events
         if service == "sts":
-            events.register("provide-client-params.sts.AssumeRole",
-                            lambda params, **_: self.assume_role.append(dict(params)))
+            events.register(
+                "provide-client-params.sts.AssumeRole",
+                lambda params, **_: self.assume_role.append(dict(params)),
+            )
         elif service == "kinesisvideo":
-            events.register("provide-client-params.kinesis-video.GetDataEndpoint",
-                            lambda params, **_: self.data_endpoint.append(dict(params)))
+            events.register(
+                "provide-client-params.kinesis-video.GetDataEndpoint",
+                lambda params, **_: self.data_endpoint.append(dict(params)),
+            )
         elif service == "kinesis-video-media":
             stubber = Stubber(client)
 

@@ -12,8 +12,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from callscribe.auth import create_api_key
-from callscribe.testing.simulate import FRAME_BYTES, ApiClient, SampleCall, Segment, load_sample_call
 from callscribe.store.sqlite import SqliteStore
+from callscribe.testing.simulate import (
+    FRAME_BYTES,
+    ApiClient,
+    SampleCall,
+    Segment,
+    load_sample_call,
+)
 from callscribe.twilio.protocol import TwilioStreamWriter
 
 SILENCE = b"\xff" * FRAME_BYTES  # μ-law silence
@@ -79,5 +85,3 @@ async def wait_until(condition, timeout_s: float, what: str) -> None:  # type: i
     while not await condition():
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s"
         await asyncio.sleep(0.2)
-
-

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -155,7 +154,10 @@ def dialog_headers(
 ) -> list[tuple[str, str]]:
     to = "<sip:srs@192.0.2.50:5070>" + (f";tag={to_tag}" if to_tag else "")
     return [
-        ("Via", f"SIP/2.0/{transport} {via_host};branch={branch or 'z9hG4bK' + uuid.uuid4().hex[:12]};rport"),
+        (
+            "Via",
+            f"SIP/2.0/{transport} {via_host};branch={branch or 'z9hG4bK' + uuid.uuid4().hex[:12]};rport",
+        ),
         ("Max-Forwards", "70"),
         ("From", f"<sip:sbc@192.0.2.10>;tag={from_tag}"),
         ("To", to),
@@ -164,28 +166,46 @@ def dialog_headers(
     ]
 
 
-def avaya_invite(call_id: str = "avaya-1@192.0.2.10", ucid_hex: str = "00FA080002D3DF63111234",
-                 branch: str | None = None, codec: str = "PCMU") -> bytes:
+def avaya_invite(
+    call_id: str = "avaya-1@192.0.2.10",
+    ucid_hex: str = "00FA080002D3DF63111234",
+    branch: str | None = None,
+    codec: str = "PCMU",
+) -> bytes:
     """Avaya SBCE forking a Communication Manager call: UCID in User-to-User (hex, shared UUI),
     RFC 7865 metadata, two PCMU streams labelled 1 and 2, telephone-event offered too."""
     pt = {"PCMU": 0, "PCMA": 8, "G729": 18}[codec]
     streams = [
-        OfferedStream("1", 35000, (pt, 101), (f"{pt} {codec}/8000", "101 telephone-event/8000"),
-                      ("a=fmtp:101 0-15", "a=ptime:20")),
-        OfferedStream("2", 35002, (pt, 101), (f"{pt} {codec}/8000", "101 telephone-event/8000"),
-                      ("a=fmtp:101 0-15", "a=ptime:20")),
+        OfferedStream(
+            "1",
+            35000,
+            (pt, 101),
+            (f"{pt} {codec}/8000", "101 telephone-event/8000"),
+            ("a=fmtp:101 0-15", "a=ptime:20"),
+        ),
+        OfferedStream(
+            "2",
+            35002,
+            (pt, 101),
+            (f"{pt} {codec}/8000", "101 telephone-event/8000"),
+            ("a=fmtp:101 0-15", "a=ptime:20"),
+        ),
     ]
     metadata = rfc7865_metadata(
-        [("sip:+14155550123@carrier.example.com", "Caller", "1"),
-         ("sip:4001@cm.example.com", "Agent 4001", "2")],
+        [
+            ("sip:+14155550123@carrier.example.com", "Caller", "1"),
+            ("sip:4001@cm.example.com", "Agent 4001", "2"),
+        ],
         vendor_extension=(
             '  <extensiondata xmlns:avaya="urn:ietf:params:xml:ns:Avaya">'
             "<avaya:ucid>FA080002D3DF63111234</avaya:ucid></extensiondata>"
         ),
     )
     body = multipart(
-        [("application/sdp", sdp_offer(streams), {}),
-         ("application/rs-metadata+xml", metadata, {"Content-Disposition": "recording-session"})],
+        [
+            ("application/sdp", sdp_offer(streams), {}),
+            ("application/rs-metadata+xml", metadata, {"Content-Disposition": "recording-session"}),
+        ],
         "unique-boundary-1",
     )
     headers = dialog_headers("INVITE", call_id=call_id, branch=branch) + [
@@ -205,17 +225,29 @@ def cisco_invite(call_id: str = "C2B1@192.0.2.20") -> bytes:
     """Cisco CUBE: Cisco-Guid header, draft-namespace metadata as application/rs-metadata
     (no +xml), G.729 with annexb=no, compact header forms."""
     streams = [
-        OfferedStream("1", 16384, (18, 101), ("18 G729/8000", "101 telephone-event/8000"),
-                      ("a=fmtp:18 annexb=no", "a=fmtp:101 0-16")),
-        OfferedStream("2", 16386, (18, 101), ("18 G729/8000", "101 telephone-event/8000"),
-                      ("a=fmtp:18 annexb=no", "a=fmtp:101 0-16")),
+        OfferedStream(
+            "1",
+            16384,
+            (18, 101),
+            ("18 G729/8000", "101 telephone-event/8000"),
+            ("a=fmtp:18 annexb=no", "a=fmtp:101 0-16"),
+        ),
+        OfferedStream(
+            "2",
+            16386,
+            (18, 101),
+            ("18 G729/8000", "101 telephone-event/8000"),
+            ("a=fmtp:18 annexb=no", "a=fmtp:101 0-16"),
+        ),
     ]
     metadata = draft_metadata(
         [("sip:8005550199@192.0.2.21", "8005550199", "1"), ("sip:2001@192.0.2.30", "2001", "2")]
     )
     body = multipart(
-        [("application/sdp", sdp_offer(streams, "192.0.2.20"), {}),
-         ("application/rs-metadata", metadata, {"Content-Disposition": "recording-session"})],
+        [
+            ("application/sdp", sdp_offer(streams, "192.0.2.20"), {}),
+            ("application/rs-metadata", metadata, {"Content-Disposition": "recording-session"}),
+        ],
         "uniqueBoundary",
     )
     headers = [
@@ -228,7 +260,10 @@ def cisco_invite(call_id: str = "C2B1@192.0.2.20") -> bytes:
         ("Min-SE", "1800"),
         ("Cisco-Guid", "0867617078-0032318833-2221801472-0002236962"),
         ("User-Agent", "Cisco-SIPGateway/IOS-17.6"),
-        ("Allow", "INVITE, OPTIONS, BYE, CANCEL, ACK, PRACK, UPDATE, REFER, SUBSCRIBE, NOTIFY, INFO, REGISTER"),
+        (
+            "Allow",
+            "INVITE, OPTIONS, BYE, CANCEL, ACK, PRACK, UPDATE, REFER, SUBSCRIBE, NOTIFY, INFO, REGISTER",
+        ),
         ("CSeq", "101 INVITE"),
         ("Timestamp", "1709287200"),
         ("m", "<sip:192.0.2.20:5060>;+sip.src"),
@@ -249,8 +284,10 @@ def ribbon_invite(call_id: str = "ribbon-9@192.0.2.40") -> bytes:
         OfferedStream("11", 20002, (8,), ("8 PCMA/8000",), ("a=ptime:20",)),
     ]
     metadata = rfc7865_metadata(
-        [("sip:agent.jane@cc.example.com", "Jane (agent)", "10"),
-         ("tel:+442079460000", "Customer", "11")],
+        [
+            ("sip:agent.jane@cc.example.com", "Jane (agent)", "10"),
+            ("tel:+442079460000", "Customer", "11"),
+        ],
         session_id="kJm3QhVxT0qk9Vv2sNQ6aA==",
         vendor_extension=(
             '  <extensiondata xmlns:rbbn="http://ribboncommunications.com/siprec">'
@@ -259,10 +296,17 @@ def ribbon_invite(call_id: str = "ribbon-9@192.0.2.40") -> bytes:
         ),
     )
     body = multipart(
-        [("application/sdp", sdp_offer(streams, "192.0.2.40"), {"Content-ID": "<sdp@ribbon>"}),
-         ("application/rs-metadata+xml", metadata,
-          {"Content-Disposition": "recording-session; handling=required",
-           "Content-ID": "<meta@ribbon>"})],
+        [
+            ("application/sdp", sdp_offer(streams, "192.0.2.40"), {"Content-ID": "<sdp@ribbon>"}),
+            (
+                "application/rs-metadata+xml",
+                metadata,
+                {
+                    "Content-Disposition": "recording-session; handling=required",
+                    "Content-ID": "<meta@ribbon>",
+                },
+            ),
+        ],
         "----=_Part_0_1234.5678",
     )
     headers = dialog_headers("INVITE", call_id=call_id, via_host="192.0.2.40:5060") + [
@@ -285,7 +329,10 @@ def plain_invite(
     """An INVITE recording ``streams`` with a plain SDP body and no metadata (the recorder then
     takes the Call-ID as the call's guid), sent from ``via_host``."""
     headers = dialog_headers(
-        "INVITE", call_id=call_id, from_tag=f"tag-{uuid.uuid4().hex[:8]}", via_host=via_host,
+        "INVITE",
+        call_id=call_id,
+        from_tag=f"tag-{uuid.uuid4().hex[:8]}",
+        via_host=via_host,
         transport=transport,
     ) + [
         ("Contact", f"<sip:sbc@{via_host}>;+sip.src"),
@@ -337,9 +384,13 @@ class SipUdpPeer:
                 # A 2xx is acknowledged in a transaction of its own, a failure in the INVITE's.
                 branch = None if message.code < 300 else transaction_branch(sent)
                 ack = dialog_headers(
-                    "ACK", call_id=sent.call_id, cseq=sent.cseq.sequence, branch=branch,
+                    "ACK",
+                    call_id=sent.call_id,
+                    cseq=sent.cseq.sequence,
+                    branch=branch,
                     to_tag=message.to_address.parameters["tag"],
-                    from_tag=sent.from_address.parameters["tag"], via_host=self.via_host,
+                    from_tag=sent.from_address.parameters["tag"],
+                    via_host=self.via_host,
                 )
                 await loop.sock_sendto(self.sock, sip_request("ACK", ack), target)
             return message
@@ -366,8 +417,12 @@ class SipUdpPeer:
     ) -> Any:
         """A re-INVITE (SDP ``body``) or BYE in the dialog that ``ok`` (the 200) set up."""
         headers = dialog_headers(
-            method, call_id=ok.call_id, cseq=cseq, to_tag=ok.to_address.parameters["tag"],
-            from_tag=ok.from_address.parameters["tag"], via_host=self.via_host,
+            method,
+            call_id=ok.call_id,
+            cseq=cseq,
+            to_tag=ok.to_address.parameters["tag"],
+            from_tag=ok.from_address.parameters["tag"],
+            via_host=self.via_host,
         )
         if body:
             headers.append(("Content-Type", "application/sdp"))
@@ -493,8 +548,9 @@ class RtpPlayback:
     packets_sent: dict[str, int] = field(default_factory=dict)
     ssrcs: dict[str, int] = field(default_factory=dict)
 
-    async def play(self, *, first_frame: int = 0, last_frame: int | None = None,
-                   on_frame: Any = None) -> None:
+    async def play(
+        self, *, first_frame: int = 0, last_frame: int | None = None, on_frame: Any = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         transports = {
             label: (await loop.create_datagram_endpoint(_Sink, sock=sock))[0]
@@ -544,12 +600,18 @@ class SiprecApi:
             timeout=120,
         )
 
-    async def start(self, guid: str, customer_id: str = "CUST-1", agent_id: str = "AGENT-1",
-                    **params: Any) -> httpx.Response:
+    async def start(
+        self, guid: str, customer_id: str = "CUST-1", agent_id: str = "AGENT-1", **params: Any
+    ) -> httpx.Response:
         return await self.http.post(
             "/mg-autotranscribe/v1/start-streaming",
-            json={"namespace": "siprec", "guid": guid, "customerId": customer_id,
-                  "agentId": agent_id, "autotranscribeParams": {"language": "en-US", **params}},
+            json={
+                "namespace": "siprec",
+                "guid": guid,
+                "customerId": customer_id,
+                "agentId": agent_id,
+                "autotranscribeParams": {"language": "en-US", **params},
+            },
         )
 
     async def stop(self, guid: str) -> httpx.Response:
@@ -649,16 +711,38 @@ async def start_sipp(
     # sipp binds 5060 and 6000 unless told otherwise: give it free ports, so that runs side by
     # side (and a real SIP stack on this machine) do not collide.
     args = [
-        sipp_binary(), f"{target[0]}:{target[1]}",
-        "-sf", str(SIPP_DIR / f"{scenario}.xml"),
-        "-i", "127.0.0.1", "-p", str(free_udp_tcp_port()), "-mp", str(free_udp_tcp_port()),
-        "-t", transport,
-        "-m", str(calls), "-r", str(rate), "-l", str(max(calls, 1)),
-        "-d", str(pause_ms),
-        "-trace_msg", "-message_file", str(workdir / "sipp_messages.log"),
-        "-trace_logs", "-log_file", str(workdir / "sipp.log"),
-        "-trace_err", "-error_file", str(workdir / "sipp_errors.log"),
-        "-timeout", f"{timeout_s}s", "-timeout_error",
+        sipp_binary(),
+        f"{target[0]}:{target[1]}",
+        "-sf",
+        str(SIPP_DIR / f"{scenario}.xml"),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_udp_tcp_port()),
+        "-mp",
+        str(free_udp_tcp_port()),
+        "-t",
+        transport,
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-l",
+        str(max(calls, 1)),
+        "-d",
+        str(pause_ms),
+        "-trace_msg",
+        "-message_file",
+        str(workdir / "sipp_messages.log"),
+        "-trace_logs",
+        "-log_file",
+        str(workdir / "sipp.log"),
+        "-trace_err",
+        "-error_file",
+        str(workdir / "sipp_errors.log"),
+        "-timeout",
+        f"{timeout_s}s",
+        "-timeout_error",
         "-nostdin",
     ]
     for name, value in (variables or {}).items():
@@ -668,7 +752,10 @@ async def start_sipp(
         csv.write_text("SEQUENTIAL\n" + "".join(";".join(row) + ";\n" for row in injection))
         args += ["-inf", str(csv)]
     process = await asyncio.create_subprocess_exec(
-        *args, cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *args,
+        cwd=workdir,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
     )
     return SippRun(process, workdir, scenario)

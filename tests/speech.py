@@ -30,8 +30,20 @@ def speak(text: str, directory: Path, name: str) -> np.ndarray:
         capture_output=True,
     )
     subprocess.run(
-        ["sox", "-V1", str(raw), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer",
-         str(wav16)],
+        [
+            "sox",
+            "-V1",
+            str(raw),
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            str(wav16),
+        ],
         check=True,
         capture_output=True,
     )

@@ -297,7 +297,9 @@ class StoreContract:
 
     def incomplete(self, store: Store, tenant: str) -> dict[str, str]:
         """guid -> owner of the tenant's calls not completed (the list spans all tenants)."""
-        return {c.key.guid: c.owner for c in store.list_incomplete_calls() if c.key.tenant == tenant}
+        return {
+            c.key.guid: c.owner for c in store.list_incomplete_calls() if c.key.tenant == tenant
+        }
 
     def test_incomplete_calls_are_those_not_completed(
         self, store: Store, tenant: str, other_tenant: str
@@ -314,23 +316,30 @@ class StoreContract:
         # A call follows its status and its owner: completed, it leaves the list; taken up
         # again (a stream reconnecting to another process), it is back under its new owner.
         streaming = keys[CallStatus.STREAMING]
-        store.update_call(streaming, status=CallStatus.COMPLETED, completed_at=T0 + 5,
-                          updated_at=T0 + 5)
+        store.update_call(
+            streaming, status=CallStatus.COMPLETED, completed_at=T0 + 5, updated_at=T0 + 5
+        )
         assert streaming.guid not in self.incomplete(store, tenant)
-        store.update_call(streaming, status=CallStatus.CONNECTED, owner="owner-2",
-                          updated_at=T0 + 6)
+        store.update_call(
+            streaming, status=CallStatus.CONNECTED, owner="owner-2", updated_at=T0 + 6
+        )
         assert self.incomplete(store, tenant)[streaming.guid] == "owner-2"
         store.update_call(streaming, owner="owner-3", updated_at=T0 + 7)
         assert self.incomplete(store, tenant)[streaming.guid] == "owner-3"
 
     def test_complete_abandoned_call(self, store: Store, key: CallKey) -> None:
-        store.create_call(make_call(key, status=CallStatus.STREAMING, owner="dead-task",
-                                    params={"language": "en-US"}))
+        store.create_call(
+            make_call(
+                key, status=CallStatus.STREAMING, owner="dead-task", params={"language": "en-US"}
+            )
+        )
         assert store.complete_abandoned_call(key, "dead-task", completed_at=T0 + 60) is True
         done = store.get_call(key)
         assert done is not None
         assert (done.status, done.completed_at, done.updated_at) == (
-            CallStatus.COMPLETED, T0 + 60, T0 + 60
+            CallStatus.COMPLETED,
+            T0 + 60,
+            T0 + 60,
         )
         assert (done.owner, done.params) == ("dead-task", {"language": "en-US"})
         assert key.guid not in self.incomplete(store, key.tenant)
@@ -589,7 +598,9 @@ class StoreContract:
             (a, T0 + 99.5),
         ]
         assert got[0] == make_message(a, 1, created_at=T0, expires_at=T0 + 10_000)
-        assert store.list_messages_between(unique("tenant-nobody"), 0, T0 * 2, now=T0, limit=9) == []
+        assert (
+            store.list_messages_between(unique("tenant-nobody"), 0, T0 * 2, now=T0, limit=9) == []
+        )
 
     def test_messages_between_excludes_expired(self, store: Store, tenant: str) -> None:
         key = CallKey(tenant, "twilio", unique("CA"))
@@ -613,9 +624,7 @@ class StoreContract:
         paged: list[StoredMessage] = []
         after = None
         while True:
-            page = store.list_messages_between(
-                tenant, T0, T0 + 10, now=T0, limit=5, after=after
-            )
+            page = store.list_messages_between(tenant, T0, T0 + 10, now=T0, limit=5, after=after)
             assert len(page) <= 5
             if not page:
                 break

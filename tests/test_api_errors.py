@@ -22,8 +22,13 @@ from callscribe.api.schemas import parse_start
 from callscribe.audio import pcm16_to_ulaw
 from callscribe.auth import TOKEN_SALT
 from callscribe.model import CallError, ErrorCode
-from callscribe.testing.simulate import ApiClient, PlayedCall, WebhookReceiver, free_port, load_sample_call, play_call
 from callscribe.store.base import CallKey
+from callscribe.testing.simulate import (
+    PlayedCall,
+    free_port,
+    load_sample_call,
+    play_call,
+)
 from callscribe.twilio.protocol import TwilioStreamWriter
 from tests.conftest import RunningServer
 
@@ -83,7 +88,10 @@ async def test_parameter_errors_400_201(server: RunningServer) -> None:
             (START, b'{"namespace": "skype", "guid": "CA1", "customerId": "c", "agentId": "a"}'),
             (START, b'{"namespace": "twilio", "guid": "bad guid with spaces"}'),
             # A trailing newline: "$" matches before it, so the pattern must match whole.
-            (START, b'{"namespace": "twilio", "guid": "CA1\\n", "customerId": "c", "agentId": "a"}'),
+            (
+                START,
+                b'{"namespace": "twilio", "guid": "CA1\\n", "customerId": "c", "agentId": "a"}',
+            ),
             (START, b'{"namespace": "twilio", "guid": 42}'),
             (STOP, b'{"guid": "CA1"}'),
             (STOP, b"\xff\xfe"),
@@ -107,7 +115,9 @@ async def test_transcription_parameter_errors_400_202(server: RunningServer) -> 
             start_body("CA1", autotranscribeParams={"language": "english please"}),
             start_body("CA1", autotranscribeParams={"redactionOutput": "some"}),
             start_body("CA1", autotranscribeParams={"detailedToken": "maybe"}),
-            start_body("CA1", twilioParams={"trackMap": {"inbound": "customer", "outbound": "customer"}}),
+            start_body(
+                "CA1", twilioParams={"trackMap": {"inbound": "customer", "outbound": "customer"}}
+            ),
             start_body("CA1", twilioParams={"trackMap": {"inbound": "supervisor"}}),
             start_body("CA1", namespace="siprec", twilioParams={"trackMap": {"inbound": "agent"}}),
             start_body("CA1", namespace="amazonconnect"),
@@ -139,11 +149,7 @@ def test_the_language_is_checked_against_the_languages_given() -> None:
 async def test_a_deeply_nested_body_is_400_201(server: RunningServer) -> None:
     """Nesting deeper than the JSON parser recurses is a bad body, not an internal error."""
     deep = b"[" * 20_000 + b"]" * 20_000
-    inside = (
-        b'{"namespace": "twilio", "guid": "CA1", "autotranscribeParams": {"x": '
-        + deep
-        + b"}}"
-    )
+    inside = b'{"namespace": "twilio", "guid": "CA1", "autotranscribeParams": {"x": ' + deep + b"}}"
     async with raw_client(server) as http:
         for body in (deep, inside):
             assert_error(await http.post(START, content=body), 400, "400-201")
@@ -244,14 +250,18 @@ async def test_start_and_stop_answer_with_a_trailing_slash_too(server: RunningSe
 async def test_already_started_and_stopped_409_201(server: RunningServer) -> None:
     api = server.client("acme")
     async with live_call(await api.stream_url()) as (guid, _), raw_client(server) as http:
-        assert_error(await http.post(STOP, json={"namespace": "twilio", "guid": guid}), 409, "409-201")
+        assert_error(
+            await http.post(STOP, json={"namespace": "twilio", "guid": guid}), 409, "409-201"
+        )
         first = await http.post(START, json=start_body(guid))
         assert first.status_code == 200, first.text
         assert first.json()["isOk"] is True
         assert_error(await http.post(START, json=start_body(guid)), 409, "409-201")
         stopped = await http.post(STOP, json={"namespace": "twilio", "guid": guid})
         assert stopped.status_code == 200
-        assert_error(await http.post(STOP, json={"namespace": "twilio", "guid": guid}), 409, "409-201")
+        assert_error(
+            await http.post(STOP, json={"namespace": "twilio", "guid": guid}), 409, "409-201"
+        )
         # start again after stop is a resume, not an error
         assert (await http.post(START, json=start_body(guid))).status_code == 200
 
@@ -264,7 +274,9 @@ async def test_pending_request_409_202(server: RunningServer) -> None:
         # Another API worker is in the middle of a request for this call.
         assert store.acquire_call_lock(key, "other-worker", time.time(), 30)
         assert_error(await http.post(START, json=start_body(guid)), 409, "409-202")
-        assert_error(await http.post(STOP, json={"namespace": "twilio", "guid": guid}), 409, "409-202")
+        assert_error(
+            await http.post(STOP, json={"namespace": "twilio", "guid": guid}), 409, "409-202"
+        )
         store.release_call_lock(key, "other-worker")
         assert (await http.post(START, json=start_body(guid))).status_code == 200
 
@@ -285,9 +297,9 @@ async def test_new_agent_is_a_new_leg(server: RunningServer) -> None:
         resumed = (await http.post(START, json=start_body(guid))).json()["autotranscribeResponse"]
         assert resumed["agent"]["streamId"] == first["agent"]["streamId"]
         await http.post(STOP, json={"namespace": "twilio", "guid": guid})
-        transfer = (
-            await http.post(START, json=start_body(guid, agentId="A2"))
-        ).json()["autotranscribeResponse"]
+        transfer = (await http.post(START, json=start_body(guid, agentId="A2"))).json()[
+            "autotranscribeResponse"
+        ]
         assert transfer["agent"]["streamId"] != first["agent"]["streamId"]
         assert transfer["customer"]["streamId"] == first["customer"]["streamId"]
 
@@ -395,9 +407,7 @@ async def test_bad_frames_close_only_their_stream(server: RunningServer) -> None
         assert (await api.stop(good_guid)).status_code == 200
 
 
-async def test_webhook_down_keeps_transcripts(
-    server_factory: Any, tmp_path: Any
-) -> None:
+async def test_webhook_down_keeps_transcripts(server_factory: Any, tmp_path: Any) -> None:
     dead_url = f"http://127.0.0.1:{free_port()}/webhook"
     server = await server_factory(dead_url)
     api = server.client("acme")
@@ -412,13 +422,18 @@ async def test_webhook_down_keeps_transcripts(
         controls=tuple(sorted(call.controls, key=lambda c: c.at_ms)[:2]),
         segments=call.segments,
     )
-    played = await play_call(await api.stream_url(), short, api, played=PlayedCall("CAdown", speed=4))
+    played = await play_call(
+        await api.stream_url(), short, api, played=PlayedCall("CAdown", speed=4)
+    )
     assert [r.status_code for _, r in played.control_responses] == [200, 200]
     after = (await api.messages("CAdown")).json()
     assert len(after["messages"]) >= 3
     await server.runtime.dispatcher.drain(10)
     failures = server.runtime.store.list_delivery_failures("acme", "CAdown")
     assert {f.message_id for f in failures} == {
-        m.message_id for m in server.runtime.store.list_messages(CallKey("acme", "twilio", "CAdown"), 1000, time.time())
+        m.message_id
+        for m in server.runtime.store.list_messages(
+            CallKey("acme", "twilio", "CAdown"), 1000, time.time()
+        )
     }
     assert all(f.status_code is None and "Connect" in f.reason for f in failures)

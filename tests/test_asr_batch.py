@@ -49,9 +49,9 @@ def test_batch_of_equal_lengths_matches_single_decodes(
     assert [r.language for r in batch] == ["en"] * len(requests)
     assert [r.audio_ms for r in batch] == [r.audio_ms for r in singles]
     # The batch decoded what was said.
-    assert jiwer.wer(
-        [normalise(t) for _, t in utterances], [normalise(r.text) for r in batch]
-    ) <= 0.15
+    assert (
+        jiwer.wer([normalise(t) for _, t in utterances], [normalise(r.text) for r in batch]) <= 0.15
+    )
 
 
 def test_batch_of_mixed_lengths_matches_single_decodes_with_full_context(
@@ -73,9 +73,9 @@ def test_batch_of_mixed_lengths_with_trimmed_context_transcribes_correctly(
     alone (a word's punctuation may differ); the words must still be right."""
     requests = [AsrRequest(audio, language="en") for audio, _ in utterances]
     batch = asr_engine.transcribe_batch(requests)
-    assert jiwer.wer(
-        [normalise(t) for _, t in utterances], [normalise(r.text) for r in batch]
-    ) <= 0.15
+    assert (
+        jiwer.wer([normalise(t) for _, t in utterances], [normalise(r.text) for r in batch]) <= 0.15
+    )
 
 
 def test_requests_that_need_the_single_path_take_it_inside_a_batch(

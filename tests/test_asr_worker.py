@@ -235,8 +235,9 @@ async def test_a_full_queue_is_refused_at_once_with_503(
     assert counters["completed"] == 3
 
 
-async def _post(url: str, body: bytes, content_type: str = "application/octet-stream",
-                **params: str) -> httpx.Response:
+async def _post(
+    url: str, body: bytes, content_type: str = "application/octet-stream", **params: str
+) -> httpx.Response:
     async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as client:
         return await client.post(
             "/v1/transcribe", params=params, content=body, headers={"content-type": content_type}
@@ -251,14 +252,32 @@ async def test_malformed_and_oversized_requests_get_clear_errors(
     cases = [
         (audio + b"\x00", {}, "application/octet-stream", 400, "invalid_audio", "even number"),
         (b"", {}, "application/octet-stream", 400, "invalid_audio", "empty"),
-        (audio, {"language": "en-US"}, "application/octet-stream", 400, "invalid_parameter",
-         "ISO 639-1"),
+        (
+            audio,
+            {"language": "en-US"},
+            "application/octet-stream",
+            400,
+            "invalid_parameter",
+            "ISO 639-1",
+        ),
         (audio, {"language": "xx"}, "application/octet-stream", 400, "invalid_parameter", "'xx'"),
-        (audio, {"wordTimestamps": "maybe"}, "application/octet-stream", 400,
-         "invalid_parameter", "wordTimestamps"),
+        (
+            audio,
+            {"wordTimestamps": "maybe"},
+            "application/octet-stream",
+            400,
+            "invalid_parameter",
+            "wordTimestamps",
+        ),
         (audio, {}, "audio/wav", 415, "unsupported_media_type", "application/octet-stream"),
-        (bytes(31 * 16_000 * 2), {}, "application/octet-stream", 413, "payload_too_large",
-         "at most 30 s"),
+        (
+            bytes(31 * 16_000 * 2),
+            {},
+            "application/octet-stream",
+            413,
+            "payload_too_large",
+            "at most 30 s",
+        ),
     ]
     for body, params, content_type, status, code, text in cases:
         response = await _post(worker.url, body, content_type, **params)
@@ -286,10 +305,17 @@ async def test_word_timestamps_and_language_detection_over_http(
     assert all(0.0 <= w.confidence <= 1.0 for w in result.words)
     assert [w.start_ms for w in result.words] == sorted(w.start_ms for w in result.words)
 
-    raw = (await _post(worker.url, pcm16_bytes(speech[1]), wordTimestamps="true",
-                       language="en")).json()
+    raw = (
+        await _post(worker.url, pcm16_bytes(speech[1]), wordTimestamps="true", language="en")
+    ).json()
     assert set(raw) == {
-        "text", "words", "language", "audioMs", "processingMs", "queueMs", "batchSize"
+        "text",
+        "words",
+        "language",
+        "audioMs",
+        "processingMs",
+        "queueMs",
+        "batchSize",
     }
     assert set(raw["words"][0]) == {"text", "startMs", "endMs", "confidence"}
 
@@ -430,8 +456,9 @@ async def test_serve_pipeline_transcribes_through_a_remote_worker(
         from callscribe.testing.simulate import ApiClient
 
         issued = create_api_key(runtime.store, "acme")
-        api = ApiClient(f"http://127.0.0.1:{sock.getsockname()[1]}", issued.api_id,
-                        issued.api_secret)
+        api = ApiClient(
+            f"http://127.0.0.1:{sock.getsockname()[1]}", issued.api_id, issued.api_secret
+        )
         # The first transcription window of the sample call: the agent's greeting and the
         # customer's request, up to the hold.
         call = load_sample_call()
@@ -442,8 +469,9 @@ async def test_serve_pipeline_transcribes_through_a_remote_worker(
             tracks={t: b[: (first_stop + 500) * 8] for t, b in call.tracks.items()},
             controls=tuple(c for c in call.controls if c.at_ms <= first_stop),
         )
-        played = await play_call(await api.stream_url(), call, api,
-                                 played=PlayedCall("CAremote", speed=4))
+        played = await play_call(
+            await api.stream_url(), call, api, played=PlayedCall("CAremote", speed=4)
+        )
         assert [r.status_code for _, r in played.control_responses] == [200, 200]
         deadline = time.monotonic() + WAIT_S
         while len(receiver.messages) < 4 and time.monotonic() < deadline:
@@ -499,7 +527,9 @@ def test_container_entrypoint_runs_the_worker_main_with_the_container_environmen
     assert entrypoint.main() == 0
     (settings,) = seen
     assert (settings.model, settings.device, settings.compute_type) == (
-        "large-v3-turbo", "cuda", "float16"
+        "large-v3-turbo",
+        "cuda",
+        "float16",
     )
     # Inside a task the worker must be reachable from the gateways, not just from itself.
     assert (settings.host, settings.port) == ("0.0.0.0", 8000)

@@ -35,18 +35,76 @@ def sox_decode(g711: bytes, law: str, tmp_path: Path) -> np.ndarray:
     """Have sox expand raw G.711 bytes to 16-bit signed little-endian PCM."""
     src, dst = tmp_path / f"in.{law}", tmp_path / f"out.{law}.s16"
     src.write_bytes(g711)
-    sox("-t", "raw", "-r", "8000", "-e", SOX_ENCODING[law], "-b", "8", "-c", "1", src,
-        "-t", "raw", "-e", "signed-integer", "-b", "16", "-L", "-c", "1", dst)
+    sox(
+        "-t",
+        "raw",
+        "-r",
+        "8000",
+        "-e",
+        SOX_ENCODING[law],
+        "-b",
+        "8",
+        "-c",
+        "1",
+        src,
+        "-t",
+        "raw",
+        "-e",
+        "signed-integer",
+        "-b",
+        "16",
+        "-L",
+        "-c",
+        "1",
+        dst,
+    )
     return np.fromfile(dst, dtype="<i2")
 
 
 def sox_synth(law: str, tmp_path: Path) -> bytes:
     """G.711 bytes made by sox itself: a loud sweep, a quiet tone and noise (every segment)."""
     out = tmp_path / f"synth.{law}"
-    sox("-n", "-t", "raw", "-r", "8000", "-e", SOX_ENCODING[law], "-b", "8", "-c", "1", out,
-        "synth", "0.5", "sine", "100-3800", "synth", "0.5", "sine", "mix", "440",
-        "synth", "0.5", "whitenoise", "vol", "0.3", ":", "synth", "0.5", "sine", "1000", "vol",
-        "0.002", ":", "synth", "0.25", "whitenoise", "vol", "0.9")
+    sox(
+        "-n",
+        "-t",
+        "raw",
+        "-r",
+        "8000",
+        "-e",
+        SOX_ENCODING[law],
+        "-b",
+        "8",
+        "-c",
+        "1",
+        out,
+        "synth",
+        "0.5",
+        "sine",
+        "100-3800",
+        "synth",
+        "0.5",
+        "sine",
+        "mix",
+        "440",
+        "synth",
+        "0.5",
+        "whitenoise",
+        "vol",
+        "0.3",
+        ":",
+        "synth",
+        "0.5",
+        "sine",
+        "1000",
+        "vol",
+        "0.002",
+        ":",
+        "synth",
+        "0.25",
+        "whitenoise",
+        "vol",
+        "0.9",
+    )
     return out.read_bytes()
 
 

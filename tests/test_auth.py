@@ -142,7 +142,21 @@ def test_revoked_key_with_wrong_secret_does_not_reveal_revocation(store: SqliteS
 
 @pytest.mark.parametrize(
     "tenant",
-    ["", "-", "_-_", "a b", "acme/evil", "acme.com", "a" * 129, "x;drop", "tab\t", "a\nb", "ténant", "租户", "²"],
+    [
+        "",
+        "-",
+        "_-_",
+        "a b",
+        "acme/evil",
+        "acme.com",
+        "a" * 129,
+        "x;drop",
+        "tab\t",
+        "a\nb",
+        "ténant",
+        "租户",
+        "²",
+    ],
 )
 def test_invalid_tenant_names_are_rejected(store: SqliteStore, tenant: str) -> None:
     with pytest.raises(ValueError, match="tenant"):
@@ -203,9 +217,11 @@ def test_token_just_inside_ttl_is_accepted_and_just_after_is_expired(store: Sqli
         token = tokens.issue(key)
     with mock.patch("itsdangerous.timed.time.time", return_value=now + 55):
         assert tokens.verify(token, store).api_id == key.api_id
-    with mock.patch("itsdangerous.timed.time.time", return_value=now + 65):
-        with pytest.raises(AuthError, match="expired"):
-            tokens.verify(token, store)
+    with (
+        mock.patch("itsdangerous.timed.time.time", return_value=now + 65),
+        pytest.raises(AuthError, match="expired"),
+    ):
+        tokens.verify(token, store)
 
 
 def test_expired_stream_token_made_by_serializer_in_the_past(store: SqliteStore) -> None:
@@ -382,6 +398,7 @@ def test_signing_key_from_file_secrets_drives_stream_tokens(
     path = tmp_path / "secrets.json"
     key = store.get_api_key(create_api_key(store, "acme").api_id)
     assert key is not None
+
     def tokens_of_a_new_process() -> StreamTokens:
         signing_key = FileSecrets(path).get_or_create(TOKEN_SIGNING_KEY, new_signing_key)
         return StreamTokens(signing_key, ttl_s=300)

@@ -155,8 +155,11 @@ def s3_store(moto_endpoint: str):  # type: ignore[no-untyped-def]
     from callscribe.blobs.s3 import S3BlobStore
 
     client = boto3.client(
-        "s3", region_name="us-east-1", endpoint_url=moto_endpoint,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
         config=Config(signature_version="s3v4"),
     )
     if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import websockets
 
 from callscribe.auth import create_api_key
+from callscribe.store.sqlite import SqliteStore
 from callscribe.testing.simulate import (
     FRAME_BYTES,
     ApiClient,
@@ -23,7 +24,6 @@ from callscribe.testing.simulate import (
     running_receiver,
     running_server,
 )
-from callscribe.store.sqlite import SqliteStore
 from callscribe.twilio.protocol import TwilioStreamWriter
 
 
@@ -38,11 +38,15 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert created.returncode == 0, created.stderr
     issued = json.loads(created.stdout)
     assert set(issued) == {"apiId", "apiSecret"}
-    assert issued["apiSecret"] not in (tmp_path / "callscribe.sqlite3").read_bytes().decode("latin-1")
+    assert issued["apiSecret"] not in (tmp_path / "callscribe.sqlite3").read_bytes().decode(
+        "latin-1"
+    )
 
     listed = callscribe("keys", "list", "--data-dir", str(tmp_path))
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [(r["apiId"], r["tenant"], r["revoked"]) for r in rows] == [(issued["apiId"], "acme", False)]
+    assert [(r["apiId"], r["tenant"], r["revoked"]) for r in rows] == [
+        (issued["apiId"], "acme", False)
+    ]
     assert issued["apiSecret"] not in listed.stdout
 
     revoked = callscribe("keys", "revoke", issued["apiId"], "--data-dir", str(tmp_path))
@@ -122,14 +126,24 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str)
 
 def test_serve_with_a_data_dir_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
-    result = callscribe("serve", "--port", "0", "--sip-port", "off",
-                        "--data-dir", str(tmp_path / "a-file" / "data"))
+    result = callscribe(
+        "serve", "--port", "0", "--sip-port", "off", "--data-dir", str(tmp_path / "a-file" / "data")
+    )
     assert_one_line_error(result, "Not a directory", str(tmp_path / "a-file" / "data"))
 
 
 def test_serve_with_a_webhook_url_that_is_not_one(tmp_path: Path) -> None:
-    result = callscribe("serve", "--port", "0", "--sip-port", "off", "--data-dir", str(tmp_path),
-                        "--webhook-url", "not-a-url")
+    result = callscribe(
+        "serve",
+        "--port",
+        "0",
+        "--sip-port",
+        "off",
+        "--data-dir",
+        str(tmp_path),
+        "--webhook-url",
+        "not-a-url",
+    )
     assert_one_line_error(result, "webhook.url", "not-a-url", "valid URL")
 
 
@@ -137,7 +151,10 @@ def test_serve_with_a_bad_environment_setting(tmp_path: Path) -> None:
     env = {**os.environ, "CALLSCRIBE_VAD_END_SILENCE_MS": "5"}
     result = subprocess.run(
         [sys.executable, "-m", "callscribe", "serve", "--port", "0", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert_one_line_error(result, "endpointing.end_silence_ms", "greater than or equal to 100")
 
@@ -147,8 +164,9 @@ def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = callscribe("serve", "--port", str(port), "--sip-port", "off",
-                            "--data-dir", str(tmp_path))
+        result = callscribe(
+            "serve", "--port", str(port), "--sip-port", "off", "--data-dir", str(tmp_path)
+        )
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "in use")
 
 

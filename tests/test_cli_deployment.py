@@ -28,7 +28,8 @@ PREFIX = "callscribe/test/"
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }.items():
         monkeypatch.setenv(name, value)
@@ -43,8 +44,24 @@ def deployment(aws: AwsResources) -> list[str]:
 def test_webhook_set_show_signing_secret_failures_clear(
     aws: AwsResources, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["webhook", "set", "--tenant", "acme", "--url", "https://hooks.acme.example/cs",
-                 "--token-name", "X-Acme-Token", "--token", "s3cret", *deployment(aws)]) == 0
+    assert (
+        main(
+            [
+                "webhook",
+                "set",
+                "--tenant",
+                "acme",
+                "--url",
+                "https://hooks.acme.example/cs",
+                "--token-name",
+                "X-Acme-Token",
+                "--token",
+                "s3cret",
+                *deployment(aws),
+            ]
+        )
+        == 0
+    )
     shown = json.loads(capsys.readouterr().out)
     assert shown["url"] == "https://hooks.acme.example/cs"
     assert "s3cret" not in json.dumps(shown)
@@ -71,8 +88,21 @@ def test_webhook_set_show_signing_secret_failures_clear(
     assert capsys.readouterr().out.strip() == first
 
     store.put_delivery_failure(DeliveryFailure("acme", "CAx", "m1", "http 503", 503, time.time()))
-    assert main(["webhook", "failures", "--tenant", "acme", "--store", "dynamodb",
-                 "--table", aws.table_name]) == 0
+    assert (
+        main(
+            [
+                "webhook",
+                "failures",
+                "--tenant",
+                "acme",
+                "--store",
+                "dynamodb",
+                "--table",
+                aws.table_name,
+            ]
+        )
+        == 0
+    )
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["reason"] == "http 503"
 
@@ -90,26 +120,47 @@ def test_export_run_and_list_against_the_bucket(
     store = DynamoStore(aws.table_name)
     store.put_api_key(ApiKey("id-acme", "acme", hash_secret("x"), start.timestamp() - 86_400))
     key = CallKey("acme", "twilio", "CAexport")
-    body = {"externalConversationId": "CAexport", "sender": {"role": "agent", "externalId": "A"},
-            "autotranscribeResponse": {"start": 0, "end": 900, "utterance": [{"text": "hi"}]}}
+    body = {
+        "externalConversationId": "CAexport",
+        "sender": {"role": "agent", "externalId": "A"},
+        "autotranscribeResponse": {"start": 0, "end": 900, "utterance": [{"text": "hi"}]},
+    }
     at = (start + timedelta(hours=5)).timestamp()
     store.put_message(StoredMessage(key, 0, "m0", body, at, time.time() + 86_400))
 
     table = ["--store", "dynamodb", "--table", aws.table_name]
     with pytest.raises(SystemExit, match="needs --bucket"):
         main(["export", "run", "--date", day.isoformat(), *table])
-    assert main(["export", "run", "--date", day.isoformat(), *table,
-                 "--bucket", aws.bucket_name]) == 0
+    assert (
+        main(["export", "run", "--date", day.isoformat(), *table, "--bucket", aws.bucket_name]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["rows"] == {"acme": 1}
     s3 = boto3.client("s3")
     hour5 = f"exports/utterances/acme/{day.isoformat()}/05.jsonl.gz"
     rows = gzip.decompress(s3.get_object(Bucket=aws.bucket_name, Key=hour5)["Body"].read())
     assert json.loads(rows)["text"] == "hi"
 
-    assert main(["export", "list", "--tenant", "acme", "--bucket", aws.bucket_name,
-                 "--start", f"{day}T04:00:00", "--end", f"{day}T07:00:00"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "list",
+                "--tenant",
+                "acme",
+                "--bucket",
+                aws.bucket_name,
+                "--start",
+                f"{day}T04:00:00",
+                "--end",
+                f"{day}T07:00:00",
+            ]
+        )
+        == 0
+    )
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [f["hourStart"] for f in listed] == [
-        f"{day}T04:00:00.000Z", f"{day}T05:00:00.000Z", f"{day}T06:00:00.000Z"
+        f"{day}T04:00:00.000Z",
+        f"{day}T05:00:00.000Z",
+        f"{day}T06:00:00.000Z",
     ]
     assert all(aws.bucket_name in f["url"] and "X-Amz-Signature=" in f["url"] for f in listed)

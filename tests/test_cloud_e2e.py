@@ -141,7 +141,9 @@ async def deliver_webhooks(resources: AwsResources, endpoint: str, stop: asyncio
             ).get("Messages", [])
         )
         if received:
-            result = await asyncio.to_thread(handler, sqs_event(received, resources), LambdaContext())
+            result = await asyncio.to_thread(
+                handler, sqs_event(received, resources), LambdaContext()
+            )
             failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
             for message in received:
                 if message["MessageId"] not in failed:
@@ -179,9 +181,24 @@ async def test_call_through_the_cloud_shaped_deployment(
     webhook_lambda.webhook_delivery.cache_clear()
 
     created = subprocess.run(
-        [sys.executable, "-m", "callscribe", "keys", "create", "--tenant", "acme",
-         "--store", "dynamodb", "--table", resources.table_name],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "callscribe",
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--store",
+            "dynamodb",
+            "--table",
+            resources.table_name,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert created.returncode == 0, created.stderr
     issued = json.loads(created.stdout)
@@ -190,23 +207,36 @@ async def test_call_through_the_cloud_shaped_deployment(
     spool_parent = tmp_path / "task-tmp"
     spool = spool_parent / "callscribe-spool"
     spool_parent.mkdir()
-    with process(
-        [sys.executable, "-m", "callscribe", "asr-worker", "--host", "127.0.0.1",
-         "--port", str(asr_port)], env, asr_log,
-    ) as asr_worker, process(
-        [sys.executable, "-m", "containers.twilio_gateway.entrypoint"],
-        {
-            **env,
-            "CALLSCRIBE_HOST": "127.0.0.1",
-            "CALLSCRIBE_PORT": str(gateway_port),
-            "CALLSCRIBE_CONTROL_PORT": str(control_port),
-            "CALLSCRIBE_CONTROL_URL": f"http://127.0.0.1:{control_port}",
-            "CALLSCRIBE_ASR_URL": f"http://127.0.0.1:{asr_port}",
-            # The task's temporary directory: where recordings are spooled before upload.
-            "TMPDIR": str(spool_parent),
-        },
-        gateway_log,
-    ) as gateway:
+    with (
+        process(
+            [
+                sys.executable,
+                "-m",
+                "callscribe",
+                "asr-worker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(asr_port),
+            ],
+            env,
+            asr_log,
+        ) as asr_worker,
+        process(
+            [sys.executable, "-m", "containers.twilio_gateway.entrypoint"],
+            {
+                **env,
+                "CALLSCRIBE_HOST": "127.0.0.1",
+                "CALLSCRIBE_PORT": str(gateway_port),
+                "CALLSCRIBE_CONTROL_PORT": str(control_port),
+                "CALLSCRIBE_CONTROL_URL": f"http://127.0.0.1:{control_port}",
+                "CALLSCRIBE_ASR_URL": f"http://127.0.0.1:{asr_port}",
+                # The task's temporary directory: where recordings are spooled before upload.
+                "TMPDIR": str(spool_parent),
+            },
+            gateway_log,
+        ) as gateway,
+    ):
         await wait_healthy(f"http://127.0.0.1:{asr_port}/healthz", asr_worker, asr_log)
         await wait_healthy(f"http://127.0.0.1:{gateway_port}/healthz", gateway, gateway_log)
 
@@ -225,7 +255,9 @@ async def test_call_through_the_cloud_shaped_deployment(
                 deliver_webhooks(resources, moto_endpoint, stop_delivery)
             )
             played = await play_call(
-                await api.stream_url(), first_window, api,
+                await api.stream_url(),
+                first_window,
+                api,
                 played=PlayedCall("CAcloud0000000000000000000000001", speed=4),
                 autotranscribe_params={"audioRecordingAllowed": True},
             )
@@ -267,7 +299,9 @@ async def test_call_through_the_cloud_shaped_deployment(
 
             # A call that did not allow recording leaves no audio in S3, nor in the spool.
             unrecorded = await play_call(
-                await api.stream_url(), first_window, api,
+                await api.stream_url(),
+                first_window,
+                api,
                 played=PlayedCall("CAcloud0000000000000000000000002", speed=4),
                 autotranscribe_params={"audioRecordingAllowed": False},
             )
@@ -285,9 +319,9 @@ async def test_call_through_the_cloud_shaped_deployment(
     assert "package" in text.lower()
     s3_keys = [
         o["Key"]
-        for o in boto3.client("s3").list_objects_v2(Bucket=resources.bucket_name).get(
-            "Contents", []
-        )
+        for o in boto3.client("s3")
+        .list_objects_v2(Bucket=resources.bucket_name)
+        .get("Contents", [])
     ]
     wav_name = recording["url"].split("?")[0].rsplit("/", 1)[-1]
     assert [k for k in s3_keys if k.startswith("recordings/")] == [

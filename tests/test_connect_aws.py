@@ -21,19 +21,19 @@ import uvicorn
 from moto import mock_aws
 
 from callscribe.auth import create_api_key
-from callscribe.aws.services import api_lambda
 from callscribe.aws.adapters.dynamodb_store import DynamoStore
+from callscribe.aws.services import api_lambda
 from callscribe.aws.services.gateway_service import build_runtime
 from callscribe.aws.services.kvs_reader_service import create_reader_app
 from callscribe.aws.settings import AwsSettings
+from callscribe.calls import CallRegistry
 from callscribe.config import ConnectSettings, Settings
 from callscribe.connect.kvs import BotoMediaSources
-from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.control_http import SIGNATURE_HEADER, TIMESTAMP_HEADER, create_control_app, sign
-from callscribe.calls import CallRegistry
 from callscribe.ingest import Ingest, IngestRuntime
-from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallStatus, ConnectAccess
+from callscribe.testing.connect_stream import SimulatedKvsStream
+from callscribe.testing.simulate import bind_loopback
 from tests.aws_fixtures import LambdaContext, create_resources, http_api_event
 from tests.connect_support import (
     EXTERNAL_ID,
@@ -67,7 +67,9 @@ class Deployment:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            response = handler(http_api_event(method, path, self.credentials, body), LambdaContext())
+            response = handler(
+                http_api_event(method, path, self.credentials, body), LambdaContext()
+            )
         finally:
             asyncio.set_event_loop(None)
             loop.close()
@@ -82,9 +84,13 @@ class Deployment:
 
     def start_body(self, fragment: str) -> dict[str, Any]:
         return {
-            "namespace": "amazonconnect", "guid": GUID, "customerId": "C-1", "agentId": "A-1",
+            "namespace": "amazonconnect",
+            "guid": GUID,
+            "customerId": "C-1",
+            "agentId": "A-1",
             "amazonConnectParams": {
-                "streamArn": self.stream_arn, "startSelectorType": "FRAGMENT_NUMBER",
+                "streamArn": self.stream_arn,
+                "startSelectorType": "FRAGMENT_NUMBER",
                 "afterFragmentNumber": fragment,
             },
         }
@@ -93,8 +99,10 @@ class Deployment:
 @pytest.fixture
 async def deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> AsyncIterator[Deployment]:
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "POWERTOOLS_TRACE_DISABLED": "true",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
     }.items():
         monkeypatch.setenv(name, value)
@@ -104,17 +112,23 @@ async def deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> AsyncIte
         control_port = control_sock.getsockname()[1]
         control_url = f"http://127.0.0.1:{control_port}"
         aws = AwsSettings(
-            table_name=resources.table_name, event_bus_name=resources.event_bus_name,
+            table_name=resources.table_name,
+            event_bus_name=resources.event_bus_name,
             token_secret_arn=resources.token_secret_arn,
             control_secret_arn=resources.control_secret_arn,
-            control_port=control_port, control_url=control_url,
+            control_port=control_port,
+            control_url=control_url,
         )
         settings = Settings(
             data_dir=tmp_path,
             blob_s3_bucket=resources.bucket_name,
-            connect=ConnectSettings(read_timeout_s=2, retry_backoff_s=0.05, stopped_call_timeout_s=30),
+            connect=ConnectSettings(
+                read_timeout_s=2, retry_backoff_s=0.05, stopped_call_timeout_s=30
+            ),
         )
-        runtime, control_secret = build_runtime(aws, settings, Ingest.AMAZON_CONNECT, asr=SilentAsr())
+        runtime, control_secret = build_runtime(
+            aws, settings, Ingest.AMAZON_CONNECT, asr=SilentAsr()
+        )
         app = create_reader_app(runtime, control_secret, control_port)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         task = asyncio.get_running_loop().create_task(
@@ -136,9 +150,13 @@ async def deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> AsyncIte
         api_lambda.asgi_handler.cache_clear()
         try:
             yield Deployment(
-                store, runtime, control_url, f"http://127.0.0.1:{health_sock.getsockname()[1]}",
+                store,
+                runtime,
+                control_url,
+                f"http://127.0.0.1:{health_sock.getsockname()[1]}",
                 {"asapp-api-id": issued.api_id, "asapp-api-secret": issued.api_secret},
-                create_kvs_stream(), control_secret,
+                create_kvs_stream(),
+                control_secret,
             )
         finally:
             api_lambda.asgi_handler.cache_clear()
@@ -173,13 +191,18 @@ async def test_the_api_lambda_opens_the_contact_on_a_reader_task_and_controls_it
     assert health["readers"][0]["guid"] == GUID
     assert health["readers"][0]["millisBehindNow"] is not None
 
-    status, answer = await deployment.api("POST", stop, {"namespace": "amazonconnect", "guid": GUID})
+    status, answer = await deployment.api(
+        "POST", stop, {"namespace": "amazonconnect", "guid": GUID}
+    )
     assert status == 200, answer
     assert answer["autotranscribeResponse"]["customer"]["summary"]["totalAudioBytes"] > 0
     # Resumed on the task that holds it, from the flow's new fragment.
     status, answer = await deployment.api("POST", start, deployment.start_body(fragments[6].number))
     assert status == 200, answer
-    assert [s["AfterFragmentNumber"] for s in kvs.get_media] == [fragments[0].number, fragments[6].number]
+    assert [s["AfterFragmentNumber"] for s in kvs.get_media] == [
+        fragments[0].number,
+        fragments[6].number,
+    ]
 
     # The task is replaced (its address answers no more): the next start opens it afresh.
     await deployment.api("POST", stop, {"namespace": "amazonconnect", "guid": GUID})
@@ -190,7 +213,9 @@ async def test_the_api_lambda_opens_the_contact_on_a_reader_task_and_controls_it
     await deployment.api("POST", stop, {"namespace": "amazonconnect", "guid": GUID})
 
 
-async def test_connect_errors_through_the_lambda(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_connect_errors_through_the_lambda(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
     start = "/mg-autotranscribe/v1/start-streaming"
     body = deployment.start_body("91343852333181432392682062607743920146159169392")
     body["amazonConnectParams"]["streamArn"] = deployment.stream_arn.replace("contact", "gone")
@@ -211,17 +236,23 @@ async def test_connect_errors_through_the_lambda(deployment: Deployment, monkeyp
 
 
 async def test_open_is_only_for_tasks_that_read_kvs_and_needs_the_signature() -> None:
-    body = json.dumps({"key": {"tenant": "acme", "namespace": "amazonconnect", "guid": GUID},
-                       "request": {"namespace": "amazonconnect", "guid": GUID}}).encode()
+    body = json.dumps(
+        {
+            "key": {"tenant": "acme", "namespace": "amazonconnect", "guid": GUID},
+            "request": {"namespace": "amazonconnect", "guid": GUID},
+        }
+    ).encode()
     timestamp = str(int(time.time()))
     headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign("s", timestamp, body)}
     gateway = create_control_app(CallRegistry(), "s")
     transport = httpx.ASGITransport(app=gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://task") as http:
         assert (await http.post("/control/open", content=body, headers=headers)).status_code == 404
+
     class Opener:
         async def open(self, key: CallKey, request: Any) -> Any:
             raise AssertionError("an unsigned request must not reach the opener")
+
     reader = create_control_app(CallRegistry(), "s", opener=Opener())
     transport = httpx.ASGITransport(app=reader)
     async with httpx.AsyncClient(transport=transport, base_url="http://task") as http:

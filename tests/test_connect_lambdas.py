@@ -119,7 +119,10 @@ class FakeApi:
 OK = {
     "isOk": True,
     "autotranscribeResponse": {
-        "customer": {"streamId": "5ce2b755-3f38-11ed", "status": {"code": 1000, "description": "OK"}},
+        "customer": {
+            "streamId": "5ce2b755-3f38-11ed",
+            "status": {"code": 1000, "description": "OK"},
+        },
         "agent": {"streamId": "cf31116-3f38-11ed", "status": {"code": 1000, "description": "OK"}},
     },
 }
@@ -128,7 +131,8 @@ OK = {
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi]:
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }.items():
         monkeypatch.setenv(name, value)
@@ -171,7 +175,9 @@ def test_start_sends_the_contact_its_stream_from_the_start_fragment_and_the_part
         "customerId": "TT9833237",  # a contact attribute
         "agentId": "RE223444211993",  # a parameter of the Lambda block
         "autotranscribeParams": {
-            "language": "en-GB", "detailedToken": False, "redactionOutput": "redacted",
+            "language": "en-GB",
+            "detailedToken": False,
+            "redactionOutput": "redacted",
         },
         "amazonConnectParams": {
             "streamArn": STREAM_ARN,
@@ -182,15 +188,20 @@ def test_start_sends_the_contact_its_stream_from_the_start_fragment_and_the_part
 
 
 def test_without_a_start_fragment_reading_starts_now(api: FakeApi) -> None:
-    connect_start.handler(event(Details__ContactData__MediaStreams__Customer__Audio__StartFragmentNumber=None), None)
-    (_, _, body), = api.requests
+    connect_start.handler(
+        event(Details__ContactData__MediaStreams__Customer__Audio__StartFragmentNumber=None), None
+    )
+    ((_, _, body),) = api.requests
     assert body["amazonConnectParams"] == {"streamArn": STREAM_ARN, "startSelectorType": "NOW"}
 
 
 @pytest.mark.parametrize(
     "field,expected",
-    [("ContactId", CONTACT_ID), ("InitialContactId", INITIAL_CONTACT_ID),
-     ("PreviousContactId", INITIAL_CONTACT_ID)],
+    [
+        ("ContactId", CONTACT_ID),
+        ("InitialContactId", INITIAL_CONTACT_ID),
+        ("PreviousContactId", INITIAL_CONTACT_ID),
+    ],
 )
 def test_the_contact_id_field_is_configurable(
     api: FakeApi, monkeypatch: pytest.MonkeyPatch, field: str, expected: str
@@ -218,33 +229,52 @@ def test_participant_attributes_and_settings_are_configurable(
     monkeypatch.setenv("CALLSCRIBE_LANGUAGE", "es-US")
     attributes = {"crmId": "C-42", "agentLogin": "sarah"}
     result = connect_start.handler(
-        event(Details__ContactData__Attributes=attributes,
-              Details__Parameters={"detailedToken": "true"}),
+        event(
+            Details__ContactData__Attributes=attributes,
+            Details__Parameters={"detailedToken": "true"},
+        ),
         None,
     )
     assert result["callscribeResult"] == "ok"
-    (_, _, body), = api.requests
+    ((_, _, body),) = api.requests
     assert (body["customerId"], body["agentId"]) == ("C-42", "sarah")
     assert body["autotranscribeParams"] == {
-        "language": "es-US", "detailedToken": True, "redactionOutput": "redacted_and_unredacted",
+        "language": "es-US",
+        "detailedToken": True,
+        "redactionOutput": "redacted_and_unredacted",
     }
 
 
 def test_stop_answers_with_the_summaries_flat(api: FakeApi) -> None:
-    api.answers.append((200, {
-        "isOk": True,
-        "autotranscribeResponse": {
-            "customer": {"streamId": "5ce2", "status": {"code": 1000},
-                         "summary": {"totalAudioBytes": 1334720, "audioDurationMs": 83420,
-                                     "streamingSeconds": 84, "transcripts": 2}},
-        },
-    }))
+    api.answers.append(
+        (
+            200,
+            {
+                "isOk": True,
+                "autotranscribeResponse": {
+                    "customer": {
+                        "streamId": "5ce2",
+                        "status": {"code": 1000},
+                        "summary": {
+                            "totalAudioBytes": 1334720,
+                            "audioDurationMs": 83420,
+                            "streamingSeconds": 84,
+                            "transcripts": 2,
+                        },
+                    },
+                },
+            },
+        )
+    )
     result = connect_stop.handler(event(), None)
     assert_flat(result)
     assert result == {
-        "callscribeResult": "ok", "callscribeGuid": CONTACT_ID,
-        "callscribeCustomerStreamId": "5ce2", "callscribeCustomerTotalAudioBytes": "1334720",
-        "callscribeCustomerAudioDurationMs": "83420", "callscribeCustomerStreamingSeconds": "84",
+        "callscribeResult": "ok",
+        "callscribeGuid": CONTACT_ID,
+        "callscribeCustomerStreamId": "5ce2",
+        "callscribeCustomerTotalAudioBytes": "1334720",
+        "callscribeCustomerAudioDurationMs": "83420",
+        "callscribeCustomerStreamingSeconds": "84",
         "callscribeCustomerTranscripts": "2",
     }
     ((path, _, body),) = api.requests
@@ -257,8 +287,10 @@ def test_api_errors_come_back_as_attributes(api: FakeApi) -> None:
     result = connect_start.handler(event(), None)
     assert_flat(result)
     assert result == {
-        "callscribeResult": "error", "callscribeGuid": CONTACT_ID,
-        "callscribeErrorCode": "409-201", "callscribeError": "already",
+        "callscribeResult": "error",
+        "callscribeGuid": CONTACT_ID,
+        "callscribeErrorCode": "409-201",
+        "callscribeError": "already",
     }
     api.answers.append((502, {"message": "Bad Gateway"}))
     assert connect_stop.handler(event(), None)["callscribeErrorCode"] == "http-502"

@@ -21,8 +21,8 @@ from callscribe.connect.media import (
     StreamFailed,
     parse_mime_type,
 )
-from callscribe.testing.mkv_writer import error_fragment
 from callscribe.testing.connect_stream import SimulatedFragment, connect_fragments
+from callscribe.testing.mkv_writer import error_fragment
 from tests.connect_support import (
     CONTACT_ID,
     OTHER_CONTACT_ID,
@@ -77,15 +77,18 @@ def test_audio_is_held_until_the_fragment_names_its_contact() -> None:
 
 def test_a_new_contact_on_the_stream_stops_it_and_none_of_its_audio_passes() -> None:
     first = tone_fragments(2.0, seed=1)
-    second = tone_fragments(2.0, contact_id=OTHER_CONTACT_ID, seed=2, first_index=2,
-                            start_time_ms=first[-1].end_ms)
+    second = tone_fragments(
+        2.0, contact_id=OTHER_CONTACT_ID, seed=2, first_index=2, start_time_ms=first[-1].end_ms
+    )
     demuxer = ConnectMediaDemuxer()
     out = run(demuxer, get_media_bytes(first + second))
     assert np.array_equal(audio(out, CUSTOMER_TRACK), fragment_pcm(first, 0))
     assert np.array_equal(audio(out, AGENT_TRACK), fragment_pcm(first, 1))
     (changed,) = [o for o in out if isinstance(o, ContactChanged)]
     assert (changed.expected, changed.found, changed.fragment_number) == (
-        CONTACT_ID, OTHER_CONTACT_ID, second[0].number
+        CONTACT_ID,
+        OTHER_CONTACT_ID,
+        second[0].number,
     )
     assert demuxer.finished
     assert demuxer.feed(get_media_bytes(first)) == []
@@ -132,7 +135,9 @@ def test_parse_mime_type() -> None:
 
 def test_a_kvs_error_in_the_stream_stops_it() -> None:
     fragments = tone_fragments(1.0)
-    data = get_media_bytes(fragments) + error_fragment(4500, "Access denied for the stream's KMS key")
+    data = get_media_bytes(fragments) + error_fragment(
+        4500, "Access denied for the stream's KMS key"
+    )
     demuxer = ConnectMediaDemuxer()
     out = run(demuxer, data)
     assert np.array_equal(audio(out, CUSTOMER_TRACK), fragment_pcm(fragments, 0))

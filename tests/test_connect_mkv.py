@@ -26,8 +26,8 @@ from callscribe.connect.mkv import (
     decode_vint,
 )
 from callscribe.testing.mkv_writer import (
-    element,
     ebml_header,
+    element,
     encode_size,
     simple_block,
     tags_element,
@@ -105,7 +105,12 @@ EXPECTED = {
         ("91343852333713038923820158095225986915711326403", "1537574915.603", "15.000", 633),
     ],
     "empty-mkv-with-tags.mkv": [
-        ("91343852338378294813695855977007281634605393997", "1516124526.822", "1515865326.543", None),
+        (
+            "91343852338378294813695855977007281634605393997",
+            "1516124526.822",
+            "1515865326.543",
+            None,
+        ),
     ],
 }
 BLOCKS = {
@@ -169,7 +174,13 @@ def test_first_fragment_tags_and_packet_count_agree_with_ffprobe(name: str, tmp_
     assert ffprobe_tags
     assert {k: ours[k] for k in ffprobe_tags} == ffprobe_tags
     packets = ffprobe_output(
-        data, tmp_path, "-count_packets", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"
+        data,
+        tmp_path,
+        "-count_packets",
+        "-show_entries",
+        "stream=nb_read_packets",
+        "-of",
+        "csv=p=0",
     )
     assert int(packets.split()[0]) == sum(len(d.blocks) for d in documents(parse(data)))
 
@@ -186,9 +197,18 @@ def test_generated_connect_stream_agrees_with_ffprobe(tmp_path: Path) -> None:
     assert re.findall(r"^codec_name=(\w+)$", probe, re.M) == ["aac", "aac"]
     assert re.findall(r"^sample_rate=(\d+)$", probe, re.M) == ["8000", "8000"]
     assert f"TAG:AWS_KINESISVIDEO_FRAGMENT_NUMBER={fragments[0].number}" in probe
-    assert f"TAG:AWS_KINESISVIDEO_PRODUCER_TIMESTAMP={fragments[0].producer_time_ms / 1000:.3f}" in probe
+    assert (
+        f"TAG:AWS_KINESISVIDEO_PRODUCER_TIMESTAMP={fragments[0].producer_time_ms / 1000:.3f}"
+        in probe
+    )
     packets = ffprobe_output(
-        data, tmp_path, "-count_packets", "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"
+        data,
+        tmp_path,
+        "-count_packets",
+        "-show_entries",
+        "stream=nb_read_packets",
+        "-of",
+        "csv=p=0",
     )
     docs = documents(parse(data))
     per_track = [sum(1 for d in docs for b in d.blocks if b.track_number == n) for n in (1, 2)]
@@ -201,7 +221,9 @@ def test_generated_fragments_round_trip_tracks_tags_and_times() -> None:
     docs = documents(parse(get_media_bytes(fragments)))
     assert len(docs) == 3
     for doc, fragment in zip(docs, fragments, strict=True):
-        assert [(t.number, t.name, t.codec_id, t.sampling_frequency, t.channels) for t in doc.tracks] == [
+        assert [
+            (t.number, t.name, t.codec_id, t.sampling_frequency, t.channels) for t in doc.tracks
+        ] == [
             (1, "AUDIO_FROM_CUSTOMER", "A_AAC", 8000.0, 1),
             (2, "AUDIO_TO_CUSTOMER", "A_AAC", 8000.0, 1),
         ]
@@ -285,7 +307,9 @@ def test_corrupt_fragment_is_reported_and_the_next_ones_are_read() -> None:
     encoded = [f.encode((0, f.number)) for f in fragments]
     # Break the Cluster of the second fragment: a SimpleBlock whose size overruns everything.
     broken = bytearray(encoded[1])
-    at = broken.index(bytes([mkv.SIMPLE_BLOCK]) + encode_size(len(fragments[1].audio.customer[0][1]) + 4))
+    at = broken.index(
+        bytes([mkv.SIMPLE_BLOCK]) + encode_size(len(fragments[1].audio.customer[0][1]) + 4)
+    )
     broken[at + 1 : at + 2] = b"\x01"  # a size vint of 8 bytes: 0x01 then the next 7 bytes
     data = b"".join([encoded[0], bytes(broken), *encoded[2:]])
     events = parse(data)
@@ -304,31 +328,48 @@ def test_corrupt_fragment_is_reported_and_the_next_ones_are_read() -> None:
     [
         (b"\x00\x00\x00\x00", "invalid EBML variable-length integer"),
         (b"\x1f\x43\xb6\x75\x80", "Cluster at the top level"),
-        (ebml_header() + unknown_size_header(mkv.SEGMENT) + unknown_size_header(mkv.VOID), "unknown size"),
         (
-            ebml_header() + unknown_size_header(mkv.SEGMENT) + unknown_size_header(mkv.CLUSTER)
+            ebml_header() + unknown_size_header(mkv.SEGMENT) + unknown_size_header(mkv.VOID),
+            "unknown size",
+        ),
+        (
+            ebml_header()
+            + unknown_size_header(mkv.SEGMENT)
+            + unknown_size_header(mkv.CLUSTER)
             + b"\xa3\x08\xff\xff\xff\xff\xff\xff\xfe",
             "too large",
         ),
         (
-            ebml_header() + unknown_size_header(mkv.SEGMENT)
+            ebml_header()
+            + unknown_size_header(mkv.SEGMENT)
             + element(mkv.TRACKS, element(mkv.TRACK_ENTRY, b"\x53\x6e\x85x")),
             "overruns its parent",
         ),
         (element(mkv.EBML, element(mkv.DOC_TYPE, b"avi")), "not matroska"),
         (
-            ebml_header() + unknown_size_header(mkv.SEGMENT)
+            ebml_header()
+            + unknown_size_header(mkv.SEGMENT)
             + element(mkv.TRACKS, element(mkv.TRACK_ENTRY, uint_element(mkv.TRACK_TYPE, 2))),
             "without a TrackNumber",
         ),
         (
-            ebml_header() + unknown_size_header(mkv.SEGMENT) + unknown_size_header(mkv.CLUSTER)
+            ebml_header()
+            + unknown_size_header(mkv.SEGMENT)
+            + unknown_size_header(mkv.CLUSTER)
             + element(mkv.SIMPLE_BLOCK, b"\x81\x00"),
             "too short",
         ),
     ],
-    ids=["vint", "top-level", "unknown-size-leaf", "huge-block", "overrun", "doctype", "no-track-number",
-         "short-block"],
+    ids=[
+        "vint",
+        "top-level",
+        "unknown-size-leaf",
+        "huge-block",
+        "overrun",
+        "doctype",
+        "no-track-number",
+        "short-block",
+    ],
 )
 def test_corrupt_input_is_named(data: bytes, reason: str) -> None:
     events = parse(data)
@@ -339,7 +380,9 @@ def test_corrupt_input_is_named(data: bytes, reason: str) -> None:
 def test_an_enormous_declared_size_is_an_error_not_a_wait() -> None:
     parser = MkvStreamParser()
     events = parser.feed(
-        ebml_header() + unknown_size_header(mkv.SEGMENT) + unknown_size_header(mkv.CLUSTER)
+        ebml_header()
+        + unknown_size_header(mkv.SEGMENT)
+        + unknown_size_header(mkv.CLUSTER)
         + b"\xec\x01\x00\x00\x10\x00\x00\x00\x00"  # a Void of 2**44 bytes
     )
     assert any(isinstance(e, Corrupted) and "too large" in e.reason for e in events)
@@ -348,17 +391,29 @@ def test_an_enormous_declared_size_is_an_error_not_a_wait() -> None:
 def test_unknown_sizes_end_at_a_parent_level_element() -> None:
     block = simple_block(1, 0, b"\x01\x02")
     data = (
-        ebml_header() + unknown_size_header(mkv.SEGMENT)
-        + unknown_size_header(mkv.CLUSTER) + uint_element(mkv.CLUSTER_TIMESTAMP, 100) + block
+        ebml_header()
+        + unknown_size_header(mkv.SEGMENT)
+        + unknown_size_header(mkv.CLUSTER)
+        + uint_element(mkv.CLUSTER_TIMESTAMP, 100)
+        + block
         + tags_element([("ContactId", "a")])  # ends the Cluster: Tags belong to the Segment
-        + unknown_size_header(mkv.CLUSTER) + uint_element(mkv.CLUSTER_TIMESTAMP, 200) + block
-        + ebml_header() + unknown_size_header(mkv.SEGMENT)  # ends the Cluster and the Segment
+        + unknown_size_header(mkv.CLUSTER)
+        + uint_element(mkv.CLUSTER_TIMESTAMP, 200)
+        + block
+        + ebml_header()
+        + unknown_size_header(mkv.SEGMENT)  # ends the Cluster and the Segment
         + element(mkv.CLUSTER, uint_element(mkv.CLUSTER_TIMESTAMP, 300) + block)
     )
     events = parse(data)
     assert [type(e).__name__ for e in events] == [
-        "DocumentStarted", "BlockFrames", "TagsParsed", "BlockFrames", "DocumentEnded",
-        "DocumentStarted", "BlockFrames", "DocumentEnded",
+        "DocumentStarted",
+        "BlockFrames",
+        "TagsParsed",
+        "BlockFrames",
+        "DocumentEnded",
+        "DocumentStarted",
+        "BlockFrames",
+        "DocumentEnded",
     ]
     assert [e.time_ms for e in events if isinstance(e, BlockFrames)] == [100.0, 200.0, 300.0]
     assert [e.index for e in events if isinstance(e, BlockFrames)] == [0, 1, 0]
@@ -366,11 +421,16 @@ def test_unknown_sizes_end_at_a_parent_level_element() -> None:
 
 def test_laced_blocks_are_split_into_frames() -> None:
     frames = [b"a" * 300, b"b" * 10, b"c" * 7]
+
     def cluster(payload: bytes) -> bytes:
         return (
-            ebml_header() + unknown_size_header(mkv.SEGMENT) + unknown_size_header(mkv.CLUSTER)
-            + uint_element(mkv.CLUSTER_TIMESTAMP, 0) + element(mkv.SIMPLE_BLOCK, payload)
+            ebml_header()
+            + unknown_size_header(mkv.SEGMENT)
+            + unknown_size_header(mkv.CLUSTER)
+            + uint_element(mkv.CLUSTER_TIMESTAMP, 0)
+            + element(mkv.SIMPLE_BLOCK, payload)
         )
+
     xiph = b"\x81\x00\x00\x82\x02" + b"\xff\x2d" + b"\x0a" + b"".join(frames)
     ebml = b"\x81\x00\x00\x86\x02" + b"\x41\x2c" + b"\x5e\xdd" + b"".join(frames)  # 300, then -290
     fixed = b"\x81\x00\x00\x84\x02" + b"x" * 30
@@ -389,7 +449,11 @@ def test_vints() -> None:
     assert decode_vint(b"\x81", 0) == (1, 1, False)
     assert decode_vint(b"\x40\x02", 0) == (2, 2, False)
     assert decode_vint(b"\x01\xff\xff\xff\xff\xff\xff\xff", 0) == ((1 << 56) - 1, 8, True)
-    assert decode_vint(b"\x1a\x45\xdf\xa3", 0, max_length=4, keep_marker=True) == (mkv.EBML, 4, False)
+    assert decode_vint(b"\x1a\x45\xdf\xa3", 0, max_length=4, keep_marker=True) == (
+        mkv.EBML,
+        4,
+        False,
+    )
     assert decode_vint(b"\x40", 0) is None
     with pytest.raises(ValueError):
         decode_vint(b"\x00", 0)
@@ -423,7 +487,9 @@ def test_fuzz_arbitrary_bytes_never_raise(data: bytes, sizes: list[int]) -> None
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    st.lists(
+        st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8
+    ),
     st.lists(st.integers(1, 4096), max_size=10),
 )
 def test_fuzz_mutated_streams_never_raise_and_do_not_depend_on_splits(
@@ -460,7 +526,8 @@ def test_the_tool_writes_the_sample_call_as_connect_would(tmp_path: Path) -> Non
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "make_connect_stream", Path(__file__).resolve().parents[1] / "tools" / "make_connect_stream.py"
+        "make_connect_stream",
+        Path(__file__).resolve().parents[1] / "tools" / "make_connect_stream.py",
     )
     assert spec is not None and spec.loader is not None
     tool = importlib.util.module_from_spec(spec)

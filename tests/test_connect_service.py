@@ -24,11 +24,11 @@ from callscribe.config import ConnectSettings, Settings
 from callscribe.connect.ingest import ConnectCall
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.connect.media import AGENT_TRACK, CUSTOMER_TRACK
-from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.server import LocalRuntime, create_local_app
 from callscribe.serving import uvicorn_config
-from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallStatus, ConnectAccess
+from callscribe.testing.connect_stream import SimulatedKvsStream
+from callscribe.testing.simulate import bind_loopback
 from tests.connect_support import (
     EXTERNAL_ID,
     OTHER_CONTACT_ID,
@@ -93,7 +93,9 @@ def fed(monkeypatch: pytest.MonkeyPatch) -> FedAudio:
     record = FedAudio()
     original = ConnectCall.audio
 
-    def audio(self: ConnectCall, channel: str, pcm16: np.ndarray, at_sample: int | None = None) -> None:
+    def audio(
+        self: ConnectCall, channel: str, pcm16: np.ndarray, at_sample: int | None = None
+    ) -> None:
         record.calls.append((self.key.guid, channel, pcm16.copy(), at_sample))
         original(self, channel, pcm16, at_sample)
 
@@ -114,13 +116,19 @@ class Server:
         )
         return kvs
 
-    def start_body(self, selector: str = "NOW", fragment: str | None = None, **extra: object) -> dict:
+    def start_body(
+        self, selector: str = "NOW", fragment: str | None = None, **extra: object
+    ) -> dict:
         params: dict[str, object] = {"streamArn": self.stream_arn, "startSelectorType": selector}
         if fragment is not None:
             params["afterFragmentNumber"] = fragment
         return {
-            "namespace": "amazonconnect", "guid": GUID, "customerId": "TT9833237",
-            "agentId": "RE223444211993", "amazonConnectParams": params, **extra,
+            "namespace": "amazonconnect",
+            "guid": GUID,
+            "customerId": "TT9833237",
+            "agentId": "RE223444211993",
+            "amazonConnectParams": params,
+            **extra,
         }
 
     async def call_status(self) -> CallStatus | None:
@@ -143,7 +151,9 @@ async def server(aws: None, tmp_path: Path) -> AsyncIterator[Server]:
         connect=ConnectSettings(read_timeout_s=2, retry_backoff_s=0.05, stopped_call_timeout_s=1.5),
     )
     runtime = LocalRuntime.build(settings, asr=SilentAsr())
-    runtime.store.put_connect_access(ConnectAccess("acme", READER_ROLE_ARN, EXTERNAL_ID, time.time()))
+    runtime.store.put_connect_access(
+        ConnectAccess("acme", READER_ROLE_ARN, EXTERNAL_ID, time.time())
+    )
     issued = create_api_key(runtime.store, "acme")
     sock = bind_loopback()
     uv = uvicorn.Server(uvicorn_config(create_local_app(runtime), settings))
@@ -171,7 +181,9 @@ async def test_fragment_number_start_reads_from_that_fragment_and_resumes_after_
     stream = SimulatedKvsStream(fragments, speed=50)
     kvs = server.use(StubbedKvs(stream, server.stream_arn, drops=[21_000, 47_000, 3]))
     start_at = fragments[2]
-    answer = await server.http.post(START, json=server.start_body("FRAGMENT_NUMBER", start_at.number))
+    answer = await server.http.post(
+        START, json=server.start_body("FRAGMENT_NUMBER", start_at.number)
+    )
     assert answer.status_code == 200, answer.text
     body = answer.json()["autotranscribeResponse"]
     assert set(body) == {"customer", "agent"}
@@ -185,11 +197,16 @@ async def test_fragment_number_start_reads_from_that_fragment_and_resumes_after_
 
     # The first request starts at the flow's fragment; each later one at the latest fragment
     # read, whose delivered blocks were skipped.
-    assert kvs.get_media[0] == {"StartSelectorType": "FRAGMENT_NUMBER", "AfterFragmentNumber": start_at.number}
+    assert kvs.get_media[0] == {
+        "StartSelectorType": "FRAGMENT_NUMBER",
+        "AfterFragmentNumber": start_at.number,
+    }
     assert len(kvs.get_media) >= 4 + 3
     assert all(s["StartSelectorType"] == "FRAGMENT_NUMBER" for s in kvs.get_media)
-    resumed = [fragments.index(next(f for f in fragments if f.number == s["AfterFragmentNumber"]))
-               for s in kvs.get_media[1:4]]
+    resumed = [
+        fragments.index(next(f for f in fragments if f.number == s["AfterFragmentNumber"]))
+        for s in kvs.get_media[1:4]
+    ]
     assert resumed == sorted(resumed) and resumed[0] > 2
     # Cross-account: the tenant's role, with its external id; the GET_MEDIA endpoint.
     assert kvs.assume_role[0]["RoleArn"] == READER_ROLE_ARN
@@ -205,7 +222,9 @@ async def test_fragment_number_start_reads_from_that_fragment_and_resumes_after_
     assert after.status_code == 200 and after.json()["complete"] is True
 
 
-async def test_now_start_reads_from_the_fragment_being_produced(server: Server, fed: FedAudio) -> None:
+async def test_now_start_reads_from_the_fragment_being_produced(
+    server: Server, fed: FedAudio
+) -> None:
     fragments = tone_fragments(8.0, fragment_ms=500)
     stream = SimulatedKvsStream(fragments, speed=4)  # 4 s of stream a second
     kvs = server.use(StubbedKvs(stream, server.stream_arn))
@@ -236,11 +255,19 @@ async def test_now_start_reads_from_the_fragment_being_produced(server: Server, 
 
 async def test_a_new_contact_on_the_stream_ends_the_call(server: Server, fed: FedAudio) -> None:
     ours = tone_fragments(2.0, fragment_ms=500, seed=1)
-    theirs = tone_fragments(2.0, fragment_ms=500, seed=2, contact_id=OTHER_CONTACT_ID,
-                            first_index=len(ours), start_time_ms=ours[-1].end_ms)
+    theirs = tone_fragments(
+        2.0,
+        fragment_ms=500,
+        seed=2,
+        contact_id=OTHER_CONTACT_ID,
+        first_index=len(ours),
+        start_time_ms=ours[-1].end_ms,
+    )
     stream = SimulatedKvsStream(ours + theirs, speed=100)
     kvs = server.use(StubbedKvs(stream, server.stream_arn))
-    answer = await server.http.post(START, json=server.start_body("FRAGMENT_NUMBER", ours[0].number))
+    answer = await server.http.post(
+        START, json=server.start_body("FRAGMENT_NUMBER", ours[0].number)
+    )
     assert answer.status_code == 200, answer.text
     await server.wait_for_status(CallStatus.COMPLETED)
     assert np.array_equal(fed.pcm(CUSTOMER_TRACK), fragment_pcm(ours, 0))
@@ -259,7 +286,9 @@ async def test_stop_then_start_again_reads_the_new_selector_on_the_same_call(
     fragments = tone_fragments(8.0, fragment_ms=500)
     stream = SimulatedKvsStream(fragments, speed=2, ends=False)  # 2 s of stream a second
     kvs = server.use(StubbedKvs(stream, server.stream_arn))
-    first = await server.http.post(START, json=server.start_body("FRAGMENT_NUMBER", fragments[0].number))
+    first = await server.http.post(
+        START, json=server.start_body("FRAGMENT_NUMBER", fragments[0].number)
+    )
     assert first.status_code == 200
     await asyncio.sleep(0.5)
     stop = await server.http.post(STOP, json={"namespace": "amazonconnect", "guid": GUID})
@@ -277,15 +306,19 @@ async def test_stop_then_start_again_reads_the_new_selector_on_the_same_call(
     assert (already.status_code, already.json()["error"]["code"]) == (409, "409-201")
     await asyncio.sleep(2.0)
     await server.http.post(STOP, json={"namespace": "amazonconnect", "guid": GUID})
-    assert [s["AfterFragmentNumber"] for s in kvs.get_media] == [fragments[0].number, fragments[8].number]
+    assert [s["AfterFragmentNumber"] for s in kvs.get_media] == [
+        fragments[0].number,
+        fragments[8].number,
+    ]
     customer = fed.pcm(CUSTOMER_TRACK)
     before, after = customer[:read_before_stop], customer[read_before_stop:]
     assert np.array_equal(before, fragment_pcm(fragments, 0)[:read_before_stop])
     assert len(after) > 0
     assert np.array_equal(after, fragment_pcm(fragments[8:], 0)[: len(after)])
     # The second read sits at its own time on the call's timeline: 4 s in.
-    first_after = next(at for pcm, at in fed.of(CUSTOMER_TRACK)
-                       if np.array_equal(pcm, after[: len(pcm)]))
+    first_after = next(
+        at for pcm, at in fed.of(CUSTOMER_TRACK) if np.array_equal(pcm, after[: len(pcm)])
+    )
     assert first_after == 4 * 8000
 
     # A start that goes back over what was read gets only what is new.
@@ -293,9 +326,13 @@ async def test_stop_then_start_again_reads_the_new_selector_on_the_same_call(
     await asyncio.sleep(0.3)
     await server.http.post(STOP, json={"namespace": "amazonconnect", "guid": GUID})
     assert np.array_equal(fed.pcm(CUSTOMER_TRACK)[: len(customer)], customer)
-    reread = fed.pcm(CUSTOMER_TRACK)[len(customer):]
-    assert not any(np.array_equal(reread[:512], chunk[:512]) for chunk in
-                   (fragment_pcm(fragments[:8], 0)[i:i + 512] for i in range(0, read_before_stop, 512)))
+    reread = fed.pcm(CUSTOMER_TRACK)[len(customer) :]
+    assert not any(
+        np.array_equal(reread[:512], chunk[:512])
+        for chunk in (
+            fragment_pcm(fragments[:8], 0)[i : i + 512] for i in range(0, read_before_stop, 512)
+        )
+    )
 
 
 async def test_start_errors_leave_no_call_behind(server: Server, aws: None) -> None:
@@ -303,15 +340,35 @@ async def test_start_errors_leave_no_call_behind(server: Server, aws: None) -> N
     server.use(StubbedKvs(SimulatedKvsStream(fragments), server.stream_arn))
     cases = [
         # A stream that does not exist (Kinesis Video Streams says so).
-        (server.start_body() | {"amazonConnectParams": {
-            "streamArn": server.stream_arn.replace("connect-acme", "connect-gone")}}, 400, "400-202"),
+        (
+            server.start_body()
+            | {
+                "amazonConnectParams": {
+                    "streamArn": server.stream_arn.replace("connect-acme", "connect-gone")
+                }
+            },
+            400,
+            "400-202",
+        ),
         # A stream in another account than the tenant's role.
-        (server.start_body() | {"amazonConnectParams": {
-            "streamArn": server.stream_arn.replace("123456789012", "999988887777")}}, 400, "400-202"),
+        (
+            server.start_body()
+            | {
+                "amazonConnectParams": {
+                    "streamArn": server.stream_arn.replace("123456789012", "999988887777")
+                }
+            },
+            400,
+            "400-202",
+        ),
         # Participants are needed on a call's first start.
         ({k: v for k, v in server.start_body().items() if k != "agentId"}, 400, "400-201"),
         # amazonConnectParams are required, FRAGMENT_NUMBER needs its fragment.
-        ({k: v for k, v in server.start_body().items() if k != "amazonConnectParams"}, 400, "400-202"),
+        (
+            {k: v for k, v in server.start_body().items() if k != "amazonConnectParams"},
+            400,
+            "400-202",
+        ),
         (server.start_body("FRAGMENT_NUMBER"), 400, "400-202"),
     ]
     for body, status, code in cases:
@@ -326,7 +383,9 @@ async def test_start_errors_leave_no_call_behind(server: Server, aws: None) -> N
     assert await server.call_status() is None
 
 
-async def test_many_contacts_at_once_each_from_its_own_stream(server: Server, fed: FedAudio) -> None:
+async def test_many_contacts_at_once_each_from_its_own_stream(
+    server: Server, fed: FedAudio
+) -> None:
     contacts = 6
     arns = [create_kvs_stream(f"connect-acme-contact-{n}") for n in range(contacts)]
     streams = {

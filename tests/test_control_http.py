@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -29,8 +29,8 @@ from callscribe.control_http import (
 )
 from callscribe.model import CallError, ErrorCode, Role, StartRequest
 from callscribe.server import LocalRuntime
-from callscribe.testing.simulate import bind_loopback
 from callscribe.store.base import CallKey, CallRecord, CallStatus
+from callscribe.testing.simulate import bind_loopback
 
 SECRET = "shared-control-secret"
 
@@ -53,7 +53,9 @@ class Gateway:
         # A call this gateway holds under its control URL (as an AWS task records it).
         calls = Calls(replace(self.runtime.calls.services, owner=self.url), self.runtime.registry)
         await calls.open(
-            CallSession, key, channels=("inbound", "outbound"),
+            CallSession,
+            key,
+            channels=("inbound", "outbound"),
             channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
         )
         record = self.runtime.store.get_call(key)
@@ -67,8 +69,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     sock = bind_loopback()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(
-        uvicorn.Config(create_control_app(runtime.registry, SECRET), log_level="warning",
-                       lifespan="off")
+        uvicorn.Config(
+            create_control_app(runtime.registry, SECRET), log_level="warning", lifespan="off"
+        )
     )
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -110,7 +113,8 @@ async def test_a_refused_action_is_answered_with_its_code(gateway: Gateway) -> N
             key = {"tenant": "acme", "namespace": "twilio", "guid": guid}
             body = json.dumps({"key": key}).encode()
             response = await http.post(
-                "/control/stop", content=body,
+                "/control/stop",
+                content=body,
                 headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, body)},
             )
             assert response.status_code == REFUSED_STATUS
@@ -121,8 +125,10 @@ async def test_a_refused_action_is_answered_with_its_code(gateway: Gateway) -> N
 async def test_gateway_refuses_unsigned_stale_and_tampered_requests(gateway: Gateway) -> None:
     await gateway.add_call("CA3")
     body = json.dumps(
-        {"key": {"tenant": "acme", "namespace": "twilio", "guid": "CA3"},
-         "request": start_request("CA3").model_dump(mode="json")}
+        {
+            "key": {"tenant": "acme", "namespace": "twilio", "guid": "CA3"},
+            "request": start_request("CA3").model_dump(mode="json"),
+        }
     ).encode()
     now = str(int(time.time()))
     stale = str(int(time.time()) - 120)
@@ -138,7 +144,8 @@ async def test_gateway_refuses_unsigned_stale_and_tampered_requests(gateway: Gat
             assert response.status_code == 401
         tampered = body.replace(b"CA3", b"CA4")
         response = await http.post(
-            "/control/start", content=tampered,
+            "/control/start",
+            content=tampered,
             headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, body)},
         )
         assert response.status_code == 401
@@ -146,13 +153,15 @@ async def test_gateway_refuses_unsigned_stale_and_tampered_requests(gateway: Gat
         assert session is not None and session.status is CallStatus.CONNECTED
         garbage = b'{"key": "nope"}'
         response = await http.post(
-            "/control/start", content=garbage,
+            "/control/start",
+            content=garbage,
             headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, garbage)},
         )
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "400-201"
         response = await http.post(
-            "/control/delete", content=body,
+            "/control/delete",
+            content=body,
             headers={TIMESTAMP_HEADER: now, SIGNATURE_HEADER: sign(SECRET, now, body)},
         )
         assert response.status_code == 404

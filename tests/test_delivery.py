@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from callscribe.bus import InProcessEventBus, TranscriptEvent
-from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.secrets import FileSecrets
-from callscribe.testing.simulate import WebhookReceiver, free_port, running_receiver
 from callscribe.store.base import DeliveryFailure
 from callscribe.store.sqlite import SqliteStore
+from callscribe.testing.simulate import WebhookReceiver, free_port, running_receiver
+from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.webhooks.targets import WebhookTarget, WebhookTargets
 
 TENANT = "acme"
@@ -221,8 +221,9 @@ async def test_body_and_message_id_header(
 
 async def test_secret_in_header(make_dispatcher: Callable[..., WebhookDispatcher]) -> None:
     async with running_receiver() as receiver:
-        target = WebhookTarget(receiver.url, secret_name="X-Webhook-Token", secret="s3cr3t",
-                               secret_in="header")
+        target = WebhookTarget(
+            receiver.url, secret_name="X-Webhook-Token", secret="s3cr3t", secret_in="header"
+        )
         dispatcher = make_dispatcher(target)
         dispatcher(event("CA1", 0))
         await dispatcher.drain(5)
@@ -234,8 +235,9 @@ async def test_secret_in_header(make_dispatcher: Callable[..., WebhookDispatcher
 
 async def test_secret_in_query(make_dispatcher: Callable[..., WebhookDispatcher]) -> None:
     async with running_receiver() as receiver:
-        target = WebhookTarget(receiver.url, secret_name="token", secret="s3 cr&3t=",
-                               secret_in="query")
+        target = WebhookTarget(
+            receiver.url, secret_name="token", secret="s3 cr&3t=", secret_in="query"
+        )
         dispatcher = make_dispatcher(target)
         dispatcher(event("CA1", 0))
         await dispatcher.drain(5)
@@ -510,7 +512,9 @@ async def test_shutdown_records_every_message_not_delivered(
     the webhook-failures API accounts for every message."""
     async with running_receiver(delay_s=2.0) as receiver:
         dispatcher = make_dispatcher(WebhookTarget(receiver.url, timeout_s=30))
-        published = [event(conversation, seq) for conversation in ("CA1", "CA2") for seq in range(8)]
+        published = [
+            event(conversation, seq) for conversation in ("CA1", "CA2") for seq in range(8)
+        ]
         for e in published:
             dispatcher(e)
         await dispatcher.drain(0.2)  # the shutdown drain ends long before the target answers

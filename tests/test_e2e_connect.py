@@ -21,11 +21,12 @@ from moto import mock_aws
 from callscribe.config import ConnectSettings
 from callscribe.connect import flow
 from callscribe.connect.kvs import BotoMediaSources
-from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.redaction import redact
-from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
 from callscribe.store.base import ConnectAccess
+from callscribe.testing.connect_stream import SimulatedKvsStream
+from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
 from functions import connect_start, connect_stop
+from tests.aws_fixtures import LambdaContext
 from tests.conftest import RunningServer
 from tests.connect_support import (
     CONTACT_ID,
@@ -37,7 +38,6 @@ from tests.connect_support import (
     sample_fragments,
 )
 from tests.test_e2e_twilio import normalise, transcribed_windows, wait_for_quiet
-from tests.aws_fixtures import LambdaContext
 
 SPEED = 4.0
 FRAGMENT_MS = 1000
@@ -72,7 +72,8 @@ async def test_connect_contact_end_to_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
     }.items():
         monkeypatch.setenv(name, value)
@@ -80,7 +81,9 @@ async def test_connect_contact_end_to_end(
     with mock_aws():
         server = await server_factory(
             receiver.url,
-            connect=ConnectSettings(read_timeout_s=3, retry_backoff_s=0.1, stopped_call_timeout_s=6),
+            connect=ConnectSettings(
+                read_timeout_s=3, retry_backoff_s=0.1, stopped_call_timeout_s=6
+            ),
         )
         runtime = server.runtime
         assert runtime.connect is not None
@@ -130,7 +133,10 @@ async def test_connect_contact_end_to_end(
 
     # The flow's view: every start and stop succeeded, as flat string attributes.
     assert [(a, r["callscribeResult"]) for a, r in results] == [
-        ("start", "ok"), ("stop", "ok"), ("start", "ok"), ("stop", "ok")
+        ("start", "ok"),
+        ("stop", "ok"),
+        ("start", "ok"),
+        ("stop", "ok"),
     ], results
     assert all(isinstance(v, str) for _, r in results for v in r.values())
     final_stop = results[-1][1]
@@ -138,7 +144,9 @@ async def test_connect_contact_end_to_end(
     # The reader: the tenant's role with its external id; each start at the flow's fragment;
     # the broken response resumed at the fragment it broke in.
     assert {call["ExternalId"] for call in kvs.assume_role} == {EXTERNAL_ID}
-    starts = [fragments[c.at_ms // FRAGMENT_MS].number for c in sample.controls if c.action == "start"]
+    starts = [
+        fragments[c.at_ms // FRAGMENT_MS].number for c in sample.controls if c.action == "start"
+    ]
     requested = [s.get("AfterFragmentNumber") for s in kvs.get_media]
     assert requested[0] == starts[0] and starts[1] in requested
     assert len(requested) == 3, requested  # start, resume after the break, start after the hold
@@ -166,7 +174,8 @@ async def test_connect_contact_end_to_end(
         )
         hypothesis = " ".join(
             " ".join(u["text"] for u in b["autotranscribeResponse"]["utterance"])
-            for b in messages if b["sender"]["role"] == role
+            for b in messages
+            if b["sender"]["role"] == role
         )
         wer[role] = jiwer.wer(normalise(reference), normalise(hypothesis))
         assert wer[role] <= 0.25, (role, wer[role], reference, hypothesis)
@@ -174,7 +183,8 @@ async def test_connect_contact_end_to_end(
 
     pin = next(s for s in sample.segments if s.contains_pin)
     pin_text = " ".join(
-        u["text"] for b in messages
+        u["text"]
+        for b in messages
         if b["sender"]["role"] == "customer"
         and b["autotranscribeResponse"]["start"] + origin_ms < pin.end_ms
         and b["autotranscribeResponse"]["end"] + origin_ms > pin.start_ms

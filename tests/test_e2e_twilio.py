@@ -42,7 +42,9 @@ def transcribed_windows(call: SampleCall) -> list[tuple[int, int]]:
     return windows
 
 
-async def wait_for_quiet(receiver: WebhookReceiver, quiet_s: float = 2.0, limit_s: float = 60) -> None:
+async def wait_for_quiet(
+    receiver: WebhookReceiver, quiet_s: float = 2.0, limit_s: float = 60
+) -> None:
     deadline = time.monotonic() + limit_s
     seen, since = -1, time.monotonic()
     while time.monotonic() < deadline:
@@ -117,13 +119,16 @@ async def test_two_party_call_end_to_end(
     # The PIN is redacted.
     pin = next(s for s in sample_call.segments if s.contains_pin)
     pin_messages = [
-        b for b in messages
+        b
+        for b in messages
         if b["sender"]["role"] == "customer"
         and b["autotranscribeResponse"]["start"] < pin.end_ms
         and b["autotranscribeResponse"]["end"] > pin.start_ms
     ]
     assert pin_messages
-    pin_text = " ".join(u["text"] for b in pin_messages for u in b["autotranscribeResponse"]["utterance"])
+    pin_text = " ".join(
+        u["text"] for b in pin_messages for u in b["autotranscribeResponse"]["utterance"]
+    )
     assert "####" in pin_text
     assert not re.search(r"\d|four|seven|two|nine", pin_text.lower()), pin_text
 

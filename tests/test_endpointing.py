@@ -3,6 +3,7 @@ state-machine checks, and with the real Silero VAD on speech made by espeak-ng."
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import wave
 from collections.abc import Sequence
@@ -223,8 +224,7 @@ def test_end_silence_ms_decides_whether_a_pause_splits(
 
 @pytest.mark.parametrize("pause_windows", [13, 15])
 def test_next_utterance_gets_full_pre_roll_after_a_pause(pause_windows: int) -> None:
-    audio = timeline(silence(10), speech(20, 1), silence(pause_windows), speech(20, 2),
-                     silence(40))
+    audio = timeline(silence(10), speech(20, 1), silence(pause_windows), speech(20, 2), silence(40))
     first, second = run(energy_endpointer(), audio)
     onset = (30 + pause_windows) * WINDOW
     first_end = first.start_sample + len(first.audio)
@@ -252,8 +252,9 @@ def test_hysteresis_in_between_probability_continues_a_silence_run() -> None:
 
 def test_threshold_setting_is_honoured() -> None:
     script = [0.6] * 20 + [0.0] * 20
-    assert len(run(Endpointer(settings(speech_threshold=0.5), ScriptedVad(script)),
-                   silence(40))) == 1
+    assert (
+        len(run(Endpointer(settings(speech_threshold=0.5), ScriptedVad(script)), silence(40))) == 1
+    )
     assert run(Endpointer(settings(speech_threshold=0.7), ScriptedVad(script)), silence(40)) == []
 
 
@@ -304,7 +305,7 @@ def test_max_utterance_forces_a_cut_and_speech_continues() -> None:
     assert all(len(u.audio) <= max_samples for u in utterances)
     assert all(max_samples - WINDOW < len(u.audio) for u in forced)
     # No audio is lost or duplicated at the cuts: each piece starts where the previous ended.
-    for before, after in zip(utterances, utterances[1:]):
+    for before, after in itertools.pairwise(utterances):
         assert after.start_sample == before.start_sample + len(before.audio)
     assert utterances[0].start_sample == (10 - PRE_ROLL) * WINDOW
     assert last.start_sample + len(last.audio) == (110 + POST_ROLL) * WINDOW
@@ -404,7 +405,7 @@ def test_chunk_size_does_not_change_the_utterances(chunk: int) -> None:
 
     chunked = run(energy_endpointer(max_utterance_ms=1500), audio, chunk=chunk)
     assert spans(chunked) == spans(reference)
-    for a, b in zip(chunked, reference):
+    for a, b in zip(chunked, reference, strict=True):
         np.testing.assert_array_equal(a.audio, b.audio)
 
 
@@ -439,10 +440,29 @@ needs_tools = pytest.mark.usefixtures("speech_tools")  # fails, never skips, wit
 
 def _espeak(text: str, directory: Path, name: str) -> np.ndarray:
     raw, wav16 = directory / f"{name}.raw.wav", directory / f"{name}.16k.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text], check=True,
-                   capture_output=True)
-    subprocess.run(["sox", "-V1", str(raw), "-r", "16000", "-c", "1", "-b", "16",
-                    "-e", "signed-integer", str(wav16)], check=True, capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "sox",
+            "-V1",
+            str(raw),
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            str(wav16),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with wave.open(str(wav16)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
@@ -487,8 +507,13 @@ def test_silero_finds_espeak_speech(espeak_speech: tuple[np.ndarray, np.ndarray]
 def test_silero_splits_two_sentences_apart(espeak_speech: tuple[np.ndarray, np.ndarray]) -> None:
     first, second = espeak_speech
     gap = MODEL_RATE  # 1 s between speakers' turns
-    audio = timeline(np.zeros(8000, np.float32), first, np.zeros(gap, np.float32), second,
-                     np.zeros(MODEL_RATE, np.float32))
+    audio = timeline(
+        np.zeros(8000, np.float32),
+        first,
+        np.zeros(gap, np.float32),
+        second,
+        np.zeros(MODEL_RATE, np.float32),
+    )
     utterances = run(Endpointer(settings(), SileroVad()), audio, chunk=160)
     assert len(utterances) == 2
     second_onset = 8000 + len(first) + gap + _voiced_extent(second)[0]

@@ -39,7 +39,9 @@ def at(hour: int, minute: int = 0, second: float = 0) -> float:
     return DAY_START + hour * 3600 + minute * 60 + second
 
 
-def body(key: CallKey, role: str, who: str, start: int, text: str, unredacted: str | None = None) -> dict[str, Any]:
+def body(
+    key: CallKey, role: str, who: str, start: int, text: str, unredacted: str | None = None
+) -> dict[str, Any]:
     utterance: dict[str, Any] = {"text": text}
     if unredacted is not None:
         utterance["unredactedText"] = unredacted
@@ -49,7 +51,10 @@ def body(key: CallKey, role: str, who: str, start: int, text: str, unredacted: s
         "streamId": f"stream-{role}-{key.guid}",
         "sender": {"externalId": who, "role": role},
         "autotranscribeResponse": {
-            "message": "transcript", "start": start, "end": start + 1500, "utterance": [utterance],
+            "message": "transcript",
+            "start": start,
+            "end": start + 1500,
+            "utterance": [utterance],
         },
     }
 
@@ -60,26 +65,61 @@ def generate_day(store: SqliteStore, tenant: str, other: str) -> dict[int, list[
     store.put_api_key(ApiKey(f"id-{other}", other, hash_secret("y"), DAY_START - 86400))
     expected: dict[int, list[dict[str, Any]]] = {h: [] for h in range(24)}
     calls = [
-        (CallKey(tenant, "twilio", "CA-night"), "en-US", "redacted", [at(0, 0, 0), at(0, 59, 59.5), at(1, 0)]),
-        (CallKey(tenant, "siprec", "00002542391662063156"), "es-US", "redacted_and_unredacted", [at(9, 30), at(9, 31), at(10, 5)]),
+        (
+            CallKey(tenant, "twilio", "CA-night"),
+            "en-US",
+            "redacted",
+            [at(0, 0, 0), at(0, 59, 59.5), at(1, 0)],
+        ),
+        (
+            CallKey(tenant, "siprec", "00002542391662063156"),
+            "es-US",
+            "redacted_and_unredacted",
+            [at(9, 30), at(9, 31), at(10, 5)],
+        ),
         (CallKey(tenant, "twilio", "CA-late"), "en-GB", "unredacted", [at(23, 59, 59.9)]),
     ]
     for key, language, mode, times in calls:
-        store.create_call(CallRecord(key, CallStatus.COMPLETED, "local", times[0] - 5, times[-1] + 5,
-                                     params={"request": {"autotranscribeParams": {"language": language, "redactionOutput": mode}}}))
+        store.create_call(
+            CallRecord(
+                key,
+                CallStatus.COMPLETED,
+                "local",
+                times[0] - 5,
+                times[-1] + 5,
+                params={
+                    "request": {
+                        "autotranscribeParams": {"language": language, "redactionOutput": mode}
+                    }
+                },
+            )
+        )
         for seq, created in enumerate(times):
             role, who = ("customer", "C-9") if seq % 2 == 0 else ("agent", "A-7")
             unredacted = f"my pin is 47{seq}9" if mode == "redacted_and_unredacted" else None
             text = "my pin is ####" if mode != "unredacted" else f"words {seq}"
-            message = StoredMessage(key, seq, f"m-{key.guid}-{seq}", body(key, role, who, seq * 2000, text, unredacted),
-                                    created_at=created, expires_at=created + 7 * 86400)
+            message = StoredMessage(
+                key,
+                seq,
+                f"m-{key.guid}-{seq}",
+                body(key, role, who, seq * 2000, text, unredacted),
+                created_at=created,
+                expires_at=created + 7 * 86400,
+            )
             store.put_message(message)
             row = {
-                "externalConversationId": key.guid, "namespace": key.namespace,
-                "streamId": f"stream-{role}-{key.guid}", "role": role, "participantId": who,
-                "startMs": seq * 2000, "endMs": seq * 2000 + 1500, "text": text,
+                "externalConversationId": key.guid,
+                "namespace": key.namespace,
+                "streamId": f"stream-{role}-{key.guid}",
+                "role": role,
+                "participantId": who,
+                "startMs": seq * 2000,
+                "endMs": seq * 2000 + 1500,
+                "text": text,
                 "language": language,
-                "transcribedAt": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "transcribedAt": datetime.fromtimestamp(created, UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
                 "messageId": message.message_id,
             }
             if unredacted is not None:
@@ -89,11 +129,40 @@ def generate_day(store: SqliteStore, tenant: str, other: str) -> dict[int, list[
         expected[hour].sort(key=lambda r: (r["transcribedAt"], r["messageId"]))
     # Outside the day, another tenant, an expired message: never in this tenant's day.
     edge = CallKey(tenant, "twilio", "CA-edges")
-    store.put_message(StoredMessage(edge, 0, "m-before", body(edge, "agent", "A", 0, "before"), DAY_START - 0.001, DAY_START + 86400 * 30))
-    store.put_message(StoredMessage(edge, 1, "m-after", body(edge, "agent", "A", 0, "after"), DAY_START + 86400, DAY_START + 86400 * 30))
-    store.put_message(StoredMessage(edge, 2, "m-expired", body(edge, "agent", "A", 0, "gone"), at(12), at(12) + 1))
+    store.put_message(
+        StoredMessage(
+            edge,
+            0,
+            "m-before",
+            body(edge, "agent", "A", 0, "before"),
+            DAY_START - 0.001,
+            DAY_START + 86400 * 30,
+        )
+    )
+    store.put_message(
+        StoredMessage(
+            edge,
+            1,
+            "m-after",
+            body(edge, "agent", "A", 0, "after"),
+            DAY_START + 86400,
+            DAY_START + 86400 * 30,
+        )
+    )
+    store.put_message(
+        StoredMessage(edge, 2, "m-expired", body(edge, "agent", "A", 0, "gone"), at(12), at(12) + 1)
+    )
     theirs = CallKey(other, "twilio", "CA-night")
-    store.put_message(StoredMessage(theirs, 0, "m-other", body(theirs, "agent", "B", 0, "not yours"), at(3), at(3) + 86400 * 30))
+    store.put_message(
+        StoredMessage(
+            theirs,
+            0,
+            "m-other",
+            body(theirs, "agent", "B", 0, "not yours"),
+            at(3),
+            at(3) + 86400 * 30,
+        )
+    )
     return expected
 
 
@@ -118,7 +187,12 @@ def test_export_day_writes_24_hourly_files_per_tenant(store: SqliteStore, tmp_pa
     for hour in range(24):
         start = datetime.fromtimestamp(at(hour), UTC)
         assert rows_of(blobs.get(feed_file_key("utterances", "acme", start))) == expected[hour]
-    assert [r["messageId"] for r in rows_of(blobs.get(feed_file_key("utterances", "globex", datetime.fromtimestamp(at(3), UTC))))] == ["m-other"]
+    assert [
+        r["messageId"]
+        for r in rows_of(
+            blobs.get(feed_file_key("utterances", "globex", datetime.fromtimestamp(at(3), UTC)))
+        )
+    ] == ["m-other"]
     assert exporter.is_exported(DAY) and not exporter.is_exported(DAY + timedelta(days=1))
     assert list((tmp_path / "spool").iterdir()) == []
 
@@ -130,27 +204,46 @@ def test_export_day_writes_24_hourly_files_per_tenant(store: SqliteStore, tmp_pa
 
 
 def test_tenants_are_those_with_a_key_valid_that_day(store: SqliteStore, tmp_path: Path) -> None:
-    store.put_api_key(ApiKey("k1", "old", hash_secret("a"), DAY_START - 9e5, revoked_at=DAY_START - 1))
+    store.put_api_key(
+        ApiKey("k1", "old", hash_secret("a"), DAY_START - 9e5, revoked_at=DAY_START - 1)
+    )
     store.put_api_key(ApiKey("k2", "leaving", hash_secret("b"), DAY_START - 9e5, revoked_at=at(10)))
     store.put_api_key(ApiKey("k3", "new", hash_secret("c"), DAY_START + 86400))
     store.put_api_key(ApiKey("k4", "steady", hash_secret("d"), DAY_START - 1))
-    exporter = UtteranceExporter(store, DirectoryBlobStore(tmp_path / "b", BlobLinkSigner("k")), tmp_path / "s")
+    exporter = UtteranceExporter(
+        store, DirectoryBlobStore(tmp_path / "b", BlobLinkSigner("k")), tmp_path / "s"
+    )
     assert exporter.tenants_active_on(DAY) == ["leaving", "steady"]
 
 
-def test_large_hour_is_paged(store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_hour_is_paged(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("callscribe.export.PAGE_SIZE", 7)
     key = CallKey("acme", "twilio", "CA-busy")
     for seq in range(50):
-        store.put_message(StoredMessage(key, seq, f"m{seq:03d}", body(key, "agent", "A", seq, f"w{seq}"), at(5, 0, seq // 3), at(5) + 86400))
+        store.put_message(
+            StoredMessage(
+                key,
+                seq,
+                f"m{seq:03d}",
+                body(key, "agent", "A", seq, f"w{seq}"),
+                at(5, 0, seq // 3),
+                at(5) + 86400,
+            )
+        )
     blobs = DirectoryBlobStore(tmp_path / "b", BlobLinkSigner("k"))
     UtteranceExporter(store, blobs, tmp_path / "s", now=lambda: at(6)).export_day(DAY, ["acme"])
-    rows = rows_of(blobs.get(feed_file_key("utterances", "acme", datetime.fromtimestamp(at(5), UTC))))
+    rows = rows_of(
+        blobs.get(feed_file_key("utterances", "acme", datetime.fromtimestamp(at(5), UTC)))
+    )
     assert [r["messageId"] for r in rows] == [f"m{seq:03d}" for seq in range(50)]
 
 
 def test_schedule_times() -> None:
-    assert datetime.fromtimestamp(next_run(at(1, 59), 2), UTC) == datetime(2026, 3, 14, 2, tzinfo=UTC)
+    assert datetime.fromtimestamp(next_run(at(1, 59), 2), UTC) == datetime(
+        2026, 3, 14, 2, tzinfo=UTC
+    )
     assert datetime.fromtimestamp(next_run(at(2), 2), UTC) == datetime(2026, 3, 15, 2, tzinfo=UTC)
     assert day_due(at(1, 59), 2) == date(2026, 3, 12)
     assert day_due(at(2, 0, 1), 2) == date(2026, 3, 13)
@@ -182,11 +275,15 @@ async def test_feed_links_through_the_api(server_factory: Any) -> None:
     api = server.client("acme")
 
     before = time.time()
-    response = await api.feed_files("utterances", "2026-03-14T05:30:00Z", "2026-03-14T10:00:00+00:00")
+    response = await api.feed_files(
+        "utterances", "2026-03-14T05:30:00Z", "2026-03-14T10:00:00+00:00"
+    )
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["complete"] is True
-    assert [f["hourStart"] for f in answer["files"]] == [f"2026-03-14T{h:02d}:00:00.000Z" for h in range(5, 10)]
+    assert [f["hourStart"] for f in answer["files"]] == [
+        f"2026-03-14T{h:02d}:00:00.000Z" for h in range(5, 10)
+    ]
     async with httpx.AsyncClient(timeout=30) as http:
         for entry, hour in zip(answer["files"], range(5, 10), strict=True):
             assert entry["url"].startswith(server.base_url + "/callscribe/v1/files/")
@@ -194,7 +291,10 @@ async def test_feed_links_through_the_api(server_factory: Any) -> None:
             assert before + 599 <= expires <= time.time() + 601
             got = await http.get(entry["url"])  # no API credentials: the link is enough
             assert got.status_code == 200 and got.headers["content-type"] == "application/gzip"
-            assert f"utterances-acme-2026-03-14T{hour:02d}.jsonl.gz" in got.headers["content-disposition"]
+            assert (
+                f"utterances-acme-2026-03-14T{hour:02d}.jsonl.gz"
+                in got.headers["content-disposition"]
+            )
             assert rows_of(got.content) == expected[hour]
             assert entry["bytes"] == len(got.content)
 
@@ -205,15 +305,23 @@ async def test_feed_links_through_the_api(server_factory: Any) -> None:
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "403-201"
 
     # An interval reaching into days not exported yet is incomplete.
-    partial = (await api.feed_files("utterances", "2026-03-14T22:00:00Z", "2026-03-15T02:00:00Z")).json()
+    partial = (
+        await api.feed_files("utterances", "2026-03-14T22:00:00Z", "2026-03-15T02:00:00Z")
+    ).json()
     assert [f["hourStart"][11:13] for f in partial["files"]] == ["22", "23"]
     assert partial["complete"] is False
 
     # Each tenant sees its own files only.
-    theirs = (await server.client("globex").feed_files("utterances", "2026-03-14T03:00:00Z", "2026-03-14T04:00:00Z")).json()
+    theirs = (
+        await server.client("globex").feed_files(
+            "utterances", "2026-03-14T03:00:00Z", "2026-03-14T04:00:00Z"
+        )
+    ).json()
     (only,) = theirs["files"]
     async with httpx.AsyncClient() as http:
-        assert [r["messageId"] for r in rows_of((await http.get(only["url"])).content)] == ["m-other"]
+        assert [r["messageId"] for r in rows_of((await http.get(only["url"])).content)] == [
+            "m-other"
+        ]
 
     for start, end, feed in (
         ("2026-03-14T05:00:00Z", "2026-03-14T05:00:00Z", "utterances"),
@@ -225,8 +333,10 @@ async def test_feed_links_through_the_api(server_factory: Any) -> None:
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "400-201", bad.text
 
     async with httpx.AsyncClient() as http:
-        anonymous = await http.get(f"{server.base_url}/fileexporter/v1/feeds/utterances/files",
-                                   params={"start": "2026-03-14T00:00:00Z", "end": "2026-03-14T01:00:00Z"})
+        anonymous = await http.get(
+            f"{server.base_url}/fileexporter/v1/feeds/utterances/files",
+            params={"start": "2026-03-14T00:00:00Z", "end": "2026-03-14T01:00:00Z"},
+        )
     assert anonymous.status_code == 401
 
 
@@ -260,20 +370,27 @@ async def test_feed_files_expire_with_retention(server_factory: Any) -> None:
     old = time.time() - 7 * 86400 - 60
     os.utime(path, (old, old))  # stored just over 7 days ago
 
-    answer = (await api.feed_files("utterances", "2026-03-14T08:00:00Z", "2026-03-14T11:00:00Z")).json()
+    answer = (
+        await api.feed_files("utterances", "2026-03-14T08:00:00Z", "2026-03-14T11:00:00Z")
+    ).json()
     assert [f["hourStart"][11:13] for f in answer["files"]] == ["08", "10"]
     assert answer["complete"] is False
     purged = runtime.retention.purge(time.time())
     assert purged["feedFiles"] == 1
     assert not path.exists()
-    assert runtime.blobs.stat(feed_file_key("utterances", "acme", datetime.fromtimestamp(at(8), UTC))) is not None
+    assert (
+        runtime.blobs.stat(feed_file_key("utterances", "acme", datetime.fromtimestamp(at(8), UTC)))
+        is not None
+    )
 
 
 # The CLI --------------------------------------------------------------------------------
 
 
 def callscribe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "callscribe", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "callscribe", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_export_cli_run_and_list(tmp_path: Path) -> None:
@@ -287,16 +404,44 @@ def test_export_cli_run_and_list(tmp_path: Path) -> None:
     )
     store.close()
 
-    run = callscribe("export", "run", "--date", "2026-03-14", "--tenant", "acme", "--data-dir", str(data))
+    run = callscribe(
+        "export", "run", "--date", "2026-03-14", "--tenant", "acme", "--data-dir", str(data)
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == {"date": "2026-03-14", "files": 24, "rows": {"acme": 7}}
-    listed = callscribe("export", "list", "--tenant", "acme", "--start", "2026-03-14T09:00:00",
-                        "--end", "2026-03-14T11:00:00", "--public-url", "https://cs.example.com",
-                        "--data-dir", str(data))
+    listed = callscribe(
+        "export",
+        "list",
+        "--tenant",
+        "acme",
+        "--start",
+        "2026-03-14T09:00:00",
+        "--end",
+        "2026-03-14T11:00:00",
+        "--public-url",
+        "https://cs.example.com",
+        "--data-dir",
+        str(data),
+    )
     assert listed.returncode == 0, listed.stderr
     lines = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [line["hourStart"] for line in lines] == ["2026-03-14T09:00:00.000Z", "2026-03-14T10:00:00.000Z"]
-    assert all(line["url"].startswith("https://cs.example.com/callscribe/v1/files/") for line in lines)
-    bad = callscribe("export", "list", "--tenant", "acme", "--start", "2026-03-14T09:00:00",
-                     "--end", "2026-03-14T08:00:00", "--data-dir", str(data))
+    assert [line["hourStart"] for line in lines] == [
+        "2026-03-14T09:00:00.000Z",
+        "2026-03-14T10:00:00.000Z",
+    ]
+    assert all(
+        line["url"].startswith("https://cs.example.com/callscribe/v1/files/") for line in lines
+    )
+    bad = callscribe(
+        "export",
+        "list",
+        "--tenant",
+        "acme",
+        "--start",
+        "2026-03-14T09:00:00",
+        "--end",
+        "2026-03-14T08:00:00",
+        "--data-dir",
+        str(data),
+    )
     assert bad.returncode == 2

@@ -15,8 +15,8 @@ import pytest
 from moto import mock_aws
 
 from callscribe.auth import hash_secret
-from callscribe.aws.services import exporter_lambda
 from callscribe.aws.adapters.dynamodb_store import DynamoStore
+from callscribe.aws.services import exporter_lambda
 from callscribe.aws.services.exporter_lambda import InvalidExportRequest, export_request
 from callscribe.store.base import ApiKey, CallKey, CallRecord, CallStatus, StoredMessage
 from tests.aws_fixtures import REGION, AwsResources, LambdaContext, create_resources
@@ -25,8 +25,10 @@ from tests.aws_fixtures import REGION, AwsResources, LambdaContext, create_resou
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "POWERTOOLS_TRACE_DISABLED": "true",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
     }.items():
         monkeypatch.setenv(name, value)
@@ -46,7 +48,9 @@ def _message_body(key: CallKey, seq: int, text: str) -> dict[str, Any]:
         "streamId": f"stream-agent-{key.guid}",
         "sender": {"externalId": "A", "role": "agent"},
         "autotranscribeResponse": {
-            "message": "transcript", "start": seq * 2000, "end": seq * 2000 + 1500,
+            "message": "transcript",
+            "start": seq * 2000,
+            "end": seq * 2000 + 1500,
             "utterance": [{"text": text}],
         },
     }
@@ -59,17 +63,32 @@ def _seed_day(store: DynamoStore, day: date, tenant: str) -> dict[int, list[str]
     store.put_api_key(ApiKey(f"id-{tenant}", tenant, hash_secret("x"), start - 86_400))
     key = CallKey(tenant, "twilio", f"CA{tenant}{day:%Y%m%d}")
     request = {"autotranscribeParams": {"language": "en-US"}}
-    store.create_call(CallRecord(key, CallStatus.COMPLETED, "http://10.0.0.5:8081", start, start,
-                                 start, params={"request": request}))
+    store.create_call(
+        CallRecord(
+            key,
+            CallStatus.COMPLETED,
+            "http://10.0.0.5:8081",
+            start,
+            start,
+            start,
+            params={"request": request},
+        )
+    )
     expires = time.time() + 30 * 86_400
     expected: dict[int, list[str]] = {0: [], 9: [], 23: []}
     for seq, (hour, text) in enumerate(
-        [(0, "hello"), (9, "your package"), (9, "arrives today"), (23, "good night"),
-         (24, "tomorrow")]
+        [
+            (0, "hello"),
+            (9, "your package"),
+            (9, "arrives today"),
+            (23, "good night"),
+            (24, "tomorrow"),
+        ]
     ):
         at = start + hour * 3600 + seq
-        store.put_message(StoredMessage(key, seq, f"m-{tenant}-{seq}",
-                                        _message_body(key, seq, text), at, expires))
+        store.put_message(
+            StoredMessage(key, seq, f"m-{tenant}-{seq}", _message_body(key, seq, text), at, expires)
+        )
         if hour < 24:
             expected[hour].append(text)
     return expected
@@ -111,9 +130,13 @@ def test_scheduled_run_exports_the_previous_utc_day(aws: AwsResources) -> None:
             assert _texts(files, hour) == by_hour.get(hour, [])
     row = json.loads(gzip.decompress(_feed(aws, "acme", yesterday)["09.jsonl.gz"]).splitlines()[0])
     assert (row["language"], row["role"], row["messageId"]) == ("en-US", "agent", "m-acme-1")
-    runs = boto3.client("s3").get_object(
-        Bucket=aws.bucket_name, Key=f"exports/_runs/utterances/{yesterday.isoformat()}.json"
-    )["Body"].read()
+    runs = (
+        boto3.client("s3")
+        .get_object(
+            Bucket=aws.bucket_name, Key=f"exports/_runs/utterances/{yesterday.isoformat()}.json"
+        )["Body"]
+        .read()
+    )
     assert json.loads(runs)["files"] == 48
 
 
@@ -137,9 +160,14 @@ def test_export_request_validation() -> None:
     assert export_request({}, now) == (date(2026, 3, 14), None)
     assert export_request(None, now) == (date(2026, 3, 14), None)
     assert export_request({"date": "2026-03-01", "tenants": ["acme"]}, now) == (
-        date(2026, 3, 1), ["acme"]
+        date(2026, 3, 1),
+        ["acme"],
     )
-    for event in ({"date": "yesterday"}, {"date": "2026-03-15"}, {"tenants": "acme"},
-                  {"tenants": [""]}):
+    for event in (
+        {"date": "yesterday"},
+        {"date": "2026-03-15"},
+        {"tenants": "acme"},
+        {"tenants": [""]},
+    ):
         with pytest.raises(InvalidExportRequest):
             export_request(event, now)

@@ -65,8 +65,9 @@ async def record_a_short_call(server: Any) -> str:
     async with websockets.connect(await api.stream_url()) as ws:
         await ws.send(writer.start())
         deadline = time.monotonic() + 30
-        while (started := await api.start(call_sid, "C1", "A1", audioRecordingAllowed=True)
-               ).status_code != 200:
+        while (
+            started := await api.start(call_sid, "C1", "A1", audioRecordingAllowed=True)
+        ).status_code != 200:
             assert time.monotonic() < deadline, started.text
             await asyncio.sleep(0.1)
         for n in range(50):
@@ -95,8 +96,13 @@ async def test_a_new_data_dir_is_owner_only_whatever_the_umask(
 
     modes = modes_under(data_dir)
     # What the checks below cover: the store (WAL files too), secrets, a recording, feed files.
-    for expected in ("callscribe.sqlite3", "callscribe.sqlite3-wal", "secrets.json", "blobs",
-                     "spool"):
+    for expected in (
+        "callscribe.sqlite3",
+        "callscribe.sqlite3-wal",
+        "secrets.json",
+        "blobs",
+        "spool",
+    ):
         assert expected in modes, sorted(modes)
     assert any(p.startswith("blobs/recordings/") and p.endswith(".wav") for p in modes)
     assert any(p.startswith("blobs/exports/") and p.endswith(".gz") for p in modes)

@@ -42,7 +42,9 @@ from tests.test_infra_nag import findings
 READER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/callscribe-prod-kvs-reader"
 TENANT_ACCOUNT = "111122223333"
 KMS_KEY = f"arn:aws:kms:{REGION}:{TENANT_ACCOUNT}:key/0b9e1c3a-5d4f-4e2b-9a7c-1f2e3d4c5b6a"
-INSTANCE = f"arn:aws:connect:{REGION}:{TENANT_ACCOUNT}:instance/d5b716a2-10bb-45cb-bf7f-01a9864be591"
+INSTANCE = (
+    f"arn:aws:connect:{REGION}:{TENANT_ACCOUNT}:instance/d5b716a2-10bb-45cb-bf7f-01a9864be591"
+)
 MINIMAL = {
     "callscribeReaderRoleArn": READER_ROLE,
     "externalId": "acme-7Hq2-callscribe",
@@ -68,7 +70,8 @@ def ref(construct: Any) -> dict:
 
 def reader_task_definition(template: Template) -> dict:
     (task,) = [
-        t for t in template.find_resources("AWS::ECS::TaskDefinition").values()
+        t
+        for t in template.find_resources("AWS::ECS::TaskDefinition").values()
         if t["Properties"]["ContainerDefinitions"][0]["Name"] == "reader"
     ]
     return task
@@ -80,20 +83,33 @@ def test_reader_task_role_is_named_and_may_only_assume_tenant_connect_roles() ->
     role = template.find_resources("AWS::IAM::Role")[logical_id(stack.kvs_reader.task_role)]
     assert role["Properties"]["RoleName"] == "callscribe-prod-kvs-reader"
     assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"] == [
-        {"Action": "sts:AssumeRole", "Effect": "Allow",
-         "Principal": {"Service": "ecs-tasks.amazonaws.com"}}
+        {
+            "Action": "sts:AssumeRole",
+            "Effect": "Allow",
+            "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+        }
     ]
     statements = policy_statements(template, stack.kvs_reader.task_role)
     assume = [s for s in statements if "sts:AssumeRole" in json.dumps(s["Action"])]
-    assert assume == [{
-        "Action": "sts:AssumeRole", "Effect": "Allow", "Sid": "AssumeTenantsConnectMediaRoles",
-        "Resource": "arn:aws:iam::*:role/CallScribeConnectMediaReader*",
-    }]
-    actions = {a for s in statements for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+    assert assume == [
+        {
+            "Action": "sts:AssumeRole",
+            "Effect": "Allow",
+            "Sid": "AssumeTenantsConnectMediaRoles",
+            "Resource": "arn:aws:iam::*:role/CallScribeConnectMediaReader*",
+        }
+    ]
+    actions = {
+        a
+        for s in statements
+        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    }
     # It never reads a stream itself: only through a tenant's role.
     assert not [a for a in actions if a.startswith(("kinesisvideo:", "kms:"))]
     assert "events:PutEvents" in actions
-    assert task_role_arn_output(template) == {"Fn::GetAtt": [logical_id(stack.kvs_reader.task_role), "Arn"]}
+    assert task_role_arn_output(template) == {
+        "Fn::GetAtt": [logical_id(stack.kvs_reader.task_role), "Arn"]
+    }
 
 
 def task_role_arn_output(template: Template) -> Any:
@@ -123,9 +139,10 @@ def test_reader_task_environment_ports_and_health_check() -> None:
     assert environment["CALLSCRIBE_CONTROL_PORT"] == str(CONTROL_PORT)
     assert environment["CALLSCRIBE_ASR_URL"] == stack.asr.url
     assert environment["CALLSCRIBE_BLOB_S3_BUCKET"] == ref(stack.data.exports_bucket)
-    assert "EVENT_BUS" in json.dumps(environment["CALLSCRIBE_EVENT_BUS_NAME"]) or environment[
-        "CALLSCRIBE_EVENT_BUS_NAME"
-    ]
+    assert (
+        "EVENT_BUS" in json.dumps(environment["CALLSCRIBE_EVENT_BUS_NAME"])
+        or environment["CALLSCRIBE_EVENT_BUS_NAME"]
+    )
     (container,) = task["Properties"]["ContainerDefinitions"]
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [HEALTH_PORT, CONTROL_PORT]
     assert f"localhost:{HEALTH_PORT}/healthz" in " ".join(container["HealthCheck"]["Command"])
@@ -143,24 +160,33 @@ def test_api_finds_the_readers_through_cloud_map_and_only_it_reaches_their_contr
     )
     (service,) = services.values()
     assert service["Properties"]["DnsConfig"]["DnsRecords"] == [{"TTL": 10, "Type": "A"}]
-    api = [f for f in template.find_resources("AWS::Lambda::Function").values()
-           if "CALLSCRIBE_KVS_READER_URL" in f["Properties"].get("Environment", {}).get("Variables", {})]
+    api = [
+        f
+        for f in template.find_resources("AWS::Lambda::Function").values()
+        if "CALLSCRIBE_KVS_READER_URL"
+        in f["Properties"].get("Environment", {}).get("Variables", {})
+    ]
     assert len(api) == 1
     assert api[0]["Properties"]["Environment"]["Variables"]["CALLSCRIBE_KVS_READER_URL"] == (
         f"http://kvs-reader.prod.callscribe.internal:{CONTROL_PORT}"
     )
     reader_group = {"Fn::GetAtt": [logical_id(stack.kvs_reader.security_group), "GroupId"]}
     rules = [
-        r["Properties"] for r in template.find_resources("AWS::EC2::SecurityGroupIngress").values()
+        r["Properties"]
+        for r in template.find_resources("AWS::EC2::SecurityGroupIngress").values()
         if r["Properties"]["GroupId"] == reader_group
     ]
     assert {(r["FromPort"], r["ToPort"]): r["SourceSecurityGroupId"] for r in rules} == {
-        (CONTROL_PORT, CONTROL_PORT): {"Fn::GetAtt": [logical_id(stack.api.security_group), "GroupId"]}
+        (CONTROL_PORT, CONTROL_PORT): {
+            "Fn::GetAtt": [logical_id(stack.api.security_group), "GroupId"]
+        }
     }
     ecs_service = template.find_resources("AWS::ECS::Service")[
         logical_id(stack.kvs_reader.service)
     ]["Properties"]
-    assert ecs_service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+    assert (
+        ecs_service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+    )
     assert ecs_service["DesiredCount"] == 1
 
 
@@ -183,7 +209,9 @@ def customer_stack(values: dict[str, Any]) -> tuple[ConnectMediaAccessStack, Tem
     ctx = {**cdk_json_context(), **values}
     app = cdk.App(context=ctx)
     stack = ConnectMediaAccessStack(
-        app, "CallScribe-ConnectAccess", config=load_customer_config(ctx),
+        app,
+        "CallScribe-ConnectAccess",
+        config=load_customer_config(ctx),
         env=cdk.Environment(account=TENANT_ACCOUNT, region=REGION),
     )
     return stack, Template.from_stack(stack)
@@ -213,7 +241,9 @@ def test_tenant_role_may_only_read_the_connect_streams() -> None:
     assert set(statements) == {"ReadConnectMediaStreams", "ListStreams"}
     read = statements["ReadConnectMediaStreams"]
     assert sorted(read["Action"]) == [
-        "kinesisvideo:DescribeStream", "kinesisvideo:GetDataEndpoint", "kinesisvideo:GetMedia"
+        "kinesisvideo:DescribeStream",
+        "kinesisvideo:GetDataEndpoint",
+        "kinesisvideo:GetMedia",
     ]
     resource = json.dumps(read["Resource"])
     assert f":kinesisvideo:{REGION}:{TENANT_ACCOUNT}:stream/acme-connect-*/*" in resource
@@ -229,7 +259,11 @@ def test_tenant_role_may_only_read_the_connect_streams() -> None:
 def test_a_customer_kms_key_adds_decrypt_through_kinesis_video_only() -> None:
     stack, template = customer_stack({**MINIMAL, "kmsKeyArn": KMS_KEY})
     role = template.find_resources("AWS::IAM::Role")[logical_id(stack.role)]["Properties"]
-    (decrypt,) = [s for s in role["Policies"][0]["PolicyDocument"]["Statement"] if s["Sid"] == "DecryptConnectMedia"]
+    (decrypt,) = [
+        s
+        for s in role["Policies"][0]["PolicyDocument"]["Statement"]
+        if s["Sid"] == "DecryptConnectMedia"
+    ]
     assert decrypt == {
         "Action": "kms:Decrypt",
         "Condition": {"StringEquals": {"kms:ViaService": f"kinesisvideo.{REGION}.amazonaws.com"}},
@@ -243,7 +277,8 @@ def test_contact_flow_lambdas_with_their_secret_and_connect_permission() -> None
     stack, template = customer_stack(FULL)
     functions = template.find_resources("AWS::Lambda::Function")
     assert {f["Properties"]["Handler"] for f in functions.values()} == {
-        "functions.connect_start.handler", "functions.connect_stop.handler"
+        "functions.connect_start.handler",
+        "functions.connect_stop.handler",
     }
     assert stack.credentials_secret is not None
     for function in functions.values():
@@ -266,23 +301,33 @@ def test_contact_flow_lambdas_with_their_secret_and_connect_permission() -> None
         assert permission["Properties"]["SourceArn"] == INSTANCE
         assert permission["Properties"]["SourceAccount"] == TENANT_ACCOUNT
     associations = template.find_resources("AWS::Connect::IntegrationAssociation")
-    assert {a["Properties"]["IntegrationType"] for a in associations.values()} == {"LAMBDA_FUNCTION"}
+    assert {a["Properties"]["IntegrationType"] for a in associations.values()} == {
+        "LAMBDA_FUNCTION"
+    }
     assert len(associations) == 2
     # Each function reads the one secret and nothing else beyond its logs.
     for function in (stack.start_function, stack.stop_function):
         assert function is not None
         statements = policy_statements(template, function.role)
-        assert {json.dumps(s["Resource"]) for s in statements} == {json.dumps(ref(stack.credentials_secret))}
+        assert {json.dumps(s["Resource"]) for s in statements} == {
+            json.dumps(ref(stack.credentials_secret))
+        }
     assert findings(stack) == []
 
 
 def test_the_lambda_zip_holds_only_the_flow_code(tmp_path: Path) -> None:
     ctx = {**cdk_json_context(), **FULL}
     app = cdk.App(context=ctx, outdir=str(tmp_path))
-    ConnectMediaAccessStack(app, "C", config=load_customer_config(ctx),
-                            env=cdk.Environment(account=TENANT_ACCOUNT, region=REGION))
+    ConnectMediaAccessStack(
+        app,
+        "C",
+        config=load_customer_config(ctx),
+        env=cdk.Environment(account=TENANT_ACCOUNT, region=REGION),
+    )
     assembly = app.synth()
-    assets = [p for p in Path(assembly.directory).iterdir() if p.name.startswith("asset.") and p.is_dir()]
+    assets = [
+        p for p in Path(assembly.directory).iterdir() if p.name.startswith("asset.") and p.is_dir()
+    ]
     assert len(assets) == 1  # one zip for both functions
     files = sorted(str(p.relative_to(assets[0])) for p in assets[0].rglob("*") if p.is_file())
     assert files == sorted(FLOW_LAMBDA_FILES)
@@ -293,12 +338,21 @@ def test_the_lambda_zip_holds_only_the_flow_code(tmp_path: Path) -> None:
     [
         ({}, "callscribeReaderRoleArn: required"),
         ({**MINIMAL, "externalId": "x"}, "externalId: 2 to 1224"),
-        ({**MINIMAL, "callscribeReaderRoleArn": "arn:aws:iam::123:user/x"}, "is not an IAM role ARN"),
+        (
+            {**MINIMAL, "callscribeReaderRoleArn": "arn:aws:iam::123:user/x"},
+            "is not an IAM role ARN",
+        ),
         ({**MINIMAL, "roleName": "Other"}, "must start with CallScribeConnectMediaReader"),
         ({**MINIMAL, "callscribeApiUrl": "http://api.example.com"}, "https://"),
         ({**MINIMAL, "kmsKeyArn": "alias/aws/kinesisvideo"}, "is not a KMS key ARN"),
-        ({**MINIMAL, "connectStreamPrefx": "acme"}, "connectStreamPrefx: not a setting of this stack"),
-        ({**MINIMAL, "logRetentionDays": 31}, "logRetentionDays: CloudWatch Logs accepts only 1, 3, 5"),
+        (
+            {**MINIMAL, "connectStreamPrefx": "acme"},
+            "connectStreamPrefx: not a setting of this stack",
+        ),
+        (
+            {**MINIMAL, "logRetentionDays": 31},
+            "logRetentionDays: CloudWatch Logs accepts only 1, 3, 5",
+        ),
     ],
 )
 def test_tenant_settings_are_validated(values: dict[str, Any], message: str) -> None:
@@ -317,8 +371,12 @@ def run_customer_app(values: dict[str, Any], outdir: Path) -> subprocess.Complet
         "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
     }
     return subprocess.run(
-        [sys.executable, "customer_account_app.py"], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "customer_account_app.py"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -332,5 +390,7 @@ def test_customer_app_synthesises_with_cdk_nag_and_refuses_bad_settings(tmp_path
     assert [v for plugin in report["pluginReports"] for v in plugin.get("violations", [])] == []
     bad = run_customer_app({"connectStreamPrefix": "acme"}, tmp_path / "bad")
     assert bad.returncode == 1
-    assert "callscribeReaderRoleArn: required (cdk deploy -c callscribeReaderRoleArn=…)" in bad.stderr
+    assert (
+        "callscribeReaderRoleArn: required (cdk deploy -c callscribeReaderRoleArn=…)" in bad.stderr
+    )
     assert "Traceback" not in bad.stderr

@@ -241,13 +241,14 @@ def test_webhook_function_permissions_are_table_writes_and_its_secret():
     for secret in (stack.data.token_secret, stack.data.control_secret):
         assert not actions_on(statements, ref(secret))
     # Tenants' credentials: read-only, by name under this stage's webhook/ prefix only.
-    tenant_secrets = [s for s in statements if "Fn::Join" in json.dumps(s["Resource"])
-                      and ":secret:" in json.dumps(s["Resource"])]
+    tenant_secrets = [
+        s
+        for s in statements
+        if "Fn::Join" in json.dumps(s["Resource"]) and ":secret:" in json.dumps(s["Resource"])
+    ]
     assert len(tenant_secrets) == 1
     assert tenant_secrets[0]["Action"] == "secretsmanager:GetSecretValue"
-    assert tenant_secrets[0]["Resource"]["Fn::Join"][1][-1] == (
-        ":secret:callscribe/prod/webhook/*"
-    )
+    assert tenant_secrets[0]["Resource"]["Fn::Join"][1][-1] == (":secret:callscribe/prod/webhook/*")
     assert not any(bucket_actions(statements, stack.data.exports_bucket).values())
 
 
@@ -761,6 +762,7 @@ def test_exports_bucket_expires_objects_after_retention_and_logs_access():
     exports = default_template().find_resources("AWS::S3::Bucket")[
         logical_id(stack.data.exports_bucket)
     ]["Properties"]
+
     def lifecycle(rules: list[dict]) -> set[tuple]:
         assert all(rule["Status"] == "Enabled" for rule in rules)
         return {
@@ -889,9 +891,7 @@ def test_default_stack_schedules_its_own_exporter():
     schedule = only(template, "AWS::Scheduler::Schedule")["Properties"]
     assert schedule["ScheduleExpression"] == "cron(0 2 * * ? *)"
     assert schedule["ScheduleExpressionTimezone"] == "UTC"
-    assert schedule["Target"]["Arn"] == {
-        "Fn::GetAtt": [logical_id(stack.exports.function), "Arn"]
-    }
+    assert schedule["Target"]["Arn"] == {"Fn::GetAtt": [logical_id(stack.exports.function), "Arn"]}
     function = function_named(template, EXPORTER_HANDLER)["Properties"]
     assert function["PackageType"] == "Image"
     assert "VpcConfig" not in function

@@ -10,9 +10,9 @@ import json
 import time
 import urllib.parse
 import wave
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -21,10 +21,9 @@ import requests
 from moto import mock_aws
 
 import callscribe.api.outputs as outputs_api
-
 from callscribe.auth import create_api_key
-from callscribe.aws.services import api_lambda
 from callscribe.aws.adapters.dynamodb_store import DynamoStore
+from callscribe.aws.services import api_lambda
 from callscribe.export import feed_file_key
 from callscribe.recording import call_prefix
 from callscribe.store.base import CallKey, CallRecord, CallStatus, DeliveryFailure, StoredMessage
@@ -41,10 +40,12 @@ from tests.aws_fixtures import (
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe", "CALLSCRIBE_PUBLIC_GATEWAY_URL":
-        "wss://gw.example.com",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
+        "CALLSCRIBE_PUBLIC_GATEWAY_URL": "wss://gw.example.com",
     }.items():
         monkeypatch.setenv(name, value)
     with mock_aws():
@@ -76,12 +77,18 @@ def credentials(aws: AwsResources) -> dict[str, str]:
 
 @pytest.mark.parametrize("shape", [rest_event, http_api_event])
 def test_stream_url_and_credentials(shape: Any, credentials: dict[str, str]) -> None:
-    status, body = invoke(shape("GET", "/mg-autotranscribe/v1/twilio-media-stream-url", credentials))
+    status, body = invoke(
+        shape("GET", "/mg-autotranscribe/v1/twilio-media-stream-url", credentials)
+    )
     assert status == 200
     assert body["streamingUrl"].startswith("wss://gw.example.com/twilio-media?token=")
-    status, body = invoke(shape("GET", "/mg-autotranscribe/v1/twilio-media-stream-url",
-                                {"asapp-api-id": credentials["asapp-api-id"],
-                                 "asapp-api-secret": "wrong"}))
+    status, body = invoke(
+        shape(
+            "GET",
+            "/mg-autotranscribe/v1/twilio-media-stream-url",
+            {"asapp-api-id": credentials["asapp-api-id"], "asapp-api-secret": "wrong"},
+        )
+    )
     assert status == 401 and body["error"]["code"] == "401-201"
 
 
@@ -93,23 +100,31 @@ def test_start_and_stop_errors(shape: Any, credentials: dict[str, str], aws: Aws
     assert (status, answer["error"]["code"]) == (400, "400-203")
     status, answer = invoke(shape("POST", start, credentials, "{broken"))
     assert (status, answer["error"]["code"]) == (400, "400-201")
-    status, answer = invoke(shape("POST", start, credentials,
-                                  {**body, "autotranscribeParams": {"language": "xx-XX"}}))
+    status, answer = invoke(
+        shape("POST", start, credentials, {**body, "autotranscribeParams": {"language": "xx-XX"}})
+    )
     assert (status, answer["error"]["code"]) == (400, "400-202")
 
     # A call whose gateway task is gone: its recorded owner does not answer.
     store = DynamoStore(aws.table_name, boto3.resource("dynamodb"))
     key = CallKey("acme", "twilio", "CAorphan")
-    store.create_call(CallRecord(key, CallStatus.CONNECTED, "http://127.0.0.1:9", time.time(),
-                                 time.time()))
+    store.create_call(
+        CallRecord(key, CallStatus.CONNECTED, "http://127.0.0.1:9", time.time(), time.time())
+    )
     status, answer = invoke(shape("POST", start, credentials, {**body, "guid": "CAorphan"}))
     assert (status, answer["error"]["code"]) == (400, "400-203")
     assert "unreachable" in answer["error"]["message"]
 
     # Another request holds the call's lock: 409-202.
     store.acquire_call_lock(key, "other-lambda", time.time(), 30)
-    status, answer = invoke(shape("POST", "/mg-autotranscribe/v1/stop-streaming", credentials,
-                                  {"namespace": "twilio", "guid": "CAorphan"}))
+    status, answer = invoke(
+        shape(
+            "POST",
+            "/mg-autotranscribe/v1/stop-streaming",
+            credentials,
+            {"namespace": "twilio", "guid": "CAorphan"},
+        )
+    )
     assert (status, answer["error"]["code"]) == (409, "409-202")
 
 
@@ -121,16 +136,27 @@ def test_after_call_messages(shape: Any, credentials: dict[str, str], aws: AwsRe
     store.create_call(CallRecord(key, CallStatus.COMPLETED, "http://10.0.0.5:8081", now, now, now))
     for seq in (1, 0, 2):
         store.put_message(StoredMessage(key, seq, f"m{seq}", {"seq": seq}, now, now + 3600))
-    status, body = invoke(shape("GET", "/conversation/v1/conversation/messages", credentials,
-                                query={"externalConversationId": "CAdone"}))
+    status, body = invoke(
+        shape(
+            "GET",
+            "/conversation/v1/conversation/messages",
+            credentials,
+            query={"externalConversationId": "CAdone"},
+        )
+    )
     assert status == 200
     assert body["complete"] is True
     assert [m["seq"] for m in body["messages"]] == [0, 1, 2]
 
     other = create_api_key(store, "globex")
-    status, body = invoke(shape("GET", "/conversation/v1/conversation/messages",
-                                {"asapp-api-id": other.api_id, "asapp-api-secret": other.api_secret},
-                                query={"externalConversationId": "CAdone"}))
+    status, body = invoke(
+        shape(
+            "GET",
+            "/conversation/v1/conversation/messages",
+            {"asapp-api-id": other.api_id, "asapp-api-secret": other.api_secret},
+            query={"externalConversationId": "CAdone"},
+        )
+    )
     assert (status, body["error"]["code"]) == (400, "400-203")
 
 
@@ -182,31 +208,45 @@ def test_recording_links_are_presigned_s3_urls(
     wav = _put_recording(aws, key, offset_ms=1500, seconds=2)
 
     path = "/conversation/v1/conversation/recording"
-    status, body = invoke(shape("GET", path, credentials,
-                                query={"externalConversationId": "CArecorded"}))
+    status, body = invoke(
+        shape("GET", path, credentials, query={"externalConversationId": "CArecorded"})
+    )
     assert status == 200, body
     (recording,) = body["recordings"]
     assert (recording["offsetMs"], recording["durationMs"], recording["bytes"]) == (
-        1500, 2000, len(wav)
+        1500,
+        2000,
+        len(wav),
     )
     assert _fetch_presigned(recording["url"], aws) == wav
     expires = urllib.parse.parse_qs(urllib.parse.urlsplit(recording["url"]).query)["X-Amz-Expires"]
     assert expires == ["3600"]
 
     # A call without a recording (audioRecordingAllowed false): an empty list.
-    store.create_call(CallRecord(CallKey("acme", "twilio", "CAsilent"), CallStatus.COMPLETED,
-                                 "http://10.0.0.5:8081", now, now, now))
-    status, body = invoke(shape("GET", path, credentials,
-                                query={"externalConversationId": "CAsilent"}))
+    store.create_call(
+        CallRecord(
+            CallKey("acme", "twilio", "CAsilent"),
+            CallStatus.COMPLETED,
+            "http://10.0.0.5:8081",
+            now,
+            now,
+            now,
+        )
+    )
+    status, body = invoke(
+        shape("GET", path, credentials, query={"externalConversationId": "CAsilent"})
+    )
     assert (status, body["recordings"]) == (200, [])
     # No such call: the after-call API's 400-203; another tenant's call is no such call.
-    status, body = invoke(shape("GET", path, credentials,
-                                query={"externalConversationId": "CAnone"}))
+    status, body = invoke(
+        shape("GET", path, credentials, query={"externalConversationId": "CAnone"})
+    )
     assert (status, body["error"]["code"]) == (400, "400-203")
     # Past the retention (7 days), the recording is gone, as in local mode.
     _later(monkeypatch, 8 * 86_400)
-    status, body = invoke(shape("GET", path, credentials,
-                                query={"externalConversationId": "CArecorded"}))
+    status, body = invoke(
+        shape("GET", path, credentials, query={"externalConversationId": "CArecorded"})
+    )
     assert (status, body["recordings"]) == (200, [])
 
 
@@ -220,11 +260,15 @@ def test_feed_file_links_are_presigned_s3_urls(
     contents = {}
     for hour in hours:
         contents[hour] = gzip.compress(f'{{"hour": {hour.hour}}}\n'.encode())
-        s3.put_object(Bucket=aws.bucket_name, Key=feed_file_key("utterances", "acme", hour),
-                      Body=contents[hour])
+        s3.put_object(
+            Bucket=aws.bucket_name,
+            Key=feed_file_key("utterances", "acme", hour),
+            Body=contents[hour],
+        )
     # Another tenant's file in the same hours is never listed.
-    s3.put_object(Bucket=aws.bucket_name, Key=feed_file_key("utterances", "globex", hours[0]),
-                  Body=b"other")
+    s3.put_object(
+        Bucket=aws.bucket_name, Key=feed_file_key("utterances", "globex", hours[0]), Body=b"other"
+    )
 
     path = "/fileexporter/v1/feeds/utterances/files"
     query = {"start": f"{day}T09:00:00Z", "end": f"{day}T12:00:00Z"}
@@ -232,14 +276,16 @@ def test_feed_file_links_are_presigned_s3_urls(
     assert status == 200, body
     assert body["complete"] is False  # 11:00 has no file
     assert [f["hourStart"] for f in body["files"]] == [
-        f"{day}T09:00:00.000Z", f"{day}T10:00:00.000Z"
+        f"{day}T09:00:00.000Z",
+        f"{day}T10:00:00.000Z",
     ]
     for entry, hour in zip(body["files"], hours, strict=True):
         assert entry["bytes"] == len(contents[hour])
         assert _fetch_presigned(entry["url"], aws) == contents[hour]
 
-    status, body = invoke(shape("GET", "/fileexporter/v1/feeds/nope/files", credentials,
-                                query=query))
+    status, body = invoke(
+        shape("GET", "/fileexporter/v1/feeds/nope/files", credentials, query=query)
+    )
     assert (status, body["error"]["code"]) == (400, "400-201")
     _later(monkeypatch, 8 * 86_400)
     status, body = invoke(shape("GET", path, credentials, query=query))
@@ -258,8 +304,15 @@ def test_webhook_failures(shape: Any, credentials: dict[str, str], aws: AwsResou
     status, body = invoke(shape("GET", "/callscribe/v1/webhook-failures", credentials))
     assert status == 200, body
     assert [(f["messageId"], f["statusCode"]) for f in body["failures"]] == [
-        ("m1", 503), ("m2", None)
+        ("m1", 503),
+        ("m2", None),
     ]
-    status, body = invoke(shape("GET", "/callscribe/v1/webhook-failures", credentials,
-                                query={"externalConversationId": "CAtwo"}))
+    status, body = invoke(
+        shape(
+            "GET",
+            "/callscribe/v1/webhook-failures",
+            credentials,
+            query={"externalConversationId": "CAtwo"},
+        )
+    )
     assert [f["reason"] for f in body["failures"]] == ["timeout after 5 s"]

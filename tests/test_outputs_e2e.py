@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 
 from callscribe.audio import ulaw_to_pcm16
-from callscribe.webhooks.signing import verify
-from callscribe.testing.simulate import PlayedCall, SampleCall, load_sample_call, play_call, running_receiver
+from callscribe.testing.simulate import (
+    PlayedCall,
+    SampleCall,
+    load_sample_call,
+    play_call,
+    running_receiver,
+)
 from callscribe.webhooks.management import set_webhook, signing_secret
+from callscribe.webhooks.signing import verify
 from tests.conftest import RunningServer
 
 SPEED = 4.0
@@ -49,21 +55,31 @@ async def drained(server: RunningServer, timeout_s: float = 120) -> None:
     assert server.runtime.dispatcher.pending == 0
 
 
-async def test_slow_target_and_recording(
-    server_factory: Any, sample_call: SampleCall
-) -> None:
+async def test_slow_target_and_recording(server_factory: Any, sample_call: SampleCall) -> None:
     # A target slower than the call's pace: messages queue; beyond 2 pending the oldest go.
     async with running_receiver(delay_s=6.0) as slow:
         server: RunningServer = await server_factory(
             None, webhook={"max_pending": 2}, link_ttl_s=300
         )
         runtime = server.runtime
-        set_webhook(runtime.store, runtime.secrets, tenant="acme", url=slow.url, timeout_s=20,
-                    token_name="X-Acme", token="acme-token")
+        set_webhook(
+            runtime.store,
+            runtime.secrets,
+            tenant="acme",
+            url=slow.url,
+            timeout_s=20,
+            token_name="X-Acme",
+            token="acme-token",
+        )
         api = server.client("acme")
         played = PlayedCall(call_sid="CA" + "a1" * 16, speed=SPEED)
-        await play_call(await api.stream_url(), sample_call, api, played=played,
-                        autotranscribe_params={"audioRecordingAllowed": True})
+        await play_call(
+            await api.stream_url(),
+            sample_call,
+            api,
+            played=played,
+            autotranscribe_params={"audioRecordingAllowed": True},
+        )
         await drained(server)
 
     after = (await api.messages(played.call_sid)).json()
@@ -83,7 +99,9 @@ async def test_slow_target_and_recording(
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
 
     # The rest were dropped, oldest first, and each drop is listed by the API.
-    failures = (await api.webhook_failures(externalConversationId=played.call_sid)).json()["failures"]
+    failures = (await api.webhook_failures(externalConversationId=played.call_sid)).json()[
+        "failures"
+    ]
     dropped = [f["messageId"] for f in failures]
     assert dropped and all(f["reason"] == "dropped: more than 2 pending" for f in failures)
     assert sorted(dropped + delivered, key=all_ids.index) == all_ids
@@ -118,12 +136,17 @@ async def test_slow_target_and_recording(
             expected = source[origin + start : origin + start + FRAME]
             assert not chunk.any() or np.array_equal(chunk, expected), (track, start)
 
-        def window(lo_ms: int, hi_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        def window(
+            lo_ms: int, hi_ms: int, recorded: np.ndarray = recorded, source: np.ndarray = source
+        ) -> tuple[np.ndarray, np.ndarray]:
             lo, hi = lo_ms * 8 - origin, hi_ms * 8 - origin
             return recorded[lo:hi], source[lo + origin : hi + origin]
 
         # ...the heart of each transcribed window is the call's audio...
-        for lo_ms, hi_ms in ((first_start + 2000, first_stop - 500), (second_start + 2000, last_stop - 2000)):
+        for lo_ms, hi_ms in (
+            (first_start + 2000, first_stop - 500),
+            (second_start + 2000, last_stop - 2000),
+        ):
             got, want = window(lo_ms, hi_ms)
             assert np.array_equal(got, want), track
         # ...and the hold between stop and start is silence, although music played.
@@ -145,8 +168,13 @@ async def test_erroring_target_and_no_recording(
         set_webhook(runtime.store, runtime.secrets, tenant="globex", url=erroring.url)
         api = server.client("globex")
         played = PlayedCall(call_sid="CA" + "b2" * 16, speed=SPEED)
-        await play_call(await api.stream_url(), first_window(sample_call), api, played=played,
-                        autotranscribe_params={"audioRecordingAllowed": False})
+        await play_call(
+            await api.stream_url(),
+            first_window(sample_call),
+            api,
+            played=played,
+            autotranscribe_params={"audioRecordingAllowed": False},
+        )
         await drained(server)
 
     after = (await api.messages(played.call_sid)).json()
@@ -154,7 +182,9 @@ async def test_erroring_target_and_no_recording(
     # Every message was attempted once, failed, recorded; none lost from the after-call API.
     assert [m.body for m in erroring.messages] == after["messages"]
     failures = (await api.webhook_failures()).json()["failures"]
-    assert [f["messageId"] for f in failures] == [m.headers["webhook-id"] for m in erroring.messages]
+    assert [f["messageId"] for f in failures] == [
+        m.headers["webhook-id"] for m in erroring.messages
+    ]
     assert all(f["statusCode"] == 500 and f["reason"] == "http 500" for f in failures)
     since = (await api.webhook_failures(since="2999-01-01T00:00:00Z")).json()
     assert since == {"failures": []}

@@ -72,9 +72,11 @@ async def test_streaming_is_as_accurate_as_offline_on_held_back_voices(
 
     streaming, offline = comparison.streaming, comparison.offline
     detail = (streaming.wer, offline.wer, streaming.loops, streaming.truncations)
-    print(f"held-back split: streaming WER {streaming.wer:.1%}, offline "
-          f"{offline.wer:.1%} ({comparison.ratio:.2f}×), loops {len(streaming.loops)}, "
-          f"truncations {len(streaming.truncations)}/{len(offline.truncations)}")
+    print(
+        f"held-back split: streaming WER {streaming.wer:.1%}, offline "
+        f"{offline.wer:.1%} ({comparison.ratio:.2f}×), loops {len(streaming.loops)}, "
+        f"truncations {len(streaming.truncations)}/{len(offline.truncations)}"
+    )
     assert streaming.loops == [], detail
     assert len(streaming.truncations) <= len(offline.truncations) + 1, detail
     assert streaming.wer <= STREAMING_WER_BOUND * offline.wer, detail
@@ -89,6 +91,7 @@ def test_each_split_scores_against_itself(split: str) -> None:
     texts and turn boundaries are consistent with the scorer (digits, repeats)."""
     for c in load_corpus(split=split):
         turns = c.turns
-        result = score(group(turns, [Transcript(t.track, t.start_ms, t.end_ms, t.text)
-                                     for t in turns]))
+        result = score(
+            group(turns, [Transcript(t.track, t.start_ms, t.end_ms, t.text) for t in turns])
+        )
         assert (result.errors, result.loops, result.truncations) == (0, [], []), c.id

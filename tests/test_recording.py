@@ -142,10 +142,10 @@ def test_memory_stays_bounded_for_a_long_call(
 async def test_a_failing_spool_loses_the_recording_not_the_call(
     recordings: Recordings, blobs: DirectoryBlobStore, tmp_path: Path
 ) -> None:
-    from callscribe.model import StartRequest
     from callscribe.bus import InProcessEventBus
     from callscribe.calls import CallServices, CallSession
     from callscribe.config import EndpointingSettings
+    from callscribe.model import StartRequest
     from callscribe.store.sqlite import SqliteStore
     from callscribe.transcription import TranscriptionPipeline
 
@@ -160,13 +160,22 @@ async def test_a_failing_spool_loses_the_recording_not_the_call(
     pipeline = TranscriptionPipeline(SilentAsr(), store, InProcessEventBus(), 3600)  # type: ignore[arg-type]
     key = CallKey("acme", "twilio", "CA-disk")
     services = CallServices(store, pipeline, EndpointingSettings(), recordings=recordings)
-    session = CallSession(key, services, channels=("inbound", "outbound"),
-                          channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT})
+    session = CallSession(
+        key,
+        services,
+        channels=("inbound", "outbound"),
+        channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
+    )
     await session.open()
-    request = StartRequest.model_validate({
-        "namespace": "twilio", "guid": key.guid, "customerId": "C", "agentId": "A",
-        "autotranscribeParams": {"audioRecordingAllowed": True},
-    })
+    request = StartRequest.model_validate(
+        {
+            "namespace": "twilio",
+            "guid": key.guid,
+            "customerId": "C",
+            "agentId": "A",
+            "autotranscribeParams": {"audioRecordingAllowed": True},
+        }
+    )
     await session.start(request)
     session.audio("inbound", np.zeros(160, dtype=np.int16), 0)
     (spool,) = (tmp_path / "spool").iterdir()
@@ -196,10 +205,10 @@ class SilentAsr:
 
 
 async def recorded_session(recordings: Recordings, tmp_path: Path, guid: str):  # type: ignore[no-untyped-def]
-    from callscribe.model import StartRequest
     from callscribe.bus import InProcessEventBus
     from callscribe.calls import CallServices, CallSession
     from callscribe.config import EndpointingSettings
+    from callscribe.model import StartRequest
     from callscribe.store.sqlite import SqliteStore
     from callscribe.transcription import TranscriptionPipeline
 
@@ -207,13 +216,22 @@ async def recorded_session(recordings: Recordings, tmp_path: Path, guid: str):  
     pipeline = TranscriptionPipeline(SilentAsr(), store, InProcessEventBus(), 3600)  # type: ignore[arg-type]
     key = CallKey("acme", "twilio", guid)
     services = CallServices(store, pipeline, EndpointingSettings(), recordings=recordings)
-    session = CallSession(key, services, channels=("inbound", "outbound"),
-                          channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT})
+    session = CallSession(
+        key,
+        services,
+        channels=("inbound", "outbound"),
+        channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
+    )
     await session.open()
-    request = StartRequest.model_validate({
-        "namespace": "twilio", "guid": guid, "customerId": "C", "agentId": "A",
-        "autotranscribeParams": {"audioRecordingAllowed": True},
-    })
+    request = StartRequest.model_validate(
+        {
+            "namespace": "twilio",
+            "guid": guid,
+            "customerId": "C",
+            "agentId": "A",
+            "autotranscribeParams": {"audioRecordingAllowed": True},
+        }
+    )
     await session.start(request)
     return session, store
 
@@ -228,7 +246,9 @@ def stored_wavs(blobs: DirectoryBlobStore, key: CallKey) -> list[tuple[int, np.n
 
 
 async def test_a_timestamp_jump_is_a_discontinuity_not_an_hour_of_silence(
-    recordings: Recordings, blobs: DirectoryBlobStore, tmp_path: Path,
+    recordings: Recordings,
+    blobs: DirectoryBlobStore,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Twilio's media.timestamp jumps by an hour after 400 ms of audio: the recording must
@@ -263,7 +283,9 @@ async def test_a_gap_within_the_bound_stays_silence_in_the_same_part(
 ) -> None:
     """A jump of 3 s (under the 5 s bound) keeps the timeline in one file, filled with
     silence, as do the windows between a stop and the next start (a hold)."""
-    recordings = Recordings(blobs, tmp_path / "spool", 86400, RecordingSettings(max_gap_fill_ms=5000))
+    recordings = Recordings(
+        blobs, tmp_path / "spool", 86400, RecordingSettings(max_gap_fill_ms=5000)
+    )
     session, store = await recorded_session(recordings, tmp_path, "CA-short-gap")
     for n in range(10):
         session.audio("inbound", tone(160, 5), n * 160)
@@ -274,7 +296,7 @@ async def test_a_gap_within_the_bound_stays_silence_in_the_same_part(
         session.audio("outbound", tone(160, 8), resume + n * 160)
     await session.complete()
 
-    (offset, frames), = stored_wavs(blobs, session.key)
+    ((offset, frames),) = stored_wavs(blobs, session.key)
     assert offset == 0 and len(frames) == 20 * 160 + 3 * RATE
     assert (frames[1600:resume] == 0).all()
     assert (frames[resume:, 0] == 7).all() and (frames[resume:, 1] == 8).all()
@@ -285,13 +307,17 @@ async def test_a_gap_within_the_bound_stays_silence_in_the_same_part(
 def sox_read(path: Path) -> tuple[int, int, int, np.ndarray]:
     """(channels, rate, samples per channel, frames) of a WAV as sox reads it."""
     info = {
-        flag: int(subprocess.run(["soxi", flag, str(path)], capture_output=True, text=True,
-                                 check=True).stdout)
+        flag: int(
+            subprocess.run(
+                ["soxi", flag, str(path)], capture_output=True, text=True, check=True
+            ).stdout
+        )
         for flag in ("-c", "-r", "-s")
     }
     raw = subprocess.run(
         ["sox", str(path), "-t", "raw", "-e", "signed-integer", "-b", "16", "-L", "-"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
     frames = np.frombuffer(raw, dtype="<i2").reshape(-1, info["-c"])
     return info["-c"], info["-r"], info["-s"], frames
@@ -303,8 +329,9 @@ def test_a_long_recording_is_split_into_parts_that_sox_reads(
     """Parts of at most max_part_bytes (here ~1 s, in production well under WAV's 4 GB): each a
     valid WAV, contiguous on the call's timeline, together sample-exact."""
     max_part_bytes = 44 + 4 * RATE  # one second of stereo audio per part
-    recordings = Recordings(blobs, tmp_path / "spool", 86400,
-                            RecordingSettings(max_part_bytes=max_part_bytes))
+    recordings = Recordings(
+        blobs, tmp_path / "spool", 86400, RecordingSettings(max_part_bytes=max_part_bytes)
+    )
     recorder = recordings.recorder(KEY, origin_sample=4000)
     seconds = 7.5
     total = int(seconds * RATE)
@@ -366,7 +393,8 @@ async def test_the_after_call_api_serves_every_part_of_a_real_twilio_call(
     from callscribe.twilio.protocol import TwilioStreamWriter
 
     server = await server_factory(
-        receiver.url, recording=RecordingSettings(max_part_bytes=44 + 4 * RATE),
+        receiver.url,
+        recording=RecordingSettings(max_part_bytes=44 + 4 * RATE),
         # The intake pacer reads the jump as an hour of audio sent at once; at its default
         # 25x it would hold the stream for 144 s. This bound lets it through in about 3 s.
         twilio=TwilioSettings(max_speed=1000, burst_s=600),
@@ -379,8 +407,9 @@ async def test_the_after_call_api_serves_every_part_of_a_real_twilio_call(
     async with websockets.connect(await api.stream_url()) as ws:
         await ws.send(writer.start())
         deadline = time.monotonic() + 30
-        while (started := await api.start(call_sid, "C1", "A1", audioRecordingAllowed=True)
-               ).status_code != 200:
+        while (
+            started := await api.start(call_sid, "C1", "A1", audioRecordingAllowed=True)
+        ).status_code != 200:
             assert time.monotonic() < deadline, started.text
             await asyncio.sleep(0.1)
         timestamps = [n * 20 for n in range(125)] + [jump_ms + n * 20 for n in range(50)]
@@ -398,10 +427,14 @@ async def test_the_after_call_api_serves_every_part_of_a_real_twilio_call(
 
     parts = (await api.recording(call_sid)).json()["recordings"]
     assert [(p["offsetMs"], p["durationMs"]) for p in parts] == [
-        (0, 1000), (1000, 1000), (2000, 500), (jump_ms, 1000)
+        (0, 1000),
+        (1000, 1000),
+        (2000, 500),
+        (jump_ms, 1000),
     ]
-    expected = np.stack([ulaw_to_pcm16(payloads["inbound"][:1]),
-                         ulaw_to_pcm16(payloads["outbound"][:1])], axis=1)
+    expected = np.stack(
+        [ulaw_to_pcm16(payloads["inbound"][:1]), ulaw_to_pcm16(payloads["outbound"][:1])], axis=1
+    )
     async with httpx.AsyncClient(timeout=60) as http:
         for part in parts:
             response = await http.get(part["url"])
@@ -429,10 +462,15 @@ async def test_a_timestamp_jump_during_a_hold_is_a_discontinuity_too(
     hour = 3600 * RATE
     for n in range(10):
         session.audio("inbound", tone(160, 2), hour + n * 160)
-    await session.start(StartRequest.model_validate({
-        "namespace": "twilio", "guid": "CA-hold-jump",
-        "autotranscribeParams": {"audioRecordingAllowed": True},
-    }))
+    await session.start(
+        StartRequest.model_validate(
+            {
+                "namespace": "twilio",
+                "guid": "CA-hold-jump",
+                "autotranscribeParams": {"audioRecordingAllowed": True},
+            }
+        )
+    )
     for n in range(10, 20):
         session.audio("inbound", tone(160, 3), hour + n * 160)
     await session.complete()

@@ -16,7 +16,7 @@ KINDS = {"card_number", "ssn", "phone_number", "email", "digits"}
 
 def found(text: str) -> list[tuple[str, str]]:
     """(kind, covered text) for every span, in order."""
-    return [(s.kind, text[s.start:s.end]) for s in find_sensitive_spans(text)]
+    return [(s.kind, text[s.start : s.end]) for s in find_sensitive_spans(text)]
 
 
 def luhn_check_digit(body: str) -> str:
@@ -367,7 +367,7 @@ def test_luhn_property(body, group):
     wrong = body + str((int(luhn_check_digit(body)) + 1) % 10)
 
     def grouped(num: str) -> str:
-        return group.join(num[k:k + 4] for k in range(0, len(num), 4))
+        return group.join(num[k : k + 4] for k in range(0, len(num), 4))
 
     for number, kind in ((valid, "card_number"), (wrong, "digits")):
         text = f"card {grouped(number)} ok"
@@ -536,8 +536,11 @@ def test_span_offsets_point_at_the_right_text():
         (44, 51, "digits"),
         (58, 64, "email"),
     ]
-    assert [text[s.start:s.end] for s in spans] == [
-        "123-45-6789", "+1 555 123 4567", "4 7 2 9", "a@b.co",
+    assert [text[s.start : s.end] for s in spans] == [
+        "123-45-6789",
+        "+1 555 123 4567",
+        "4 7 2 9",
+        "a@b.co",
     ]
     assert redact(text) == "SSN #########; phone ###########; pin ####; mail ######."
 
@@ -545,7 +548,7 @@ def test_span_offsets_point_at_the_right_text():
 def test_unicode_text_around_numbers_offsets():
     text = "Café — naïve 😀 PIN 4729 ✓"
     (span,) = find_sensitive_spans(text)
-    assert text[span.start:span.end] == "4729"
+    assert text[span.start : span.end] == "4729"
     assert redact(text) == "Café — naïve 😀 PIN #### ✓"
 
 
@@ -600,27 +603,140 @@ def test_linear_time_on_adversarial_input(text):
 # ---------------------------------------------------------------------------
 
 NUMBER_WORDS = {
-    "zero", "nought", "oh", "o", "one", "two", "three", "four", "five", "six",
-    "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen",
-    "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-    "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty",
-    "ninety", "hundred", "thousand", "double", "triple", "to", "too", "for",
+    "zero",
+    "nought",
+    "oh",
+    "o",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+    "thirty",
+    "forty",
+    "fifty",
+    "sixty",
+    "seventy",
+    "eighty",
+    "ninety",
+    "hundred",
+    "thousand",
+    "double",
+    "triple",
+    "to",
+    "too",
+    "for",
     "won",
 }
 AMBIGUOUS_WORDS = ["one", "oh", "o", "to", "too", "for", "won"]
 
 WHISPER_VOCAB = [
-    "my", "pin", "PIN", "number", "is", "card", "account", "code", "the",
-    "security", "cvv", "social", "and", "it's", "please", "I", "have", "kids",
-    "at", "dot", "com", "john", "example", "underscore", "plus", "days",
-    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-    "zero", "oh", "o", "to", "for", "won", "double", "triple", "twelve",
-    "twenty", "thirty", "hundred", "thousand", "Four", "Seven", "4th",
-    "0", "1", "2", "3", "4", "5", "7", "9", "12", "45", "123", "555", "4729",
-    "4111", "1111", "6789", "a@b.com", "+1", "(555)", "o'clock", "#", "##",
+    "my",
+    "pin",
+    "PIN",
+    "number",
+    "is",
+    "card",
+    "account",
+    "code",
+    "the",
+    "security",
+    "cvv",
+    "social",
+    "and",
+    "it's",
+    "please",
+    "I",
+    "have",
+    "kids",
+    "at",
+    "dot",
+    "com",
+    "john",
+    "example",
+    "underscore",
+    "plus",
+    "days",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "zero",
+    "oh",
+    "o",
+    "to",
+    "for",
+    "won",
+    "double",
+    "triple",
+    "twelve",
+    "twenty",
+    "thirty",
+    "hundred",
+    "thousand",
+    "Four",
+    "Seven",
+    "4th",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "7",
+    "9",
+    "12",
+    "45",
+    "123",
+    "555",
+    "4729",
+    "4111",
+    "1111",
+    "6789",
+    "a@b.com",
+    "+1",
+    "(555)",
+    "o'clock",
+    "#",
+    "##",
 ]
 SEPARATORS = [
-    " ", " ", " ", ", ", ". ", "-", " - ", ".", ",", "\n", "? ", "...", "(", ")", "+", "",
+    " ",
+    " ",
+    " ",
+    ", ",
+    ". ",
+    "-",
+    " - ",
+    ".",
+    ",",
+    "\n",
+    "? ",
+    "...",
+    "(",
+    ")",
+    "+",
+    "",
 ]
 
 
@@ -655,12 +771,13 @@ def check_outside_unchanged(text: str, spans: list[RedactionSpan], out: str) -> 
     pattern = []
     pos = 0
     for s in spans:
-        pattern.append(re.escape(text[pos:s.start]))
-        covered = text[s.start:s.end]
+        pattern.append(re.escape(text[pos : s.start]))
+        covered = text[s.start : s.end]
         if s.kind == "email":
-            pattern.append("#{%d}" % len(covered))
+            pattern.append(f"#{{{len(covered)}}}")
         elif not re.search(r"[^\W\d_]", covered):
-            pattern.append("#{%d}" % len(re.findall(r"\d", covered)))
+            digits = len(re.findall(r"\d", covered))
+            pattern.append(f"#{{{digits}}}")
         else:
             pattern.append("#+")
         pos = s.end
@@ -681,10 +798,39 @@ def test_property_redact_invariants(text):
 
 
 PLAIN_VOCAB = [
-    "my", "pin", "number", "is", "card", "account", "code", "security", "cvv",
-    "social", "the", "please", "I", "have", "kids", "days", "dot", "com",
-    "john", "example", "plus", "someone", "phone", "tonight", "often",
-    "moment", "first", "second", "one's", "Ted", "tone", "bone", "fort",
+    "my",
+    "pin",
+    "number",
+    "is",
+    "card",
+    "account",
+    "code",
+    "security",
+    "cvv",
+    "social",
+    "the",
+    "please",
+    "I",
+    "have",
+    "kids",
+    "days",
+    "dot",
+    "com",
+    "john",
+    "example",
+    "plus",
+    "someone",
+    "phone",
+    "tonight",
+    "often",
+    "moment",
+    "first",
+    "second",
+    "one's",
+    "Ted",
+    "tone",
+    "bone",
+    "fort",
 ]
 
 
@@ -692,7 +838,7 @@ PLAIN_VOCAB = [
 def plain_text(draw) -> str:
     words = draw(st.lists(st.sampled_from(PLAIN_VOCAB), max_size=25))
     seps = [draw(st.sampled_from(SEPARATORS)) for _ in words]
-    return "".join(w + sep for w, sep in zip(words, seps))
+    return "".join(w + sep for w, sep in zip(words, seps, strict=True))
 
 
 @settings(max_examples=300)
@@ -719,7 +865,7 @@ def test_property_no_number_content_means_no_change(text):
     st.lists(st.sampled_from([" ", ", ", ". ", "-", "? "]), min_size=20, max_size=20),
 )
 def test_property_ambiguous_words_alone_never_redacted(words, seps):
-    text = "".join(w + s for w, s in zip(words, seps))
+    text = "".join(w + s for w, s in zip(words, seps, strict=False))  # as many as the words
     # three one/oh/o in a row is a deliberate digit run ("one one one")
     assume(not re.search(r"(?i)\b(one|oh|o)\W+(one|oh|o)\W+(one|oh|o)\b", text))
     assert find_sensitive_spans(text) == []
@@ -739,7 +885,7 @@ def test_property_numerals_one_mask_per_digit(groups, sep):
     if digits >= 4:
         assert out == f"it is {'#' * digits} thanks"
         (span,) = find_sensitive_spans(text)
-        assert text[span.start:span.end] == number
+        assert text[span.start : span.end] == number
     else:
         assert out == text
 

@@ -37,7 +37,9 @@ class TestSecretsManagerSecrets(SecretsContract):
 
 
 def test_stack_created_secrets_are_read_by_arn(secretsmanager) -> None:  # type: ignore[no-untyped-def]
-    arn = secretsmanager.create_secret(Name="CallScribeTokenKey-abc", SecretString="from-cdk")["ARN"]
+    arn = secretsmanager.create_secret(Name="CallScribeTokenKey-abc", SecretString="from-cdk")[
+        "ARN"
+    ]
     secrets = SecretsManagerSecrets({TOKEN_SIGNING_KEY: arn}, client=secretsmanager)
     assert secrets.get(TOKEN_SIGNING_KEY) == "from-cdk"
     assert secrets.get_or_create(TOKEN_SIGNING_KEY, lambda: "never used") == "from-cdk"

@@ -432,9 +432,21 @@ async def test_out_of_descriptors_the_server_recovers_and_logs_little(tmp_path: 
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "callscribe", "serve", "--port", str(port),
-             "--data-dir", str(tmp_path / "data"), "--sip-port", "0"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "callscribe",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--sip-port",
+                "0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     base_url = f"http://127.0.0.1:{port}"
     attack: list[asyncio.StreamWriter] = []

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from callscribe.config import SiprecSettings
-from callscribe.testing.simulate import WebhookReceiver
 from callscribe.siprec.gateway import SiprecGateway
 from callscribe.siprec.rtp import RtpPacket, build_rtp
+from callscribe.testing.simulate import WebhookReceiver
 from tests.conftest import RunningServer
 from tests.siprec_support import (
     OfferedStream,
@@ -237,9 +237,9 @@ def options(call_id: str, via_host: str) -> bytes:
     )
 
 
-async def connect(target: tuple[str, int], host: str = "127.0.0.1") -> tuple[
-    asyncio.StreamReader, asyncio.StreamWriter
-]:
+async def connect(
+    target: tuple[str, int], host: str = "127.0.0.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(*target, local_addr=(host, 0))
 
 
@@ -250,16 +250,14 @@ async def closed_by_server(reader: asyncio.StreamReader, within_s: float) -> boo
         while (remaining := deadline - time.monotonic()) > 0:
             if not await asyncio.wait_for(reader.read(65536), remaining):
                 return True
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True
     return False
 
 
-async def answers_options(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> bool:
+async def answers_options(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
     host, port = writer.get_extra_info("sockname")[:2]
     writer.write(options(f"ping-{uuid.uuid4().hex[:8]}", f"{host}:{port}"))
     await writer.drain()
@@ -381,7 +379,11 @@ async def test_connection_carrying_a_live_session_outlives_the_idle_deadline(
     _, target = await recorder(server_factory, receiver, tcp_idle_timeout_s=0.5)
     ucid = "00FA080009000165A1B2C4"
     sipp = await start_sipp(
-        "siprec_call", target, tmp_path, transport="t1", pause_ms=2500,
+        "siprec_call",
+        target,
+        tmp_path,
+        transport="t1",
+        pause_ms=2500,
         injection=[[ucid, "0", "PCMU", "sip:+15550001@pstn", "sip:4002@pbx", "40000", "40002"]],
     )
     assert await sipp.finish() == 0, sipp.stderr.decode(errors="replace")[-2000:]

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 
 from callscribe.auth import create_api_key
-from callscribe.testing.simulate import load_sample_call, running_receiver, running_server
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.store.sqlite import SqliteStore
+from callscribe.testing.simulate import load_sample_call, running_receiver, running_server
 from tests.siprec_support import (
     FRAME_MS,
     RtpPlayback,
@@ -46,7 +46,10 @@ async def test_sigterm_completes_siprec_calls_without_bye(tmp_path: Path) -> Non
             api = SiprecApi(server.base_url, issued.api_id, issued.api_secret)
             sources = bind_rtp_sockets(["1", "2"])
             sipp = await start_sipp(
-                "siprec_call", ("127.0.0.1", sip_port), tmp_path / "sipp", pause_ms=120_000,
+                "siprec_call",
+                ("127.0.0.1", sip_port),
+                tmp_path / "sipp",
+                pause_ms=120_000,
                 injection=[
                     [uui, "8", "PCMA", "sip:+15550001@pstn", "sip:4002@pbx", *source_ports(sources)]
                 ],
@@ -58,9 +61,14 @@ async def test_sigterm_completes_siprec_calls_without_bye(tmp_path: Path) -> Non
                 first = (line.start_ms - 300) // FRAME_MS
                 last = (line.start_ms + (line.end_ms - line.start_ms) * 2 // 3) // FRAME_MS
                 playback = RtpPlayback(
-                    {"1": ("127.0.0.1", int(answered.group(1))),
-                     "2": ("127.0.0.1", int(answered.group(2)))},
-                    payloads, 8, sources=sources, speed=2.0,
+                    {
+                        "1": ("127.0.0.1", int(answered.group(1))),
+                        "2": ("127.0.0.1", int(answered.group(2))),
+                    },
+                    payloads,
+                    8,
+                    sources=sources,
+                    speed=2.0,
                 )
                 await playback.play(first_frame=first, last_frame=last)
                 await asyncio.sleep(0.5)

@@ -20,10 +20,10 @@ import pytest
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.config import SiprecSettings
 from callscribe.redaction import redact
-from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.siprec.rtp import RtpPacket, build_rtp
 from callscribe.store.base import CallKey
+from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
 from tests.conftest import RunningServer
 from tests.siprec_support import (
     FRAME_MS,
@@ -140,7 +140,11 @@ async def test_siprec_call_transcribed_end_to_end(
         nonlocal next_control
         while next_control < len(controls) and controls[next_control].at_ms <= frame * FRAME_MS:
             previous = pending[-1] if pending else None
-            pending.append(asyncio.get_running_loop().create_task(control(controls[next_control].action, previous)))
+            pending.append(
+                asyncio.get_running_loop().create_task(
+                    control(controls[next_control].action, previous)
+                )
+            )
             next_control += 1
 
     await playback.play(on_frame=on_frame)
@@ -153,7 +157,12 @@ async def test_siprec_call_transcribed_end_to_end(
     assert any(line.startswith(f"bye-answered {uui}") for line in sipp.logged())
     await wait_for_quiet(receiver)
 
-    assert [(a, s) for a, s, _ in responses] == [("start", 200), ("stop", 200), ("start", 200), ("stop", 200)], responses
+    assert [(a, s) for a, s, _ in responses] == [
+        ("start", 200),
+        ("stop", 200),
+        ("start", 200),
+        ("stop", 200),
+    ], responses
     messages = [m.body for m in receiver.messages]
     assert len(messages) >= 8
     windows = transcribed_windows(sample_call)
@@ -180,13 +189,17 @@ async def test_siprec_call_transcribed_end_to_end(
         errors[role] = jiwer.wer(normalise(reference), normalise(hypothesis))
         assert errors[role] <= 0.35, (codec, role, errors[role], reference, hypothesis)
         expected_id = sample_call.customer_id if role == "customer" else sample_call.agent_id
-        assert {b["sender"]["externalId"] for b in messages if b["sender"]["role"] == role} == {expected_id}
+        assert {b["sender"]["externalId"] for b in messages if b["sender"]["role"] == role} == {
+            expected_id
+        }
     overall = jiwer.wer(" ".join(references), " ".join(hypotheses))
     assert overall <= 0.25, (codec, overall, hypotheses)
     rtp = siprec_server.runtime.siprec.snapshot()["rtp"]
-    print(f"\nSIPREC {codec}: WER {overall:.3f} (customer {errors['customer']:.3f}, agent "
-          f"{errors['agent']:.3f}), "
-          f"{len(messages)} messages, RTP {rtp}")
+    print(
+        f"\nSIPREC {codec}: WER {overall:.3f} (customer {errors['customer']:.3f}, agent "
+        f"{errors['agent']:.3f}), "
+        f"{len(messages)} messages, RTP {rtp}"
+    )
 
     # The final stop's summary counts the audio received up to it (16-bit PCM at 8 kHz).
     final_stop = controls[-1]
@@ -209,8 +222,12 @@ async def test_siprec_call_transcribed_end_to_end(
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
-async def test_options_ping_answered(siprec_server: RunningServer, tmp_path: Path, transport: str) -> None:
-    sipp = await start_sipp("siprec_options", sip_target(siprec_server), tmp_path, transport=transport, calls=3)
+async def test_options_ping_answered(
+    siprec_server: RunningServer, tmp_path: Path, transport: str
+) -> None:
+    sipp = await start_sipp(
+        "siprec_options", sip_target(siprec_server), tmp_path, transport=transport, calls=3
+    )
     assert await sipp.finish() == 0, sipp.stderr.decode(errors="replace")[-2000:]
     answers = [line for line in sipp.logged() if line.startswith("options-answered")]
     assert len(answers) == 3
@@ -227,7 +244,9 @@ async def test_cancel_before_answer(siprec_server: RunningServer, tmp_path: Path
     blocker = sqlite3.connect(store_path, timeout=30, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        sipp = await start_sipp("siprec_cancel", sip_target(siprec_server), tmp_path, injection=[[uui]])
+        sipp = await start_sipp(
+            "siprec_cancel", sip_target(siprec_server), tmp_path, injection=[[uui]]
+        )
         assert await sipp.finish() == 0, sipp.stderr.decode(errors="replace")[-2000:]
     finally:
         blocker.execute("ROLLBACK")
@@ -251,8 +270,16 @@ async def test_cancel_before_answer(siprec_server: RunningServer, tmp_path: Path
 @pytest.mark.parametrize(
     ("bad_header", "metadata", "reason"),
     [
-        ("This-Line-Has-No-Colon", '<recording xmlns="urn:ietf:params:xml:ns:recording:1"/>', "malformed header line"),
-        ("X-Fine: yes", '<recording xmlns="urn:ietf:params:xml:ns:recording:1"><datamode>', "bad recording metadata"),
+        (
+            "This-Line-Has-No-Colon",
+            '<recording xmlns="urn:ietf:params:xml:ns:recording:1"/>',
+            "malformed header line",
+        ),
+        (
+            "X-Fine: yes",
+            '<recording xmlns="urn:ietf:params:xml:ns:recording:1"><datamode>',
+            "bad recording metadata",
+        ),
     ],
 )
 async def test_malformed_invite_gets_400(
@@ -307,14 +334,20 @@ async def test_start_stop_during_bye_get_409_203(
     }
     sources = bind_rtp_sockets(["1", "2"])
     sipp = await start_sipp(
-        "siprec_call", sip_target(server), tmp_path, pause_ms=int((last - first) * FRAME_MS / SPEED + 1500),
+        "siprec_call",
+        sip_target(server),
+        tmp_path,
+        pause_ms=int((last - first) * FRAME_MS / SPEED + 1500),
         injection=[[uui, "0", "PCMU", CUSTOMER_AOR, AGENT_AOR, *source_ports(sources)]],
     )
     answered = await sipp.wait_logged(rf"answered {uui} (\d+) (\d+)")
     assert (await api.start(guid, "C9", "A9")).status_code == 200
     playback = RtpPlayback(
         {"1": ("127.0.0.1", int(answered.group(1))), "2": ("127.0.0.1", int(answered.group(2)))},
-        payloads, 0, sources=sources, speed=SPEED,
+        payloads,
+        0,
+        sources=sources,
+        speed=SPEED,
     )
     await playback.play(first_frame=first, last_frame=last)
     # The agent's line ended: its utterance waits at the gate. Then the SBC hangs up.
@@ -339,7 +372,9 @@ async def test_start_stop_during_bye_get_409_203(
     await api.close()
 
 
-def _udp_exchange(target: tuple[str, int], data: bytes, wait_s: float, count: int = 1) -> bytes | None:
+def _udp_exchange(
+    target: tuple[str, int], data: bytes, wait_s: float, count: int = 1
+) -> bytes | None:
     """Send one datagram; the answers (up to ``count``, joined), or None if none came."""
     answers = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -386,18 +421,35 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
     }
     sources = [bind_rtp_sockets(["1", "2"]) for _ in range(10)]
     rows = [
-        [ucid_hex(7, n, 1700000100), "0", "PCMU", CUSTOMER_AOR, AGENT_AOR,
-         *source_ports(sources[n])]
+        [
+            ucid_hex(7, n, 1700000100),
+            "0",
+            "PCMU",
+            CUSTOMER_AOR,
+            AGENT_AOR,
+            *source_ports(sources[n]),
+        ]
         for n in range(10)
     ]
     guids = [ucid_from_user_to_user(row[0]) for row in rows]
     udp_run = await start_sipp(
-        "siprec_call", target, tmp_path / "udp", calls=8, rate=50, injection=rows[:8],
+        "siprec_call",
+        target,
+        tmp_path / "udp",
+        calls=8,
+        rate=50,
+        injection=rows[:8],
         pause_ms=int(play_ms + 6000),
     )
     tcp_run = await start_sipp(
-        "siprec_call", target, tmp_path / "tcp", transport="t1", calls=2, rate=50,
-        injection=rows[8:], pause_ms=int(play_ms + 6000),
+        "siprec_call",
+        target,
+        tmp_path / "tcp",
+        transport="t1",
+        calls=2,
+        rate=50,
+        injection=rows[8:],
+        pause_ms=int(play_ms + 6000),
     )
     ports: dict[str, dict[str, int]] = {}
     for run, indices in ((udp_run, range(8)), (tcp_run, range(8, 10))):
@@ -411,9 +463,10 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
     async def junk_rtp(port: int, source: socket.socket) -> None:
         """Junk from the stream's own source (counted as malformed or RTCP), and an RTP
         stream from a source the offer did not name (dropped and counted, never played)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, socket.socket(
-            socket.AF_INET, socket.SOCK_DGRAM
-        ) as intruder:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder,
+        ):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(source.getsockname())
             for n in range(40):
@@ -424,23 +477,32 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
                 intruder.sendto(build_rtp(injected), ("127.0.0.1", port))
                 await asyncio.sleep(0.01)
 
-    bad_invite = avaya_invite(call_id="bad-1@192.0.2.99").replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE")
+    bad_invite = avaya_invite(call_id="bad-1@192.0.2.99").replace(
+        b"CSeq: 1 INVITE", b"CSeq: one INVITE"
+    )
     opus_only = with_length(
         avaya_invite(call_id="opus@192.0.2.99", ucid_hex=ucid_hex(9, 9, 1700000999))
-        .replace(b"RTP/AVP 0 101", b"RTP/AVP 96").replace(b"a=rtpmap:0 PCMU/8000", b"a=rtpmap:96 opus/48000/2")
+        .replace(b"RTP/AVP 0 101", b"RTP/AVP 96")
+        .replace(b"a=rtpmap:0 PCMU/8000", b"a=rtpmap:96 opus/48000/2")
     )
     duplicate = avaya_invite(call_id="dup@192.0.2.99", ucid_hex=rows[0][0])
     playbacks = [
         RtpPlayback(
             {label: ("127.0.0.1", port) for label, port in ports[guid].items()},
-            payloads, 0, sources=sources[n], speed=speed,
+            payloads,
+            0,
+            sources=sources[n],
+            speed=speed,
         )
         for n, guid in enumerate(guids)
     ]
     results = await asyncio.gather(
         *(p.play(first_frame=first, last_frame=last) for p in playbacks),
         junk_rtp(ports[guids[1]]["1"], sources[1]["1"]),
-        *(asyncio.to_thread(_udp_exchange, target, bytes([n]) * (n * 7 + 1), 0.2) for n in range(30)),
+        *(
+            asyncio.to_thread(_udp_exchange, target, bytes([n]) * (n * 7 + 1), 0.2)
+            for n in range(30)
+        ),
         asyncio.to_thread(_udp_exchange, target, bad_invite, 10),
         asyncio.to_thread(_udp_exchange, target, opus_only, 10),
         asyncio.to_thread(_udp_exchange, target, duplicate, 10, 2),
@@ -450,9 +512,13 @@ async def test_many_concurrent_calls_and_bad_peers_do_not_disturb_them(
     bad, opus, dup, tcp_closed = results[len(playbacks) + 31 :]
     assert garbage_answers == [None] * 30  # too broken to answer: dropped
     assert bad is not None and bad.startswith(b"SIP/2.0 400 malformed CSeq header")
-    assert opus is not None and b"SIP/2.0 100 Trying" not in opus and opus.startswith(b"SIP/2.0 488")
+    assert (
+        opus is not None and b"SIP/2.0 100 Trying" not in opus and opus.startswith(b"SIP/2.0 488")
+    )
     assert dup is not None and dup.startswith(b"SIP/2.0 100 Trying")
-    assert b"SIP/2.0 486 Busy Here: call " + guids[0].encode() + b" is already being recorded" in dup
+    assert (
+        b"SIP/2.0 486 Busy Here: call " + guids[0].encode() + b" is already being recorded" in dup
+    )
     assert tcp_closed == b""
 
     stops = {guid: await api.stop(guid) for guid in transcribed}

@@ -110,12 +110,16 @@ def test_ribbon_invite_folded_content_type_and_pcma() -> None:
             True,
         ),
         (
-            sip_request("OPTIONS", [*dialog_headers("OPTIONS", call_id="c1")[:-1], ("CSeq", "x OPTIONS")]),
+            sip_request(
+                "OPTIONS", [*dialog_headers("OPTIONS", call_id="c1")[:-1], ("CSeq", "x OPTIONS")]
+            ),
             "malformed CSeq header",
             True,
         ),
         (
-            sip_request("OPTIONS", [*dialog_headers("OPTIONS", call_id="c1")[:-1], ("CSeq", "1 INVITE")]),
+            sip_request(
+                "OPTIONS", [*dialog_headers("OPTIONS", call_id="c1")[:-1], ("CSeq", "1 INVITE")]
+            ),
             "CSeq method INVITE does not match OPTIONS",
             True,
         ),
@@ -208,7 +212,12 @@ def test_sdp_answer_is_recvonly_with_chosen_codec_and_our_ports() -> None:
     assert [accepts(m) for m in offer.media] == [True, True, False, False]
     answer = build_answer(
         offer,
-        [StreamAnswer(20000, 18, G729), StreamAnswer(20002, 8, PCMA), StreamAnswer(0), StreamAnswer(0)],
+        [
+            StreamAnswer(20000, 18, G729),
+            StreamAnswer(20002, 8, PCMA),
+            StreamAnswer(0),
+            StreamAnswer(0),
+        ],
         address="192.0.2.50",
         session_id="7",
         version=1,
@@ -228,7 +237,9 @@ def test_sdp_inactive_offer_is_answered_inactive() -> None:
         b"v=0\no=- 1 2 IN IP4 h\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\na=inactive\n"
         b"m=audio 4000 RTP/AVP 0\na=label:1\n"
     )
-    answer = build_answer(offer, [StreamAnswer(20000, 0, PCMU)], address="h", session_id="1", version=2)
+    answer = build_answer(
+        offer, [StreamAnswer(20000, 0, PCMU)], address="h", session_id="1", version=2
+    )
     assert b"a=inactive" in answer
 
 
@@ -388,12 +399,18 @@ def test_roles_by_metadata_pattern_then_label_then_order() -> None:
     offer = parse_body(ribbon.headers["Content-Type"], ribbon.body)
     labels = ["10", "11"]
     # Ribbon lists the agent first: SDP order alone would get it wrong…
-    assert assign_roles(RoleRules(), labels, offer.metadata) == {"10": Role.CUSTOMER, "11": Role.AGENT}
+    assert assign_roles(RoleRules(), labels, offer.metadata) == {
+        "10": Role.CUSTOMER,
+        "11": Role.AGENT,
+    }
     # …a pattern on the agent's AOR decides both streams.
     by_agent = RoleRules.from_settings(r"@cc\.example\.com$", None, "", "customer")
     assert assign_roles(by_agent, labels, offer.metadata) == {"10": Role.AGENT, "11": Role.CUSTOMER}
     by_customer = RoleRules.from_settings(None, r"^tel:\+", "", "customer")
-    assert assign_roles(by_customer, labels, offer.metadata) == {"10": Role.AGENT, "11": Role.CUSTOMER}
+    assert assign_roles(by_customer, labels, offer.metadata) == {
+        "10": Role.AGENT,
+        "11": Role.CUSTOMER,
+    }
     by_label = RoleRules.from_settings(None, None, "10=agent,11=customer", "customer")
     assert assign_roles(by_label, labels, None) == {"10": Role.AGENT, "11": Role.CUSTOMER}
     agent_first = RoleRules.from_settings(None, None, "", "agent")

@@ -102,7 +102,10 @@ def answer(
     assert ok.code == 200
     to_tag = ok.to_address.parameters["tag"]
     ack = dialog_headers(
-        "ACK", call_id=ok.call_id, cseq=ok.cseq.sequence, to_tag=to_tag,
+        "ACK",
+        call_id=ok.call_id,
+        cseq=ok.cseq.sequence,
+        to_tag=to_tag,
         from_tag=ok.from_address.parameters["tag"],
         via_host=f"{peer.address[0]}:{peer.address[1]}",
     )
@@ -114,8 +117,12 @@ def in_dialog(
     method: str, ok: Response, cseq: int, body: str = "", branch: str | None = None
 ) -> bytes:
     headers = dialog_headers(
-        method, call_id=ok.call_id, cseq=cseq, to_tag=ok.to_address.parameters["tag"],
-        from_tag=ok.from_address.parameters["tag"], branch=branch,
+        method,
+        call_id=ok.call_id,
+        cseq=cseq,
+        to_tag=ok.to_address.parameters["tag"],
+        from_tag=ok.from_address.parameters["tag"],
+        branch=branch,
     )
     if body:
         headers.append(("Content-Type", "application/sdp"))
@@ -198,18 +205,25 @@ def test_call_already_recorded_is_refused_486_here_or_elsewhere_in_the_process()
 def test_one_source_holds_at_most_its_share_of_sessions_503_with_retry_after() -> None:
     recorder = make_recorder(max_sessions_per_source=2)
     for n in range(2):
-        offer(recorder, plain_invite(
-            f"c{n}", numbered_streams(2), media_address="192.0.2.10", via_host="192.0.2.10:5060"
-        ))
+        offer(
+            recorder,
+            plain_invite(
+                f"c{n}", numbered_streams(2), media_address="192.0.2.10", via_host="192.0.2.10:5060"
+            ),
+        )
     third = plain_invite(
         "c2", numbered_streams(2), media_address="192.0.2.10", via_host="192.0.2.10:5060"
     )
     refused = final(recorder.receive(third, SBC, 0.1))
     assert refused.code == 503 and int(refused.headers["Retry-After"]) > 0
     other = Peer("UDP", ("192.0.2.11", 5060))
-    offer(recorder, plain_invite(
-        "c3", numbered_streams(2), media_address="192.0.2.11", via_host="192.0.2.11:5060"
-    ), peer=other)
+    offer(
+        recorder,
+        plain_invite(
+            "c3", numbered_streams(2), media_address="192.0.2.11", via_host="192.0.2.11:5060"
+        ),
+        peer=other,
+    )
 
 
 def test_no_free_rtp_port_is_503_and_ports_come_back_when_a_session_closes() -> None:
@@ -312,9 +326,7 @@ def test_cancel_during_set_up_ends_the_session_and_the_finished_set_up_only_clos
 def test_reinvite_adding_a_stream_opens_its_port_then_answers_with_all_streams() -> None:
     recorder = make_recorder()
     opening, ok = answer(recorder)
-    streams = [
-        OfferedStream("1", 35000), OfferedStream("2", 35002), OfferedStream("3", 35004)
-    ]
+    streams = [OfferedStream("1", 35000), OfferedStream("2", 35002), OfferedStream("3", 35004)]
     actions = recorder.receive(in_dialog("INVITE", ok, 2, sdp_offer(streams)), SBC, 1.0)
     assert codes(actions) == [100]
     assert of_type(actions, OpenStreams) == [OpenStreams(opening.session_id, ("3",))]
@@ -343,7 +355,10 @@ def test_reinvite_putting_streams_on_hold_is_answered_at_once_and_stops_the_medi
     assert updated.directions == {"1": "inactive", "2": "inactive"}
     assert codes(actions) == [100, 200] and "a=inactive" in final(actions).body.decode()
     ack = dialog_headers(
-        "ACK", call_id=ok.call_id, cseq=2, to_tag=ok.to_address.parameters["tag"],
+        "ACK",
+        call_id=ok.call_id,
+        cseq=2,
+        to_tag=ok.to_address.parameters["tag"],
         from_tag=ok.from_address.parameters["tag"],
     )
     assert recorder.receive(sip_request("ACK", ack), SBC, 1.1) == []
@@ -396,9 +411,7 @@ def test_update_with_metadata_changes_the_roles() -> None:
     assert opening.roles == {"1": Role.CUSTOMER, "2": Role.AGENT}
     swapped = sip_request(
         "UPDATE",
-        dialog_headers(
-            "UPDATE", call_id=ok.call_id, cseq=2, to_tag=ok.to_address.parameters["tag"]
-        )
+        dialog_headers("UPDATE", call_id=ok.call_id, cseq=2, to_tag=ok.to_address.parameters["tag"])
         + [("Content-Type", "application/rs-metadata+xml")],
         '<?xml version="1.0"?><recording xmlns="urn:ietf:params:xml:ns:recording:1">'
         '<participant participant_id="p9"><nameID aor="sip:4001@cm.example.com"/></participant>'
@@ -431,7 +444,10 @@ def test_tcp_connections_of_live_sessions_are_in_use() -> None:
     recorder = make_recorder()
     tcp = Peer("TCP", ("192.0.2.10", 40001), connection=7)
     invite = plain_invite(
-        "tcp-1", numbered_streams(2), media_address="192.0.2.10", via_host="192.0.2.10:5060",
+        "tcp-1",
+        numbered_streams(2),
+        media_address="192.0.2.10",
+        via_host="192.0.2.10:5060",
         transport="TCP",
     )
     _, ok = answer(recorder, invite, peer=tcp)

@@ -23,10 +23,23 @@ from callscribe.siprec.sdp import G729, PCMA, PCMU
 from tests.siprec_support import G729Encoder, pcm16_to_alaw
 
 
-def packet(seq: int, *, ts: int | None = None, ssrc: int = 0x1234, pt: int = 0, payload: bytes | None = None) -> bytes:
+def packet(
+    seq: int,
+    *,
+    ts: int | None = None,
+    ssrc: int = 0x1234,
+    pt: int = 0,
+    payload: bytes | None = None,
+) -> bytes:
     return build_rtp(
-        RtpPacket(pt, False, seq & 0xFFFF, (ts if ts is not None else seq * 160) & 0xFFFFFFFF, ssrc,
-                  payload if payload is not None else bytes([seq & 0xFF]) * 160)
+        RtpPacket(
+            pt,
+            False,
+            seq & 0xFFFF,
+            (ts if ts is not None else seq * 160) & 0xFFFFFFFF,
+            ssrc,
+            payload if payload is not None else bytes([seq & 0xFF]) * 160,
+        )
     )
 
 
@@ -40,7 +53,13 @@ def test_parse_rtp_with_csrcs_extension_and_padding() -> None:
     extension = struct.pack("!HH", 0xBEDE, 1) + b"\x00" * 4
     data = header + csrcs + extension + b"\xd5" * 160 + b"\x00\x00\x03"
     parsed = parse_rtp(data)
-    assert (parsed.payload_type, parsed.marker, parsed.sequence, parsed.timestamp, parsed.ssrc) == (8, True, 7, 1600, 99)
+    assert (parsed.payload_type, parsed.marker, parsed.sequence, parsed.timestamp, parsed.ssrc) == (
+        8,
+        True,
+        7,
+        1600,
+        99,
+    )
     assert parsed.payload == b"\xd5" * 160
     for broken in (b"\x80", b"\x40" + b"\x00" * 20, header[:1] + b"\x00" * 11 + b"\x00\x00\xff"):
         with pytest.raises(RtpParseError):
@@ -114,7 +133,12 @@ def test_rtcp_garbage_and_other_payloads_are_counted_not_played() -> None:
     assert rx.receive(sender_report, now=0.0) == []
     assert rx.receive(b"\xde\xad\xbe\xef", now=0.0) == []
     assert rx.receive(packet(1, pt=101, payload=b"\x01\x0a\x00\xa0"), now=0.0) == []  # DTMF event
-    assert (rx.stats.rtcp, rx.stats.malformed, rx.stats.other_payload, rx.stats.packets) == (1, 1, 1, 0)
+    assert (rx.stats.rtcp, rx.stats.malformed, rx.stats.other_payload, rx.stats.packets) == (
+        1,
+        1,
+        1,
+        0,
+    )
 
 
 def test_late_stream_starts_at_its_wall_clock_offset() -> None:

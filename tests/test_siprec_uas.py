@@ -20,7 +20,7 @@ from callscribe.siprec.uas import (
     RequestRejected,
     Send,
 )
-from tests.siprec_support import avaya_invite, dialog_headers, sdp_offer, OfferedStream, sip_request
+from tests.siprec_support import OfferedStream, avaya_invite, dialog_headers, sdp_offer, sip_request
 
 SBC = Peer("UDP", ("192.0.2.10", 5060))
 SBC_TCP = Peer("TCP", ("192.0.2.10", 40001), connection=7)
@@ -45,7 +45,9 @@ def of_type(outputs: list[object], kind: type) -> list[object]:
     return [o for o in outputs if isinstance(o, kind)]
 
 
-def offer_and_answer(uas: RecordingServerUas, now: float = 0.0, peer: Peer = SBC) -> tuple[RecordingOffered, Response]:
+def offer_and_answer(
+    uas: RecordingServerUas, now: float = 0.0, peer: Peer = SBC
+) -> tuple[RecordingOffered, Response]:
     outputs = uas.receive(avaya_invite(branch="z9hG4bKinvite1"), peer, now)
     assert codes(outputs) == [100]
     (offered,) = of_type(outputs, RecordingOffered)
@@ -63,8 +65,12 @@ def ack_for(ok: Response, cseq: int = 1) -> bytes:
     )
 
 
-def in_dialog(method: str, ok: Response, cseq: int, body: str = "", content_type: str | None = None) -> bytes:
-    headers = dialog_headers(method, call_id=ok.call_id, cseq=cseq, to_tag=ok.to_address.parameters["tag"])
+def in_dialog(
+    method: str, ok: Response, cseq: int, body: str = "", content_type: str | None = None
+) -> bytes:
+    headers = dialog_headers(
+        method, call_id=ok.call_id, cseq=cseq, to_tag=ok.to_address.parameters["tag"]
+    )
     if content_type:
         headers.append(("Content-Type", content_type))
     return sip_request(method, headers, body)
@@ -114,7 +120,9 @@ def test_cancel_before_answer_gives_487_and_ends_the_session() -> None:
     uas = make_uas()
     outputs = uas.receive(avaya_invite(branch="z9hG4bKinv2"), SBC, 0.0)
     (offered,) = of_type(outputs, RecordingOffered)
-    cancel = sip_request("CANCEL", dialog_headers("CANCEL", call_id="avaya-1@192.0.2.10", branch="z9hG4bKinv2"))
+    cancel = sip_request(
+        "CANCEL", dialog_headers("CANCEL", call_id="avaya-1@192.0.2.10", branch="z9hG4bKinv2")
+    )
     outputs = uas.receive(cancel, SBC, 0.1)
     responses = sent(outputs)
     assert [(r.code, r.cseq.method) for r in responses] == [(200, "CANCEL"), (487, "INVITE")]
@@ -123,7 +131,10 @@ def test_cancel_before_answer_gives_487_and_ends_the_session() -> None:
     assert uas.accept(offered.offer_id, ANSWER, 0.2, contact=CONTACT) == []
     # The 487 is retransmitted until its ACK (same branch as the INVITE), then absorbed.
     assert codes(uas.tick(0.1 + T1 + 0.01)) == [487]
-    ack = sip_request("ACK", dialog_headers("ACK", call_id="avaya-1@192.0.2.10", branch="z9hG4bKinv2", to_tag="tag0"))
+    ack = sip_request(
+        "ACK",
+        dialog_headers("ACK", call_id="avaya-1@192.0.2.10", branch="z9hG4bKinv2", to_tag="tag0"),
+    )
     assert uas.receive(ack, SBC, 1.0) == []
     assert codes(uas.tick(3.0)) == []
     # A CANCEL for an INVITE nobody knows.
@@ -134,7 +145,9 @@ def test_cancel_before_answer_gives_487_and_ends_the_session() -> None:
 def test_cancel_after_answer_has_no_effect() -> None:
     uas = make_uas()
     _, ok = offer_and_answer(uas)
-    cancel = sip_request("CANCEL", dialog_headers("CANCEL", call_id=ok.call_id, branch="z9hG4bKinvite1"))
+    cancel = sip_request(
+        "CANCEL", dialog_headers("CANCEL", call_id=ok.call_id, branch="z9hG4bKinvite1")
+    )
     outputs = uas.receive(cancel, SBC, 0.2)
     assert codes(outputs) == [200]
     assert of_type(outputs, RecordingEnded) == []
@@ -159,7 +172,12 @@ def test_reinvite_for_hold_and_update_refresh() -> None:
     uas = make_uas()
     offered, ok = offer_and_answer(uas)
     uas.receive(ack_for(ok), SBC, 0.1)
-    hold = sdp_offer([OfferedStream("1", 35000, direction="inactive"), OfferedStream("2", 35002, direction="inactive")])
+    hold = sdp_offer(
+        [
+            OfferedStream("1", 35000, direction="inactive"),
+            OfferedStream("2", 35002, direction="inactive"),
+        ]
+    )
     outputs = uas.receive(in_dialog("INVITE", ok, 3, hold, "application/sdp"), SBC, 1.0)
     assert codes(outputs) == [100]
     (changed,) = of_type(outputs, RecordingChanged)
@@ -177,7 +195,9 @@ def test_reinvite_for_hold_and_update_refresh() -> None:
     assert codes(outputs) == [200] and of_type(outputs, RecordingChanged) == []
     # UPDATE with new metadata only: the server is asked, and answers without SDP.
     metadata = '<recording xmlns="urn:ietf:params:xml:ns:recording:1"><datamode>partial</datamode></recording>'
-    outputs = uas.receive(in_dialog("UPDATE", ok, 6, metadata, "application/rs-metadata+xml"), SBC, 2.5)
+    outputs = uas.receive(
+        in_dialog("UPDATE", ok, 6, metadata, "application/rs-metadata+xml"), SBC, 2.5
+    )
     (changed,) = of_type(outputs, RecordingChanged)
     assert changed.offer.sdp is None and changed.offer.metadata is not None
     (updated,) = sent(uas.accept(changed.offer_id, None, 2.6, contact=CONTACT))
@@ -218,11 +238,15 @@ def with_length(data: bytes) -> bytes:
         (b"CSeq: 1 INVITE", b"CSeq: banana", 400, "malformed CSeq header"),
     ],
 )
-def test_bad_invites_get_errors_with_reasons(old: bytes, new: bytes, status: int, reason: str) -> None:
+def test_bad_invites_get_errors_with_reasons(
+    old: bytes, new: bytes, status: int, reason: str
+) -> None:
     uas = make_uas()
     invite = avaya_invite()
     if new == b"opus/48000":  # no codec we decode: every format is dynamic opus
-        invite = invite.replace(b"RTP/AVP 0 101", b"RTP/AVP 96").replace(b"a=rtpmap:0 ", b"a=rtpmap:96 ")
+        invite = invite.replace(b"RTP/AVP 0 101", b"RTP/AVP 96").replace(
+            b"a=rtpmap:0 ", b"a=rtpmap:96 "
+        )
     outputs = uas.receive(with_length(invite.replace(old, new)), SBC, 0.0)
     assert codes(outputs) == [status]
     (rejected,) = of_type(outputs, RequestRejected)
@@ -251,7 +275,9 @@ def test_unanswerable_garbage_is_dropped_not_raised() -> None:
         outputs = uas.receive(data, SBC, 0.0)
         assert len(outputs) == 1 and isinstance(outputs[0], MessageDropped)
     # An ACK is never answered, however broken.
-    broken_ack = sip_request("ACK", dialog_headers("ACK", call_id="a")).replace(b"CSeq: 1 ACK", b"CSeq: x")
+    broken_ack = sip_request("ACK", dialog_headers("ACK", call_id="a")).replace(
+        b"CSeq: 1 ACK", b"CSeq: x"
+    )
     assert of_type(uas.receive(broken_ack, SBC, 0.0), Send) == []
     assert uas.stats.malformed == 4
 
@@ -266,5 +292,7 @@ def test_session_timer_expiry_ends_the_session() -> None:
     uas.receive(in_dialog("UPDATE", ok, 2), SBC, 60.0)
     assert of_type(uas.tick(100.0), RecordingEnded) == []
     outputs = uas.tick(151.0)
-    assert of_type(outputs, RecordingEnded) == [RecordingEnded(offered.session_id, "session expired")]
+    assert of_type(outputs, RecordingEnded) == [
+        RecordingEnded(offered.session_id, "session expired")
+    ]
     assert [m.method for m in sent(outputs) if isinstance(m, Request)] == ["BYE"]

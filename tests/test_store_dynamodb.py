@@ -43,14 +43,18 @@ def test_messages_carry_their_expiry_as_ttl(dynamodb: object) -> None:
     store = DynamoStore(TABLE, resource=dynamodb)
     key = CallKey("acme", "twilio", "CA1")
     store.put_message(make_message(key, 0, expires_at=T0 + 100.7))
-    item = boto3.resource("dynamodb").Table(TABLE).get_item(
-        Key={"pk": "MSG#acme#twilio#CA1", "sk": "0000000000"}
-    )["Item"]
+    item = (
+        boto3.resource("dynamodb")
+        .Table(TABLE)
+        .get_item(Key={"pk": "MSG#acme#twilio#CA1", "sk": "0000000000"})["Item"]
+    )
     assert int(item["ttl"]) == int(T0 + 100.7)
     store.set_message_expiry(key, T0 + 999)
-    item = boto3.resource("dynamodb").Table(TABLE).get_item(
-        Key={"pk": "MSG#acme#twilio#CA1", "sk": "0000000000"}
-    )["Item"]
+    item = (
+        boto3.resource("dynamodb")
+        .Table(TABLE)
+        .get_item(Key={"pk": "MSG#acme#twilio#CA1", "sk": "0000000000"})["Item"]
+    )
     assert int(item["ttl"]) == int(T0 + 999)
 
 

@@ -180,8 +180,11 @@ def test_store_files_are_owner_only_whatever_the_umask(db_path: Path) -> None:
     try:
         store = SqliteStore(db_path)
         store.put_api_key(ApiKey("cs-1", "acme", "sha256:h", T0))
-        files = [db_path, db_path.with_name(db_path.name + "-wal"),
-                 db_path.with_name(db_path.name + "-shm")]
+        files = [
+            db_path,
+            db_path.with_name(db_path.name + "-wal"),
+            db_path.with_name(db_path.name + "-shm"),
+        ]
         assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
         assert db_path.parent.stat().st_mode & 0o777 == 0o700
         assert db_path.parent.parent.stat().st_mode & 0o777 == 0o700

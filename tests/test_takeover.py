@@ -20,10 +20,10 @@ import pytest
 from moto import mock_aws
 
 from callscribe.aws.adapters.dynamodb_store import DynamoStore, create_table
-from callscribe.testing.simulate import running_receiver, running_server
 from callscribe.store.base import CallKey, CallRecord, CallStatus, StoredMessage
 from callscribe.store.sqlite import SqliteStore
 from callscribe.takeover import LocalInstance, complete_abandoned_calls
+from callscribe.testing.simulate import running_receiver, running_server
 from tests.serve_support import TwilioCall, agent_lines, api_client, wait_until
 
 DAY_S = 86_400
@@ -87,8 +87,14 @@ async def test_a_call_left_streaming_by_a_killed_server_is_completed_by_the_next
     )
 
 
-def add_call(store: Any, guid: str, owner: str, status: CallStatus = CallStatus.STREAMING,
-             updated_at: float | None = None, tenant: str = "acme") -> CallKey:
+def add_call(
+    store: Any,
+    guid: str,
+    owner: str,
+    status: CallStatus = CallStatus.STREAMING,
+    updated_at: float | None = None,
+    tenant: str = "acme",
+) -> CallKey:
     key = CallKey(tenant, "twilio", guid)
     at = time.time() - 600 if updated_at is None else updated_at
     store.create_call(CallRecord(key, status, owner, at, at))
@@ -99,11 +105,16 @@ def add_call(store: Any, guid: str, owner: str, status: CallStatus = CallStatus.
 def killed_instance(data_dir: Path) -> str:
     """The owner id of a local instance whose process was killed with SIGKILL."""
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from callscribe.takeover import "
-         "LocalInstance; print(LocalInstance(Path(sys.argv[1])).owner, flush=True); "
-         "time.sleep(600)", str(data_dir)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from callscribe.takeover import "
+            "LocalInstance; print(LocalInstance(Path(sys.argv[1])).owner, flush=True); "
+            "time.sleep(600)",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert child.stdout is not None
     owner = child.stdout.readline().strip()
@@ -132,11 +143,17 @@ def test_local_instances_sharing_a_data_dir_leave_each_other_s_calls(tmp_path: P
     completed = complete_abandoned_calls(store, starting.owner_is_gone, RETENTION_S, now)
 
     assert set(completed) == {dead_call, old_call, stopped_dead}
-    status = {k.guid: store.get_call(k).status for k in  # type: ignore[union-attr]
-              (live_call, dead_call, old_call, stopped_dead, aws_call)}
-    assert status == {"CA-live": CallStatus.STREAMING, "CA-dead": CallStatus.COMPLETED,
-                      "CA-old": CallStatus.COMPLETED, "CA-stopped": CallStatus.COMPLETED,
-                      "CA-aws": CallStatus.STREAMING}
+    status = {
+        k.guid: store.get_call(k).status
+        for k in (live_call, dead_call, old_call, stopped_dead, aws_call)  # type: ignore[union-attr]
+    }
+    assert status == {
+        "CA-live": CallStatus.STREAMING,
+        "CA-dead": CallStatus.COMPLETED,
+        "CA-old": CallStatus.COMPLETED,
+        "CA-stopped": CallStatus.COMPLETED,
+        "CA-aws": CallStatus.STREAMING,
+    }
     (message,) = store.list_messages(dead_call, 10, now)
     assert message.expires_at == now + RETENTION_S
     # The killed instance's lock file is cleared away; the live ones' stay.
@@ -170,19 +187,34 @@ def run_tasks(count: int) -> list[tuple[str, str]]:
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # as CDK's VPCs
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="gateway", Description="gateway tasks",
-                                      VpcId=vpc)["GroupId"]
+    group = ec2.create_security_group(GroupName="gateway", Description="gateway tasks", VpcId=vpc)[
+        "GroupId"
+    ]
     ecs.create_cluster(clusterName=CLUSTER)
     ecs.register_task_definition(
-        family="gateway", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
-        cpu="1024", memory="2048",
-        containerDefinitions=[{"name": "gateway", "image": "callscribe", "essential": True,
-                               "cpu": 1024, "memory": 2048}],
+        family="gateway",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="1024",
+        memory="2048",
+        containerDefinitions=[
+            {
+                "name": "gateway",
+                "image": "callscribe",
+                "essential": True,
+                "cpu": 1024,
+                "memory": 2048,
+            }
+        ],
     )
     tasks = ecs.run_task(
-        cluster=CLUSTER, taskDefinition="gateway", launchType="FARGATE", count=count,
-        networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet],
-                                                      "securityGroups": [group]}},
+        cluster=CLUSTER,
+        taskDefinition="gateway",
+        launchType="FARGATE",
+        count=count,
+        networkConfiguration={
+            "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}
+        },
     )["tasks"]
     found = []
     for task in tasks:
@@ -209,8 +241,9 @@ def test_gateway_sweep_completes_the_calls_of_tasks_that_are_gone(aws: None) -> 
         "stopped task": add_call(store, "CA-stopped", control_url(stopped_ip)),
         "task long gone": add_call(store, "CA-gone", control_url("10.0.9.9")),
         # This task's own address, held by an earlier task with the same IP: it is gone.
-        "our address, before we started": add_call(store, "CA-ours-old", control_url(own_ip),
-                                                   updated_at=started_at - 60),
+        "our address, before we started": add_call(
+            store, "CA-ours-old", control_url(own_ip), updated_at=started_at - 60
+        ),
         "ours": add_call(store, "CA-ours", control_url(own_ip), updated_at=started_at + 1),
         # An owner named by a DNS name says nothing about which task it is: left alone.
         "named owner": add_call(store, "CA-named", "http://kvs-reader.internal:8081"),
@@ -266,10 +299,12 @@ async def test_gateway_task_sweeps_on_start(
     store = DynamoStore(resources.table_name)
     gone = add_call(store, "CA-gone", control_url("10.0.9.9"))
     aws_settings = AwsSettings(
-        table_name=resources.table_name, event_bus_name=resources.event_bus_name,
+        table_name=resources.table_name,
+        event_bus_name=resources.event_bus_name,
         token_secret_arn=resources.token_secret_arn,
         control_secret_arn=resources.control_secret_arn,
-        control_url=control_url(ip), ecs_cluster=CLUSTER,
+        control_url=control_url(ip),
+        ecs_cluster=CLUSTER,
     )
     settings = Settings(blob_s3_bucket=resources.bucket_name, siprec=SiprecSettings(port=0))
     runtime, secret = build_runtime(aws_settings, settings, Ingest.TWILIO, asr=asr_engine)

@@ -54,8 +54,10 @@ async def test_detailed_tokens_and_both_redaction_outputs(
 
     pin = next(s for s in call.segments if s.contains_pin)
     pin_body = next(
-        b for b in messages
-        if b["sender"]["role"] == "customer" and b["autotranscribeResponse"]["start"] < pin.end_ms
+        b
+        for b in messages
+        if b["sender"]["role"] == "customer"
+        and b["autotranscribeResponse"]["start"] < pin.end_ms
         and b["autotranscribeResponse"]["end"] > pin.start_ms
     )
     utterance = pin_body["autotranscribeResponse"]["utterance"][0]
@@ -72,7 +74,10 @@ async def test_unredacted_output_keeps_digits(
     call = second_window_only()
     api = server.client("acme")
     await play_call(
-        await api.stream_url(), call, api, played=PlayedCall("CAraw", speed=6),
+        await api.stream_url(),
+        call,
+        api,
+        played=PlayedCall("CAraw", speed=6),
         autotranscribe_params={"redactionOutput": "unredacted"},
     )
     await wait_for_quiet(receiver)
@@ -102,11 +107,11 @@ async def test_language_reaches_the_asr_engine(tmp_path, receiver: WebhookReceiv
 
     import uvicorn
 
+    from callscribe.auth import create_api_key
     from callscribe.config import Settings, WebhookSettings
     from callscribe.server import LocalRuntime, create_local_app
     from callscribe.serving import uvicorn_config
     from callscribe.testing.simulate import ApiClient, bind_loopback
-    from callscribe.auth import create_api_key
 
     asr = RecordingAsr()
     settings = Settings(data_dir=tmp_path, webhook=WebhookSettings(url=receiver.url))
@@ -127,7 +132,10 @@ async def test_language_reaches_the_asr_engine(tmp_path, receiver: WebhookReceiv
         controls=(call.controls[0], replace(call.controls[1], at_ms=59_000)),
     )
     await play_call(
-        await api.stream_url(), call, api, played=PlayedCall("CAes", speed=20),
+        await api.stream_url(),
+        call,
+        api,
+        played=PlayedCall("CAes", speed=20),
         autotranscribe_params={"language": "es-US", "detailedToken": True},
     )
     await api.close()
@@ -138,7 +146,10 @@ async def test_language_reaches_the_asr_engine(tmp_path, receiver: WebhookReceiv
     assert {r.language for r in requests} == {"es"}
     assert all(r.word_timestamps for r in requests)
     assert all(r.audio.dtype == np.float32 for r in requests)
-    assert receiver.messages and receiver.messages[0].body["autotranscribeResponse"]["utterance"][0]["text"] == "hola"
+    assert (
+        receiver.messages
+        and receiver.messages[0].body["autotranscribeResponse"]["utterance"][0]["text"] == "hola"
+    )
 
 
 def test_the_accepted_languages_are_those_a_multilingual_model_lists(

@@ -21,8 +21,8 @@ import websockets.sync.client
 
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.audio import pcm16_to_ulaw
-from callscribe.testing.simulate import WebhookReceiver
 from callscribe.store.base import CallKey, CallStatus
+from callscribe.testing.simulate import WebhookReceiver
 from callscribe.twilio.gateway import RealTimePacer
 from callscribe.twilio.protocol import TwilioStreamWriter
 from tests.conftest import RunningServer
@@ -37,8 +37,20 @@ def speech_ulaw(text: str, directory: Path, name: str) -> bytes:
     speak(text, directory, name)  # leaves the 16 kHz WAV beside the samples it returns
     wav8 = directory / f"{name}.8k.wav"
     subprocess.run(
-        ["sox", "-V1", str(directory / f"{name}.16k.wav"), "-r", "8000", "-c", "1", "-b", "16",
-         "-e", "signed-integer", str(wav8)],
+        [
+            "sox",
+            "-V1",
+            str(directory / f"{name}.16k.wav"),
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            str(wav8),
+        ],
         check=True,
         capture_output=True,
     )
@@ -63,7 +75,9 @@ async def send_audio(
     at ``speed`` times real time."""
     began = time.monotonic()
     for index in range(len(inbound) // FRAME_BYTES):
-        await ws.send(writer.media("inbound", inbound[index * FRAME_BYTES : (index + 1) * FRAME_BYTES]))
+        await ws.send(
+            writer.media("inbound", inbound[index * FRAME_BYTES : (index + 1) * FRAME_BYTES])
+        )
         await ws.send(writer.media("outbound", SILENCE_FRAME))
         delay = began + (index + 1) * 0.02 / speed - time.monotonic()
         if delay > 0:
@@ -89,9 +103,7 @@ class GatedAsr:
 
 
 def messages_of(receiver: WebhookReceiver, call_sid: str) -> list[dict]:
-    return [
-        m.body for m in receiver.messages if m.body.get("externalConversationId") == call_sid
-    ]
+    return [m.body for m in receiver.messages if m.body.get("externalConversationId") == call_sid]
 
 
 async def wait_for_messages(
@@ -220,7 +232,8 @@ async def test_a_new_stream_after_a_failure_continues_the_calls_timeline(
     # The after-call API agrees with the webhook.
     stored = (await api.messages(call_sid)).json()["messages"]
     assert [m["autotranscribeResponse"]["start"] for m in stored] == [
-        first_span["start"], later["start"]
+        first_span["start"],
+        later["start"],
     ]
 
 
@@ -241,7 +254,9 @@ async def test_stop_streaming_after_the_stream_ended_answers_the_calls_summary(
         gated.gate.set()
     call_sid = "CA" + uuid.uuid4().hex
     key = CallKey("acme", "twilio", call_sid)
-    audio = silence(500) + speech_ulaw("Can you hold on for a moment?", tmp_path, "c") + silence(1500)
+    audio = (
+        silence(500) + speech_ulaw("Can you hold on for a moment?", tmp_path, "c") + silence(1500)
+    )
     writer = new_writer(call_sid)
     async with opened_stream(await api.stream_url(), writer) as ws:
         await wait_until_registered(server, key)
@@ -322,7 +337,10 @@ def flood(url: str, call_sid: str, audio_s: float, stop: threading.Event, sent: 
     frames = [
         frame
         for _ in range(int(audio_s / 0.02))
-        for frame in (writer.media("inbound", SILENCE_FRAME), writer.media("outbound", SILENCE_FRAME))
+        for frame in (
+            writer.media("inbound", SILENCE_FRAME),
+            writer.media("outbound", SILENCE_FRAME),
+        )
     ]
     with websockets.sync.client.connect(url, max_size=None) as ws:
         for frame in opening:
@@ -371,9 +389,11 @@ async def test_a_flooding_stream_does_not_starve_another_tenants_call(
             worst_lag_s = lag.worst_s
             flooded = server.runtime.registry.get(flood_key)
             # Gone: the whole flood was taken in and its call completed.
-            taken_in_s = 374.0 if flooded is None else max(
-                s.position for s in flooded.streams.values()
-            ) / 8000
+            taken_in_s = (
+                374.0
+                if flooded is None
+                else max(s.position for s in flooded.streams.values()) / 8000
+            )
             flood_s = time.monotonic() - flood_began
     finally:
         stop_flood.set()

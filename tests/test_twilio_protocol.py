@@ -53,8 +53,15 @@ def start_msg(**start_overrides: Any) -> dict[str, Any]:
     return {"event": "start", "sequenceNumber": "1", "start": start, "streamSid": STREAM}
 
 
-def media_msg(seq: Any = "2", *, track: str = "inbound", chunk: Any = "1", timestamp: Any = "0",
-              payload: bytes = FRAME_160, stream_sid: str = STREAM) -> dict[str, Any]:
+def media_msg(
+    seq: Any = "2",
+    *,
+    track: str = "inbound",
+    chunk: Any = "1",
+    timestamp: Any = "0",
+    payload: bytes = FRAME_160,
+    stream_sid: str = STREAM,
+) -> dict[str, Any]:
     return {
         "event": "media",
         "sequenceNumber": seq,
@@ -69,8 +76,12 @@ def media_msg(seq: Any = "2", *, track: str = "inbound", chunk: Any = "1", times
 
 
 def dtmf_msg(seq: Any = "2", digit: str = "1") -> dict[str, Any]:
-    return {"event": "dtmf", "streamSid": STREAM, "sequenceNumber": seq,
-            "dtmf": {"track": "inbound_track", "digit": digit}}
+    return {
+        "event": "dtmf",
+        "streamSid": STREAM,
+        "sequenceNumber": seq,
+        "dtmf": {"track": "inbound_track", "digit": digit},
+    }
 
 
 def mark_msg(seq: Any = "2", name: str = "greeting-done") -> dict[str, Any]:
@@ -78,8 +89,12 @@ def mark_msg(seq: Any = "2", name: str = "greeting-done") -> dict[str, Any]:
 
 
 def stop_msg(seq: Any = "2", call_sid: str = CALL) -> dict[str, Any]:
-    return {"event": "stop", "sequenceNumber": seq, "streamSid": STREAM,
-            "stop": {"accountSid": ACCOUNT, "callSid": call_sid}}
+    return {
+        "event": "stop",
+        "sequenceNumber": seq,
+        "streamSid": STREAM,
+        "stop": {"accountSid": ACCOUNT, "callSid": call_sid},
+    }
 
 
 def j(message: Any) -> str:
@@ -92,8 +107,9 @@ def started(**kwargs: Any) -> TwilioStreamProtocol:
     return proto
 
 
-def expect_error(proto: TwilioStreamProtocol, frame: str | bytes, code: CloseCode,
-                 reason_part: str) -> TwilioProtocolError:
+def expect_error(
+    proto: TwilioStreamProtocol, frame: str | bytes, code: CloseCode, reason_part: str
+) -> TwilioProtocolError:
     with pytest.raises(TwilioProtocolError) as info:
         proto.receive(frame)
     err = info.value
@@ -134,9 +150,16 @@ def test_writer_round_trip_full_call() -> None:
 
     assert events == [
         Connected(protocol="Call", version="1.0.0"),
-        StreamStarted(stream_sid=STREAM, call_sid=CALL, account_sid=ACCOUNT,
-                      tracks=("inbound", "outbound"), custom_parameters={"lang": "en-US"},
-                      encoding="audio/x-mulaw", sample_rate=8000, channels=1),
+        StreamStarted(
+            stream_sid=STREAM,
+            call_sid=CALL,
+            account_sid=ACCOUNT,
+            tracks=("inbound", "outbound"),
+            custom_parameters={"lang": "en-US"},
+            encoding="audio/x-mulaw",
+            sample_rate=8000,
+            channels=1,
+        ),
         MediaReceived(track="inbound", chunk=1, timestamp_ms=0, payload=inbound[0]),
         MediaReceived(track="outbound", chunk=1, timestamp_ms=0, payload=outbound[0]),
         MediaReceived(track="inbound", chunk=2, timestamp_ms=20, payload=inbound[1]),
@@ -152,8 +175,10 @@ def test_writer_round_trip_full_call() -> None:
     assert proto.sequence_gaps == 0
 
 
-@given(payloads=st.lists(st.binary(min_size=0, max_size=8000), min_size=1, max_size=5),
-       track=st.sampled_from(["inbound", "outbound"]))
+@given(
+    payloads=st.lists(st.binary(min_size=0, max_size=8000), min_size=1, max_size=5),
+    track=st.sampled_from(["inbound", "outbound"]),
+)
 def test_payload_bytes_survive_round_trip(payloads: list[bytes], track: str) -> None:
     writer = TwilioStreamWriter(STREAM, CALL, ACCOUNT)
     proto = TwilioStreamProtocol()
@@ -175,30 +200,59 @@ def test_explicit_timestamps_pass_through_writer() -> None:
 def test_encoders_produce_twilio_documented_shapes() -> None:
     # Numbers as strings and the key layout of Twilio's own messages: the
     # simulated client must look like Twilio to anything else that parses it.
-    assert json.loads(encode_connected()) == {"event": "connected", "protocol": "Call",
-                                              "version": "1.0.0"}
-    assert json.loads(encode_start(stream_sid=STREAM, call_sid=CALL, account_sid=ACCOUNT,
-                                   sequence_number=1)) == {
-        "event": "start", "sequenceNumber": "1", "streamSid": STREAM,
-        "start": {"accountSid": ACCOUNT, "streamSid": STREAM, "callSid": CALL,
-                  "tracks": ["inbound", "outbound"], "customParameters": {},
-                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+    assert json.loads(encode_connected()) == {
+        "event": "connected",
+        "protocol": "Call",
+        "version": "1.0.0",
     }
-    assert json.loads(encode_media(stream_sid=STREAM, track="outbound", chunk=7, timestamp_ms=140,
-                                   payload=b"\x00\xff", sequence_number=9)) == {
-        "event": "media", "sequenceNumber": "9", "streamSid": STREAM,
+    assert json.loads(
+        encode_start(stream_sid=STREAM, call_sid=CALL, account_sid=ACCOUNT, sequence_number=1)
+    ) == {
+        "event": "start",
+        "sequenceNumber": "1",
+        "streamSid": STREAM,
+        "start": {
+            "accountSid": ACCOUNT,
+            "streamSid": STREAM,
+            "callSid": CALL,
+            "tracks": ["inbound", "outbound"],
+            "customParameters": {},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        },
+    }
+    assert json.loads(
+        encode_media(
+            stream_sid=STREAM,
+            track="outbound",
+            chunk=7,
+            timestamp_ms=140,
+            payload=b"\x00\xff",
+            sequence_number=9,
+        )
+    ) == {
+        "event": "media",
+        "sequenceNumber": "9",
+        "streamSid": STREAM,
         "media": {"track": "outbound", "chunk": "7", "timestamp": "140", "payload": "AP8="},
     }
     assert json.loads(encode_dtmf(stream_sid=STREAM, digit="5", sequence_number=4)) == {
-        "event": "dtmf", "streamSid": STREAM, "sequenceNumber": "4",
+        "event": "dtmf",
+        "streamSid": STREAM,
+        "sequenceNumber": "4",
         "dtmf": {"track": "inbound_track", "digit": "5"},
     }
     assert json.loads(encode_mark(stream_sid=STREAM, name="x", sequence_number=5)) == {
-        "event": "mark", "sequenceNumber": "5", "streamSid": STREAM, "mark": {"name": "x"},
+        "event": "mark",
+        "sequenceNumber": "5",
+        "streamSid": STREAM,
+        "mark": {"name": "x"},
     }
-    assert json.loads(encode_stop(stream_sid=STREAM, call_sid=CALL, account_sid=ACCOUNT,
-                                  sequence_number=6)) == {
-        "event": "stop", "sequenceNumber": "6", "streamSid": STREAM,
+    assert json.loads(
+        encode_stop(stream_sid=STREAM, call_sid=CALL, account_sid=ACCOUNT, sequence_number=6)
+    ) == {
+        "event": "stop",
+        "sequenceNumber": "6",
+        "streamSid": STREAM,
         "stop": {"accountSid": ACCOUNT, "callSid": CALL},
     }
 
@@ -210,10 +264,18 @@ def test_writer_numbers_sequence_globally_and_chunks_per_track() -> None:
     first_out = json.loads(writer.media("outbound", FRAME_160))
     second_in = json.loads(writer.media("inbound", FRAME_160[:80]))
     third_in = json.loads(writer.media("inbound", FRAME_160))
-    assert [m["sequenceNumber"] for m in (first_in, first_out, second_in, third_in)] == \
-        ["2", "3", "4", "5"]
-    assert [m["media"]["chunk"] for m in (first_in, first_out, second_in, third_in)] == \
-        ["1", "1", "2", "3"]
+    assert [m["sequenceNumber"] for m in (first_in, first_out, second_in, third_in)] == [
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
+    assert [m["media"]["chunk"] for m in (first_in, first_out, second_in, third_in)] == [
+        "1",
+        "1",
+        "2",
+        "3",
+    ]
     # timestamps follow the audio actually sent on the track (80 bytes = 10 ms)
     assert [m["media"]["timestamp"] for m in (first_in, second_in, third_in)] == ["0", "20", "30"]
     assert json.loads(writer.dtmf("9"))["sequenceNumber"] == "6"
@@ -267,8 +329,12 @@ def test_string_and_int_numbers_can_mix_and_compare_numerically() -> None:
     proto.receive(j(media_msg("9", timestamp="100")))
     # "10" > "9" numerically although not lexically; 99 < "100" must be caught as backwards
     proto.receive(j(media_msg(10, timestamp=100)))
-    expect_error(proto, j(media_msg("11", timestamp=99)), CloseCode.PROTOCOL_ERROR,
-                 "media.timestamp 99 goes backwards from 100")
+    expect_error(
+        proto,
+        j(media_msg("11", timestamp=99)),
+        CloseCode.PROTOCOL_ERROR,
+        "media.timestamp 99 goes backwards from 100",
+    )
 
 
 def test_payload_at_exact_limit_is_accepted() -> None:
@@ -309,69 +375,162 @@ MALFORMED_AFTER_START: list[tuple[str, Any, CloseCode, str]] = [
     ("no event", {"streamSid": STREAM}, CloseCode.INVALID_PAYLOAD, "missing event"),
     ("event not str", {"event": 3}, CloseCode.INVALID_PAYLOAD, "event must be a string"),
     ("unknown event", {"event": "clear"}, CloseCode.INVALID_PAYLOAD, "unknown event 'clear'"),
-    ("media not object", {**media_msg(), "media": "x"}, CloseCode.INVALID_PAYLOAD,
-     "media must be an object"),
-    ("media missing", {k: v for k, v in media_msg().items() if k != "media"},
-     CloseCode.INVALID_PAYLOAD, "missing media"),
-    ("no payload", _media_with(payload=_DELETE), CloseCode.INVALID_PAYLOAD,
-     "missing media.payload"),
-    ("payload not str", _media_with(payload=123), CloseCode.INVALID_PAYLOAD,
-     "media.payload must be a string"),
-    ("bad base64 chars", _media_with(payload="!!!!"), CloseCode.INVALID_PAYLOAD,
-     "invalid base64 in media.payload"),
-    ("bad base64 padding", _media_with(payload="AAA"), CloseCode.INVALID_PAYLOAD,
-     "invalid base64 in media.payload"),
-    ("non-ascii base64", _media_with(payload="ÿÿÿÿ"), CloseCode.INVALID_PAYLOAD,
-     "invalid base64 in media.payload"),
-    ("embedded newline", _media_with(payload="AAAA\nAAAA"), CloseCode.INVALID_PAYLOAD,
-     "invalid base64 in media.payload"),
-    ("payload too big", media_msg(payload=b"\x00" * 8001), CloseCode.INVALID_PAYLOAD,
-     "media.payload of 8001 bytes exceeds 8000"),
-    ("payload far too big", _media_with(payload="A" * 12_000), CloseCode.INVALID_PAYLOAD,
-     "exceeds 8000"),
-    ("bad track", _media_with(track="both_tracks"), CloseCode.INVALID_PAYLOAD,
-     "invalid media.track 'both_tracks'"),
+    (
+        "media not object",
+        {**media_msg(), "media": "x"},
+        CloseCode.INVALID_PAYLOAD,
+        "media must be an object",
+    ),
+    (
+        "media missing",
+        {k: v for k, v in media_msg().items() if k != "media"},
+        CloseCode.INVALID_PAYLOAD,
+        "missing media",
+    ),
+    (
+        "no payload",
+        _media_with(payload=_DELETE),
+        CloseCode.INVALID_PAYLOAD,
+        "missing media.payload",
+    ),
+    (
+        "payload not str",
+        _media_with(payload=123),
+        CloseCode.INVALID_PAYLOAD,
+        "media.payload must be a string",
+    ),
+    (
+        "bad base64 chars",
+        _media_with(payload="!!!!"),
+        CloseCode.INVALID_PAYLOAD,
+        "invalid base64 in media.payload",
+    ),
+    (
+        "bad base64 padding",
+        _media_with(payload="AAA"),
+        CloseCode.INVALID_PAYLOAD,
+        "invalid base64 in media.payload",
+    ),
+    (
+        "non-ascii base64",
+        _media_with(payload="ÿÿÿÿ"),
+        CloseCode.INVALID_PAYLOAD,
+        "invalid base64 in media.payload",
+    ),
+    (
+        "embedded newline",
+        _media_with(payload="AAAA\nAAAA"),
+        CloseCode.INVALID_PAYLOAD,
+        "invalid base64 in media.payload",
+    ),
+    (
+        "payload too big",
+        media_msg(payload=b"\x00" * 8001),
+        CloseCode.INVALID_PAYLOAD,
+        "media.payload of 8001 bytes exceeds 8000",
+    ),
+    (
+        "payload far too big",
+        _media_with(payload="A" * 12_000),
+        CloseCode.INVALID_PAYLOAD,
+        "exceeds 8000",
+    ),
+    (
+        "bad track",
+        _media_with(track="both_tracks"),
+        CloseCode.INVALID_PAYLOAD,
+        "invalid media.track 'both_tracks'",
+    ),
     ("no track", _media_with(track=_DELETE), CloseCode.INVALID_PAYLOAD, "missing media.track"),
     ("no chunk", _media_with(chunk=_DELETE), CloseCode.INVALID_PAYLOAD, "missing media.chunk"),
     ("negative chunk", _media_with(chunk="-1"), CloseCode.INVALID_PAYLOAD, "media.chunk must be"),
-    ("negative int chunk", _media_with(chunk=-1), CloseCode.INVALID_PAYLOAD,
-     "media.chunk out of range"),
+    (
+        "negative int chunk",
+        _media_with(chunk=-1),
+        CloseCode.INVALID_PAYLOAD,
+        "media.chunk out of range",
+    ),
     ("float chunk", _media_with(chunk=1.0), CloseCode.INVALID_PAYLOAD, "media.chunk must be"),
     ("bool chunk", _media_with(chunk=True), CloseCode.INVALID_PAYLOAD, "media.chunk must be"),
-    ("unicode digit chunk", _media_with(chunk="\u0661"), CloseCode.INVALID_PAYLOAD,
-     "media.chunk must be"),
-    ("no timestamp", _media_with(timestamp=_DELETE), CloseCode.INVALID_PAYLOAD,
-     "missing media.timestamp"),
-    ("text timestamp", _media_with(timestamp="soon"), CloseCode.INVALID_PAYLOAD,
-     "media.timestamp must be"),
-    ("huge timestamp", _media_with(timestamp="9" * 19), CloseCode.INVALID_PAYLOAD,
-     "media.timestamp out of range"),
-    ("no sequenceNumber", {k: v for k, v in media_msg().items() if k != "sequenceNumber"},
-     CloseCode.INVALID_PAYLOAD, "missing sequenceNumber"),
+    (
+        "unicode digit chunk",
+        _media_with(chunk="\u0661"),
+        CloseCode.INVALID_PAYLOAD,
+        "media.chunk must be",
+    ),
+    (
+        "no timestamp",
+        _media_with(timestamp=_DELETE),
+        CloseCode.INVALID_PAYLOAD,
+        "missing media.timestamp",
+    ),
+    (
+        "text timestamp",
+        _media_with(timestamp="soon"),
+        CloseCode.INVALID_PAYLOAD,
+        "media.timestamp must be",
+    ),
+    (
+        "huge timestamp",
+        _media_with(timestamp="9" * 19),
+        CloseCode.INVALID_PAYLOAD,
+        "media.timestamp out of range",
+    ),
+    (
+        "no sequenceNumber",
+        {k: v for k, v in media_msg().items() if k != "sequenceNumber"},
+        CloseCode.INVALID_PAYLOAD,
+        "missing sequenceNumber",
+    ),
     ("null sequenceNumber", media_msg(None), CloseCode.INVALID_PAYLOAD, "missing sequenceNumber"),
-    ("text sequenceNumber", media_msg("two"), CloseCode.INVALID_PAYLOAD,
-     "sequenceNumber must be"),
-    ("no streamSid", {k: v for k, v in media_msg().items() if k != "streamSid"},
-     CloseCode.INVALID_PAYLOAD, "missing streamSid"),
+    ("text sequenceNumber", media_msg("two"), CloseCode.INVALID_PAYLOAD, "sequenceNumber must be"),
+    (
+        "no streamSid",
+        {k: v for k, v in media_msg().items() if k != "streamSid"},
+        CloseCode.INVALID_PAYLOAD,
+        "missing streamSid",
+    ),
     ("dtmf bad digit", dtmf_msg(digit="x"), CloseCode.INVALID_PAYLOAD, "invalid dtmf.digit 'x'"),
     ("dtmf two digits", dtmf_msg(digit="12"), CloseCode.INVALID_PAYLOAD, "invalid dtmf.digit"),
-    ("dtmf no digit", {**dtmf_msg(), "dtmf": {"track": "inbound_track"}},
-     CloseCode.INVALID_PAYLOAD, "missing dtmf.digit"),
-    ("dtmf bad track", {**dtmf_msg(), "dtmf": {"track": "left", "digit": "1"}},
-     CloseCode.INVALID_PAYLOAD, "invalid dtmf.track 'left'"),
+    (
+        "dtmf no digit",
+        {**dtmf_msg(), "dtmf": {"track": "inbound_track"}},
+        CloseCode.INVALID_PAYLOAD,
+        "missing dtmf.digit",
+    ),
+    (
+        "dtmf bad track",
+        {**dtmf_msg(), "dtmf": {"track": "left", "digit": "1"}},
+        CloseCode.INVALID_PAYLOAD,
+        "invalid dtmf.track 'left'",
+    ),
     ("mark no name", {**mark_msg(), "mark": {}}, CloseCode.INVALID_PAYLOAD, "missing mark.name"),
-    ("mark not object", {**mark_msg(), "mark": ["x"]}, CloseCode.INVALID_PAYLOAD,
-     "mark must be an object"),
-    ("stop no stop", {k: v for k, v in stop_msg().items() if k != "stop"},
-     CloseCode.INVALID_PAYLOAD, "missing stop"),
-    ("stop no callSid", {**stop_msg(), "stop": {"accountSid": ACCOUNT}},
-     CloseCode.INVALID_PAYLOAD, "missing stop.callSid"),
+    (
+        "mark not object",
+        {**mark_msg(), "mark": ["x"]},
+        CloseCode.INVALID_PAYLOAD,
+        "mark must be an object",
+    ),
+    (
+        "stop no stop",
+        {k: v for k, v in stop_msg().items() if k != "stop"},
+        CloseCode.INVALID_PAYLOAD,
+        "missing stop",
+    ),
+    (
+        "stop no callSid",
+        {**stop_msg(), "stop": {"accountSid": ACCOUNT}},
+        CloseCode.INVALID_PAYLOAD,
+        "missing stop.callSid",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("frame", "code", "reason_part"),
-                         [case[1:] for case in MALFORMED_AFTER_START],
-                         ids=[case[0] for case in MALFORMED_AFTER_START])
+@pytest.mark.parametrize(
+    ("frame", "code", "reason_part"),
+    [case[1:] for case in MALFORMED_AFTER_START],
+    ids=[case[0] for case in MALFORMED_AFTER_START],
+)
 def test_malformed_frame_after_start(frame: Any, code: CloseCode, reason_part: str) -> None:
     proto = started()
     before = proto.frames_received
@@ -391,62 +550,141 @@ def _start_with(**overrides: Any) -> dict[str, Any]:
 
 
 MALFORMED_START: list[tuple[str, Any, CloseCode, str]] = [
-    ("no start object", {"event": "start", "sequenceNumber": "1", "streamSid": STREAM},
-     CloseCode.INVALID_PAYLOAD, "missing start"),
-    ("start not object", {"event": "start", "sequenceNumber": "1", "start": [],
-                          "streamSid": STREAM}, CloseCode.INVALID_PAYLOAD,
-     "start must be an object"),
-    ("no sequenceNumber", {k: v for k, v in start_msg().items() if k != "sequenceNumber"},
-     CloseCode.INVALID_PAYLOAD, "missing sequenceNumber"),
-    ("no streamSid anywhere",
-     {k: v for k, v in _start_with(streamSid=_DELETE).items() if k != "streamSid"},
-     CloseCode.INVALID_PAYLOAD, "missing streamSid"),
-    ("streamSids disagree", _start_with(streamSid="MZother"), CloseCode.INVALID_PAYLOAD,
-     "start.streamSid does not match streamSid"),
-    ("empty streamSid", {**start_msg(), "streamSid": ""}, CloseCode.INVALID_PAYLOAD,
-     "streamSid must not be empty"),
-    ("no callSid", _start_with(callSid=_DELETE), CloseCode.INVALID_PAYLOAD,
-     "missing start.callSid"),
-    ("accountSid not str", _start_with(accountSid=42), CloseCode.INVALID_PAYLOAD,
-     "start.accountSid must be a string"),
-    ("tracks not list", _start_with(tracks="inbound"), CloseCode.INVALID_PAYLOAD,
-     "start.tracks must be a non-empty array"),
-    ("tracks empty", _start_with(tracks=[]), CloseCode.INVALID_PAYLOAD,
-     "start.tracks must be a non-empty array"),
-    ("bad track name", _start_with(tracks=["inbound_track"]), CloseCode.INVALID_PAYLOAD,
-     "invalid track 'inbound_track' in start.tracks"),
-    ("duplicate track", _start_with(tracks=["inbound", "inbound"]), CloseCode.INVALID_PAYLOAD,
-     "duplicate track in start.tracks"),
-    ("customParameters not object", _start_with(customParameters=["a"]),
-     CloseCode.INVALID_PAYLOAD, "start.customParameters must be an object"),
-    ("customParameters non-string value", _start_with(customParameters={"n": 1}),
-     CloseCode.INVALID_PAYLOAD, "start.customParameters['n'] must be a string"),
-    ("no mediaFormat", _start_with(mediaFormat=_DELETE), CloseCode.INVALID_PAYLOAD,
-     "missing start.mediaFormat"),
-    ("sampleRate text", _start_with(mediaFormat={"encoding": "audio/x-mulaw",
-                                                 "sampleRate": "fast", "channels": 1}),
-     CloseCode.INVALID_PAYLOAD, "start.mediaFormat.sampleRate must be"),
-    ("encoding not str", _start_with(mediaFormat={"encoding": 7, "sampleRate": 8000,
-                                                  "channels": 1}),
-     CloseCode.INVALID_PAYLOAD, "start.mediaFormat.encoding must be a string"),
+    (
+        "no start object",
+        {"event": "start", "sequenceNumber": "1", "streamSid": STREAM},
+        CloseCode.INVALID_PAYLOAD,
+        "missing start",
+    ),
+    (
+        "start not object",
+        {"event": "start", "sequenceNumber": "1", "start": [], "streamSid": STREAM},
+        CloseCode.INVALID_PAYLOAD,
+        "start must be an object",
+    ),
+    (
+        "no sequenceNumber",
+        {k: v for k, v in start_msg().items() if k != "sequenceNumber"},
+        CloseCode.INVALID_PAYLOAD,
+        "missing sequenceNumber",
+    ),
+    (
+        "no streamSid anywhere",
+        {k: v for k, v in _start_with(streamSid=_DELETE).items() if k != "streamSid"},
+        CloseCode.INVALID_PAYLOAD,
+        "missing streamSid",
+    ),
+    (
+        "streamSids disagree",
+        _start_with(streamSid="MZother"),
+        CloseCode.INVALID_PAYLOAD,
+        "start.streamSid does not match streamSid",
+    ),
+    (
+        "empty streamSid",
+        {**start_msg(), "streamSid": ""},
+        CloseCode.INVALID_PAYLOAD,
+        "streamSid must not be empty",
+    ),
+    (
+        "no callSid",
+        _start_with(callSid=_DELETE),
+        CloseCode.INVALID_PAYLOAD,
+        "missing start.callSid",
+    ),
+    (
+        "accountSid not str",
+        _start_with(accountSid=42),
+        CloseCode.INVALID_PAYLOAD,
+        "start.accountSid must be a string",
+    ),
+    (
+        "tracks not list",
+        _start_with(tracks="inbound"),
+        CloseCode.INVALID_PAYLOAD,
+        "start.tracks must be a non-empty array",
+    ),
+    (
+        "tracks empty",
+        _start_with(tracks=[]),
+        CloseCode.INVALID_PAYLOAD,
+        "start.tracks must be a non-empty array",
+    ),
+    (
+        "bad track name",
+        _start_with(tracks=["inbound_track"]),
+        CloseCode.INVALID_PAYLOAD,
+        "invalid track 'inbound_track' in start.tracks",
+    ),
+    (
+        "duplicate track",
+        _start_with(tracks=["inbound", "inbound"]),
+        CloseCode.INVALID_PAYLOAD,
+        "duplicate track in start.tracks",
+    ),
+    (
+        "customParameters not object",
+        _start_with(customParameters=["a"]),
+        CloseCode.INVALID_PAYLOAD,
+        "start.customParameters must be an object",
+    ),
+    (
+        "customParameters non-string value",
+        _start_with(customParameters={"n": 1}),
+        CloseCode.INVALID_PAYLOAD,
+        "start.customParameters['n'] must be a string",
+    ),
+    (
+        "no mediaFormat",
+        _start_with(mediaFormat=_DELETE),
+        CloseCode.INVALID_PAYLOAD,
+        "missing start.mediaFormat",
+    ),
+    (
+        "sampleRate text",
+        _start_with(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": "fast", "channels": 1}),
+        CloseCode.INVALID_PAYLOAD,
+        "start.mediaFormat.sampleRate must be",
+    ),
+    (
+        "encoding not str",
+        _start_with(mediaFormat={"encoding": 7, "sampleRate": 8000, "channels": 1}),
+        CloseCode.INVALID_PAYLOAD,
+        "start.mediaFormat.encoding must be a string",
+    ),
     # well-formed but not audio we can decode: 1003, see module docstring
-    ("linear16", _start_with(mediaFormat={"encoding": "audio/l16", "sampleRate": 8000,
-                                          "channels": 1}),
-     CloseCode.UNSUPPORTED_DATA, "unsupported mediaFormat 'audio/l16' 8000 Hz 1 ch"),
-    ("16 kHz", _start_with(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": 16000,
-                                        "channels": 1}),
-     CloseCode.UNSUPPORTED_DATA, "16000 Hz"),
-    ("stereo", _start_with(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": 8000,
-                                        "channels": 2}),
-     CloseCode.UNSUPPORTED_DATA, "2 ch"),
-    ("connected without version", {"event": "connected", "protocol": "Call"},
-     CloseCode.INVALID_PAYLOAD, "missing version"),
+    (
+        "linear16",
+        _start_with(mediaFormat={"encoding": "audio/l16", "sampleRate": 8000, "channels": 1}),
+        CloseCode.UNSUPPORTED_DATA,
+        "unsupported mediaFormat 'audio/l16' 8000 Hz 1 ch",
+    ),
+    (
+        "16 kHz",
+        _start_with(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": 16000, "channels": 1}),
+        CloseCode.UNSUPPORTED_DATA,
+        "16000 Hz",
+    ),
+    (
+        "stereo",
+        _start_with(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 2}),
+        CloseCode.UNSUPPORTED_DATA,
+        "2 ch",
+    ),
+    (
+        "connected without version",
+        {"event": "connected", "protocol": "Call"},
+        CloseCode.INVALID_PAYLOAD,
+        "missing version",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("frame", "code", "reason_part"),
-                         [case[1:] for case in MALFORMED_START],
-                         ids=[case[0] for case in MALFORMED_START])
+@pytest.mark.parametrize(
+    ("frame", "code", "reason_part"),
+    [case[1:] for case in MALFORMED_START],
+    ids=[case[0] for case in MALFORMED_START],
+)
 def test_malformed_start_or_connected(frame: Any, code: CloseCode, reason_part: str) -> None:
     proto = TwilioStreamProtocol()
     expect_error(proto, j(frame), code, reason_part)
@@ -454,23 +692,35 @@ def test_malformed_start_or_connected(frame: Any, code: CloseCode, reason_part: 
     assert proto.stream_sid is None
 
 
-@pytest.mark.parametrize("frame", [b'{"event":"connected","protocol":"Call","version":"1.0.0"}',
-                                   b"\x00\xff", bytearray(b"{}"), b""])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"event":"connected","protocol":"Call","version":"1.0.0"}',
+        b"\x00\xff",
+        bytearray(b"{}"),
+        b"",
+    ],
+)
 def test_binary_frames_are_unsupported_data(frame: bytes) -> None:
     expect_error(TwilioStreamProtocol(), frame, CloseCode.UNSUPPORTED_DATA, "binary frame")
 
 
 def test_oversized_frame_rejected_before_parsing() -> None:
     # Not JSON at all: a size error (not a JSON error) proves the size check runs first.
-    expect_error(TwilioStreamProtocol(), "x" * 20_000, CloseCode.MESSAGE_TOO_BIG,
-                 "frame of 20000 bytes exceeds 16384")
+    expect_error(
+        TwilioStreamProtocol(),
+        "x" * 20_000,
+        CloseCode.MESSAGE_TOO_BIG,
+        "frame of 20000 bytes exceeds 16384",
+    )
 
 
 def test_frame_size_is_measured_in_utf8_bytes() -> None:
     proto = TwilioStreamProtocol(max_frame_bytes=1000)
     # 400 characters but 1200 bytes of UTF-8
-    expect_error(proto, "\u20ac" * 400, CloseCode.MESSAGE_TOO_BIG,
-                 "frame of 1200 bytes exceeds 1000")
+    expect_error(
+        proto, "\u20ac" * 400, CloseCode.MESSAGE_TOO_BIG, "frame of 1200 bytes exceeds 1000"
+    )
     # 500 two-byte characters fit exactly
     fits = TwilioStreamProtocol(max_frame_bytes=1000)
     expect_error(fits, "\u00e9" * 500, CloseCode.INVALID_PAYLOAD, "not valid JSON")
@@ -480,29 +730,42 @@ def test_frame_at_exact_size_limit_is_accepted() -> None:
     msg = j(media_msg(payload=b"\x00" * 400))  # larger than the start frame
     proto = started(max_frame_bytes=len(msg.encode()))
     assert proto.receive(msg)
-    expect_error(proto, j(media_msg("3", payload=b"\x00" * 403)), CloseCode.MESSAGE_TOO_BIG,
-                 "exceeds")
+    expect_error(
+        proto, j(media_msg("3", payload=b"\x00" * 403)), CloseCode.MESSAGE_TOO_BIG, "exceeds"
+    )
 
 
 def test_deeply_nested_json_is_invalid_payload_not_recursion_error() -> None:
     proto = TwilioStreamProtocol(max_frame_bytes=10_000_000)
-    expect_error(proto, "[" * 1_000_000 + "]" * 1_000_000, CloseCode.INVALID_PAYLOAD,
-                 "not valid JSON")
+    expect_error(
+        proto, "[" * 1_000_000 + "]" * 1_000_000, CloseCode.INVALID_PAYLOAD, "not valid JSON"
+    )
 
 
 def test_number_with_thousands_of_digits_is_rejected_cheaply() -> None:
     # Python refuses to parse ints above 4300 digits with a bare ValueError
     frame = '{"event":"media","sequenceNumber":' + "9" * 5000 + "}"
     expect_error(started(), frame, CloseCode.INVALID_PAYLOAD, "not valid JSON")
-    expect_error(started(), j(media_msg("9" * 5000)), CloseCode.INVALID_PAYLOAD,
-                 "sequenceNumber must be a non-negative integer")
+    expect_error(
+        started(),
+        j(media_msg("9" * 5000)),
+        CloseCode.INVALID_PAYLOAD,
+        "sequenceNumber must be a non-negative integer",
+    )
 
 
 # --------------------------------------------------------------------------- order
 
 
-@pytest.mark.parametrize(("frame", "kind"), [(media_msg("2"), "media"), (dtmf_msg("2"), "dtmf"),
-                                              (mark_msg("2"), "mark"), (stop_msg("2"), "stop")])
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (media_msg("2"), "media"),
+        (dtmf_msg("2"), "dtmf"),
+        (mark_msg("2"), "mark"),
+        (stop_msg("2"), "stop"),
+    ],
+)
 def test_frames_before_start(frame: dict[str, Any], kind: str) -> None:
     proto = TwilioStreamProtocol()
     proto.receive(encode_connected())
@@ -517,8 +780,10 @@ def test_second_start() -> None:
     assert proto.stream_sid == STREAM
 
 
-@pytest.mark.parametrize("frame", [j(media_msg("3")), encode_connected(), j(stop_msg("3")),
-                                   b"\x00", "garbage", j(start_msg())])
+@pytest.mark.parametrize(
+    "frame",
+    [j(media_msg("3")), encode_connected(), j(stop_msg("3")), b"\x00", "garbage", j(start_msg())],
+)
 def test_any_frame_after_stop(frame: str | bytes) -> None:
     proto = started()
     proto.receive(j(stop_msg("2")))
@@ -533,18 +798,31 @@ def test_connected_after_start_and_twice() -> None:
     expect_error(proto, encode_connected(), CloseCode.PROTOCOL_ERROR, "duplicate connected")
 
 
-@pytest.mark.parametrize("frame", [media_msg("2", stream_sid="MZforeign"),
-                                   {**dtmf_msg("2"), "streamSid": "MZforeign"},
-                                   {**mark_msg("2"), "streamSid": "MZforeign"},
-                                   {**stop_msg("2"), "streamSid": "MZforeign"}])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        media_msg("2", stream_sid="MZforeign"),
+        {**dtmf_msg("2"), "streamSid": "MZforeign"},
+        {**mark_msg("2"), "streamSid": "MZforeign"},
+        {**stop_msg("2"), "streamSid": "MZforeign"},
+    ],
+)
 def test_foreign_stream_sid(frame: dict[str, Any]) -> None:
-    expect_error(started(), j(frame), CloseCode.PROTOCOL_ERROR,
-                 "streamSid 'MZforeign' does not match started stream")
+    expect_error(
+        started(),
+        j(frame),
+        CloseCode.PROTOCOL_ERROR,
+        "streamSid 'MZforeign' does not match started stream",
+    )
 
 
 def test_stop_for_another_call() -> None:
-    expect_error(started(), j(stop_msg("2", call_sid="CAother")), CloseCode.PROTOCOL_ERROR,
-                 "stop.callSid 'CAother' does not match started call")
+    expect_error(
+        started(),
+        j(stop_msg("2", call_sid="CAother")),
+        CloseCode.PROTOCOL_ERROR,
+        "stop.callSid 'CAother' does not match started call",
+    )
 
 
 # --------------------------------------------------------------------------- callSid
@@ -564,12 +842,16 @@ BAD_CALL_SIDS = [
 ]
 
 
-@pytest.mark.parametrize(("call_sid", "shown"), [case[1:] for case in BAD_CALL_SIDS],
-                         ids=[case[0] for case in BAD_CALL_SIDS])
+@pytest.mark.parametrize(
+    ("call_sid", "shown"),
+    [case[1:] for case in BAD_CALL_SIDS],
+    ids=[case[0] for case in BAD_CALL_SIDS],
+)
 def test_start_refuses_a_call_sid_that_is_no_guid(call_sid: str, shown: str) -> None:
     proto = TwilioStreamProtocol()
-    err = expect_error(proto, j(start_msg(callSid=call_sid)), CloseCode.INVALID_PAYLOAD,
-                       "invalid start.callSid")
+    err = expect_error(
+        proto, j(start_msg(callSid=call_sid)), CloseCode.INVALID_PAYLOAD, "invalid start.callSid"
+    )
     assert shown in err.reason, err.reason
     assert err.reason.isascii() and err.reason.isprintable()
     assert not proto.started and proto.call_sid is None
@@ -585,35 +867,47 @@ def test_sequence_number_repeated() -> None:
     proto = started()
     proto.receive(j(media_msg("2", timestamp="0")))
     proto.receive(j(media_msg("3", timestamp="20")))
-    expect_error(proto, j(media_msg("3", timestamp="40")), CloseCode.PROTOCOL_ERROR,
-                 "sequenceNumber 3 repeated")
+    expect_error(
+        proto,
+        j(media_msg("3", timestamp="40")),
+        CloseCode.PROTOCOL_ERROR,
+        "sequenceNumber 3 repeated",
+    )
 
 
 def test_sequence_number_repeating_the_start() -> None:
-    expect_error(started(), j(dtmf_msg("1")), CloseCode.PROTOCOL_ERROR,
-                 "sequenceNumber 1 repeated")
+    expect_error(started(), j(dtmf_msg("1")), CloseCode.PROTOCOL_ERROR, "sequenceNumber 1 repeated")
 
 
 def test_sequence_number_backwards() -> None:
     proto = started()
     proto.receive(j(media_msg("5")))
-    expect_error(proto, j(mark_msg("4")), CloseCode.PROTOCOL_ERROR,
-                 "sequenceNumber 4 goes backwards from 5")
+    expect_error(
+        proto, j(mark_msg("4")), CloseCode.PROTOCOL_ERROR, "sequenceNumber 4 goes backwards from 5"
+    )
 
 
 def test_media_timestamp_backwards_within_track() -> None:
     proto = started()
     proto.receive(j(media_msg("2", timestamp="60")))
     proto.receive(j(media_msg("3", track="outbound", timestamp="0")))
-    expect_error(proto, j(media_msg("4", timestamp="40")), CloseCode.PROTOCOL_ERROR,
-                 "media.timestamp 40 goes backwards from 60 on inbound")
+    expect_error(
+        proto,
+        j(media_msg("4", timestamp="40")),
+        CloseCode.PROTOCOL_ERROR,
+        "media.timestamp 40 goes backwards from 60 on inbound",
+    )
 
 
 def test_media_on_track_not_announced() -> None:
     proto = TwilioStreamProtocol()
     proto.receive(j(start_msg(tracks=["inbound"])))
-    expect_error(proto, j(media_msg("2", track="outbound")), CloseCode.PROTOCOL_ERROR,
-                 "media on track outbound not announced in start.tracks")
+    expect_error(
+        proto,
+        j(media_msg("2", track="outbound")),
+        CloseCode.PROTOCOL_ERROR,
+        "media on track outbound not announced in start.tracks",
+    )
 
 
 # --------------------------------------------------------------------------- gaps
@@ -662,8 +956,9 @@ def test_gap_count_matches_skips(skips: list[int]) -> None:
 
 def test_failed_protocol_stays_failed() -> None:
     proto = started()
-    first = expect_error(proto, j(media_msg(payload=b"\x00" * 9000)), CloseCode.INVALID_PAYLOAD,
-                         "exceeds 8000")
+    first = expect_error(
+        proto, j(media_msg(payload=b"\x00" * 9000)), CloseCode.INVALID_PAYLOAD, "exceeds 8000"
+    )
     assert proto.error is first
     received = proto.frames_received
     for frame in (j(media_msg("2")), j(stop_msg("2")), b"\x00", "nonsense"):
@@ -692,12 +987,14 @@ def test_constructor_rejects_non_positive_limits() -> None:
 
 def test_reason_echoing_untrusted_values_stays_short_and_ascii() -> None:
     raw_event = json.dumps({"event": "\u00fc" * 2000 + "\x00"}, ensure_ascii=False)
-    err = expect_error(TwilioStreamProtocol(), raw_event,
-                       CloseCode.INVALID_PAYLOAD, "unknown event")
+    err = expect_error(
+        TwilioStreamProtocol(), raw_event, CloseCode.INVALID_PAYLOAD, "unknown event"
+    )
     assert err.reason.isascii()
     raw_media = json.dumps(media_msg("2", stream_sid="\U0001f600" * 2000), ensure_ascii=False)
-    err = expect_error(started(), raw_media,
-                       CloseCode.PROTOCOL_ERROR, "does not match started stream")
+    err = expect_error(
+        started(), raw_media, CloseCode.PROTOCOL_ERROR, "does not match started stream"
+    )
     assert err.reason.isascii()
 
 
@@ -715,19 +1012,43 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
-KEYS = ["event", "sequenceNumber", "streamSid", "start", "media", "dtmf", "mark", "stop",
-        "protocol", "version", "track", "chunk", "timestamp", "payload", "digit", "name",
-        "callSid", "accountSid", "tracks", "customParameters", "mediaFormat", "encoding",
-        "sampleRate", "channels"]
+KEYS = [
+    "event",
+    "sequenceNumber",
+    "streamSid",
+    "start",
+    "media",
+    "dtmf",
+    "mark",
+    "stop",
+    "protocol",
+    "version",
+    "track",
+    "chunk",
+    "timestamp",
+    "payload",
+    "digit",
+    "name",
+    "callSid",
+    "accountSid",
+    "tracks",
+    "customParameters",
+    "mediaFormat",
+    "encoding",
+    "sampleRate",
+    "channels",
+]
 EVENTS = ["connected", "start", "media", "dtmf", "mark", "stop", "clear", ""]
 twilioish = st.recursive(
     json_scalars | st.sampled_from(EVENTS) | st.sampled_from([STREAM, CALL, "1", "2", "AAAA"]),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(KEYS), inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=6)
+    ),
     max_leaves=20,
 )
 
@@ -745,8 +1066,11 @@ def _check_receive(proto: TwilioStreamProtocol, frame: str | bytes) -> bool:
         return False
     assert not was_failed
     assert events and all(
-        isinstance(e, (Connected, StreamStarted, MediaReceived, DtmfReceived, MarkReceived,
-                       StreamStopped)) for e in events)
+        isinstance(
+            e, (Connected, StreamStarted, MediaReceived, DtmfReceived, MarkReceived, StreamStopped)
+        )
+        for e in events
+    )
     return True
 
 

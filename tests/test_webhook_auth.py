@@ -24,13 +24,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from callscribe.bus import TranscriptEvent
-from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.secrets import FileSecrets
-from callscribe.webhooks.signing import SignatureError, verify
-from callscribe.testing.simulate import WebhookReceiver, bind_loopback
 from callscribe.store.base import WebhookAuth
 from callscribe.store.sqlite import SqliteStore
+from callscribe.testing.simulate import WebhookReceiver, bind_loopback
+from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.webhooks.management import WebhookConfigError, set_webhook, signing_secret
+from callscribe.webhooks.signing import SignatureError, verify
 from callscribe.webhooks.targets import (
     TOKEN_RENEW_MARGIN_S,
     WebhookTarget,
@@ -177,7 +177,10 @@ async def test_without_the_ca_the_target_is_refused(
     # The system trust store does not know the test CA; another CA does not either.
     set_webhook(store, secrets, tenant=TENANT, url=receiver.url)
     set_webhook(
-        store, secrets, tenant="globex", url=receiver.url,
+        store,
+        secrets,
+        tenant="globex",
+        url=receiver.url,
         ca_bundle_pem=trustme.CA().cert_pem.bytes().decode(),
     )
     dispatcher = dispatcher_for()
@@ -196,8 +199,13 @@ async def test_mutual_tls_presents_the_client_certificate(
 ) -> None:
     receiver = await receivers(tls=pki.server_tls(require_client_cert=True))
     set_webhook(
-        store, secrets, tenant=TENANT, url=receiver.url, ca_bundle_pem=pki.ca_pem,
-        client_cert_pem=pki.client_cert_pem, client_key_pem=pki.client_key_pem,
+        store,
+        secrets,
+        tenant=TENANT,
+        url=receiver.url,
+        ca_bundle_pem=pki.ca_pem,
+        client_cert_pem=pki.client_cert_pem,
+        client_key_pem=pki.client_key_pem,
     )
     # The same server refuses a tenant whose configuration has no client certificate.
     set_webhook(store, secrets, tenant="globex", url=receiver.url, ca_bundle_pem=pki.ca_pem)
@@ -234,12 +242,19 @@ def test_set_webhook_refuses_broken_configurations(
         {"url": "https://example.com/", "token_name": "X-Token"},  # no value
         {"url": "https://example.com/", "token_name": "X-Token", "token": "naïve"},
         {"url": "https://example.com/", "token_name": "X Token", "token": "v"},
-        {"url": "https://example.com/", "auth": WebhookAuth.OAUTH2,
-         "oauth_token_url": "https://auth.example.com/token", "oauth_client_id": "c"},
+        {
+            "url": "https://example.com/",
+            "auth": WebhookAuth.OAUTH2,
+            "oauth_token_url": "https://auth.example.com/token",
+            "oauth_client_id": "c",
+        },
         {"url": "https://example.com/", "client_cert_pem": pki.client_cert_pem},  # no key
         {"url": "https://example.com/", "ca_bundle_pem": "not a certificate"},
-        {"url": "https://example.com/", "client_cert_pem": pki.client_cert_pem,
-         "client_key_pem": trustme.CA().issue_cert("x.example").private_key_pem.bytes().decode()},
+        {
+            "url": "https://example.com/",
+            "client_cert_pem": pki.client_cert_pem,
+            "client_key_pem": trustme.CA().issue_cert("x.example").private_key_pem.bytes().decode(),
+        },
     ]
     for kwargs in bad:
         with pytest.raises(WebhookConfigError):
@@ -253,15 +268,25 @@ def test_set_webhook_refuses_broken_configurations(
 
 @pytest.mark.parametrize("token_in", ["header", "query"])
 async def test_secret_token_from_the_tenant_config(
-    pki: Pki, store: SqliteStore, secrets: FileSecrets, receivers: Any, dispatcher_for: Any,
+    pki: Pki,
+    store: SqliteStore,
+    secrets: FileSecrets,
+    receivers: Any,
+    dispatcher_for: Any,
     token_in: str,
 ) -> None:
     receiver = await receivers(tls=pki.server_tls())
     # A query parameter may carry anything (URL-encoded); a header only printable ASCII.
     token = "t0k&n =/é" if token_in == "query" else "t0k&n =/e"
     set_webhook(
-        store, secrets, tenant=TENANT, url=receiver.url, ca_bundle_pem=pki.ca_pem,
-        token_name="X-Acme-Hook", token=token, token_in=token_in,
+        store,
+        secrets,
+        tenant=TENANT,
+        url=receiver.url,
+        ca_bundle_pem=pki.ca_pem,
+        token_name="X-Acme-Hook",
+        token=token,
+        token_in=token_in,
     )
     dispatcher = dispatcher_for()
     dispatcher(event(0))
@@ -298,9 +323,7 @@ async def test_tenant_config_overrides_the_default_and_is_picked_up_live(
     assert "x-default" not in got.headers
 
 
-async def test_no_target_means_nothing_is_sent(
-    store: SqliteStore, dispatcher_for: Any
-) -> None:
+async def test_no_target_means_nothing_is_sent(store: SqliteStore, dispatcher_for: Any) -> None:
     dispatcher = dispatcher_for()
     dispatcher(event(0))
     await dispatcher.drain(5)
@@ -403,8 +426,13 @@ class TokenEndpoint:
         form = dict(parse_qsl((await request.body()).decode()))
         self.requests.append(form)
         auth = request.headers.get("authorization", "")
-        basic = "Basic " + base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
-        posted = form.get("client_id") == self.client_id and form.get("client_secret") == self.client_secret
+        basic = (
+            "Basic " + base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        )
+        posted = (
+            form.get("client_id") == self.client_id
+            and form.get("client_secret") == self.client_secret
+        )
         if auth != basic and not posted:
             return JSONResponse({"error": "invalid_client"}, status_code=401)
         if form.get("grant_type") != "client_credentials":
@@ -471,20 +499,34 @@ class FakeClock:
 
 
 def oauth_config(
-    store: SqliteStore, secrets: FileSecrets, pki: Pki, receiver: WebhookReceiver,
-    endpoint: TokenEndpoint, **kwargs: Any,
+    store: SqliteStore,
+    secrets: FileSecrets,
+    pki: Pki,
+    receiver: WebhookReceiver,
+    endpoint: TokenEndpoint,
+    **kwargs: Any,
 ) -> None:
     set_webhook(
-        store, secrets, tenant=TENANT, url=receiver.url, ca_bundle_pem=pki.ca_pem,
-        oauth_token_url=endpoint.url, oauth_client_id=endpoint.client_id,
+        store,
+        secrets,
+        tenant=TENANT,
+        url=receiver.url,
+        ca_bundle_pem=pki.ca_pem,
+        oauth_token_url=endpoint.url,
+        oauth_client_id=endpoint.client_id,
         oauth_client_secret=kwargs.pop("client_secret", endpoint.client_secret),
-        oauth_scope="transcripts:write", **kwargs,
+        oauth_scope="transcripts:write",
+        **kwargs,
     )
 
 
 async def test_oauth2_token_is_cached_until_shortly_before_expiry(
-    pki: Pki, token_endpoint: TokenEndpoint, store: SqliteStore, secrets: FileSecrets,
-    receivers: Any, dispatcher_for: Any,
+    pki: Pki,
+    token_endpoint: TokenEndpoint,
+    store: SqliteStore,
+    secrets: FileSecrets,
+    receivers: Any,
+    dispatcher_for: Any,
 ) -> None:
     receiver = await receivers(BearerReceiver(tls=pki.server_tls(), endpoint=token_endpoint))
     oauth_config(store, secrets, pki, receiver, token_endpoint)
@@ -511,8 +553,12 @@ async def test_oauth2_token_is_cached_until_shortly_before_expiry(
 
 
 async def test_oauth2_refreshes_once_on_401(
-    pki: Pki, token_endpoint: TokenEndpoint, store: SqliteStore, secrets: FileSecrets,
-    receivers: Any, dispatcher_for: Any,
+    pki: Pki,
+    token_endpoint: TokenEndpoint,
+    store: SqliteStore,
+    secrets: FileSecrets,
+    receivers: Any,
+    dispatcher_for: Any,
 ) -> None:
     receiver = await receivers(BearerReceiver(tls=pki.server_tls(), endpoint=token_endpoint))
     oauth_config(store, secrets, pki, receiver, token_endpoint, oauth_client_auth="post")
@@ -538,8 +584,13 @@ async def test_oauth2_refreshes_once_on_401(
 
 
 async def test_oauth2_token_endpoint_refusal_is_recorded_without_the_secret(
-    pki: Pki, token_endpoint: TokenEndpoint, store: SqliteStore, secrets: FileSecrets,
-    receivers: Any, dispatcher_for: Any, caplog: pytest.LogCaptureFixture,
+    pki: Pki,
+    token_endpoint: TokenEndpoint,
+    store: SqliteStore,
+    secrets: FileSecrets,
+    receivers: Any,
+    dispatcher_for: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     receiver = await receivers(BearerReceiver(tls=pki.server_tls(), endpoint=token_endpoint))
@@ -605,11 +656,13 @@ async def test_retries_give_up_and_client_errors_are_not_retried(
     store: SqliteStore, secrets: FileSecrets, receivers: Any, dispatcher_for: Any
 ) -> None:
     always = await receivers(FlakyReceiver(failures=100))
-    set_webhook(store, secrets, tenant=TENANT, url=always.url, retry_attempts=2,
-                retry_backoff_s=0.01)
+    set_webhook(
+        store, secrets, tenant=TENANT, url=always.url, retry_attempts=2, retry_backoff_s=0.01
+    )
     bad_request = await receivers(FlakyReceiver(failures=100, fail_status=400))
-    set_webhook(store, secrets, tenant="globex", url=bad_request.url, retry_attempts=2,
-                retry_backoff_s=0.01)
+    set_webhook(
+        store, secrets, tenant="globex", url=bad_request.url, retry_attempts=2, retry_backoff_s=0.01
+    )
     dispatcher = dispatcher_for()
     dispatcher(event(0))
     dispatcher(event(0, tenant="globex"))
@@ -626,15 +679,32 @@ async def test_retries_give_up_and_client_errors_are_not_retried(
 
 
 async def test_query_token_never_reaches_failures_or_logs(
-    store: SqliteStore, secrets: FileSecrets, receivers: Any, dispatcher_for: Any,
+    store: SqliteStore,
+    secrets: FileSecrets,
+    receivers: Any,
+    dispatcher_for: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     erroring = await receivers(status_code=500)
-    set_webhook(store, secrets, tenant=TENANT, url=erroring.url, token_name="key",
-                token="sup3r-s3cret-t0ken", token_in="query")
-    set_webhook(store, secrets, tenant="globex", url="http://127.0.0.1:9/nobody",
-                token_name="key", token="sup3r-s3cret-t0ken", token_in="query")
+    set_webhook(
+        store,
+        secrets,
+        tenant=TENANT,
+        url=erroring.url,
+        token_name="key",
+        token="sup3r-s3cret-t0ken",
+        token_in="query",
+    )
+    set_webhook(
+        store,
+        secrets,
+        tenant="globex",
+        url="http://127.0.0.1:9/nobody",
+        token_name="key",
+        token="sup3r-s3cret-t0ken",
+        token_in="query",
+    )
     dispatcher = dispatcher_for()
     dispatcher(event(0))
     dispatcher(event(0, tenant="globex"))

@@ -14,12 +14,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from callscribe.aws.services import webhook_lambda
 from callscribe.aws.adapters.dynamodb_store import DynamoStore
 from callscribe.aws.adapters.eventbridge_bus import DETAIL_TYPE, SOURCE, event_detail
+from callscribe.aws.services import webhook_lambda
 from callscribe.bus import TranscriptEvent
-from callscribe.testing.simulate import WebhookReceiver, running_receiver
 from callscribe.store.base import WebhookAuth, WebhookConfig
+from callscribe.testing.simulate import WebhookReceiver, running_receiver
 from tests.aws_fixtures import REGION, AwsResources, LambdaContext, create_resources
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -28,9 +28,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe", "CALLSCRIBE_SECRETS_PREFIX": "callscribe/t/",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
+        "CALLSCRIBE_SECRETS_PREFIX": "callscribe/t/",
         "CALLSCRIBE_WEBHOOK_TIMEOUT_S": "2",
     }.items():
         monkeypatch.setenv(name, value)
@@ -44,28 +47,50 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
 
 def transcript(conversation: str, seq: int, tenant: str = "acme") -> TranscriptEvent:
     return TranscriptEvent(
-        tenant=tenant, namespace="twilio", conversation_id=conversation,
-        message_id=str(uuid.uuid4()), seq=seq,
+        tenant=tenant,
+        namespace="twilio",
+        conversation_id=conversation,
+        message_id=str(uuid.uuid4()),
+        seq=seq,
         body={"type": "transcript", "externalConversationId": conversation, "seq": seq},
     )
 
 
-def record(event: TranscriptEvent | str, sent_at: float | None = None, group: str = "g") -> dict[str, Any]:
+def record(
+    event: TranscriptEvent | str, sent_at: float | None = None, group: str = "g"
+) -> dict[str, Any]:
     if isinstance(event, TranscriptEvent):
-        body = json.dumps({"version": "0", "id": str(uuid.uuid4()), "source": SOURCE,
-                           "detail-type": DETAIL_TYPE, "detail": event_detail(event)})
+        body = json.dumps(
+            {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "source": SOURCE,
+                "detail-type": DETAIL_TYPE,
+                "detail": event_detail(event),
+            }
+        )
         group = event_detail(event)["group"]
     else:
         body = event
     sent = int((sent_at if sent_at is not None else time.time()) * 1000)
     return {
-        "messageId": str(uuid.uuid4()), "receiptHandle": "rh", "body": body,
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(sent),
-                       "SequenceNumber": "1", "MessageGroupId": group, "SenderId": "AIDA",
-                       "MessageDeduplicationId": str(uuid.uuid4()),
-                       "ApproximateFirstReceiveTimestamp": str(sent)},
-        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-        "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:q.fifo", "awsRegion": REGION,
+        "messageId": str(uuid.uuid4()),
+        "receiptHandle": "rh",
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": str(sent),
+            "SequenceNumber": "1",
+            "MessageGroupId": group,
+            "SenderId": "AIDA",
+            "MessageDeduplicationId": str(uuid.uuid4()),
+            "ApproximateFirstReceiveTimestamp": str(sent),
+        },
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:q.fifo",
+        "awsRegion": REGION,
     }
 
 
@@ -84,7 +109,8 @@ async def test_delivers_in_order_with_the_deployment_secret(
     aws: AwsResources, monkeypatch: pytest.MonkeyPatch, receiver: WebhookReceiver
 ) -> None:
     arn = boto3.client("secretsmanager").create_secret(
-        Name="deployment-webhook", SecretString=json.dumps({"name": "X-Token", "value": "t0k", "in": "header"})
+        Name="deployment-webhook",
+        SecretString=json.dumps({"name": "X-Token", "value": "t0k", "in": "header"}),
     )["ARN"]
     monkeypatch.setenv("CALLSCRIBE_WEBHOOK_URL", receiver.url)
     monkeypatch.setenv("CALLSCRIBE_WEBHOOK_SECRET_ARN", arn)
@@ -120,7 +146,9 @@ async def test_messages_that_waited_too_long_are_dropped_oldest_first(
     now = time.time()
     stale = [transcript("CA4", n) for n in range(2)]
     fresh = [transcript("CA4", n) for n in range(2, 4)]
-    records = [record(e, sent_at=now - 300) for e in stale] + [record(e, sent_at=now) for e in fresh]
+    records = [record(e, sent_at=now - 300) for e in stale] + [
+        record(e, sent_at=now) for e in fresh
+    ]
     result = await invoke(records)
     assert result == {"batchItemFailures": []}
     assert [m.body["seq"] for m in receiver.messages] == [2, 3]
@@ -151,8 +179,14 @@ async def test_tenant_webhook_configuration_and_credentials_from_secrets_manager
 ) -> None:
     monkeypatch.delenv("CALLSCRIBE_WEBHOOK_URL", raising=False)
     store(aws).put_webhook_config(
-        WebhookConfig(tenant="globex", url=receiver.url, auth=WebhookAuth.SECRET_TOKEN,
-                      token_name="api_key", token_in="query", updated_at=time.time())
+        WebhookConfig(
+            tenant="globex",
+            url=receiver.url,
+            auth=WebhookAuth.SECRET_TOKEN,
+            token_name="api_key",
+            token_in="query",
+            updated_at=time.time(),
+        )
     )
     boto3.client("secretsmanager").create_secret(
         Name="callscribe/t/webhook/globex/token", SecretString="q-secret"

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         ulaw_to_pcm16(call.tracks["inbound"]), ulaw_to_pcm16(call.tracks["outbound"])
     )
     fragments = connect_fragments(
-        customer, agent, contact_id=args.contact_id, fragment_ms=args.fragment_ms,
+        customer,
+        agent,
+        contact_id=args.contact_id,
+        fragment_ms=args.fragment_ms,
         block_ms=args.block_ms,
     )
     data = b"".join(f.encode((0, f.number)) for f in fragments)
@@ -48,11 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         outputs = demuxer.feed(data) + demuxer.end_of_body()
         best = min(best, time.perf_counter() - started)
     read = {
-        channel: np.concatenate([o.pcm16 for o in outputs
-                                 if isinstance(o, AudioReceived) and o.channel == channel])
+        channel: np.concatenate(
+            [o.pcm16 for o in outputs if isinstance(o, AudioReceived) and o.channel == channel]
+        )
         for channel in (CUSTOMER_TRACK, AGENT_TRACK)
     }
-    exact = np.array_equal(read[CUSTOMER_TRACK], customer) and np.array_equal(read[AGENT_TRACK], agent)
+    exact = np.array_equal(read[CUSTOMER_TRACK], customer) and np.array_equal(
+        read[AGENT_TRACK], agent
+    )
     print(
         f"{args.out}: {len(fragments)} fragments, {len(data)} bytes; parsed back "
         f"{'sample-exact' if exact else 'WITH DIFFERENCES'} at {len(data) / best / 1e6:.1f} MB/s "

@@ -116,17 +116,41 @@ async def _control_call(
 router = APIRouter()
 
 WEBHOOK_HEADERS = [
-    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"},
-     "description": "The message id: the same on every attempt; de-duplicate on it"},
-    {"name": "webhook-timestamp", "in": "header", "required": True,
-     "schema": {"type": "integer"}, "description": "UNIX seconds of this attempt"},
-    {"name": "webhook-signature", "in": "header", "required": True,
-     "schema": {"type": "string"},
-     "description": "v1,<base64 HMAC-SHA256 of id.timestamp.body with the signing secret>"},
-    {"name": "X-CallScribe-Message-Id", "in": "header", "required": True,
-     "schema": {"type": "string"}, "description": "Same as webhook-id"},
-    {"name": "authorization", "in": "header", "required": False, "schema": {"type": "string"},
-     "description": "Bearer <token> with OAuth2 client-credentials"},
+    {
+        "name": "webhook-id",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The message id: the same on every attempt; de-duplicate on it",
+    },
+    {
+        "name": "webhook-timestamp",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "integer"},
+        "description": "UNIX seconds of this attempt",
+    },
+    {
+        "name": "webhook-signature",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "v1,<base64 HMAC-SHA256 of id.timestamp.body with the signing secret>",
+    },
+    {
+        "name": "X-CallScribe-Message-Id",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "Same as webhook-id",
+    },
+    {
+        "name": "authorization",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Bearer <token> with OAuth2 client-credentials",
+    },
 ]
 
 
@@ -172,7 +196,9 @@ async def start_streaming(request: Request, key: Authenticated) -> StreamingResp
     if start.namespace is Namespace.AMAZON_CONNECT:
         return await _open_or_start(services, call_key, start)
     return await _control_call(
-        services, call_key, lambda control, call: control.start(call, start),
+        services,
+        call_key,
+        lambda control, call: control.start(call, start),
     )
 
 
@@ -218,7 +244,8 @@ async def _open_or_start(
 async def stop_streaming(request: Request, key: Authenticated) -> StreamingResponse:
     stop = parse_stop(await _json_body(request))
     return await _control_call(
-        api_services(request), CallKey(key.tenant, stop.namespace.value, stop.guid),
+        api_services(request),
+        CallKey(key.tenant, stop.namespace.value, stop.guid),
         lambda control, call: control.stop(call),
         ended=claim_end_summary,
     )

@@ -173,7 +173,9 @@ def build_router() -> APIRouter:
         end: Annotated[UtcDatetime, Query(description="exclusive")],
     ) -> FeedFilesResponse:
         if feed not in FEEDS:
-            raise CallError(ErrorCode.PARAMETER, f"unknown feed {feed!r}; feeds: {', '.join(FEEDS)}")
+            raise CallError(
+                ErrorCode.PARAMETER, f"unknown feed {feed!r}; feeds: {', '.join(FEEDS)}"
+            )
         if end <= start:
             raise CallError(ErrorCode.PARAMETER, "end must be after start")
         if end - start > MAX_INTERVAL:

@@ -11,6 +11,7 @@ utterance late.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -156,10 +157,8 @@ class DynamicBatcher:
             return
         await self._queue.join()  # each item is marked done after its batch completed
         self._loop_task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
-        except asyncio.CancelledError:
-            pass
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 

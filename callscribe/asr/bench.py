@@ -25,8 +25,8 @@ from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.audio import resample_8k_to_16k, ulaw_to_pcm16
 from callscribe.config import AsrSettings
 from callscribe.quality import word_errors
-from callscribe.textnorm import normalize
 from callscribe.testing.simulate import load_sample_call
+from callscribe.textnorm import normalize
 
 SAMPLE_RATE = 16_000
 MARGIN_MS = 200
@@ -116,9 +116,7 @@ def measure(
         latency_mean_ms=float(np.mean(latencies_ms)),
         latency_max_ms=float(np.max(latencies_ms)),
         word_error_rate=word_error_rate([u.script for u in utterances], texts),
-        same_as_single=sum(
-            a == b for a, b in zip(texts, single_texts or texts, strict=True)
-        ),
+        same_as_single=sum(a == b for a, b in zip(texts, single_texts or texts, strict=True)),
     )
     return row, texts
 

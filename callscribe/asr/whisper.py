@@ -183,8 +183,11 @@ class FasterWhisperEngine:
             and self.suspect(result.text, len(request.audio))
         ):
             self.full_window_retries += 1
-            log.info("re-decoding a %d ms utterance with the full window: %r",
-                     result.audio_ms, result.text[:80])
+            log.info(
+                "re-decoding a %d ms utterance with the full window: %r",
+                result.audio_ms,
+                result.text[:80],
+            )
             result = self._transcribe_window(request, FULL_CONTEXT_FRAMES)
         result = self._cut_loops(result)
         return replace(result, processing_ms=(time.perf_counter() - started) * 1000)
@@ -324,7 +327,8 @@ class FasterWhisperEngine:
             for request in requests
         ]
         batched = [
-            i for i, request in enumerate(requests)
+            i
+            for i, request in enumerate(requests)
             if results[i] is None and self.batchable(request)
         ]
         if batched:
@@ -366,7 +370,8 @@ class FasterWhisperEngine:
         texts = self._decode_together(requests, self._features(requests, width))
         if width < FULL_CONTEXT_FRAMES and self.settings.full_window_retry:
             again = [
-                i for i, (request, (text, _)) in enumerate(zip(requests, texts, strict=True))
+                i
+                for i, (request, (text, _)) in enumerate(zip(requests, texts, strict=True))
                 if self.suspect(text, len(request.audio))
             ]
             if again:

@@ -119,8 +119,12 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
                 f"at most {settings.max_audio_s:g} s",
             },
             "parameters": [
-                {"name": "language", "in": "query", "schema": {"type": "string"},
-                 "description": "ISO 639-1 code (en, es…); detected when absent"},
+                {
+                    "name": "language",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "ISO 639-1 code (en, es…); detected when absent",
+                },
                 {"name": "wordTimestamps", "in": "query", "schema": {"type": "boolean"}},
             ],
         },
@@ -262,10 +266,8 @@ def run_worker(settings: AsrWorkerSettings) -> int:
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: let that end
     # the process with status 0, as a requested stop is not a failure.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_worker(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -178,7 +178,8 @@ def start_request(event: Mapping[str, Any], settings: FlowSettings) -> dict[str,
     )
     redaction = parameters.get("redactionOutput") or settings.redaction_output
     detailed = (
-        _truthy(parameters["detailedToken"]) if "detailedToken" in parameters
+        _truthy(parameters["detailedToken"])
+        if "detailedToken" in parameters
         else settings.detailed_token
     )
     connect_params: dict[str, Any] = {"streamArn": stream_arn, "startSelectorType": "NOW"}
@@ -250,8 +251,9 @@ class SecretsManagerCredentials:
 Post = Callable[[str, dict[str, Any], ApiCredentials, float], tuple[int, dict[str, Any]]]
 
 
-def http_post(url: str, body: dict[str, Any], credentials: ApiCredentials,
-              timeout_s: float) -> tuple[int, dict[str, Any]]:
+def http_post(
+    url: str, body: dict[str, Any], credentials: ApiCredentials, timeout_s: float
+) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
@@ -281,8 +283,9 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 
 class ContactFlowHandler:
-    def __init__(self, settings: FlowSettings, credentials: SecretsManagerCredentials,
-                 post: Post = http_post) -> None:
+    def __init__(
+        self, settings: FlowSettings, credentials: SecretsManagerCredentials, post: Post = http_post
+    ) -> None:
         self.settings = settings
         self.credentials = credentials
         self.post = post
@@ -298,8 +301,9 @@ class ContactFlowHandler:
     def stop(self, event: Mapping[str, Any]) -> dict[str, str]:
         return self._run("stop", event, lambda: stop_request(event, self.settings), STOP_PATH)
 
-    def _run(self, action: str, event: Mapping[str, Any],
-             build: Callable[[], dict[str, Any]], path: str) -> dict[str, str]:
+    def _run(
+        self, action: str, event: Mapping[str, Any], build: Callable[[], dict[str, Any]], path: str
+    ) -> dict[str, str]:
         guid = ""
         try:
             body = build()
@@ -316,8 +320,9 @@ class ContactFlowHandler:
                 str(error.get("message") or f"CallScribe answered HTTP {status}"),
             )
         except FlowError as exc:
-            log.error(json.dumps({"action": action, "guid": guid, "code": exc.code,
-                                  "error": exc.message}))
+            log.error(
+                json.dumps({"action": action, "guid": guid, "code": exc.code, "error": exc.message})
+            )
             return _error(guid, exc.code, exc.message)
         except Exception as exc:  # never into the flow: it must go on with the call
             log.exception("connect %s failed", action)

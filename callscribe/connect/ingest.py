@@ -97,7 +97,8 @@ class ConnectCall(CallSession):
             raise CallError(ErrorCode.ALREADY, "transcription already started")
         if request.amazonConnectParams is None:
             raise CallError(
-                ErrorCode.TRANSCRIPTION_PARAMETER, "namespace amazonconnect needs amazonConnectParams"
+                ErrorCode.TRANSCRIPTION_PARAMETER,
+                "namespace amazonconnect needs amazonConnectParams",
             )
         return request.amazonConnectParams
 
@@ -118,7 +119,9 @@ class ConnectCall(CallSession):
         reader.start()
         self._pump = asyncio.get_running_loop().create_task(self._feed(reader))
         log.info(
-            "connect call %s: reading %s from %s", self.key, reader.stream_arn,
+            "connect call %s: reading %s from %s",
+            self.key,
+            reader.stream_arn,
             reader.selector.as_request(),
         )
         return result
@@ -243,11 +246,15 @@ class ConnectIngest:
         params = request.amazonConnectParams
         if params is None:
             raise CallError(
-                ErrorCode.TRANSCRIPTION_PARAMETER, "namespace amazonconnect needs amazonConnectParams"
+                ErrorCode.TRANSCRIPTION_PARAMETER,
+                "namespace amazonconnect needs amazonConnectParams",
             )
         known = await asyncio.to_thread(self.store.get_call, key)
         if known is None:
-            for role, external_id in ((Role.CUSTOMER, request.customerId), (Role.AGENT, request.agentId)):
+            for role, external_id in (
+                (Role.CUSTOMER, request.customerId),
+                (Role.AGENT, request.agentId),
+            ):
                 if external_id is None:
                     raise CallError(
                         ErrorCode.PARAMETER,
@@ -310,8 +317,14 @@ class ConnectIngest:
         log.info(
             "reader %s finished (%s: %s): %d fragments, %d bytes, %d reconnects, "
             "millis-behind-now last %s max %s",
-            reader.label, end.reason.value, end.detail, stats.fragments, stats.bytes,
-            stats.reconnects, stats.millis_behind_now, stats.max_millis_behind_now,
+            reader.label,
+            end.reason.value,
+            end.detail,
+            stats.fragments,
+            stats.bytes,
+            stats.reconnects,
+            stats.millis_behind_now,
+            stats.max_millis_behind_now,
         )
 
     def forget(self, call: ConnectCall) -> None:
@@ -336,7 +349,8 @@ class ConnectIngest:
                 "max": max(behind) if behind else None,
                 "mean": round(sum(behind) / len(behind)) if behind else None,
                 "maxEver": max(
-                    [b for b in (*behind, self.max_millis_behind_now) if b is not None], default=None
+                    [b for b in (*behind, self.max_millis_behind_now) if b is not None],
+                    default=None,
                 ),
             },
             "readers": [call.reader_stats() for call in list(self.calls.values())[:100]],

@@ -61,8 +61,9 @@ def role_account(role_arn: str) -> str | None:
     return parts[4] if len(parts) >= 6 and parts[2] == "iam" else None
 
 
-def boto3_client(service: str, *, region: str, credentials: dict[str, str] | None = None,
-                 **kwargs: Any) -> Any:
+def boto3_client(
+    service: str, *, region: str, credentials: dict[str, str] | None = None, **kwargs: Any
+) -> Any:
     import boto3
 
     session = boto3.session.Session(
@@ -95,8 +96,13 @@ class BotoMediaBody:
 class AssumedRole:
     """Credentials of one tenant role, renewed before they expire. Thread-safe."""
 
-    def __init__(self, access: ConnectAccess, region: str, settings: ConnectSettings,
-                 client_factory: ClientFactory) -> None:
+    def __init__(
+        self,
+        access: ConnectAccess,
+        region: str,
+        settings: ConnectSettings,
+        client_factory: ClientFactory,
+    ) -> None:
         self.access = access
         self.region = region
         self.settings = settings
@@ -134,15 +140,21 @@ class AssumedRole:
             "AccessKeyId": answer["AccessKeyId"],
             "SecretAccessKey": answer["SecretAccessKey"],
             "SessionToken": answer["SessionToken"],
-            "Expiration": expiration.timestamp() if hasattr(expiration, "timestamp") else time.time() + _CREDENTIALS_S,
+            "Expiration": expiration.timestamp()
+            if hasattr(expiration, "timestamp")
+            else time.time() + _CREDENTIALS_S,
         }
 
 
 class BotoKvsMediaSource:
     """GetMedia on a tenant's streams, as its role (or CallScribe's own credentials)."""
 
-    def __init__(self, access: ConnectAccess, settings: ConnectSettings,
-                 client_factory: ClientFactory = boto3_client) -> None:
+    def __init__(
+        self,
+        access: ConnectAccess,
+        settings: ConnectSettings,
+        client_factory: ClientFactory = boto3_client,
+    ) -> None:
         self.access = access
         self.settings = settings
         self.client_factory = client_factory
@@ -173,7 +185,9 @@ class BotoKvsMediaSource:
                 )
         credentials = self._credentials(stream.region)
         try:
-            video = self.client_factory("kinesisvideo", region=stream.region, credentials=credentials)
+            video = self.client_factory(
+                "kinesisvideo", region=stream.region, credentials=credentials
+            )
             endpoint = video.get_data_endpoint(StreamARN=stream_arn, APIName="GET_MEDIA")[
                 "DataEndpoint"
             ]
@@ -193,7 +207,9 @@ class BotoKvsMediaSource:
             code = exc.response.get("Error", {}).get("Code", "")
             message = exc.response.get("Error", {}).get("Message", str(exc))
             if code in _ACCESS_ERRORS:
-                raise KvsAccessError(f"cannot read stream {stream.name}: {code}: {message}") from None
+                raise KvsAccessError(
+                    f"cannot read stream {stream.name}: {code}: {message}"
+                ) from None
             raise
         return BotoMediaBody(answer["Payload"])
 
@@ -201,8 +217,9 @@ class BotoKvsMediaSource:
 class BotoMediaSources:
     """Per tenant, the media source its Store entry describes."""
 
-    def __init__(self, store: Store, settings: ConnectSettings,
-                 client_factory: ClientFactory = boto3_client) -> None:
+    def __init__(
+        self, store: Store, settings: ConnectSettings, client_factory: ClientFactory = boto3_client
+    ) -> None:
         self.store = store
         self.settings = settings
         self.client_factory = client_factory

@@ -110,7 +110,9 @@ class AudioDiscarded:
     lost: bool = False
 
 
-Output: TypeAlias = AudioReceived | FragmentCompleted | ContactChanged | StreamFailed | AudioDiscarded
+Output: TypeAlias = (
+    AudioReceived | FragmentCompleted | ContactChanged | StreamFailed | AudioDiscarded
+)
 
 
 @dataclass(frozen=True)
@@ -322,9 +324,7 @@ class ConnectMediaDemuxer:
                     self._fail(str(exc), out)
                     return
                 if pcm.rate != TELEPHONE_RATE or pcm.channels != 1:
-                    self._fail(
-                        f"MimeType {value!r}: only 8 kHz mono L16 is Connect's format", out
-                    )
+                    self._fail(f"MimeType {value!r}: only 8 kHz mono L16 is Connect's format", out)
                     return
             elif name in (TAG_MILLIS_BEHIND_NOW, TAG_CONTINUATION_TOKEN):
                 fragment.trailer = True

@@ -109,8 +109,13 @@ _PARENTS: Final[dict[int, frozenset[int | None]]] = {
     **{
         child: frozenset({EBML})
         for child in (
-            EBML_VERSION, EBML_READ_VERSION, EBML_MAX_ID_LENGTH, EBML_MAX_SIZE_LENGTH, DOC_TYPE,
-            DOC_TYPE_VERSION, DOC_TYPE_READ_VERSION,
+            EBML_VERSION,
+            EBML_READ_VERSION,
+            EBML_MAX_ID_LENGTH,
+            EBML_MAX_SIZE_LENGTH,
+            DOC_TYPE,
+            DOC_TYPE_VERSION,
+            DOC_TYPE_READ_VERSION,
         )
     },
     **{
@@ -119,12 +124,29 @@ _PARENTS: Final[dict[int, frozenset[int | None]]] = {
     },
     **{
         child: frozenset({INFO})
-        for child in (TIMESTAMP_SCALE, SEGMENT_UID, DURATION, DATE_UTC, TITLE, MUXING_APP, WRITING_APP)
+        for child in (
+            TIMESTAMP_SCALE,
+            SEGMENT_UID,
+            DURATION,
+            DATE_UTC,
+            TITLE,
+            MUXING_APP,
+            WRITING_APP,
+        )
     },
     TRACK_ENTRY: frozenset({TRACKS}),
     **{
         child: frozenset({TRACK_ENTRY})
-        for child in (TRACK_NUMBER, TRACK_UID, TRACK_TYPE, TRACK_NAME, CODEC_ID, CODEC_PRIVATE, AUDIO, VIDEO)
+        for child in (
+            TRACK_NUMBER,
+            TRACK_UID,
+            TRACK_TYPE,
+            TRACK_NAME,
+            CODEC_ID,
+            CODEC_PRIVATE,
+            AUDIO,
+            VIDEO,
+        )
     },
     **{child: frozenset({AUDIO}) for child in (SAMPLING_FREQUENCY, CHANNELS, BIT_DEPTH)},
     **{
@@ -277,15 +299,26 @@ class Truncated:
 
 
 Event: TypeAlias = (
-    DocumentStarted | TracksParsed | BlockFrames | TagsParsed | DocumentEnded | Corrupted | Truncated
+    DocumentStarted
+    | TracksParsed
+    | BlockFrames
+    | TagsParsed
+    | DocumentEnded
+    | Corrupted
+    | Truncated
 )
 
 
 # EBML variable-length integers ------------------------------------------------------------------
 
 
-def decode_vint(data: bytes | bytearray | memoryview, pos: int, *, max_length: int = 8,
-                keep_marker: bool = False) -> tuple[int, int, bool] | None:
+def decode_vint(
+    data: bytes | bytearray | memoryview,
+    pos: int,
+    *,
+    max_length: int = 8,
+    keep_marker: bool = False,
+) -> tuple[int, int, bool] | None:
     """(value, length, all value bits set) of the vint at ``pos``; None if more bytes are
     needed. Raises ValueError for a first byte with no length marker within ``max_length``."""
     if pos >= len(data):

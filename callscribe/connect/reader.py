@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -162,7 +163,9 @@ class KvsStreamReader:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name=f"kvs-reader {self.label}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"kvs-reader {self.label}", daemon=True
+        )
         self._thread.start()
 
     async def next_batch(self) -> Batch:
@@ -284,12 +287,18 @@ class KvsStreamReader:
                 self.stats.lost_blocks += output.blocks
                 log.warning(
                     "reader %s: fragment %s: corrupt data, %d blocks lost (%s)",
-                    self.label, output.fragment_number, output.blocks, output.reason,
+                    self.label,
+                    output.fragment_number,
+                    output.blocks,
+                    output.reason,
                 )
             elif isinstance(output, AudioDiscarded):
                 log.debug(
                     "reader %s: fragment %s: %d blocks to be read again (%s)",
-                    self.label, output.fragment_number, output.blocks, output.reason,
+                    self.label,
+                    output.fragment_number,
+                    output.blocks,
+                    output.reason,
                 )
         return progress
 
@@ -341,7 +350,6 @@ class KvsStreamReader:
         with self._body_lock:
             body, self._body = self._body, None
         if body is not None:
-            try:
+            # Closing a broken connection may fail; it is closed either way.
+            with contextlib.suppress(Exception):
                 body.close()
-            except Exception:  # closing a broken connection may fail; it is closed either way
-                pass

@@ -44,8 +44,8 @@ from callscribe.siprec.recorder import (
     MediaTimedOut,
     OpenRecording,
     OpenStreams,
-    Recording,
     RecorderPolicy,
+    Recording,
     RecordingStarted,
     RecordingStopped,
     RecordingUpdated,
@@ -305,9 +305,7 @@ class SiprecGateway:
         self, session_id: str, label: str, data: bytes, addr: tuple[str, int]
     ) -> None:
         assert self.recorder is not None
-        self._dispatch(
-            self.recorder.rtp_received(session_id, label, data, addr, time.monotonic())
-        )
+        self._dispatch(self.recorder.rtp_received(session_id, label, data, addr, time.monotonic()))
 
     def _rtcp_received(self, session_id: str, label: str, addr: tuple[str, int]) -> None:
         assert self.recorder is not None
@@ -416,9 +414,7 @@ class SiprecGateway:
             exhausted = isinstance(exc, RtpPortsExhausted)
             if not exhausted:
                 log.exception("SIPREC session %s: re-offer failed", opening.session_id)
-            actions = self.recorder.streams_failed(
-                opening.session_id, exhausted, time.monotonic()
-            )
+            actions = self.recorder.streams_failed(opening.session_id, exhausted, time.monotonic())
         self._dispatch(actions)
 
     def _updated(self, updated: RecordingUpdated) -> None:
@@ -659,4 +655,3 @@ class _SipTcpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.peer.connection is not None:
             self.gateway.connection_lost(self.peer.connection)
-

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sipmessage import URI, Address, CSeq, Request, Response, Via
+from sipmessage import URI, Address, Request, Response, Via
 from sipmessage.message import COMPACT_FORMS
 
 SIP_VERSION = "SIP/2.0"
@@ -370,4 +370,3 @@ def describe(message: Request | Response) -> str:
         call_id = message.headers.get("Call-ID") or "?"
         return f"{message.method} (Call-ID {safe_text(call_id, 60)})"
     return f"{message.code} {safe_text(message.phrase, 40)} ({safe_text(message.headers.get('CSeq') or '?', 30)})"
-

@@ -62,7 +62,6 @@ from callscribe.siprec.sdp import (
 )
 from callscribe.siprec.uas import (
     MessageDropped,
-    Output as UasOutput,
     Peer,
     RecordingChanged,
     RecordingEnded,
@@ -70,6 +69,9 @@ from callscribe.siprec.uas import (
     RecordingServerUas,
     RequestRejected,
     Send,
+)
+from callscribe.siprec.uas import (
+    Output as UasOutput,
 )
 from callscribe.store.base import CallKey
 
@@ -591,9 +593,7 @@ class SiprecRecorder:
         if live:
             return Refusal(486, f"Busy Here: call {guid} is already being recorded")
         from_source = sum(
-            1
-            for r in self._recordings.values()
-            if not r.ended and r.peer.address[0] == source_host
+            1 for r in self._recordings.values() if not r.ended and r.peer.address[0] == source_host
         )
         if from_source >= settings.max_sessions_per_source:
             return service_unavailable(
@@ -686,9 +686,7 @@ class SiprecRecorder:
             ]
             if not sending:
                 continue
-            last = max(
-                [recording.started_at] + [s.receiver.last_packet_at or 0.0 for s in sending]
-            )
+            last = max([recording.started_at] + [s.receiver.last_packet_at or 0.0 for s in sending])
             if now - last >= timeout:
                 out.append(MediaTimedOut(recording.session_id, recording.key, now - last))
                 out += self.end_session(recording.session_id, "media timeout", now)

@@ -82,7 +82,7 @@ def assign_roles(
             ):
                 roles[label] = Role.CUSTOMER
         if len(labels) == 2 and len(roles) == 1:
-            (known, role), = roles.items()
+            ((known, role),) = roles.items()
             other = labels[1] if labels[0] == known else labels[0]
             roles[other] = _other(role)
         if _one_per_role(roles):

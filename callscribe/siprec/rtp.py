@@ -23,12 +23,11 @@ a datagram comes from the stream's sender at all.
 
 from __future__ import annotations
 
-from typing import Any
-
 import abc
 import ipaddress
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +97,10 @@ def build_rtp(packet: RtpPacket) -> bytes:
     """An RTP packet without CSRCs or extensions (for senders in tests and tools)."""
     second = (0x80 if packet.marker else 0) | (packet.payload_type & 0x7F)
     header = RTP_HEADER.pack(
-        RTP_VERSION << 6, second, packet.sequence & 0xFFFF, packet.timestamp & 0xFFFFFFFF,
+        RTP_VERSION << 6,
+        second,
+        packet.sequence & 0xFFFF,
+        packet.timestamp & 0xFFFFFFFF,
         packet.ssrc,
     )
     return header + packet.payload

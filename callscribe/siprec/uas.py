@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sipmessage import URI, Request, Response
 
@@ -56,7 +56,14 @@ T4 = 5.0
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE")
 # Methods a recorder understands but does not take: 405 rather than 501.
 REFUSED_METHODS = (
-    "REGISTER", "INFO", "MESSAGE", "REFER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "PRACK",
+    "REGISTER",
+    "INFO",
+    "MESSAGE",
+    "REFER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "PRACK",
 )
 # Extensions a request may Require. "100rel" is satisfied trivially: the only provisional
 # response ever sent is 100 Trying, which is never sent reliably.
@@ -123,7 +130,9 @@ class RequestRejected:
     peer: Peer
 
 
-Output = Send | RecordingOffered | RecordingChanged | RecordingEnded | MessageDropped | RequestRejected
+Output = (
+    Send | RecordingOffered | RecordingChanged | RecordingEnded | MessageDropped | RequestRejected
+)
 
 
 @dataclass
@@ -521,11 +530,10 @@ class RecordingServerUas:
             return self._respond(transaction, exc.status, exc.reason, now)
         if session.session_expires is not None:
             session.expires_at = now + session.session_expires
-        if offer.sdp is None and offer.metadata is None:
-            if not reinvite:
-                return self._respond(
-                    transaction, 200, "OK", now, to_tag=session.local_tag, contact=session
-                )
+        if offer.sdp is None and offer.metadata is None and not reinvite:
+            return self._respond(
+                transaction, 200, "OK", now, to_tag=session.local_tag, contact=session
+            )
         if offer.sdp is not None and not any(accepts(s) for s in offer.sdp.media):
             return self._respond(
                 transaction,
@@ -674,7 +682,9 @@ class RecordingServerUas:
             RequestRejected(status, reason, request.method, peer),
         ]
 
-    def _final(self, transaction: _Transaction, status: int, data: bytes, now: float) -> list[Output]:
+    def _final(
+        self, transaction: _Transaction, status: int, data: bytes, now: float
+    ) -> list[Output]:
         transaction.final_status = status
         transaction.last_response = data
         reliable = transaction.peer.transport != "UDP"
@@ -746,4 +756,3 @@ def _uri_or_invalid(target: str) -> URI:
         return URI.parse(target)
     except ValueError:
         return URI(scheme="sip", host="invalid")
-

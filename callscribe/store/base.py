@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol

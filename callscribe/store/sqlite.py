@@ -3,6 +3,7 @@ thread (sqlite3 connections must not be shared between threads)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -455,9 +456,8 @@ class SqliteStore:
     def close(self) -> None:
         with self._connections_lock:
             for db in self._connections:
-                try:
+                # One created in another thread that is gone raises; sqlite frees it.
+                with contextlib.suppress(sqlite3.ProgrammingError):
                     db.close()
-                except sqlite3.ProgrammingError:
-                    pass  # created in another thread that is gone; sqlite frees it
             self._connections.clear()
         self._local = threading.local()

@@ -163,7 +163,9 @@ class SimulatedKvsStream:
                 return fragment.index - self.fragments[0].index
         raise KeyError(number)
 
-    def get_media(self, selector: dict[str, str], *, drop_after_bytes: int | None = None) -> SimulatedResponse:
+    def get_media(
+        self, selector: dict[str, str], *, drop_after_bytes: int | None = None
+    ) -> SimulatedResponse:
         kind = selector["StartSelectorType"]
         if kind == "NOW":
             now = self.stream_time_ms()

@@ -88,7 +88,8 @@ def ebml_header() -> bytes:
 def tags_element(tags: Iterable[tuple[str, str]]) -> bytes:
     simple = b"".join(
         element(
-            mkv.SIMPLE_TAG, string_element(mkv.TAG_NAME, name) + string_element(mkv.TAG_STRING, value)
+            mkv.SIMPLE_TAG,
+            string_element(mkv.TAG_NAME, name) + string_element(mkv.TAG_STRING, value),
         )
         for name, value in tags
     )
@@ -111,7 +112,9 @@ def audio_track_entry(number: int, name: str, codec_id: str = "A_AAC") -> bytes:
     )
 
 
-def simple_block(track_number: int, relative_ms: int, payload: bytes, keyframe: bool = True) -> bytes:
+def simple_block(
+    track_number: int, relative_ms: int, payload: bytes, keyframe: bool = True
+) -> bytes:
     header = encode_size(track_number) + struct.pack(">hB", relative_ms, 0x80 if keyframe else 0)
     return element(mkv.SIMPLE_BLOCK, header + payload)
 
@@ -201,6 +204,9 @@ def error_fragment(error_id: int, error_code: str) -> bytes:
         ebml_header()
         + unknown_size_header(mkv.SEGMENT)
         + tags_element(
-            [("AWS_KINESISVIDEO_ERROR_ID", str(error_id)), ("AWS_KINESISVIDEO_ERROR_CODE", error_code)]
+            [
+                ("AWS_KINESISVIDEO_ERROR_ID", str(error_id)),
+                ("AWS_KINESISVIDEO_ERROR_CODE", error_code),
+            ]
         )
     )

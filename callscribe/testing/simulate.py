@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import importlib.resources
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -191,7 +191,9 @@ class ApiClient:
         response.raise_for_status()
         return response.json()["streamingUrl"]
 
-    async def start(self, guid: str, customer_id: str, agent_id: str, **params: Any) -> httpx.Response:
+    async def start(
+        self, guid: str, customer_id: str, agent_id: str, **params: Any
+    ) -> httpx.Response:
         return await self._http.post(
             "/mg-autotranscribe/v1/start-streaming",
             json={
@@ -264,7 +266,8 @@ async def play_call(
     *,
     played: PlayedCall | None = None,
     autotranscribe_params: dict[str, Any] | None = None,
-    on_control: Callable[[Control, httpx.Response, PlayedCall], Awaitable[None] | None] | None = None,
+    on_control: Callable[[Control, httpx.Response, PlayedCall], Awaitable[None] | None]
+    | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> PlayedCall:
     """Stream ``call`` as Twilio would: 20 ms frames of both tracks, paced at ``played.speed`` × real
@@ -288,8 +291,15 @@ async def play_call(
                 next_control += 1
                 # Sent in order, each after the previous answered, as an integration would.
                 previous = asyncio.get_running_loop().create_task(
-                    _control(api, control, played, call, autotranscribe_params, on_control,
-                             after=previous)
+                    _control(
+                        api,
+                        control,
+                        played,
+                        call,
+                        autotranscribe_params,
+                        on_control,
+                        after=previous,
+                    )
                 )
             for track in tracks:
                 chunk = call.tracks[track][frame * FRAME_BYTES : (frame + 1) * FRAME_BYTES]
@@ -303,8 +313,9 @@ async def play_call(
         # Controls due at the very end (the final stop) run before hang-up.
         for control in controls[next_control:]:
             previous = asyncio.get_running_loop().create_task(
-                _control(api, control, played, call, autotranscribe_params, on_control,
-                         after=previous)
+                _control(
+                    api, control, played, call, autotranscribe_params, on_control, after=previous
+                )
             )
         if previous is not None:
             await previous
@@ -364,7 +375,9 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    data_dir: Path, webhook_url: str, extra_args: list[str] | None = None,
+    data_dir: Path,
+    webhook_url: str,
+    extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
     """``callscribe serve`` in a child process; SIGTERM on exit (a clean shutdown)."""
@@ -373,10 +386,20 @@ async def running_server(
     log = log_path.open("wb")
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "callscribe", "-v", "serve",
-            "--port", str(port), "--data-dir", str(data_dir), "--webhook-url", webhook_url,
+            sys.executable,
+            "-m",
+            "callscribe",
+            "-v",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--webhook-url",
+            webhook_url,
             # Any free SIPREC port, so that servers side by side do not fight over 5070.
-            "--sip-port", "0",
+            "--sip-port",
+            "0",
             *(extra_args or []),
         ],
         stdout=log,

@@ -15,14 +15,14 @@ reason; the call's audio so far is kept and its open utterances are finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from callscribe.audio import TELEPHONE_RATE, ulaw_to_pcm16
@@ -68,9 +68,7 @@ class TwilioCall(CallSession):
 
     def media(self, track: str, pcm16: np.ndarray, timestamp_ms: int) -> None:
         """Audio of this stream, at ``timestamp_ms`` since the stream started."""
-        self.audio(
-            track, pcm16, self.stream_offset_samples + timestamp_ms * TELEPHONE_RATE // 1000
-        )
+        self.audio(track, pcm16, self.stream_offset_samples + timestamp_ms * TELEPHONE_RATE // 1000)
 
     def ingest_params(self) -> dict[str, Any]:
         timeline_end = max((stream.position for stream in self.streams.values()), default=0)
@@ -172,10 +170,8 @@ class TwilioGateway:
 async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
     """Close from our side, unless the peer went away first: Twilio closes right after its
     stop frame, often before the call has completed and our close frame is sent."""
-    try:
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
         await websocket.close(code, reason)
-    except (RuntimeError, WebSocketDisconnect, OSError):
-        pass
 
 
 class _NoStartInTime(Exception):

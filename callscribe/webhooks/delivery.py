@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from callscribe.bus import TranscriptEvent
-from callscribe.webhooks.signing import signature_headers
 from callscribe.store.base import DeliveryFailure, Store
+from callscribe.webhooks.signing import signature_headers
 from callscribe.webhooks.targets import (
     ResolvedTarget,
     TargetResolver,
@@ -162,7 +162,10 @@ class WebhookDispatcher:
                 headers["authorization"] = f"Bearer {token}"
             try:
                 response = await target.client.post(
-                    target.url, content=body, headers=headers, params=params,
+                    target.url,
+                    content=body,
+                    headers=headers,
+                    params=params,
                     timeout=target.timeout_s,
                 )
             except httpx.TimeoutException:

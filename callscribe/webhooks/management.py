@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from callscribe.auth import TENANT_PATTERN
 from callscribe.secrets import Secrets
-from callscribe.webhooks.signing import new_signing_secret
 from callscribe.store.base import Store, WebhookAuth, WebhookConfig
+from callscribe.webhooks.signing import new_signing_secret
 from callscribe.webhooks.targets import (
     CREDENTIALS,
     SIGNING_SECRET,

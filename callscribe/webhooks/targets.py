@@ -35,8 +35,8 @@ import httpx
 
 from callscribe.config import WebhookSettings
 from callscribe.secrets import Secrets
-from callscribe.webhooks.signing import new_signing_secret
 from callscribe.store.base import Store, WebhookAuth, WebhookConfig
+from callscribe.webhooks.signing import new_signing_secret
 
 log = logging.getLogger(__name__)
 

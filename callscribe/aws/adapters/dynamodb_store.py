@@ -29,6 +29,7 @@ leaves one for a call that does not exist.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -356,14 +357,13 @@ class DynamoStore:
         return True
 
     def release_call_lock(self, key: CallKey, holder: str) -> None:
-        try:
+        # Someone else's lock (ours expired and was taken over) stays.
+        with contextlib.suppress(self._errors.ConditionalCheckFailedException):
             self.table.delete_item(
                 Key={"pk": _call_pk(key), "sk": "LOCK"},
                 ConditionExpression="holder = :holder",
                 ExpressionAttributeValues={":holder": holder},
             )
-        except self._errors.ConditionalCheckFailedException:
-            pass  # someone else's lock (ours expired and was taken over)
 
     # messages -------------------------------------------------------------------------------
 

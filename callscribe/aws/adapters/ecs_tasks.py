@@ -80,14 +80,17 @@ class EcsOwnerLiveness:
         try:
             addresses = live_task_addresses(ecs or boto3.client("ecs"), cluster)
         except (BotoCoreError, ClientError) as exc:
-            log.warning("cannot list the tasks of cluster %s (%s): no abandoned-call sweep",
-                        cluster, exc)
+            log.warning(
+                "cannot list the tasks of cluster %s (%s): no abandoned-call sweep", cluster, exc
+            )
             return None
         own_address = owner_address(own_owner)
         if own_address is None or own_address not in addresses:
             log.warning(
                 "this task (%s) is not among the running tasks of cluster %s: wrong cluster? "
-                "no abandoned-call sweep", own_owner, cluster,
+                "no abandoned-call sweep",
+                own_owner,
+                cluster,
             )
             return None
         return cls(own_owner, started_at, frozenset(addresses))
@@ -120,6 +123,7 @@ class AbandonedCallSweep:
         completed = complete_abandoned_calls(
             self.store, liveness.owner_is_gone, self.retention_s, time.time()
         )
-        log.info("abandoned-call sweep of cluster %s: %d call(s) completed", self.cluster,
-                 len(completed))
+        log.info(
+            "abandoned-call sweep of cluster %s: %d call(s) completed", self.cluster, len(completed)
+        )
         return completed

@@ -18,6 +18,7 @@ from callscribe.api.deps import ApiServices, OutputServices
 from callscribe.auth import StreamTokens
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
+from callscribe.control import CallOpener
 from callscribe.control_http import HttpCallOpener, HttpControl
 from callscribe.model import Namespace
 from callscribe.secrets import TOKEN_SIGNING_KEY, Secrets
@@ -41,7 +42,7 @@ def asgi_handler() -> Mangum:
     secrets = adapters.deployment_secrets(aws)
     blobs = adapters.s3_blobs(settings)
     control_secret = _required(secrets, CONTROL_SECRET)
-    openers = {}
+    openers: dict[Namespace, CallOpener] = {}
     if aws.kvs_reader_url:
         # Amazon Connect calls are opened by start-streaming, on one of the KVS reader tasks.
         openers[Namespace.AMAZON_CONNECT] = HttpCallOpener(control_secret, aws.kvs_reader_url)

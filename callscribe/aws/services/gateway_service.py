@@ -12,13 +12,14 @@ EventBridge; recordings (``audioRecordingAllowed``) go to the S3 bucket; ASR run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
@@ -136,7 +137,9 @@ def create_gateway_app(
 
     gateway_app = Starlette(lifespan=lifespan(start, runtime.shutdown, background=background))
     add_gateway_routes(gateway_app, runtime)
-    return RouteByPort(control_port, create_control_app(runtime.registry, control_secret), gateway_app)
+    return RouteByPort(
+        control_port, create_control_app(runtime.registry, control_secret), gateway_app
+    )
 
 
 async def _sweep(sweep: AbandonedCallSweep) -> None:
@@ -178,7 +181,7 @@ def task_settings() -> Settings:
     return settings
 
 
-def run_task_service(serve: Callable[[AwsSettings, Settings], Awaitable[None]]) -> int:
+def run_task_service(serve: Callable[[AwsSettings, Settings], Coroutine[Any, Any, None]]) -> int:
     """A container entrypoint's main: settings from the task's environment, clean SIGTERM."""
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -187,15 +190,17 @@ def run_task_service(serve: Callable[[AwsSettings, Settings], Awaitable[None]]) 
     settings = task_settings()
     aws = AwsSettings()
     exit_cleanly_on_sigterm()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(aws, settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
-async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
-                ready: asyncio.Event | None = None) -> None:
+async def serve(
+    aws: AwsSettings,
+    settings: Settings,
+    asr: AsrEngine | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
     runtime, control_secret = build_runtime(aws, settings, Ingest.TWILIO, asr)
     sweep = abandoned_call_sweep(aws, settings, runtime)
     app = create_gateway_app(runtime, control_secret, aws.control_port, sweep)

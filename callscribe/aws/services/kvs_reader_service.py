@@ -46,8 +46,12 @@ def create_reader_app(runtime: IngestRuntime, control_secret: str, control_port:
     return RouteByPort(control_port, control_app, health_app)
 
 
-async def serve(aws: AwsSettings, settings: Settings, asr: AsrEngine | None = None,
-                ready: asyncio.Event | None = None) -> None:
+async def serve(
+    aws: AwsSettings,
+    settings: Settings,
+    asr: AsrEngine | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
     runtime, control_secret = build_runtime(aws, settings, Ingest.AMAZON_CONNECT, asr)
     app = create_reader_app(runtime, control_secret, aws.control_port)
     banner = (

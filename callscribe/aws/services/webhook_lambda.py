@@ -36,9 +36,9 @@ from callscribe.aws.settings import WebhookFunctionSettings
 from callscribe.bus import TranscriptEvent
 from callscribe.config import WebhookSettings
 from callscribe.secrets import Secrets
+from callscribe.store.base import DeliveryFailure, Store
 from callscribe.webhooks.delivery import WebhookDispatcher
 from callscribe.webhooks.targets import WebhookTargets, default_webhook_target
-from callscribe.store.base import DeliveryFailure, Store
 
 logger = Logger(service="callscribe-webhook")
 tracer = Tracer(service="callscribe-webhook")
@@ -95,7 +95,9 @@ class WebhookDelivery:
             value=self.dispatcher.stats.delivered - before[0],
         )
         metrics.add_metric(
-            name="WebhookFailed", unit=MetricUnit.Count, value=self.dispatcher.stats.failed - before[1]
+            name="WebhookFailed",
+            unit=MetricUnit.Count,
+            value=self.dispatcher.stats.failed - before[1],
         )
 
 
@@ -154,4 +156,4 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     with processor(records=event["Records"], handler=record_handler):
         processor.process()
     delivery.deliver(events)
-    return processor.response()
+    return dict(processor.response())
