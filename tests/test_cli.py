@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pytest
 import websockets
 
 from callscribe.auth import create_api_key
@@ -25,6 +26,8 @@ from callscribe.testing.simulate import (
     running_server,
 )
 from callscribe.twilio.protocol import TwilioStreamWriter
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def callscribe(*args: str) -> subprocess.CompletedProcess[str]:

@@ -50,6 +50,8 @@ from tests.aws_fixtures import (
     sqs_event,
 )
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -39,6 +39,8 @@ from tests.connect_support import (
 )
 from tests.test_e2e_twilio import normalise, transcribed_windows, wait_for_quiet
 
+pytestmark = pytest.mark.e2e
+
 SPEED = 4.0
 FRAGMENT_MS = 1000
 

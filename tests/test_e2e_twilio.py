@@ -21,6 +21,8 @@ from callscribe.testing.simulate import (
 )
 from tests.conftest import WEBHOOK_SECRET, WEBHOOK_SECRET_NAME, RunningServer
 
+pytestmark = pytest.mark.e2e
+
 SPEED = 4.0  # faster than real time; the pipeline is driven by the audio, not the clock
 
 

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.infra_support import REGION, REPO_ROOT, context
+
+pytestmark = pytest.mark.slow
 
 
 def run_app(ctx: dict, outdir: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -39,6 +39,8 @@ from tests.infra_support import (
 )
 from tests.test_infra_nag import findings
 
+pytestmark = pytest.mark.slow
+
 READER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/callscribe-prod-kvs-reader"
 TENANT_ACCOUNT = "111122223333"
 KMS_KEY = f"arn:aws:kms:{REGION}:{TENANT_ACCOUNT}:key/0b9e1c3a-5d4f-4e2b-9a7c-1f2e3d4c5b6a"

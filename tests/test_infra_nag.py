@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from aws_cdk import aws_iam as iam
 from cdk_nag import AwsSolutionsChecks
 
 from tests.infra_support import context, default_stack, synth, variant_stack
+
+pytestmark = pytest.mark.slow
 
 
 def findings(stack) -> list[str]:

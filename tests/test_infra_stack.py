@@ -31,6 +31,8 @@ from tests.infra_support import (
     variant_template,
 )
 
+pytestmark = pytest.mark.slow
+
 SECRET_READ = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
 
 

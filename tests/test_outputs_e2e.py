@@ -28,6 +28,8 @@ from callscribe.webhooks.management import set_webhook, signing_secret
 from callscribe.webhooks.signing import verify
 from tests.conftest import RunningServer
 
+pytestmark = pytest.mark.e2e
+
 SPEED = 4.0
 FRAME = 160  # 20 ms at 8 kHz
 

@@ -24,6 +24,8 @@ from callscribe.quality_bench import (
 from callscribe.testing.simulate import FRAME_BYTES, ReceivedMessage, WebhookReceiver
 from tests.conftest import RunningServer
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 # The bar. Decoding is deterministic (greedy, then a beam search when that looks
 # broken; no sampled temperature), so this run gives the figures `callscribe bench quality`
 # gives: 34.5 % streaming against 34.7 % offline (0.99 ×) on this split. The old default was

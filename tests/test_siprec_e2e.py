@@ -39,6 +39,8 @@ from tests.siprec_support import (
 from tests.test_e2e_twilio import normalise, transcribed_windows, wait_for_quiet
 from tests.test_siprec_uas import with_length
 
+pytestmark = pytest.mark.e2e
+
 SPEED = 4.0
 TENANT = "acme"
 CUSTOMER_AOR = "sip:+14155550123@carrier.example.com"

@@ -26,6 +26,8 @@ from callscribe.takeover import LocalInstance, complete_abandoned_calls
 from callscribe.testing.simulate import running_receiver, running_server
 from tests.serve_support import TwilioCall, agent_lines, api_client, wait_until
 
+pytestmark = pytest.mark.e2e
+
 DAY_S = 86_400
 RETENTION_S = 7 * DAY_S
 

@@ -8,12 +8,15 @@ from dataclasses import replace
 
 import httpx
 import numpy as np
+import pytest
 
 from callscribe.asr.base import WHISPER_LANGUAGES, AsrRequest, AsrResult
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.testing.simulate import PlayedCall, WebhookReceiver, load_sample_call, play_call
 from tests.conftest import RunningServer
 from tests.test_e2e_twilio import wait_for_quiet
+
+pytestmark = pytest.mark.e2e
 
 
 def second_window_only():

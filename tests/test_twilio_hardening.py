@@ -28,6 +28,8 @@ from callscribe.twilio.protocol import TwilioStreamWriter
 from tests.conftest import RunningServer
 from tests.speech import needs_speech_tools, speak
 
+pytestmark = pytest.mark.e2e
+
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 SILENCE_FRAME = pcm16_to_ulaw(np.zeros(160, dtype=np.int16))
 
