@@ -183,47 +183,36 @@ class ContainerService(Construct):
                 container=self.container,
                 container_port=props.cloud_map.port,
             )
-        # Every service starts a replacement task before it stops an old one (minimum healthy
-        # 100 %), and a deployment whose tasks never get healthy is rolled back.
-        rollout = {
+        # What both kinds of service take: the task, its network, service discovery, and the
+        # rollout: every service starts a replacement task before it stops an old one (minimum
+        # healthy 100 %), and a deployment whose tasks never get healthy is rolled back.
+        common = {
+            "cluster": props.cluster,
+            "task_definition": self.task_definition,
+            "desired_count": props.scaling.counts.desired,
+            "vpc_subnets": props.subnets,
+            "security_groups": list(props.security_groups) or None,
+            "cloud_map_options": cloud_map_options,
+            "health_check_grace_period": props.health_check_grace_period,
             "min_healthy_percent": 100,
             "max_healthy_percent": 200,
             "circuit_breaker": ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
         }
         self.service: ecs.BaseService
         if isinstance(compute, FargateCompute):
-            self.service = ecs.FargateService(
-                self,
-                "Service",
-                cluster=props.cluster,
-                task_definition=self.task_definition,
-                desired_count=props.scaling.counts.desired,
-                vpc_subnets=props.subnets,
-                security_groups=list(props.security_groups) or None,
-                assign_public_ip=False,
-                cloud_map_options=cloud_map_options,
-                health_check_grace_period=props.health_check_grace_period,
-                **rollout,
-            )
+            self.service = ecs.FargateService(self, "Service", assign_public_ip=False, **common)
         else:
             self.service = ecs.Ec2Service(
                 self,
                 "Service",
-                cluster=props.cluster,
-                task_definition=self.task_definition,
-                desired_count=props.scaling.counts.desired,
-                vpc_subnets=props.subnets,
-                security_groups=list(props.security_groups) or None,
                 capacity_provider_strategies=[
                     ecs.CapacityProviderStrategy(
                         capacity_provider=compute.capacity_provider.capacity_provider_name,
                         weight=1,
                     )
                 ],
-                cloud_map_options=cloud_map_options,
                 placement_strategies=[ecs.PlacementStrategy.spread_across_instances()],
-                health_check_grace_period=props.health_check_grace_period,
-                **rollout,
+                **common,
             )
 
         if not props.security_groups:
