@@ -404,9 +404,11 @@ async def test_a_flooding_stream_does_not_starve_another_tenants_call(
     text = first["autotranscribeResponse"]["utterance"][0]["text"].lower()
     assert "hello" in text, text
     assert first["autotranscribeResponse"]["start"] < 800, first
-    # The loop was never held for long (a generous bound: the machine may be busy; a flood
-    # read as fast as it came held it for seconds).
-    assert worst_lag_s < 0.75, worst_lag_s
+    # The loop was never held for seconds, as a flood read as fast as it came held it (1.2 to
+    # 2.7 s on a quiet machine). Generous: beside two CPU-burning processes, with the flood's
+    # sender, the ASR and the VAD sharing two cores, a paced flood still saw about 1 s. What
+    # catches a missing pacer for certain are the intake assertions below.
+    assert worst_lag_s < 2.0, worst_lag_s
     # The flood was taken in no faster than the intake allows (defaults: 25x plus 5 s).
     assert server.runtime.gateway.streams_paced == 1
     intake = server.runtime.gateway.services.intake
