@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import IssuedKey, create_api_key
 from callscribe.config import AsrSettings, Settings, SiprecSettings, WebhookSettings
@@ -125,3 +126,22 @@ async def server(
     server_factory: Callable[..., Awaitable[RunningServer]], receiver: WebhookReceiver
 ) -> RunningServer:
     return await server_factory(receiver.url)
+
+
+class GatedAsr:
+    """The real engine behind a gate: a test holds transcription to catch a call while it
+    completes, or while a BYE is being processed (AsrEngine is a port; the model still does
+    the work)."""
+
+    def __init__(self, engine: AsrEngine) -> None:
+        self.engine = engine
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def transcribe(self, request: AsrRequest) -> AsrResult:
+        self.waiting += 1
+        await self.gate.wait()
+        return await self.engine.transcribe(request)
+
+    async def close(self) -> None:
+        pass

@@ -4,10 +4,7 @@ state-machine checks, and with the real Silero VAD on speech made by espeak-ng."
 from __future__ import annotations
 
 import itertools
-import subprocess
-import wave
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ import pytest
 from callscribe.audio import MODEL_RATE
 from callscribe.config import EndpointingSettings
 from callscribe.endpointing import WINDOW, Endpointer, SileroVad, Utterance
+from tests.speech import speak
 
 # Settings pinned here (not read from CALLSCRIBE_VAD_* in the environment). In windows of
 # 512 samples (32 ms): end_silence 400 ms → 12, min_speech 250 ms → 8, pre_roll 200 ms → 6,
@@ -438,42 +436,11 @@ def test_float64_and_int_like_input_is_accepted() -> None:
 needs_tools = pytest.mark.usefixtures("speech_tools")  # fails, never skips, without them
 
 
-def _espeak(text: str, directory: Path, name: str) -> np.ndarray:
-    raw, wav16 = directory / f"{name}.raw.wav", directory / f"{name}.16k.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(raw), text],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            "sox",
-            "-V1",
-            str(raw),
-            "-r",
-            "16000",
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-            str(wav16),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    with wave.open(str(wav16)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    return pcm.astype(np.float32) / 32768.0
-
-
 @pytest.fixture(scope="module")
 def espeak_speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
     directory = tmp_path_factory.mktemp("espeak")
-    first = _espeak("I would like to change the delivery address on my order.", directory, "a")
-    second = _espeak("Sure, I can help you with that today.", directory, "b")
+    first = speak("I would like to change the delivery address on my order.", directory, "a")
+    second = speak("Sure, I can help you with that today.", directory, "b")
     return first, second
 
 

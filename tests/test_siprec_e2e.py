@@ -17,14 +17,14 @@ from typing import Any
 import jiwer
 import pytest
 
-from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
+from callscribe.asr.base import AsrEngine
 from callscribe.config import SiprecSettings
 from callscribe.redaction import redact
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.siprec.rtp import RtpPacket, build_rtp
 from callscribe.store.base import CallKey
 from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
-from tests.conftest import RunningServer
+from tests.conftest import GatedAsr, RunningServer
 from tests.siprec_support import (
     FRAME_MS,
     PAYLOAD_TYPES,
@@ -294,24 +294,6 @@ async def test_malformed_invite_gets_400(
     (rejected,) = [line for line in sipp.logged() if line.startswith("rejected")]
     assert reason in rejected
     assert siprec_server.runtime.siprec.live_sessions == 0
-
-
-class GatedAsr:
-    """The real engine behind a gate, so a test can hold transcription while a BYE is being
-    processed (AsrEngine is a port; the model still does the work)."""
-
-    def __init__(self, engine: AsrEngine) -> None:
-        self.engine = engine
-        self.gate = asyncio.Event()
-        self.waiting = 0
-
-    async def transcribe(self, request: AsrRequest) -> AsrResult:
-        self.waiting += 1
-        await self.gate.wait()
-        return await self.engine.transcribe(request)
-
-    async def close(self) -> None:
-        pass
 
 
 async def test_start_stop_during_bye_get_409_203(

@@ -19,13 +19,12 @@ import pytest
 import websockets
 import websockets.sync.client
 
-from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.audio import pcm16_to_ulaw
 from callscribe.store.base import CallKey, CallStatus
 from callscribe.testing.simulate import WebhookReceiver
 from callscribe.twilio.gateway import RealTimePacer
 from callscribe.twilio.protocol import TwilioStreamWriter
-from tests.conftest import RunningServer
+from tests.conftest import GatedAsr, RunningServer
 from tests.speech import needs_speech_tools, speak
 
 pytestmark = pytest.mark.e2e
@@ -84,24 +83,6 @@ async def send_audio(
         delay = began + (index + 1) * 0.02 / speed - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-
-
-class GatedAsr:
-    """The real engine behind a gate: a test holds transcription to catch a call while it
-    completes (AsrEngine is a port; the model still does the work)."""
-
-    def __init__(self, engine: AsrEngine) -> None:
-        self.engine = engine
-        self.gate = asyncio.Event()
-        self.waiting = 0
-
-    async def transcribe(self, request: AsrRequest) -> AsrResult:
-        self.waiting += 1
-        await self.gate.wait()
-        return await self.engine.transcribe(request)
-
-    async def close(self) -> None:
-        pass
 
 
 def messages_of(receiver: WebhookReceiver, call_sid: str) -> list[dict]:
