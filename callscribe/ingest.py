@@ -9,9 +9,11 @@ callscribe.server's: the core does not import the HTTP API.)
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.metadata
 import logging
+import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -43,6 +45,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
     SERVER_VERSION = "unknown"
 
 DRAIN_TIMEOUT_S = 15.0
+DRAIN_POLL_S = 0.25
 
 
 class Ingest(enum.Enum):
@@ -71,6 +74,8 @@ class IngestRuntime:
     siprec: SiprecGateway | None = None
     # Local mode delivers webhooks in-process (in AWS: the webhook Lambda, off the bus).
     dispatcher: WebhookDispatcher | None = None
+    # Set by drain(): the process is stopping and takes no new calls.
+    draining: bool = False
 
     @classmethod
     def compose(
@@ -175,6 +180,26 @@ class IngestRuntime:
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """Jobs that run while the process serves (none in the core)."""
         return []
+
+    def why_not_ready(self) -> str | None:
+        """Why this process should be given no new call now, or None: what a load balancer's
+        readiness check hears (liveness is separate: a draining process is alive)."""
+        if self.draining:
+            return "draining"
+        if self.siprec is not None:
+            return self.siprec.why_no_new_calls()
+        return None
+
+    async def drain(self, timeout_s: float) -> None:
+        """Take no new calls, then wait (up to ``timeout_s``) for the live ones to end by
+        themselves; the shutdown that follows completes whatever is left."""
+        self.draining = True
+        if self.siprec is not None:
+            self.siprec.begin_draining()
+        deadline = time.monotonic() + timeout_s
+        while len(self.registry) and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        log.info("drained: %d live calls left to complete", len(self.registry))
 
     def liveness(self) -> dict[str, Any]:
         """What anyone may see (load balancers, container health checks): no call details."""

@@ -158,7 +158,7 @@ def _webhook_dispatcher(settings: Settings, adapters: Adapters) -> WebhookDispat
 
 
 def add_gateway_routes(app: Starlette, runtime: IngestRuntime) -> None:
-    """Twilio's media WebSocket and ``/healthz``."""
+    """Twilio's media WebSocket, ``/healthz`` and ``/readyz``."""
     gateway = runtime.gateway
     assert gateway is not None, "this process serves no Twilio gateway"
 
@@ -166,7 +166,11 @@ def add_gateway_routes(app: Starlette, runtime: IngestRuntime) -> None:
         await gateway(websocket)
 
     app.router.routes.extend(
-        [WebSocketRoute(TWILIO_MEDIA_PATH, twilio_media), healthz_route(runtime)]
+        [
+            WebSocketRoute(TWILIO_MEDIA_PATH, twilio_media),
+            healthz_route(runtime),
+            readyz_route(runtime),
+        ]
     )
 
 
@@ -187,6 +191,20 @@ def healthz_route(runtime: IngestRuntime) -> Route:
         return JSONResponse(runtime.stats(tenant=key.tenant))
 
     return Route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+
+
+def readyz_route(runtime: IngestRuntime) -> Route:
+    """``GET /readyz``: 200 while this process takes new calls, 503 with the reason while it
+    does not (draining, full): a load balancer's health check, which sends new calls to
+    other tasks without stopping this one (ECS probes liveness on ``/healthz``)."""
+
+    async def readyz(request: Request) -> JSONResponse:
+        reason = runtime.why_not_ready()
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+
+    return Route("/readyz", readyz, methods=["GET"], include_in_schema=False)
 
 
 def create_local_app(runtime: LocalRuntime) -> FastAPI:

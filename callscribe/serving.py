@@ -64,13 +64,49 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
+class DrainingServer(uvicorn.Server):
+    """A server that, on the first SIGTERM or SIGINT, runs ``drain`` (taking no new work and
+    letting the live work end) while it still serves, and only then shuts down as uvicorn
+    does. A second signal shuts it down at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._draining: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._draining is not None or self._loop is None or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        # Signal handlers run between bytecodes of the loop's thread: schedule, do not run.
+        self._loop.call_soon_threadsafe(self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self.should_exit = True
+
+
 async def start_serving(
-    config: uvicorn.Config, sockets: list[socket.socket] | None = None
+    config: uvicorn.Config,
+    sockets: list[socket.socket] | None = None,
+    drain: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """Runs a server (on ``sockets`` already bound, else on the config's address); returns once it accepts connections, or once
-    it has stopped without ever doing so (a failed startup: ``server.started`` is False and
-    the task is done, carrying the error if there was one)."""
-    server = uvicorn.Server(config)
+    """Runs a server (on ``sockets`` already bound, else on the config's address); returns
+    once it accepts connections, or once it has stopped without ever doing so (a failed
+    startup: ``server.started`` is False and the task is done, carrying the error if there
+    was one). With ``drain``, a stop signal drains first (see :class:`DrainingServer`)."""
+    server = uvicorn.Server(config) if drain is None else DrainingServer(config, drain)
     serving = asyncio.get_running_loop().create_task(server.serve(sockets=sockets))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
@@ -87,9 +123,10 @@ async def serve_until_stopped(
     config: uvicorn.Config,
     sockets: list[socket.socket] | None = None,
     on_started: Callable[[uvicorn.Server], None] = lambda server: None,
+    drain: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serves until the server is stopped (a signal); ``on_started`` runs once it accepts."""
-    server, serving = await start_serving(config, sockets)
+    server, serving = await start_serving(config, sockets, drain)
     if server.started:
         on_started(server)
     await serving

@@ -35,6 +35,11 @@ RECORDING_1 = "urn:ietf:params:xml:ns:recording:1"
 RECORDING_DRAFT = "urn:ietf:params:xml:ns:recording"
 
 
+# The caller and the agent as the SBC scenarios' metadata name them.
+CUSTOMER_AOR = "sip:+14155550123@carrier.example.com"
+AGENT_AOR = "sip:4001@cc.example.com"
+
+
 @dataclass
 class OfferedStream:
     label: str

@@ -6,6 +6,8 @@
         ▼
     EventBridge rule ──▶ SQS FIFO ──(pipe)──▶ SQS FIFO ──▶ webhook Lambda ──▶ real HTTP receiver
     customer ──HTTP──▶ "API Gateway" ──▶ API Lambda (functions.api.handler) ──signed HTTP──▶ gateway
+    sipp (the SBC) ──SIP/RTP──▶ SIPREC recorder task (containers.siprec_recorder.entrypoint),
+        beside stand-ins for the ECS task metadata and agent (task-protection) endpoints
 
 Only moto stands in for AWS, and the test's poller does the EventBridge Pipe's forwarding
 (moto runs no pipes)."""
@@ -20,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import uvicorn
 from moto.server import ThreadedMotoServer
 
 from callscribe.aws.services import api_lambda, webhook_lambda
+from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.testing.simulate import (
     ApiClient,
     PlayedCall,
@@ -49,8 +52,26 @@ from tests.aws_fixtures import (
     pipe_ingress_to_delivery,
     sqs_event,
 )
+from tests.ecs_support import FakeEcsEndpoints, ecs
+from tests.siprec_support import (
+    AGENT_AOR,
+    CUSTOMER_AOR,
+    FRAME_MS,
+    RtpPlayback,
+    SiprecApi,
+    SipUdpPeer,
+    bind_rtp_sockets,
+    dialog_headers,
+    encode_track,
+    free_udp_tcp_port,
+    numbered_streams,
+    sip_request,
+    source_ports,
+    start_sipp,
+)
 
 pytestmark = pytest.mark.e2e
+__all__ = ["ecs"]  # the fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +180,44 @@ async def deliver_webhooks(resources: AwsResources, endpoint: str, stop: asyncio
             await asyncio.sleep(0.2)
 
 
+def cloud_env(
+    resources: AwsResources, endpoint: str, receiver: WebhookReceiver, **more: str
+) -> dict[str, str]:
+    """What the stack gives every task and function: the resources' names, the secrets' ARNs."""
+    return {
+        **aws_env(endpoint),
+        "CALLSCRIBE_TABLE_NAME": resources.table_name,
+        "CALLSCRIBE_EVENT_BUS_NAME": resources.event_bus_name,
+        "CALLSCRIBE_TOKEN_SECRET_ARN": resources.token_secret_arn,
+        "CALLSCRIBE_CONTROL_SECRET_ARN": resources.control_secret_arn,
+        "CALLSCRIBE_BLOB_S3_BUCKET": resources.bucket_name,
+        "CALLSCRIBE_WEBHOOK_URL": receiver.url,
+        **more,
+    }
+
+
+def callscribe_cli(args: list[str], resources: AwsResources, env: dict[str, str]) -> str:
+    """The operator's CLI against the deployment's table: its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "callscribe", *args]
+        + ["--store", "dynamodb", "--table", resources.table_name],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+        await asyncio.sleep(0.1)
+
+
 async def test_call_through_the_cloud_shaped_deployment(
     moto_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -167,43 +226,17 @@ async def test_call_through_the_cloud_shaped_deployment(
 ) -> None:
     resources = create_resources(moto_endpoint)
     gateway_port, control_port, asr_port = free_port(), free_port(), free_port()
-    env = {
-        **aws_env(moto_endpoint),
-        "CALLSCRIBE_TABLE_NAME": resources.table_name,
-        "CALLSCRIBE_EVENT_BUS_NAME": resources.event_bus_name,
-        "CALLSCRIBE_TOKEN_SECRET_ARN": resources.token_secret_arn,
-        "CALLSCRIBE_CONTROL_SECRET_ARN": resources.control_secret_arn,
-        "CALLSCRIBE_BLOB_S3_BUCKET": resources.bucket_name,
-        "CALLSCRIBE_PUBLIC_GATEWAY_URL": f"ws://127.0.0.1:{gateway_port}",
-        "CALLSCRIBE_WEBHOOK_URL": receiver.url,
-    }
+    env = cloud_env(
+        resources,
+        moto_endpoint,
+        receiver,
+        CALLSCRIBE_PUBLIC_GATEWAY_URL=f"ws://127.0.0.1:{gateway_port}",
+    )
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     api_lambda.asgi_handler.cache_clear()
     webhook_lambda.webhook_delivery.cache_clear()
-
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "callscribe",
-            "keys",
-            "create",
-            "--tenant",
-            "acme",
-            "--store",
-            "dynamodb",
-            "--table",
-            resources.table_name,
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
-    issued = json.loads(created.stdout)
+    issued = json.loads(callscribe_cli(["keys", "create", "--tenant", "acme"], resources, env))
 
     asr_log, gateway_log = tmp_path / "asr.log", tmp_path / "gateway.log"
     spool_parent = tmp_path / "task-tmp"
@@ -332,3 +365,162 @@ async def test_call_through_the_cloud_shaped_deployment(
     assert list(spool.iterdir()) == []
     health = gateway_log.read_text()
     assert "Traceback" not in health, health[-3000:]
+
+
+async def test_siprec_call_through_the_cloud_shaped_deployment(
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    receiver: WebhookReceiver,
+    ecs: FakeEcsEndpoints,
+) -> None:
+    """sipp as the customer's SBC against the SIPREC recorder task (a real process:
+    containers.siprec_recorder.entrypoint), its tenant found from the SBC's network in
+    DynamoDB; start-streaming through the API Lambda; SIGTERM mid-call drains the task: no new
+    INVITE, the live call goes on to its BYE, then the task exits with every utterance out."""
+    resources = create_resources(moto_endpoint)
+    recorder_port, control_port, asr_port = free_port(), free_port(), free_port()
+    sip_port = free_udp_tcp_port()
+    env = cloud_env(resources, moto_endpoint, receiver)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    api_lambda.asgi_handler.cache_clear()
+    webhook_lambda.webhook_delivery.cache_clear()
+    issued = json.loads(callscribe_cli(["keys", "create", "--tenant", "acme"], resources, env))
+    callscribe_cli(
+        ["siprec-sources", "set", "--network", "127.0.0.0/8", "--tenant", "acme"], resources, env
+    )
+    # The task's address as ECS reports it (another loopback address than the one the test
+    # dials): what the answer's Contact and SDP must carry, so the BYE must come to it.
+    ecs.task_ip = "127.0.0.2"
+
+    call = load_sample_call()
+    window_ms = sorted(c.at_ms for c in call.controls)[1] + 500
+    payloads = {
+        label: encode_track(call.tracks[track][: window_ms * 8], "PCMU")
+        for label, track in (("1", "inbound"), ("2", "outbound"))
+    }
+    speed = 4.0
+    play_s = min(len(p) for p in payloads.values()) * FRAME_MS / 1000 / speed
+    uui = "00FA080002D3DF63111234"
+    guid = ucid_from_user_to_user(uui)
+    assert guid is not None
+
+    asr_log, recorder_log = tmp_path / "asr.log", tmp_path / "recorder.log"
+    recorder_url = f"http://127.0.0.1:{recorder_port}"
+    with (
+        process(
+            [sys.executable, "-m", "callscribe", "asr-worker", "--host", "127.0.0.1"]
+            + ["--port", str(asr_port)],
+            env,
+            asr_log,
+        ) as asr_worker,
+        process(
+            [sys.executable, "-m", "containers.siprec_recorder.entrypoint"],
+            {
+                **env,
+                "CALLSCRIBE_HOST": "0.0.0.0",
+                "CALLSCRIBE_PORT": str(recorder_port),
+                "CALLSCRIBE_CONTROL_PORT": str(control_port),
+                "CALLSCRIBE_CONTROL_URL": f"http://127.0.0.1:{control_port}",
+                "CALLSCRIBE_ASR_URL": f"http://127.0.0.1:{asr_port}",
+                "CALLSCRIBE_SIPREC_PORT": str(sip_port),
+                "CALLSCRIBE_SIPREC_RTP_PORTS": "31000-31099",
+                # As the stack sets it: only SBC networks mapped in the Store are served.
+                "CALLSCRIBE_SIPREC_TENANT": "",
+                "CALLSCRIBE_SIPREC_AGENT_PATTERN": r"^sip:4\d{3}@",
+                "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "90",
+                "ECS_CONTAINER_METADATA_URI_V4": ecs.metadata_uri,
+                "ECS_AGENT_URI": ecs.agent_uri,
+            },
+            recorder_log,
+        ) as recorder,
+    ):
+        await wait_healthy(f"http://127.0.0.1:{asr_port}/healthz", asr_worker, asr_log)
+        await wait_healthy(f"{recorder_url}/readyz", recorder, recorder_log)
+
+        sources = bind_rtp_sockets(["1", "2"])
+        sipp = await start_sipp(
+            "siprec_call",
+            ("127.0.0.1", sip_port),
+            tmp_path / "sipp",
+            pause_ms=int((play_s + 3) * 1000),
+            injection=[[uui, "0", "PCMU", CUSTOMER_AOR, AGENT_AOR, *source_ports(sources)]],
+        )
+        answered = await sipp.wait_logged(rf"answered {uui} (\d+) (\d+)")
+        ports = {"1": int(answered.group(1)), "2": int(answered.group(2))}
+        answer_sdp = sipp.messages()
+        assert "c=IN IP4 127.0.0.2" in answer_sdp and "Contact: <sip:127.0.0.2:" in answer_sdp
+
+        stop_delivery = asyncio.Event()
+        delivery = asyncio.get_running_loop().create_task(
+            deliver_webhooks(resources, moto_endpoint, stop_delivery)
+        )
+        async with api_gateway(None) as api_url:
+            api = SiprecApi(api_url, issued["apiId"], issued["apiSecret"])
+            started = await api.start(guid, call.customer_id, call.agent_id)
+            assert started.status_code == 200, started.text
+            playback = RtpPlayback(
+                {label: ("127.0.0.1", port) for label, port in ports.items()},
+                payloads,
+                0,
+                sources=sources,
+                speed=speed,
+            )
+            playing = asyncio.get_running_loop().create_task(playback.play())
+
+            # A live call: the task asked ECS not to scale it in.
+            await wait_for(lambda: ecs.protection_asked(True), 30, "scale-in protection")
+
+            # Scale-in or a deployment: SIGTERM. New calls go elsewhere, this one goes on.
+            recorder.send_signal(signal.SIGTERM)
+            async with httpx.AsyncClient(timeout=5) as http:
+                deadline = time.monotonic() + 30
+                while (ready := await http.get(f"{recorder_url}/readyz")).status_code == 200:
+                    assert time.monotonic() < deadline, "never stopped being ready"
+                    await asyncio.sleep(0.1)
+                assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+                assert (await http.get(f"{recorder_url}/healthz")).status_code == 200
+            sbc = SipUdpPeer()
+            try:
+                ping = await sbc.request(
+                    sip_request(
+                        "OPTIONS",
+                        dialog_headers("OPTIONS", call_id="ping-1", via_host=sbc.via_host),
+                    ),
+                    ("127.0.0.1", sip_port),
+                )
+                assert ping.code == 503 and int(ping.headers["Retry-After"]) > 0
+                refused = await sbc.invite(("127.0.0.1", sip_port), numbered_streams(2))
+                assert refused.code == 503 and "draining" in refused.phrase
+            finally:
+                sbc.close()
+            # The control endpoint still serves the live call.
+            again = await api.start(guid, call.customer_id, call.agent_id)
+            assert again.status_code == 409, again.text
+
+            await playing
+            assert await sipp.finish() == 0, sipp.stderr.decode(errors="replace")[-3000:]
+            assert any(line.startswith(f"bye-answered {uui}") for line in sipp.logged())
+            assert await asyncio.to_thread(recorder.wait, 60) == 0
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                after = (await api.messages(guid)).json()
+                if after.get("complete"):
+                    break
+                await asyncio.sleep(0.5)
+            assert after["complete"] is True
+            assert len(after["messages"]) >= 2
+            await wait_for(lambda: len(receiver.messages) >= len(after["messages"]), 60, "webhooks")
+            stop_delivery.set()
+            await delivery
+            await api.close()
+
+    bodies = [m.body for m in receiver.messages]
+    assert bodies == after["messages"]
+    assert {b["externalConversationId"] for b in bodies} == {guid}
+    text = " ".join(u["text"] for b in bodies for u in b["autotranscribeResponse"]["utterance"])
+    assert "package" in text.lower()
+    log = recorder_log.read_text()
+    assert "Traceback" not in log, log[-3000:]

@@ -26,6 +26,8 @@ from callscribe.store.base import CallKey
 from callscribe.testing.simulate import SampleCall, WebhookReceiver, load_sample_call
 from tests.conftest import GatedAsr, RunningServer
 from tests.siprec_support import (
+    AGENT_AOR,
+    CUSTOMER_AOR,
     FRAME_MS,
     PAYLOAD_TYPES,
     RtpPlayback,
@@ -43,8 +45,6 @@ pytestmark = pytest.mark.e2e
 
 SPEED = 4.0
 TENANT = "acme"
-CUSTOMER_AOR = "sip:+14155550123@carrier.example.com"
-AGENT_AOR = "sip:4001@cc.example.com"
 
 
 def ucid_hex(node: int, sequence: int, timestamp: int) -> str:

@@ -272,6 +272,64 @@ def test_options_is_answered_200_outside_any_session() -> None:
     assert recorder.live_sessions == 0 and recorder.stats.sessions_offered == 0
 
 
+def ping(recorder: SiprecRecorder, now: float, to_tag: str | None = None) -> Response:
+    headers = dialog_headers("OPTIONS", call_id=f"ping-{now}", to_tag=to_tag)
+    return final(recorder.receive(sip_request("OPTIONS", headers), SBC, now))
+
+
+def test_a_draining_recorder_refuses_new_invites_and_pings_503_and_keeps_its_live_session() -> None:
+    recorder = make_recorder()
+    _, ok = answer(recorder)
+    assert recorder.why_no_new_calls() is None and ping(recorder, 0.1).code == 200
+    recorder.draining = True
+    assert recorder.why_no_new_calls() == "this recording server is draining"
+    refused = final(
+        recorder.receive(
+            plain_invite(
+                "c2", numbered_streams(2), media_address="192.0.2.10", via_host="192.0.2.10:5060"
+            ),
+            SBC,
+            0.2,
+        )
+    )
+    assert refused.code == 503 and "draining" in refused.phrase
+    assert int(refused.headers["Retry-After"]) > 0
+    pong = ping(recorder, 0.3)
+    assert pong.code == 503 and int(pong.headers["Retry-After"]) > 0
+    # A ping inside the live dialog asks only whether the dialog lives: it does.
+    assert ping(recorder, 0.4, to_tag=ok.to_address.parameters["tag"]).code == 200
+    # The live session carries on to its BYE.
+    assert recorder.live_sessions == 1
+    ended = recorder.receive(in_dialog("BYE", ok, 2), SBC, 0.5)
+    assert 200 in codes(ended) and of_type(ended, CloseRecording)
+
+
+def test_a_recorder_at_its_call_cap_refuses_503_until_a_call_ends() -> None:
+    recorder = make_recorder(max_calls=1)
+    _, ok = answer(recorder)
+    assert recorder.why_no_new_calls() == "1 live recordings, the most this server takes"
+    second = plain_invite(
+        "c2", numbered_streams(2), media_address="192.0.2.10", via_host="192.0.2.10:5060"
+    )
+    refused = final(recorder.receive(second, SBC, 0.1))
+    assert refused.code == 503 and "the most this server takes" in refused.phrase
+    assert ping(recorder, 0.2).code == 503
+    recorder.receive(in_dialog("BYE", ok, 2), SBC, 0.3)
+    assert recorder.why_no_new_calls() is None and ping(recorder, 0.4).code == 200
+    third = plain_invite(
+        "c3", numbered_streams(2), media_address="192.0.2.10", via_host="192.0.2.10:5060"
+    )
+    offer(recorder, third, now=0.5)
+
+
+def test_a_recorder_without_ports_for_a_call_is_not_ready() -> None:
+    recorder = make_recorder(rtp_port_pairs=3)
+    assert recorder.why_no_new_calls() is None
+    answer(recorder)
+    assert recorder.why_no_new_calls() == "no free RTP port"
+    assert ping(recorder, 0.1).code == 503
+
+
 def test_rtp_from_the_offered_source_becomes_audio_and_anyone_elses_is_dropped() -> None:
     recorder = make_recorder()
     opening, _ = answer(recorder)

@@ -292,6 +292,18 @@ class SiprecGateway:
     def live_sessions(self) -> int:
         return self.recorder.live_sessions if self.recorder else 0
 
+    def why_no_new_calls(self) -> str | None:
+        """Why this server takes no new recording now (not listening, draining, full)."""
+        if self.recorder is None:
+            return "the SIP listener is not open"
+        return self.recorder.why_no_new_calls()
+
+    def begin_draining(self) -> None:
+        """New INVITEs get 503 (and OPTIONS pings too) from now on; live recordings go on."""
+        if self.recorder is not None and not self.recorder.draining:
+            self.recorder.draining = True
+            log.info("SIPREC: draining, %d live recordings", self.live_sessions)
+
     def recording_of(self, guid: str) -> Recording | None:
         return self.recorder.recording_of(guid) if self.recorder else None
 

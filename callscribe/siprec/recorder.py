@@ -10,9 +10,9 @@ A recording session goes through these steps:
 
 1. An INVITE offers it. It is admitted, or refused with a SIP error: 403 for an SBC mapped to
    no tenant, 400 without a call identifier, 488 for more streams than a session may record,
-   486 for a call already being recorded, 503 with Retry-After when its source holds its
-   share of sessions or the RTP ports are taken. Admitted, :class:`OpenRecording` asks for
-   a port per recorded stream and the call.
+   486 for a call already being recorded, 503 with Retry-After when the server is draining
+   or holds ``max_calls``, its source holds its share of sessions or the RTP ports are taken.
+   Admitted, :class:`OpenRecording` asks for a port per recorded stream and the call.
 2. The gateway reports :meth:`~SiprecRecorder.recording_ready` (ports, the address to
    advertise) or :meth:`~SiprecRecorder.set_up_failed`; the recorder answers 200 with the
    SDP answer (:class:`RecordingStarted` first, so the call is registered before the SBC
@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 # Ports come free as calls end, minutes rather than seconds: an SBC told to come back sooner
 # would only be refused again (and SBCs fail over to another recorder meanwhile).
 RETRY_AFTER_S = 30
+# A two-party call records two streams: fewer free ports than this and the server is full.
+CALL_STREAMS = 2
 # How often sessions are checked for a media timeout (a timeout is tens of seconds at least).
 MEDIA_CHECK_S = 1.0
 
@@ -345,7 +347,12 @@ class SiprecRecorder:
         """``rtp_port_pairs``: the RTP range's size, shared by every session's streams.
         ``is_call_live``: whether a call with that key is live elsewhere in this process."""
         self.policy = policy
-        self.uas = RecordingServerUas(local_port=local_port, new_tag=new_tag)
+        self.uas = RecordingServerUas(
+            local_port=local_port, new_tag=new_tag, unavailable=self.why_no_new_calls
+        )
+        # Set when the server is stopping (or its task is being replaced): live recordings
+        # carry on, new ones are refused with 503 so the SBC takes them elsewhere.
+        self.draining = False
         self.rtp_port_pairs = rtp_port_pairs
         self.is_call_live = is_call_live
         self.stats = RecorderStats()
@@ -365,6 +372,18 @@ class SiprecRecorder:
     def ports_available(self) -> int:
         """Port pairs no session holds or is opening (other programs may still hold some)."""
         return self.rtp_port_pairs - self._ports_reserved
+
+    def why_no_new_calls(self) -> str | None:
+        """Why a new recording would be refused whoever offered it, or None: what OPTIONS
+        pings and the load balancer's readiness check are told."""
+        if self.draining:
+            return "this recording server is draining"
+        cap = self.settings.max_calls
+        if cap and self.live_sessions >= cap:
+            return f"{self.live_sessions} live recordings, the most this server takes"
+        if self.ports_available < CALL_STREAMS:
+            return "no free RTP port"
+        return None
 
     def recording(self, session_id: str) -> Recording | None:
         return self._recordings.get(session_id)
@@ -569,6 +588,10 @@ class SiprecRecorder:
     def _admit(self, offered: RecordingOffered, now: float) -> Recording | Refusal:
         """The new recording, or how to refuse it."""
         settings = self.settings
+        if self.draining or (settings.max_calls and self.live_sessions >= settings.max_calls):
+            why = self.why_no_new_calls()
+            assert why is not None
+            return service_unavailable(why)
         source_host = offered.peer.address[0]
         tenant = self.policy.tenant_of(source_host)
         if tenant is None:

@@ -17,7 +17,8 @@ What it does with each request:
 * re-``INVITE`` and ``UPDATE`` in the session: hold and resume, a changed codec, new streams,
   new metadata: :class:`RecordingChanged`, answered the same way. An UPDATE without a body is
   a session refresh and gets ``200`` at once.
-* ``OPTIONS``: ``200`` with Allow/Accept/Supported (SBCs ping their recorders with it).
+* ``OPTIONS``: ``200`` with Allow/Accept/Supported (SBCs ping their recorders with it); ``503``
+  with Retry-After outside a dialog while the server takes no new recordings.
 * Methods a recorder does not take (``INFO``, ``REFER``, ``MESSAGE``…): ``405`` with Allow;
   methods it does not know: ``501``.
 * Malformed requests: ``400`` with the reason as the reason phrase when the request carries
@@ -53,6 +54,8 @@ from callscribe.siprec.sdp import accepts
 T1 = 0.5
 T2 = 4.0
 T4 = 5.0
+# What a 503 answer to an OPTIONS ping asks the SBC to wait before it pings again.
+OPTIONS_RETRY_AFTER_S = 30
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "UPDATE")
 # Methods a recorder understands but does not take: 405 rather than 501.
 REFUSED_METHODS = (
@@ -191,9 +194,13 @@ class RecordingServerUas:
         *,
         local_port: int,
         new_tag: Callable[[], str] = lambda: secrets.token_hex(8),
+        unavailable: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``unavailable``: why this server takes no new recording now (draining, full), or
+        None; an out-of-dialog OPTIONS ping then gets 503, so the SBC tries another."""
         self.local_port = local_port
         self._new_tag = new_tag
+        self._unavailable = unavailable
         self._transactions: dict[tuple[str, str, str], _Transaction] = {}
         self._sessions: dict[str, _Session] = {}
         self._by_dialog: dict[tuple[str, str], str] = {}  # (Call-ID, our tag) -> session id
@@ -380,6 +387,17 @@ class RecordingServerUas:
         if method == "BYE":
             return self._bye_received(transaction, now)
         if method == "OPTIONS":
+            unavailable = self._unavailable() if tag_of(request.to_address) is None else None
+            if unavailable is not None:
+                # An SBC pings its recording servers to choose one for its next calls; a ping
+                # inside a dialog only asks whether the dialog lives, and it does.
+                return self._respond(
+                    transaction,
+                    503,
+                    f"Service Unavailable: {unavailable}",
+                    now,
+                    headers=(("Retry-After", str(OPTIONS_RETRY_AFTER_S)),),
+                )
             return self._respond(
                 transaction,
                 200,

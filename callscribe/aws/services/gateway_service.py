@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
@@ -133,7 +133,7 @@ def create_gateway_app(
     def background() -> list[Any]:
         # In the background: the gateway serves at once; the sweep only completes calls that
         # no live task holds.
-        return [_sweep(sweep)] if sweep is not None else []
+        return [run_sweep(sweep)] if sweep is not None else []
 
     gateway_app = Starlette(lifespan=lifespan(start, runtime.shutdown, background=background))
     add_gateway_routes(gateway_app, runtime)
@@ -142,7 +142,7 @@ def create_gateway_app(
     )
 
 
-async def _sweep(sweep: AbandonedCallSweep) -> None:
+async def run_sweep(sweep: AbandonedCallSweep) -> None:
     try:
         await asyncio.to_thread(sweep.run)
     except Exception:  # a failed sweep leaves calls for the next task's; it never stops this one
@@ -155,8 +155,10 @@ async def serve_on_two_ports(
     settings: Settings,
     banner: str,
     ready: asyncio.Event | None = None,
+    drain: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """One uvicorn server listening on the service port and the control port."""
+    """One uvicorn server listening on the service port and the control port; with
+    ``drain``, a stop signal runs it before the server shuts down."""
     sockets = []
     for port in (aws.port, aws.control_port):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -169,7 +171,9 @@ async def serve_on_two_ports(
         if ready is not None:
             ready.set()
 
-    await serve_until_stopped(uvicorn_config(app, settings), sockets, on_started=announce)
+    await serve_until_stopped(
+        uvicorn_config(app, settings), sockets, on_started=announce, drain=drain
+    )
 
 
 def task_settings() -> Settings:

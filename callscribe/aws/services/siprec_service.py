@@ -1,0 +1,124 @@
+"""The SIPREC recorder task of the AWS deployment (a Fargate service behind an internal NLB).
+
+SBCs reach it over the customer's private path (VPN, Transit Gateway): new INVITEs and OPTIONS
+pings come through the Network Load Balancer on 5070 (UDP and TCP); the SIP answer's Contact and
+SDP carry this task's own private address, so ACK, re-INVITE, BYE and the RTP of a call go
+straight to the task that answered it. One process:
+- SIP on ``CALLSCRIBE_SIPREC_PORT`` (5070), RTP on ``CALLSCRIBE_SIPREC_RTP_PORTS``;
+- ``CALLSCRIBE_PORT`` (8080): ``/healthz`` (liveness, the ECS container health check) and
+  ``/readyz`` (the load balancer's check: 503 while draining or full, so new calls go to
+  other tasks);
+- ``CALLSCRIBE_CONTROL_PORT`` (8081): the signed control endpoint the API Lambda calls to start
+  and stop a call's transcription (the call's owner in DynamoDB is this task's control URL).
+
+While it holds calls the task is protected from scale-in; on SIGTERM it takes no new calls and
+waits up to ``CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S`` for its calls to end before it completes the
+rest and delivers their last utterances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.types import ASGIApp
+
+from callscribe.asr.base import AsrEngine
+from callscribe.aws.adapters.ecs_tasks import AbandonedCallSweep
+from callscribe.aws.adapters.task_protection import ScaleInGuard, TaskProtection
+from callscribe.aws.services.gateway_service import (
+    RouteByPort,
+    abandoned_call_sweep,
+    build_runtime,
+    run_sweep,
+    run_task_service,
+    serve_on_two_ports,
+    task_metadata,
+    task_private_ip,
+)
+from callscribe.aws.settings import AwsSettings
+from callscribe.config import Settings
+from callscribe.control_http import create_control_app
+from callscribe.ingest import Ingest, IngestRuntime
+from callscribe.server import healthz_route, readyz_route
+from callscribe.serving import lifespan
+
+log = logging.getLogger(__name__)
+
+
+def with_advertised_address(settings: Settings) -> Settings:
+    """The address SBCs must send to: as configured, else (in ECS) this task's private IP,
+    the one the customer's private path routes to. Outside ECS the recorder chooses per SBC
+    (the local address that routes to it)."""
+    if settings.siprec.advertised_address:
+        return settings
+    if task_metadata() is None:
+        return settings
+    siprec = settings.siprec.model_copy(update={"advertised_address": task_private_ip()})
+    return settings.model_copy(update={"siprec": siprec})
+
+
+def scale_in_guard(runtime: IngestRuntime) -> ScaleInGuard | None:
+    """Protection from scale-in while calls are live; None outside ECS (no agent endpoint)."""
+    agent_uri = os.environ.get("ECS_AGENT_URI")  # set by ECS in every task
+    if not agent_uri:
+        return None
+    return ScaleInGuard(TaskProtection(agent_uri), lambda: len(runtime.registry))
+
+
+def create_recorder_app(
+    runtime: IngestRuntime,
+    control_secret: str,
+    control_port: int,
+    sweep: AbandonedCallSweep | None = None,
+    guard: ScaleInGuard | None = None,
+) -> ASGIApp:
+    def background() -> list[Coroutine[Any, Any, None]]:
+        jobs: list[Coroutine[Any, Any, None]] = []
+        if sweep is not None:
+            jobs.append(run_sweep(sweep))
+        if guard is not None:
+            jobs.append(guard.run())
+        return jobs
+
+    health_app = Starlette(
+        routes=[healthz_route(runtime), readyz_route(runtime)],
+        lifespan=lifespan(runtime.start, runtime.shutdown, background=background),
+    )
+    return RouteByPort(
+        control_port, create_control_app(runtime.registry, control_secret), health_app
+    )
+
+
+async def serve(
+    aws: AwsSettings,
+    settings: Settings,
+    asr: AsrEngine | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    settings = with_advertised_address(settings)
+    runtime, control_secret = build_runtime(aws, settings, Ingest.SIPREC, asr)
+    sweep = abandoned_call_sweep(aws, settings, runtime)
+    app = create_recorder_app(
+        runtime, control_secret, aws.control_port, sweep, scale_in_guard(runtime)
+    )
+    siprec = settings.siprec
+    banner = (
+        f"CallScribe SIPREC recorder: SIP on :{siprec.port} (UDP and TCP), RTP "
+        f"{siprec.rtp_ports}, advertising {siprec.advertised_address or 'the routed address'}; "
+        f"/healthz and /readyz on :{aws.port}, control on :{aws.control_port}, "
+        f"owner {runtime.owner}"
+    )
+
+    async def drain() -> None:
+        await runtime.drain(siprec.drain_timeout_s)
+
+    await serve_on_two_ports(app, aws, settings, banner, ready, drain)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_task_service(serve)
