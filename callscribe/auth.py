@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import time
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from callscribe.model import TENANT_PATTERN, TENANT_RULE
 from callscribe.store.base import ApiKey, Store
 
 TOKEN_SALT = "callscribe.twilio-stream-url"
-TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class AuthError(Exception):
@@ -40,7 +39,7 @@ class IssuedKey:
 
 def create_api_key(store: Store, tenant: str) -> IssuedKey:
     if not TENANT_PATTERN.fullmatch(tenant):
-        raise ValueError("tenant must be 1-128 letters, digits, '-' or '_'")
+        raise ValueError(TENANT_RULE)
     api_id = "cs-" + secrets.token_hex(12)
     api_secret = secrets.token_urlsafe(32)
     store.put_api_key(ApiKey(api_id, tenant, hash_secret(api_secret), time.time()))

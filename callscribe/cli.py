@@ -1,4 +1,5 @@
-"""The ``callscribe`` command: serve, keys, webhook, export, demo, bench, asr-worker, bench-asr."""
+"""The ``callscribe`` command: serve, keys, webhook, export, connect-access, siprec-sources,
+demo, bench, asr-worker, bench-asr."""
 
 from __future__ import annotations
 
@@ -469,6 +470,48 @@ def cmd_connect_access_clear(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_siprec_sources_set(args: argparse.Namespace) -> int:
+    from callscribe.store.base import siprec_source
+
+    try:
+        network, tenant = siprec_source(args.network, args.tenant)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _store(args).put_siprec_source(network, tenant)
+    print(json.dumps({"network": network, "tenant": tenant}))
+    return 0
+
+
+def cmd_siprec_sources_remove(args: argparse.Namespace) -> int:
+    from callscribe.store.base import siprec_source_network
+
+    try:
+        network = siprec_source_network(args.network)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if _store(args).delete_siprec_source(network):
+        print(f"removed the SIPREC source mapping of {network}")
+        return 0
+    print(f"error: no SIPREC source mapping for {network}", file=sys.stderr)
+    return 1
+
+
+def cmd_siprec_sources_list(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    sources = _store(args).siprec_sources()
+
+    def address_order(network: str) -> tuple[int, int, int]:
+        parsed = ipaddress.ip_network(network)
+        return parsed.version, int(parsed.network_address), parsed.prefixlen
+
+    for network in sorted(sources, key=address_order):
+        print(json.dumps({"network": network, "tenant": sources[network]}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from callscribe.demo import run_demo
 
@@ -608,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--tenant", required=True)
         _store_args(command)
         command.set_defaults(func=func)
+    _siprec_sources_commands(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -679,6 +723,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_asr.set_defaults(func=cmd_bench_asr)
     return parser
+
+
+def _siprec_sources_commands(commands: Any) -> None:
+    sources = commands.add_parser(
+        "siprec-sources",
+        help="which tenant a SIPREC SBC's calls belong to, by its source address",
+        description="Mappings held in the store, read by every running recorder within "
+        "CALLSCRIBE_SIPREC_SOURCES_REFRESH_S (30 s); consulted before "
+        "CALLSCRIBE_SIPREC_TENANT_BY_SOURCE, then CALLSCRIBE_SIPREC_TENANT. The most "
+        "specific network that holds an SBC's address wins.",
+    ).add_subparsers(dest="siprec_sources_command", required=True)
+    setting = sources.add_parser("set", help="map an SBC address or network to a tenant")
+    setting.add_argument(
+        "--network", required=True, help="an address (198.51.100.7) or CIDR (192.0.2.0/24)"
+    )
+    setting.add_argument("--tenant", required=True)
+    _store_args(setting)
+    setting.set_defaults(func=cmd_siprec_sources_set)
+    removing = sources.add_parser("remove", help="remove a network's mapping")
+    removing.add_argument(
+        "--network", required=True, help="the address or network whose mapping goes"
+    )
+    _store_args(removing)
+    removing.set_defaults(func=cmd_siprec_sources_remove)
+    listing = sources.add_parser("list", help="every mapping (JSON lines)")
+    _store_args(listing)
+    listing.set_defaults(func=cmd_siprec_sources_list)
 
 
 def _webhook_commands(commands: Any) -> None:

@@ -179,7 +179,11 @@ class SiprecSettings(BaseSettings):
     # below. Empty: only mapped SBCs are accepted (others get 403).
     tenant: str = "default"
     # "192.0.2.0/24=acme,198.51.100.7=globex": an SBC address or network -> its tenant.
+    # The Store's mapping (callscribe siprec-sources) is consulted before this one.
     tenant_by_source: str = ""
+    # How often a running recorder re-reads the Store's SBC source mapping (a mapping set with
+    # callscribe siprec-sources takes effect within this).
+    sources_refresh_s: float = Field(30.0, gt=0)
     # Where the call's guid comes from, tried in order: user-to-user (Avaya UCID, shown in
     # decimal), cisco-guid, header:<Name> (e.g. header:X-UCID), metadata-session, call-id.
     call_id_sources: str = "user-to-user,cisco-guid,metadata-session,call-id"

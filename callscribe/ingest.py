@@ -144,7 +144,12 @@ class IngestRuntime:
             )
         if Ingest.SIPREC in serves:
             runtime.siprec = SiprecGateway(
-                SiprecServices(calls=calls, settings=settings.siprec, host=settings.host)
+                SiprecServices(
+                    calls=calls,
+                    settings=settings.siprec,
+                    store=adapters.store,
+                    host=settings.host,
+                )
             )
         return runtime
 

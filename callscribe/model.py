@@ -20,6 +20,9 @@ from callscribe.asr.base import whisper_language
 
 # Used with fullmatch: "$" alone would let a trailing newline through.
 GUID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+# A tenant's name (API keys, webhook configurations, SIPREC source mappings); fullmatch too.
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+TENANT_RULE = "tenant must be 1-128 letters, digits, '-' or '_'"
 
 LANGUAGE_PATTERN = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 

@@ -17,6 +17,7 @@ depends on the wall clock.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -712,3 +713,60 @@ class StoreContract:
         assert store.delete_connect_access(tenant) is True
         assert store.get_connect_access(tenant) is None
         assert store.delete_connect_access(tenant) is False
+
+    # SIPREC SBC sources --------------------------------------------------------------------------
+
+    @pytest.fixture
+    def octets(self) -> bytes:
+        """Random bytes for networks of this test's own: the mapping is deployment-wide, and a
+        shared table may hold other tests' networks."""
+        return uuid.uuid4().bytes
+
+    def test_siprec_sources_put_list_replace_delete(
+        self, store: Store, tenant: str, other_tenant: str, octets: bytes
+    ) -> None:
+        a, b, c, d, e = octets[:5]
+        network = f"10.{a}.{b}.0/24"
+        host = f"10.{c}.{d}.{e}"
+        hexed = octets.hex()
+        # Groups that start with 1 have no leading zeros to drop.
+        v6 = f"fd{hexed[0:2]}:1{hexed[2:5]}:1{hexed[5:8]}:1{hexed[8:11]}"
+        assert network not in store.siprec_sources()
+
+        # Stored normalised: host bits dropped, a bare address a /32, IPv6 compressed.
+        store.put_siprec_source(f"10.{a}.{b}.77/24", tenant)
+        store.put_siprec_source(host, other_tenant)
+        store.put_siprec_source(f"{v6.upper()}:0:0:0:9/64", tenant)
+        sources = store.siprec_sources()
+        assert sources[network] == tenant
+        assert sources[f"{host}/32"] == other_tenant
+        assert sources[f"{v6}::/64"] == tenant
+
+        # One mapping per network, however it is written: a new one replaces it.
+        store.put_siprec_source(f" 10.{a}.{b}.0/255.255.255.0 ", other_tenant)
+        sources = store.siprec_sources()
+        assert sources[network] == other_tenant
+        assert [n for n in sources if n.startswith(f"10.{a}.{b}.")] == [network]
+
+        assert store.delete_siprec_source(f"10.{a}.{b}.1/24") is True
+        assert store.delete_siprec_source(network) is False
+        assert store.delete_siprec_source(host) is True
+        sources = store.siprec_sources()
+        assert network not in sources and f"{host}/32" not in sources
+        assert sources[f"{v6}::/64"] == tenant
+        assert store.delete_siprec_source(f"{v6}::/64") is True
+
+    def test_siprec_source_with_a_bad_network_or_tenant_is_refused(
+        self, store: Store, tenant: str, octets: bytes
+    ) -> None:
+        network = f"10.{octets[0]}.{octets[1]}.0/24"
+        for bad in ("10.0.0.300", "192.0.2.0/33", "sbc.example.com", ""):
+            named = re.escape(f"{bad!r} is not an IP address or network")
+            with pytest.raises(ValueError, match=named):
+                store.put_siprec_source(bad, tenant)
+            with pytest.raises(ValueError, match=named):
+                store.delete_siprec_source(bad)
+        for bad_tenant in ("", "acme corp", "-acme", "a" * 129):
+            with pytest.raises(ValueError, match="tenant must be"):
+                store.put_siprec_source(network, bad_tenant)
+        assert network not in store.siprec_sources()

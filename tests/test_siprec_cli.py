@@ -1,18 +1,27 @@
-"""`callscribe serve` as its own process with SIPREC: SIGTERM in the middle of a recorded
-sentence still transcribes it and completes the call, without a BYE to the SBC."""
+"""SIPREC from the command line: `callscribe siprec-sources` sets, lists and removes the SBC
+source mappings in the store (local SQLite, or a deployment's DynamoDB table under moto); and
+`callscribe serve` as its own process: SIGTERM in the middle of a recorded sentence still
+transcribes it and completes the call, without a BYE to the SBC."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+from moto import mock_aws
 
 from callscribe.auth import create_api_key
+from callscribe.aws.adapters.dynamodb_store import DynamoStore
+from callscribe.cli import main
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.store.sqlite import SqliteStore
 from callscribe.testing.simulate import load_sample_call, running_receiver, running_server
+from tests.aws_fixtures import REGION, AwsResources, create_resources
 from tests.siprec_support import (
     FRAME_MS,
     RtpPlayback,
@@ -22,6 +31,123 @@ from tests.siprec_support import (
     source_ports,
     start_sipp,
 )
+
+
+def sources_cli(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, list[dict[str, str]], str]:
+    """A siprec-sources command: its exit code, the JSON lines it printed, its stderr."""
+    code = main(["siprec-sources", *args])
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return code, lines, err
+
+
+def test_siprec_sources_set_list_remove_in_the_local_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = ["--data-dir", str(tmp_path)]
+    assert sources_cli(capsys, "list", *local) == (0, [], "")
+    # What is stored (and printed) is the network normalised.
+    assert sources_cli(capsys, "set", "--network", "192.0.2.9/24", "--tenant", "acme", *local) == (
+        0,
+        [{"network": "192.0.2.0/24", "tenant": "acme"}],
+        "",
+    )
+    for network, tenant in (("198.51.100.7", "globex"), ("2001:DB8::/32", "acme")):
+        assert sources_cli(capsys, "set", "--network", network, "--tenant", tenant, *local)[0] == 0
+    # A network set again is replaced, however it is written.
+    code, printed, _ = sources_cli(
+        capsys, "set", "--network", "192.0.2.0/255.255.255.0", "--tenant", "initech", *local
+    )
+    assert code == 0 and printed == [{"network": "192.0.2.0/24", "tenant": "initech"}]
+    listed = [
+        {"network": "192.0.2.0/24", "tenant": "initech"},
+        {"network": "198.51.100.7/32", "tenant": "globex"},
+        {"network": "2001:db8::/32", "tenant": "acme"},
+    ]
+    assert sources_cli(capsys, "list", *local) == (0, listed, "")
+    # The store a local server reads.
+    store = SqliteStore(tmp_path / "callscribe.sqlite3")
+    assert store.siprec_sources() == {entry["network"]: entry["tenant"] for entry in listed}
+
+    code, _, _ = sources_cli(capsys, "remove", "--network", "198.51.100.7/32", *local)
+    assert code == 0
+    assert store.siprec_sources() == {"192.0.2.0/24": "initech", "2001:db8::/32": "acme"}
+    assert sources_cli(capsys, "remove", "--network", "198.51.100.7", *local) == (
+        1,
+        [],
+        "error: no SIPREC source mapping for 198.51.100.7/32\n",
+    )
+
+
+def test_siprec_sources_bad_input_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = ["--data-dir", str(tmp_path)]
+    for args, error in (
+        (
+            ("set", "--network", "192.0.2.300/24", "--tenant", "acme"),
+            "error: '192.0.2.300/24' is not an IP address or network\n",
+        ),
+        (
+            ("set", "--network", "sbc.example.com", "--tenant", "acme"),
+            "error: 'sbc.example.com' is not an IP address or network\n",
+        ),
+        (
+            ("set", "--network", "192.0.2.0/24", "--tenant", "acme corp"),
+            "error: tenant must be 1-128 letters, digits, '-' or '_' (got 'acme corp')\n",
+        ),
+        (
+            ("remove", "--network", "192.0.2.0/40"),
+            "error: '192.0.2.0/40' is not an IP address or network\n",
+        ),
+    ):
+        assert sources_cli(capsys, *args, *local) == (2, [], error)
+    assert sources_cli(capsys, "list", *local) == (0, [], "")
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
+    for name, value in {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        yield create_resources()
+
+
+def test_siprec_sources_in_a_deployments_table(
+    aws: AwsResources, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an operator runs from a laptop against the table every recorder task reads."""
+    table = ["--store", "dynamodb", "--table", aws.table_name]
+    assert sources_cli(capsys, "set", "--network", "10.20.0.0/16", "--tenant", "acme", *table) == (
+        0,
+        [{"network": "10.20.0.0/16", "tenant": "acme"}],
+        "",
+    )
+    store = DynamoStore(aws.table_name)
+    assert store.siprec_sources() == {"10.20.0.0/16": "acme"}
+    # The table may come from the environment instead.
+    monkeypatch.setenv("CALLSCRIBE_TABLE_NAME", aws.table_name)
+    code, _, _ = sources_cli(
+        capsys, "set", "--network", "10.20.30.40", "--tenant", "globex", "--store", "dynamodb"
+    )
+    assert code == 0
+    assert sources_cli(capsys, "list", "--store", "dynamodb") == (
+        0,
+        [
+            {"network": "10.20.0.0/16", "tenant": "acme"},
+            {"network": "10.20.30.40/32", "tenant": "globex"},
+        ],
+        "",
+    )
+    assert sources_cli(capsys, "remove", "--network", "10.20.0.0/16", *table)[0] == 0
+    assert store.siprec_sources() == {"10.20.30.40/32": "globex"}
+    assert sources_cli(capsys, "remove", "--network", "10.20.0.0/16", *table)[0] == 1
 
 
 async def test_sigterm_completes_siprec_calls_without_bye(tmp_path: Path) -> None:

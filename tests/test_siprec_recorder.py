@@ -3,10 +3,12 @@ clock, what to send and what to open or close out; no sockets, no event loop."""
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sipmessage import Request, Response
 
 from callscribe.config import SiprecSettings
@@ -22,8 +24,10 @@ from callscribe.siprec.recorder import (
     RecordingStarted,
     RecordingStopped,
     RecordingUpdated,
+    SiprecConfigError,
     SiprecRecorder,
     StreamAudio,
+    store_tenant_map,
 )
 from callscribe.siprec.rtp import RtpPacket, build_rtp
 from callscribe.siprec.uas import Peer, RequestRejected, Send
@@ -168,6 +172,68 @@ def test_sbc_not_mapped_to_a_tenant_is_refused_403_and_a_mapped_one_gets_its_ten
     assert rejected.status == 403 and rejected.method == "INVITE"
     opening = offer(recorder, avaya_invite(call_id="avaya-2@192.0.2.10", branch="z9hG4bKb2"))
     assert opening.key.tenant == "globex"
+
+
+def test_the_stores_mapping_comes_before_the_settings_map_then_the_default_tenant() -> None:
+    recorder = make_recorder(
+        tenant="default", tenant_by_source="192.0.2.10=globex,198.51.100.0/24=initech"
+    )
+    assert recorder.policy.tenant_of("192.0.2.10") == "globex"
+    # Least specific first, as a Store may list them: the most specific network still wins.
+    recorder.set_store_sources(
+        store_tenant_map(
+            {"192.0.2.0/24": "acme", "192.0.2.8/29": "umbrella", "2001:db8::/32": "acme"}
+        )
+    )
+    policy = recorder.policy
+    # The Store's /29 beats its own /24, and the settings' /32 (the Store is asked first).
+    assert policy.tenant_of("192.0.2.10") == "umbrella"
+    assert policy.tenant_of("192.0.2.100") == "acme"
+    assert policy.tenant_of("2001:db8::5") == "acme"
+    # What the Store does not map: the settings' map, then the default tenant.
+    assert policy.tenant_of("198.51.100.7") == "initech"
+    assert policy.tenant_of("203.0.113.9") == "default"
+    assert policy.tenant_of("2001:db9::5") == "default"
+
+    # A new mapping replaces the old one as a whole; one given unordered is ordered too.
+    recorder.set_store_sources(
+        [
+            (ipaddress.ip_network("192.0.2.0/24"), "hooli"),
+            (ipaddress.ip_network("192.0.2.0/28"), "initrode"),
+        ]
+    )
+    assert recorder.policy.tenant_of("192.0.2.10") == "initrode"
+    assert recorder.policy.tenant_of("192.0.2.100") == "hooli"
+    assert recorder.policy.tenant_of("2001:db8::5") == "default"
+    recorder.set_store_sources([])
+    assert recorder.policy.tenant_of("192.0.2.10") == "globex"
+    assert recorder.policy.tenant_of("192.0.2.100") == "default"
+
+
+def test_with_no_default_tenant_an_sbc_the_store_does_not_map_is_refused_403() -> None:
+    recorder = make_recorder(tenant="", tenant_by_source="192.0.2.10=globex")
+    recorder.set_store_sources(store_tenant_map({"192.0.2.0/24": "acme"}))
+    refused = recorder.receive(avaya_invite(), Peer("UDP", ("203.0.113.9", 5060)), 0.0)
+    assert final(refused).code == 403
+    assert of_type(refused, OpenRecording) == [] and recorder.live_sessions == 0
+    opening = offer(recorder, avaya_invite(call_id="avaya-2@192.0.2.10", branch="z9hG4bKb2"))
+    assert opening.key.tenant == "acme"  # not the settings' globex
+
+    # The mapping removed from the Store: the settings' map again; where neither maps, 403.
+    recorder.set_store_sources([])
+    other_call = avaya_invite(
+        call_id="avaya-3@192.0.2.10", ucid_hex="00FA080002D3DF63111235", branch="z9hG4bKb3"
+    )
+    assert offer(recorder, other_call, 0.1).key.tenant == "globex"
+    unmapped = avaya_invite(
+        call_id="avaya-4@192.0.2.11", ucid_hex="00FA080002D3DF63111236", branch="z9hG4bKb4"
+    )
+    assert final(recorder.receive(unmapped, Peer("UDP", ("192.0.2.11", 5060)), 0.2)).code == 403
+
+
+def test_a_network_the_store_should_never_hold_is_a_config_error_naming_it() -> None:
+    with pytest.raises(SiprecConfigError, match="'192.0.2.300/24'"):
+        store_tenant_map({"192.0.2.0/24": "acme", "192.0.2.300/24": "globex"})
 
 
 def test_invite_without_a_configured_call_identifier_is_refused_400() -> None:

@@ -52,10 +52,13 @@ from callscribe.siprec.recorder import (
     SiprecConfigError,
     SiprecRecorder,
     StreamAudio,
+    TenantMap,
     parse_tenant_map,
+    store_tenant_map,
 )
 from callscribe.siprec.rtp import RtpStats
 from callscribe.siprec.uas import MessageDropped, Peer, RequestRejected, Send
+from callscribe.store.base import Store
 
 __all__ = [
     "RtpPortAllocator",
@@ -109,6 +112,7 @@ class _RateLimitedLog:
 class SiprecServices:
     calls: Calls
     settings: SiprecSettings
+    store: Store  # the SBC source mapping (callscribe siprec-sources)
     host: str = "127.0.0.1"
 
 
@@ -234,11 +238,16 @@ class SiprecGateway:
         self._media: dict[str, dict[str, _StreamPorts]] = {}  # session id -> label -> ports
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._sources_refresh: asyncio.Task[None] | None = None
+        self._sources_refresh_due = 0.0
 
     # Lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # Before listening, so the first INVITE is decided by it (a Store that cannot be read
+        # stops start-up, as a bad setting does).
+        store_sources = await asyncio.to_thread(self._read_store_sources)
         host = self.services.host
         wanted = self.services.settings.port
         for _ in range(BIND_ATTEMPTS if wanted == 0 else 1):
@@ -266,6 +275,9 @@ class SiprecGateway:
             rtp_port_pairs=self.ports.capacity,
             is_call_live=lambda key: calls.get(key) is not None,
         )
+        self.recorder.set_store_sources(store_sources)
+        log.info("SIPREC: %d SBC networks mapped to tenants in the Store", len(store_sources))
+        self._sources_refresh_due = time.monotonic() + self.services.settings.sources_refresh_s
         self._ticker = loop.create_task(self._tick_forever())
         log.info("SIPREC recorder on %s:%d (UDP and TCP)", host, self.port)
 
@@ -276,6 +288,8 @@ class SiprecGateway:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if self._sources_refresh is not None:
+            self._sources_refresh.cancel()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
@@ -512,8 +526,42 @@ class SiprecGateway:
                 assert self.recorder is not None
                 self._dispatch(self.recorder.tick(now))
                 self._expire_connections(now)
+                self._refresh_store_sources_when_due(now)
             except Exception:
                 log.exception("SIPREC timer failed")
+
+    # The Store's SBC source mapping -----------------------------------------------------------
+
+    def _read_store_sources(self) -> TenantMap:
+        """In a worker thread: the Store may be DynamoDB, a network call away."""
+        return store_tenant_map(self.services.store.siprec_sources())
+
+    def _refresh_store_sources_when_due(self, now: float) -> None:
+        # Its own task: a slow Store must not hold up the timers (SIP retransmissions, RTP).
+        refreshing = self._sources_refresh
+        if now < self._sources_refresh_due or (refreshing is not None and not refreshing.done()):
+            return
+        self._sources_refresh_due = now + self.services.settings.sources_refresh_s
+        self._sources_refresh = asyncio.get_running_loop().create_task(
+            self._refresh_store_sources()
+        )
+
+    async def _refresh_store_sources(self) -> None:
+        try:
+            store_sources = await asyncio.to_thread(self._read_store_sources)
+        except Exception as exc:
+            # Calls keep coming while the Store is away: the last mapping read still holds.
+            log.warning(
+                "SIPREC: could not refresh the SBC source mapping from the Store, keeping the "
+                "last one read: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        recorder = self.recorder
+        if recorder is not None and set(store_sources) != set(recorder.policy.store_tenant_map):
+            recorder.set_store_sources(store_sources)
+            log.info("SIPREC: %d SBC networks mapped to tenants in the Store", len(store_sources))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -31,10 +31,11 @@ offer is answered 500.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,19 +106,37 @@ def parse_tenant_map(spec: str) -> TenantMap:
         if not tenant.strip():
             raise SiprecConfigError(f"no tenant for {network!r} in tenant map")
         mapping.append((parsed, tenant.strip()))
-    # The most specific network wins.
+    return most_specific_first(mapping)
+
+
+def store_tenant_map(sources: Mapping[str, str]) -> TenantMap:
+    """The Store's SBC source mapping (network -> tenant, as ``Store.siprec_sources`` gives
+    it) as the recorder consults it."""
+    mapping = []
+    for network, tenant in sources.items():
+        try:
+            mapping.append((ipaddress.ip_network(network, strict=False), tenant))
+        except ValueError:
+            raise SiprecConfigError(f"bad SBC network {network!r} in the Store") from None
+    return most_specific_first(mapping)
+
+
+def most_specific_first(mapping: TenantMap) -> TenantMap:
+    """The order a map is searched in: the longest prefix that holds an address wins."""
     return sorted(mapping, key=lambda entry: -entry[0].prefixlen)
 
 
 @dataclass(frozen=True)
 class RecorderPolicy:
     """The settings the recorder decides by, parsed (a bad one fails at start-up, not on the
-    first INVITE)."""
+    first INVITE), and the SBC source mapping held in the Store (the gateway reads it at
+    start and refreshes it while running)."""
 
     settings: SiprecSettings
     call_id_sources: tuple[CallIdSource, ...]
     role_rules: RoleRules
-    tenant_map: TenantMap
+    tenant_map: TenantMap  # from the settings (CALLSCRIBE_SIPREC_TENANT_BY_SOURCE)
+    store_tenant_map: TenantMap = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, settings: SiprecSettings) -> RecorderPolicy:
@@ -133,15 +152,22 @@ class RecorderPolicy:
             parse_tenant_map(settings.tenant_by_source),
         )
 
+    def with_store_sources(self, mapping: TenantMap) -> RecorderPolicy:
+        return dataclasses.replace(self, store_tenant_map=most_specific_first(mapping))
+
     def tenant_of(self, address: str) -> str | None:
+        """The tenant of an SBC at ``address``: the Store's mapping first (what operators
+        change while recorders run), then the settings' map, then the default tenant; None
+        (refused) when that is empty. Within a map the most specific network wins."""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             ip = None
         if ip is not None:
-            for network, tenant in self.tenant_map:
-                if ip.version == network.version and ip in network:
-                    return tenant
+            for mapping in (self.store_tenant_map, self.tenant_map):
+                for network, tenant in mapping:
+                    if ip.version == network.version and ip in network:
+                        return tenant
         return self.settings.tenant or None
 
 
@@ -384,6 +410,11 @@ class SiprecRecorder:
         if self.ports_available < CALL_STREAMS:
             return "no free RTP port"
         return None
+
+    def set_store_sources(self, mapping: TenantMap) -> None:
+        """Replace the Store's SBC source mapping (sessions already admitted keep their
+        tenant; the next INVITE is decided by the new one)."""
+        self.policy = self.policy.with_store_sources(mapping)
 
     def recording(self, session_id: str) -> Recording | None:
         return self._recordings.get(session_id)

@@ -1,5 +1,6 @@
 """The ``Store`` port: API keys, calls and their ownership, messages, delivery failures,
-tenants' webhook configurations, tenants' Amazon Connect access.
+tenants' webhook configurations, tenants' Amazon Connect access, the SIPREC SBC source
+mapping.
 
 Every adapter (SQLite here, DynamoDB in the AWS deployment) passes the same contract tests
 (``tests/store_contract.py``). Methods are synchronous; async callers run them in a thread.
@@ -9,10 +10,13 @@ Times are UNIX seconds (float).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+from callscribe.model import TENANT_PATTERN, TENANT_RULE
 
 
 class CallStatus(StrEnum):
@@ -132,6 +136,23 @@ class ConnectAccess:
     updated_at: float
 
 
+def siprec_source_network(network: str) -> str:
+    """An SBC's address or network as the Store keeps it: normalised CIDR, host bits dropped
+    ("198.51.100.7" -> "198.51.100.7/32", "192.0.2.9/24" -> "192.0.2.0/24"), so that one
+    network has one mapping however it was written."""
+    try:
+        return str(ipaddress.ip_network(network.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{network!r} is not an IP address or network") from None
+
+
+def siprec_source(network: str, tenant: str) -> tuple[str, str]:
+    """A SIPREC source mapping checked before it is stored: (normalised network, tenant)."""
+    if not TENANT_PATTERN.fullmatch(tenant):
+        raise ValueError(f"{TENANT_RULE} (got {tenant!r})")
+    return siprec_source_network(network), tenant
+
+
 class Store(Protocol):
     # API keys
     def put_api_key(self, key: ApiKey) -> None: ...
@@ -215,6 +236,21 @@ class Store(Protocol):
     def put_connect_access(self, access: ConnectAccess) -> None: ...
     def get_connect_access(self, tenant: str) -> ConnectAccess | None: ...
     def delete_connect_access(self, tenant: str) -> bool: ...
+
+    # SIPREC SBC sources: which tenant an SBC's calls belong to, by its source network
+    # (deployment-wide; every recorder reads it). Adapters check and normalise with
+    # siprec_source / siprec_source_network: a bad network or tenant raises ValueError.
+    def put_siprec_source(self, network: str, tenant: str) -> None:
+        """Map ``network`` to ``tenant`` (replacing its mapping, if any)."""
+        ...
+
+    def delete_siprec_source(self, network: str) -> bool:
+        """False when ``network`` had no mapping."""
+        ...
+
+    def siprec_sources(self) -> dict[str, str]:
+        """Every mapping, normalised network ("192.0.2.0/24") -> tenant; order not significant."""
+        ...
 
     # retention
     def purge_expired(self, now: float) -> int: ...

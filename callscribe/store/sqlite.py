@@ -21,6 +21,8 @@ from callscribe.store.base import (
     DeliveryFailure,
     StoredMessage,
     WebhookConfig,
+    siprec_source,
+    siprec_source_network,
     webhook_config_from_json,
     webhook_config_to_json,
 )
@@ -87,6 +89,10 @@ CREATE TABLE IF NOT EXISTS connect_access (
     role_arn TEXT,
     external_id TEXT,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS siprec_sources (
+    network TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL
 );
 """
 
@@ -448,6 +454,22 @@ class SqliteStore:
         with self._tx() as db:
             cursor = db.execute("DELETE FROM connect_access WHERE tenant = ?", (tenant,))
             return cursor.rowcount == 1
+
+    # SIPREC SBC sources
+    def put_siprec_source(self, network: str, tenant: str) -> None:
+        network, tenant = siprec_source(network, tenant)
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO siprec_sources VALUES (?, ?)", (network, tenant))
+
+    def delete_siprec_source(self, network: str) -> bool:
+        network = siprec_source_network(network)
+        with self._tx() as db:
+            cursor = db.execute("DELETE FROM siprec_sources WHERE network = ?", (network,))
+            return cursor.rowcount == 1
+
+    def siprec_sources(self) -> dict[str, str]:
+        rows = self._db().execute("SELECT network, tenant FROM siprec_sources")
+        return {row["network"]: row["tenant"] for row in rows}
 
     def purge_expired(self, now: float) -> int:
         with self._tx() as db:

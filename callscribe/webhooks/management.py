@@ -11,7 +11,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from callscribe.auth import TENANT_PATTERN
+from callscribe.model import TENANT_PATTERN, TENANT_RULE
 from callscribe.secrets import Secrets
 from callscribe.store.base import Store, WebhookAuth, WebhookConfig
 from callscribe.webhooks.signing import new_signing_secret
@@ -61,7 +61,7 @@ def set_webhook(
 ) -> WebhookConfig:
     """Replace the tenant's configuration and credentials as a whole."""
     if not TENANT_PATTERN.fullmatch(tenant):
-        raise WebhookConfigError("tenant must be 1-128 letters, digits, '-' or '_'")
+        raise WebhookConfigError(TENANT_RULE)
     _http_url(url, "the webhook URL")
     if auth is None:
         auth = (

@@ -13,11 +13,15 @@ One on-demand table, partition key ``pk`` and sort key ``sk`` (strings), one GSI
 | delivery failure | ``FAIL#<tenant>`` | time and id | |
 | webhook configuration | ``WEBHOOK#<tenant>`` | ``CONFIG`` | |
 | Amazon Connect access | ``CONNECT#<tenant>`` | ``ACCESS`` | |
+| SIPREC source mapping | ``SIPRECSOURCES`` | the normalised network | |
 
 Messages carry ``ttl`` = their expiry, so DynamoDB deletes them itself; reads still filter on
 ``expires_at`` because TTL deletion can lag by up to a couple of days. The request lock is a
 conditional put: two API workers racing for the same call get exactly one lock (409-202 for the
 other), with no read-then-write window.
+
+The SIPREC source mappings share one partition, so every recorder task reads them all with
+one (consistent) query; there are as many as an operator has SBC networks, a few dozen at most.
 
 A call not completed has an open-call marker naming its owner, kept with the call's status and
 owner by ``create_call``/``update_call`` and removed when it completes: a starting gateway
@@ -45,12 +49,15 @@ from callscribe.store.base import (
     DeliveryFailure,
     StoredMessage,
     WebhookConfig,
+    siprec_source,
+    siprec_source_network,
     webhook_config_from_json,
     webhook_config_to_json,
 )
 
 GSI1 = "gsi1"
 OPEN_CALLS = "OPENCALLS"  # gsi1pk of the open-call markers
+SIPREC_SOURCES = "SIPRECSOURCES"  # pk of the SIPREC source mappings
 FAILURE_RETENTION_S = 30 * 86_400
 
 
@@ -571,6 +578,31 @@ class DynamoStore:
             Key={"pk": f"CONNECT#{tenant}", "sk": "ACCESS"}, ReturnValues="ALL_OLD"
         )
         return "Attributes" in answer
+
+    # SIPREC SBC sources ---------------------------------------------------------------------
+
+    def put_siprec_source(self, network: str, tenant: str) -> None:
+        network, tenant = siprec_source(network, tenant)
+        self.table.put_item(
+            Item={"pk": SIPREC_SOURCES, "sk": network, "network": network, "tenant": tenant}
+        )
+
+    def delete_siprec_source(self, network: str) -> bool:
+        answer = self.table.delete_item(
+            Key={"pk": SIPREC_SOURCES, "sk": siprec_source_network(network)},
+            ReturnValues="ALL_OLD",
+        )
+        return "Attributes" in answer
+
+    def siprec_sources(self) -> dict[str, str]:
+        from boto3.dynamodb.conditions import Key
+
+        # Consistent: a mapping just set (callscribe siprec-sources set) is seen by the next
+        # refresh of every recorder.
+        items = self._query_all(
+            KeyConditionExpression=Key("pk").eq(SIPREC_SOURCES), ConsistentRead=True
+        )
+        return {item["network"]: item["tenant"] for item in items}
 
     # retention ------------------------------------------------------------------------------
 
