@@ -195,12 +195,16 @@ class IngestRuntime:
             return self.siprec.why_no_new_calls()
         return None
 
-    async def drain(self, timeout_s: float) -> None:
-        """Take no new calls, then wait (up to ``timeout_s``) for the live ones to end by
-        themselves; the shutdown that follows completes whatever is left."""
+    def stop_taking_calls(self) -> None:
+        """From now on this process is not ready and refuses new calls; live ones go on."""
         self.draining = True
         if self.siprec is not None:
             self.siprec.begin_draining()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Take no new calls, then wait (up to ``timeout_s``) for the live ones to end by
+        themselves; the shutdown that follows completes whatever is left."""
+        self.stop_taking_calls()
         deadline = time.monotonic() + timeout_s
         while len(self.registry) and time.monotonic() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)

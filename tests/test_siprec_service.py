@@ -4,8 +4,16 @@ endpoint (scale-in protection while calls are live)."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from collections.abc import Iterator
+from typing import Any
 
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from callscribe.aws.adapters.ecs_tasks import DeploymentCheck, drain_when_superseded
 from callscribe.aws.adapters.task_protection import (
     ScaleInGuard,
     TaskProtection,
@@ -92,3 +100,107 @@ async def test_a_refused_protection_is_an_error_and_is_asked_for_again(
 async def test_an_unreachable_agent_is_an_error() -> None:
     with pytest.raises(TaskProtectionError, match="unreachable"):
         await TaskProtection("http://127.0.0.1:9/agent", timeout_s=1).set(True)
+
+
+# A rolling deployment: the old tasks take no new calls -------------------------------------
+
+CLUSTER = "callscribe-test"
+SERVICE = "siprec"
+
+
+@pytest.fixture
+def ecs_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A cluster with the SIPREC service (moto), and a task its first deployment started."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        ec2 = boto3.client("ec2")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # as CDK's
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(GroupName=SERVICE, Description="tasks", VpcId=vpc)
+        network = {
+            "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group["GroupId"]]}
+        }
+        ecs = boto3.client("ecs")
+        ecs.create_cluster(clusterName=CLUSTER)
+        ecs.register_task_definition(
+            family=SERVICE,
+            networkMode="awsvpc",
+            requiresCompatibilities=["FARGATE"],
+            cpu="1024",
+            memory="2048",
+            containerDefinitions=[{"name": SERVICE, "image": "callscribe", "memory": 2048}],
+        )
+        ecs.create_service(
+            cluster=CLUSTER,
+            serviceName=SERVICE,
+            taskDefinition=SERVICE,
+            desiredCount=1,
+            launchType="FARGATE",
+            networkConfiguration=network,
+        )
+        ecs.network = network  # for the tasks the tests run
+        yield ecs
+
+
+def service_task(ecs: Any, started_by: str, group: str = f"service:{SERVICE}") -> str:
+    (task,) = ecs.run_task(
+        cluster=CLUSTER,
+        taskDefinition=SERVICE,
+        launchType="FARGATE",
+        networkConfiguration=ecs.network,
+        startedBy=started_by,
+        group=group,
+    )["tasks"]
+    return str(task["taskArn"])
+
+
+def primary_deployment(ecs: Any) -> str:
+    (service,) = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"]
+    (primary,) = [d["id"] for d in service["deployments"] if d["status"] == "PRIMARY"]
+    return str(primary)
+
+
+def test_a_task_of_the_current_deployment_is_not_superseded_until_a_new_one_rolls_out(
+    ecs_cluster: Any,
+) -> None:
+    check = DeploymentCheck(CLUSTER, service_task(ecs_cluster, primary_deployment(ecs_cluster)))
+    assert not check.superseded(ecs_cluster)
+    ecs_cluster.update_service(cluster=CLUSTER, service=SERVICE, forceNewDeployment=True)
+    assert check.superseded(ecs_cluster)
+
+
+def test_a_task_no_service_started_is_never_superseded(ecs_cluster: Any) -> None:
+    by_hand = DeploymentCheck(CLUSTER, service_task(ecs_cluster, "operator", group="family:x"))
+    ecs_cluster.update_service(cluster=CLUSTER, service=SERVICE, forceNewDeployment=True)
+    assert not by_hand.superseded(ecs_cluster)
+
+
+async def test_a_superseded_task_stops_taking_calls_and_a_failed_look_is_tried_again(
+    ecs_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = DeploymentCheck(CLUSTER, service_task(ecs_cluster, primary_deployment(ecs_cluster)))
+    stopped: list[bool] = []
+    denied = [True]
+    real_describe = ecs_cluster.describe_services
+
+    def describe_services(**kwargs: Any) -> Any:
+        if denied[0]:
+            denied[0] = False
+            raise ClientError(
+                {"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "DescribeServices"
+            )
+        return real_describe(**kwargs)
+
+    ecs_cluster.describe_services = describe_services
+    watching = asyncio.get_running_loop().create_task(
+        drain_when_superseded(check, lambda: stopped.append(True), 0.05, ecs=ecs_cluster)
+    )
+    await asyncio.sleep(0.3)
+    assert not stopped and not watching.done()
+    assert "cannot tell whether this task was replaced" in caplog.text
+    ecs_cluster.update_service(cluster=CLUSTER, service=SERVICE, forceNewDeployment=True)
+    await asyncio.wait_for(watching, 10)
+    assert stopped == [True]

@@ -1,4 +1,5 @@
-"""Which call owners are live ECS tasks: the AWS side of ``callscribe.takeover``.
+"""ECS facts a task acts on: which call owners are live tasks (the AWS side of
+``callscribe.takeover``), and whether this task's deployment has been replaced.
 
 In the deployment a call's owner is the control URL of the task holding its media,
 ``http://<task's private IPv4>:8081`` (gateway and KVS reader tasks alike, all in the stack's
@@ -13,9 +14,11 @@ wrong cluster name) the sweep completes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 # (DEACTIVATING and STOPPING are still alive: a draining task finishes its calls itself.)
 ENDED_TASK_STATES = frozenset({"DEPROVISIONING", "STOPPED", "DELETED"})
 DESCRIBE_BATCH = 100  # DescribeTasks takes at most 100 tasks a call
+# How often a task looks whether its service has rolled out a new deployment.
+DEPLOYMENT_CHECK_INTERVAL_S = 30.0
 
 
 def owner_address(owner: str) -> str | None:
@@ -127,3 +132,66 @@ class AbandonedCallSweep:
             "abandoned-call sweep of cluster %s: %d call(s) completed", self.cluster, len(completed)
         )
         return completed
+
+
+@dataclass(frozen=True)
+class DeploymentCheck:
+    """Whether this task belongs to a deployment its service has since replaced.
+
+    A rolling deployment starts new tasks, then stops the old ones; but a task protected from
+    scale-in (it holds calls) is not stopped until it gives the protection up, and a task that
+    keeps taking new calls never does. So a task that finds its deployment superseded takes
+    no new calls (it drains): its last call ends, its protection goes, ECS stops it. ECS names
+    a service task's deployment in its ``startedBy`` and the service in its ``group``
+    (``service:<name>``); the service's current deployment is the one marked PRIMARY. It takes
+    ``ecs:DescribeTasks`` and ``ecs:DescribeServices`` on the cluster."""
+
+    cluster: str
+    task_arn: str
+
+    def superseded(self, ecs: Any) -> bool:
+        """True once the service's PRIMARY deployment is another than this task's; False
+        for a task no service started (run by hand, outside ECS)."""
+        tasks = ecs.describe_tasks(cluster=self.cluster, tasks=[self.task_arn])["tasks"]
+        if not tasks:
+            return False
+        started_by = tasks[0].get("startedBy", "")
+        group = tasks[0].get("group", "")
+        if not group.startswith("service:") or not started_by.startswith("ecs-svc/"):
+            return False
+        services = ecs.describe_services(
+            cluster=self.cluster, services=[group.removeprefix("service:")]
+        )["services"]
+        primary = {
+            d["id"]
+            for service in services
+            for d in service.get("deployments", [])
+            if d.get("status") == "PRIMARY"
+        }
+        return bool(primary) and started_by not in primary
+
+
+async def drain_when_superseded(
+    check: DeploymentCheck,
+    stop_taking_calls: Callable[[], None],
+    interval_s: float = DEPLOYMENT_CHECK_INTERVAL_S,
+    ecs: Any | None = None,
+) -> None:
+    """Looks every ``interval_s``; once the task's deployment is superseded, calls
+    ``stop_taking_calls`` and returns. A failed look is logged and tried again."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = ecs or boto3.client("ecs")
+    failures = 0
+    while True:
+        try:
+            if await asyncio.to_thread(check.superseded, client):
+                log.info("this task's deployment was replaced: taking no new calls")
+                stop_taking_calls()
+                return
+        except (BotoCoreError, ClientError) as exc:
+            failures += 1
+            if failures == 1 or failures % 20 == 0:
+                log.warning("cannot tell whether this task was replaced (%s)", exc)
+        await asyncio.sleep(interval_s)

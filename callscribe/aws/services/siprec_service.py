@@ -11,9 +11,10 @@ straight to the task that answered it. One process:
 - ``CALLSCRIBE_CONTROL_PORT`` (8081): the signed control endpoint the API Lambda calls to start
   and stop a call's transcription (the call's owner in DynamoDB is this task's control URL).
 
-While it holds calls the task is protected from scale-in; on SIGTERM it takes no new calls and
-waits up to ``CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S`` for its calls to end before it completes the
-rest and delivers their last utterances.
+While it holds calls the task is protected from scale-in. Once its service rolls out a new
+deployment, or on SIGTERM, it takes no new calls; after SIGTERM it waits up to
+``CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S`` for its calls to end before it completes the rest and
+delivers their last utterances.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from callscribe.asr.base import AsrEngine
-from callscribe.aws.adapters.ecs_tasks import AbandonedCallSweep
+from callscribe.aws.adapters.ecs_tasks import (
+    AbandonedCallSweep,
+    DeploymentCheck,
+    drain_when_superseded,
+)
 from callscribe.aws.adapters.task_protection import ScaleInGuard, TaskProtection
 from callscribe.aws.services.gateway_service import (
     RouteByPort,
@@ -70,12 +75,27 @@ def scale_in_guard(runtime: IngestRuntime) -> ScaleInGuard | None:
     return ScaleInGuard(TaskProtection(agent_uri), lambda: len(runtime.registry))
 
 
+def deployment_check(aws: AwsSettings) -> DeploymentCheck | None:
+    """This task's deployment, to drain when the service replaces it; None outside ECS."""
+    try:
+        task = task_metadata() or {}
+    except (OSError, ValueError) as exc:
+        log.warning("ECS task metadata unavailable (%s): no deployment check", exc)
+        return None
+    cluster = aws.ecs_cluster or task.get("Cluster")
+    task_arn = task.get("TaskARN")
+    if not cluster or not task_arn:
+        return None
+    return DeploymentCheck(cluster, task_arn)
+
+
 def create_recorder_app(
     runtime: IngestRuntime,
     control_secret: str,
     control_port: int,
     sweep: AbandonedCallSweep | None = None,
     guard: ScaleInGuard | None = None,
+    deployment: DeploymentCheck | None = None,
 ) -> ASGIApp:
     def background() -> list[Coroutine[Any, Any, None]]:
         jobs: list[Coroutine[Any, Any, None]] = []
@@ -83,6 +103,8 @@ def create_recorder_app(
             jobs.append(run_sweep(sweep))
         if guard is not None:
             jobs.append(guard.run())
+        if deployment is not None:
+            jobs.append(drain_when_superseded(deployment, runtime.stop_taking_calls))
         return jobs
 
     health_app = Starlette(
@@ -104,7 +126,12 @@ async def serve(
     runtime, control_secret = build_runtime(aws, settings, Ingest.SIPREC, asr)
     sweep = abandoned_call_sweep(aws, settings, runtime)
     app = create_recorder_app(
-        runtime, control_secret, aws.control_port, sweep, scale_in_guard(runtime)
+        runtime,
+        control_secret,
+        aws.control_port,
+        sweep,
+        scale_in_guard(runtime),
+        deployment_check(aws),
     )
     siprec = settings.siprec
     banner = (
