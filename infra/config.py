@@ -7,6 +7,7 @@ an impossible combination — fails synthesis with one message that names every 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
@@ -41,6 +42,18 @@ DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+
 WHISPER_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
+# The ports the SIPREC recorder's container listens on besides its RTP range: SIP, then the
+# health and control ports every ingest task has (infra/ingest.py). The range may not include
+# them: ECS maps each port of a container once.
+SIPREC_SIP_PORT = 5070
+SIPREC_FIXED_PORTS = (SIPREC_SIP_PORT, 8080, 8081)
+# Each network a SIPREC source CIDR names opens three rules in the recorders' security group (SIP
+# over TCP and UDP, the RTP range); a security group holds 60 inbound rules unless the quota is
+# raised, and the recorders' group also has its health and control rules.
+SIPREC_MAX_SOURCE_CIDRS = 16
+# A call records two streams; each stream takes an even RTP port and its odd RTCP neighbour.
+RTP_PORTS_PER_CALL = 4
+
 DEPLOYMENT_SETTINGS = "deployment settings"
 
 
@@ -55,6 +68,22 @@ def _log_retention(value: int) -> int:
 
 
 LogRetentionDays = Annotated[int, AfterValidator(_log_retention)]
+
+
+def _ipv4_network(text: str) -> ipaddress.IPv4Network:
+    """`text` as an IPv4 network ("10.20.0.0/16"; a bare address is a /32)."""
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IPv4 network in CIDR notation (e.g. 10.20.0.0/16)"
+        ) from None
+    raise ValueError(f"{text!r} has host bits set: the network is {network}")
+
 
 # How both CDK apps' settings read CDK context: camelCase keys, and an unknown key is an error.
 CONTEXT_SETTINGS = ConfigDict(
@@ -144,6 +173,29 @@ class DeploymentConfig(BaseModel):
     # and only with that tenant's external id.
     connect_account_ids: tuple[str, ...] = ()
 
+    # SIPREC recorders (Fargate) behind an internal NLB, for SBCs that reach the VPC over a
+    # private path (VPN, Transit Gateway, Direct Connect). The SBCs' networks are the only
+    # sources SIP and RTP are accepted from; none (the default): no SIPREC service at all.
+    siprec_source_cidrs: tuple[str, ...] = ()
+    # Where each task takes RTP: "first-last", an even first port (RTP on even ports, RTCP on
+    # the odd one above). A range of N ports holds N / 4 calls.
+    siprec_rtp_ports: str = "20000-20999"
+    # Calls one task takes before it refuses INVITEs and fails /readyz, so that the NLB sends
+    # new flows elsewhere. Each call is μ-law/A-law/G.729 decoding, resampling and Silero VAD
+    # on two streams: 25 is the low end of the 25-35 calls a vCPU is estimated to carry (see
+    # "What it costs"), to be measured.
+    siprec_max_calls_per_task: int = Field(25, ge=1)
+    siprec_desired_count: int = Field(2, ge=0)
+    siprec_min_count: int = Field(2, ge=0)
+    siprec_max_count: int = Field(10, ge=1, le=1000)
+    siprec_cpu: int = Field(1024, description="Fargate CPU units")
+    siprec_memory_mib: int = Field(2048, ge=512, le=30_720)
+    siprec_cpu_target_percent: int = Field(60, ge=10, le=95)
+    # The address the recorder writes into Contact and its SDP answer instead of the task's own
+    # private IP: for an SBC that reaches the VPC through NAT. Every task would advertise it, so
+    # it fits one task only.
+    siprec_advertised_address: str | None = None
+
     # Retention: exported objects and recordings in S3, transcripts in DynamoDB (TTL), logs.
     # Recordings and feed files default to the transcripts' retention.
     retention_days: int = Field(7, ge=1, le=3650)
@@ -207,7 +259,64 @@ class DeploymentConfig(BaseModel):
             return tuple(str(account) for account in value)
         return value
 
-    @field_validator("gateway_cpu", "kvs_reader_cpu")
+    @field_validator("siprec_source_cidrs", mode="before")
+    @classmethod
+    def _sbc_networks(cls, value: object) -> object:
+        if isinstance(value, str):  # `-c siprecSourceCidrs=10.20.0.0/16,192.168.7.0/24`
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            return value
+        if len(value) > SIPREC_MAX_SOURCE_CIDRS:
+            raise ValueError(
+                f"at most {SIPREC_MAX_SOURCE_CIDRS} networks (each opens three security-group "
+                "rules); summarise them into wider ones"
+            )
+        networks = tuple(_ipv4_network(str(cidr)) for cidr in value)
+        for network in networks:
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"'{network}' is every address: SIP has no credentials, so name the SBCs' "
+                    "own networks"
+                )
+        return tuple(str(network) for network in networks)
+
+    @field_validator("siprec_rtp_ports")
+    @classmethod
+    def _rtp_ports(cls, value: str) -> str:
+        match = re.fullmatch(r"(\d{1,5})-(\d{1,5})", value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a port range first-last (e.g. 20000-20999)")
+        first, last = int(match[1]), int(match[2])
+        if not 1024 <= first < last <= 65535:
+            raise ValueError(f"{value!r}: the ports must be ordered and within 1024-65535")
+        if first % 2:
+            raise ValueError(
+                f"{value!r}: the first port must be even (RTP on even ports, RTCP on the odd "
+                "one above)"
+            )
+        if last - first + 1 < RTP_PORTS_PER_CALL:
+            raise ValueError(f"{value!r} holds no call (two streams, each an RTP and an RTCP port)")
+        taken = [port for port in SIPREC_FIXED_PORTS if first <= port <= last]
+        if taken:
+            raise ValueError(
+                f"{value!r} includes {', '.join(map(str, taken))}: the recorder's own ports are "
+                "5070 (SIP), 8080 (health) and 8081 (control)"
+            )
+        return value
+
+    @field_validator("siprec_advertised_address")
+    @classmethod
+    def _advertised_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IPv4 address (it goes into the SDP answer's c= line)"
+                ) from None
+        return value
+
+    @field_validator("gateway_cpu", "kvs_reader_cpu", "siprec_cpu")
     @classmethod
     def _fargate_cpu(cls, value: int) -> int:
         if value not in (256, 512, 1024, 2048, 4096, 8192, 16384):
@@ -221,6 +330,7 @@ class DeploymentConfig(BaseModel):
             ("gateway", self.gateway_counts),
             ("asr", self.asr_counts),
             ("kvsReader", self.kvs_reader_counts),
+            ("siprec", self.siprec_counts),
         ):
             if not counts.min <= counts.desired <= counts.max:
                 problems.append(
@@ -242,9 +352,38 @@ class DeploymentConfig(BaseModel):
             )
         if self.api_throttle_burst_limit < self.api_throttle_rate_limit:
             problems.append("apiThrottleBurstLimit must be at least apiThrottleRateLimit")
+        problems.extend(self._siprec_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _siprec_problems(self) -> list[str]:
+        if not self.siprec_enabled:
+            given = sorted(
+                to_camel(name)
+                for name in self.model_fields_set
+                if name.startswith("siprec_") and name != "siprec_source_cidrs"
+            )
+            if given:
+                return [
+                    f"{', '.join(given)}: no SIPREC service without siprecSourceCidrs (the "
+                    "SBCs' networks); give them or leave the SIPREC settings out"
+                ]
+            return []
+        problems = []
+        if self.siprec_max_calls_per_task > self.siprec_calls_per_rtp_range:
+            problems.append(
+                f"siprecMaxCallsPerTask ({self.siprec_max_calls_per_task}) is more than "
+                f"siprecRtpPorts {self.siprec_rtp_ports} holds ({self.siprec_calls_per_rtp_range} "
+                "calls: two streams each, each stream an RTP and an RTCP port)"
+            )
+        if self.siprec_advertised_address is not None and self.siprec_max_count != 1:
+            problems.append(
+                "siprecAdvertisedAddress needs siprecMaxCount 1 (and min and desired 1): every "
+                "task would advertise that one address, and RTP must reach the task that "
+                "answered"
+            )
+        return problems
 
     @property
     def gateway_counts(self) -> ServiceCounts:
@@ -267,6 +406,31 @@ class DeploymentConfig(BaseModel):
             min=self.kvs_reader_min_count,
             max=self.kvs_reader_max_count,
         )
+
+    @property
+    def siprec_counts(self) -> ServiceCounts:
+        return ServiceCounts(
+            desired=self.siprec_desired_count,
+            min=self.siprec_min_count,
+            max=self.siprec_max_count,
+        )
+
+    @property
+    def siprec_enabled(self) -> bool:
+        return bool(self.siprec_source_cidrs)
+
+    @property
+    def siprec_rtp_port_range(self) -> tuple[int, int]:
+        """(first, last) of `siprec_rtp_ports`, both included."""
+        first, last = self.siprec_rtp_ports.split("-")
+        return int(first), int(last)
+
+    @property
+    def siprec_calls_per_rtp_range(self) -> int:
+        """The calls one task's RTP range holds: four ports a call (two streams, each an even
+        RTP port and its odd RTCP neighbour)."""
+        first, last = self.siprec_rtp_port_range
+        return (last - first + 1) // RTP_PORTS_PER_CALL
 
     @property
     def public_gateway_url(self) -> str:

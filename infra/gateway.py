@@ -14,7 +14,6 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
-from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infra.config import DeploymentConfig
@@ -34,6 +33,7 @@ from infra.ingest import (
     INGEST_PORT,
     SCALE_OUT_COOLDOWN,
     STOP_TIMEOUT,
+    grant_cluster_task_listing,
     grant_ingest_task_access,
     ingest_environment,
 )
@@ -105,22 +105,7 @@ class GatewayConstruct(Construct):
         self.service = self.container_service.service
         task_role = self.container_service.task_definition.task_role
         grant_ingest_task_access(task_role, data, bus)
-        # A starting task completes the calls that tasks gone without ending them (killed,
-        # out of memory) left open: it lists which of the cluster's tasks still run.
-        task_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["ecs:ListTasks", "ecs:DescribeTasks"],
-                resources=["*"],
-                conditions={"ArnEquals": {"ecs:cluster": cluster.cluster_arn}},
-            )
-        )
-        acknowledge(
-            task_role,
-            "AwsSolutions-IAM5",
-            "ecs:ListTasks and ecs:DescribeTasks name no task ahead of time: the policy is "
-            "bound to this stack's cluster by the ecs:cluster condition instead.",
-            findings=["Resource::*"],
-        )
+        grant_cluster_task_listing(task_role, cluster)
 
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self,

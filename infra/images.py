@@ -17,13 +17,15 @@ from aws_cdk import aws_lambda as lambda_
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 LAMBDA_DOCKERFILE = "containers/lambda/Dockerfile"
-# The Twilio gateway and the KVS reader: one image (same dependencies, ports and health check),
-# each service picking its entrypoint through the command its task definition sets.
+# The Twilio gateway, the KVS reader and the SIPREC recorder: one image (same dependencies, ports
+# and health check), each service picking its entrypoint through the command its task definition
+# sets.
 INGEST_DOCKERFILE = "containers/ingest/Dockerfile"
 ASR_WORKER_DOCKERFILE = "containers/asr_worker/Dockerfile"
 
 TWILIO_GATEWAY_COMMAND = ("python", "-m", "containers.twilio_gateway.entrypoint")
 KVS_READER_COMMAND = ("python", "-m", "containers.kvs_reader.entrypoint")
+SIPREC_RECORDER_COMMAND = ("python", "-m", "containers.siprec_recorder.entrypoint")
 
 # Handlers (module path as Lambda's Python runtime interface client reads it: "dir/module.func").
 API_HANDLER = "functions/api.handler"
@@ -44,8 +46,9 @@ def lambda_code(handler: str) -> lambda_.DockerImageCode:
 
 
 def ingest_image() -> ecs.ContainerImage:
-    """The Twilio gateway's and the KVS reader's image (same Dockerfile, same hash: built and
-    pushed once); run it with TWILIO_GATEWAY_COMMAND or KVS_READER_COMMAND."""
+    """The Twilio gateway's, the KVS reader's and the SIPREC recorder's image (same Dockerfile,
+    same hash: built and pushed once); run it with TWILIO_GATEWAY_COMMAND, KVS_READER_COMMAND or
+    SIPREC_RECORDER_COMMAND."""
     return ecs.ContainerImage.from_asset(str(REPO_ROOT), file=INGEST_DOCKERFILE, platform=PLATFORM)
 
 

@@ -1,6 +1,7 @@
-"""What the two services that hold calls' media share: the Twilio gateway and the KVS readers.
+"""What the services that hold calls' media share: the Twilio gateway, the KVS readers and the
+SIPREC recorders.
 
-Both run the one ingest image (``containers/ingest/Dockerfile``; the stack sets each one's
+All run the one ingest image (``containers/ingest/Dockerfile``; the stack sets each one's
 command), listen on the same two ports, are configured by the same environment, and need the
 same access to the deployment's table, bus, secrets and recordings.
 """
@@ -8,12 +9,13 @@ same access to the deployment's table, bus, secrets and recordings.
 from __future__ import annotations
 
 from aws_cdk import Duration
+from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 
 from infra.config import DeploymentConfig
 from infra.data import RECORDINGS_PREFIX, DataConstruct
-from infra.nag import acknowledge_bucket_grant, acknowledge_table_index_grant
+from infra.nag import acknowledge, acknowledge_bucket_grant, acknowledge_table_index_grant
 
 # CALLSCRIBE_PORT: /healthz (the container health check) and, on the gateway, the media
 # WebSockets the load balancer forwards.
@@ -70,3 +72,22 @@ def grant_ingest_task_access(role: iam.IRole, data: DataConstruct, bus: events.I
     data.exports_bucket.grant_put(role, recordings)
     data.exports_bucket.grant_read(role, recordings)
     acknowledge_bucket_grant(role, data.exports_bucket, [recordings])
+
+
+def grant_cluster_task_listing(role: iam.IRole, cluster: ecs.ICluster) -> None:
+    """A starting task completes the calls that tasks gone without ending them (killed, out of
+    memory) left open: it lists which of the cluster's tasks still run."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["ecs:ListTasks", "ecs:DescribeTasks"],
+            resources=["*"],
+            conditions={"ArnEquals": {"ecs:cluster": cluster.cluster_arn}},
+        )
+    )
+    acknowledge(
+        role,
+        "AwsSolutions-IAM5",
+        "ecs:ListTasks and ecs:DescribeTasks name no task ahead of time: the policy is "
+        "bound to this stack's cluster by the ecs:cluster condition instead.",
+        findings=["Resource::*"],
+    )

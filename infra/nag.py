@@ -6,7 +6,9 @@ for exactly that, so that a new wildcard elsewhere in the same policy still fail
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from aws_cdk import Acknowledgment, Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
@@ -17,6 +19,29 @@ from constructs import IConstruct
 def acknowledge(scope: IConstruct, rule: str, reason: str, *, findings: Sequence[str] = ()) -> None:
     ids = [f"{rule}[{finding}]" for finding in findings] if findings else [rule]
     Validations.of(scope).acknowledge(*(Acknowledgment(id=id, reason=reason) for id in ids))
+
+
+def finding_text(scope: IConstruct, value: str) -> str:
+    """`value` (a string holding tokens, such as an ARN built from references) as cdk-nag writes
+    it in a finding: a reference as `<LogicalId>`, an attribute as `<LogicalId.Attr>`, a pseudo
+    parameter as `<AWS::Region>`; a literal as it is."""
+
+    def flat(node: Any) -> str:
+        if isinstance(node, str):
+            return node.replace("${", "<").replace("}", ">")
+        if isinstance(node, dict) and len(node) == 1:
+            ((function, argument),) = node.items()
+            if function == "Fn::Join":
+                delimiter, items = argument
+                return delimiter.join(flat(item) for item in items)
+            if function == "Fn::GetAtt":
+                resource, attribute = argument
+                return f"<{flat(resource)}.{flat(attribute)}>"
+            if function == "Ref":
+                return f"<{flat(argument)}>"
+        return json.dumps(node)
+
+    return flat(Stack.of(scope).resolve(value))
 
 
 def acknowledge_table_index_grant(scope: IConstruct, table: dynamodb.ITable) -> None:

@@ -20,6 +20,7 @@ from infra.exports import ExportsConstruct
 from infra.gateway import GatewayConstruct
 from infra.kvs_reader import KvsReaderConstruct
 from infra.network import NetworkConstruct
+from infra.siprec import SIP_PORT, SiprecRecorderConstruct
 
 
 class CallScribeStack(Stack):
@@ -91,10 +92,27 @@ class CallScribeStack(Stack):
             asr_url=self.asr.url,
         )
 
+        # Only with the SBCs' networks: without siprecSourceCidrs there is no SIPREC service.
+        self.siprec: SiprecRecorderConstruct | None = None
+        if config.siprec_enabled:
+            self.siprec = SiprecRecorderConstruct(
+                self,
+                "Siprec",
+                config=config,
+                network=self.network,
+                cluster=self.cluster,
+                data=self.data,
+                bus=self.events.bus,
+                asr_url=self.asr.url,
+            )
+
         self.asr.allow_from(self.gateway.service)
         self.asr.allow_from(self.kvs_reader.service)
         self.gateway.allow_control_from(self.api.security_group)
         self.kvs_reader.allow_control_from(self.api.security_group)
+        if self.siprec is not None:
+            self.asr.allow_from(self.siprec.service)
+            self.siprec.allow_control_from(self.api.security_group)
         # start-streaming for namespace amazonconnect opens the call on a reader task.
         self.api.function.add_environment("CALLSCRIBE_KVS_READER_URL", self.kvs_reader.control_url)
 
@@ -125,6 +143,13 @@ class CallScribeStack(Stack):
                 "ApiDomainTarget",
                 value=self.api.domain_name.regional_domain_name,
                 description=f"Point {config.api_domain_name} here (CNAME or alias)",
+            )
+        if self.siprec is not None:
+            CfnOutput(
+                self,
+                "SiprecLoadBalancerDns",
+                value=self.siprec.load_balancer.load_balancer_dns_name,
+                description=f"The SBCs' recording server: SIP on {SIP_PORT}, TCP or UDP",
             )
         CfnOutput(
             self,

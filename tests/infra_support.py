@@ -46,6 +46,18 @@ VARIANT = {
     "recordingRetentionDays": 3,
     "webhookMaxQueueAgeS": 300,
     "logRetentionDays": 90,
+    # SIPREC recorders for two SBC networks, every setting away from its default; an SBC behind
+    # NAT gets the one task's advertised address.
+    "siprecSourceCidrs": ["10.60.0.0/16", "192.168.40.0/24"],
+    "siprecRtpPorts": "30000-30399",
+    "siprecMaxCallsPerTask": 40,
+    "siprecDesiredCount": 1,
+    "siprecMinCount": 1,
+    "siprecMaxCount": 1,
+    "siprecCpu": 2048,
+    "siprecMemoryMib": 4096,
+    "siprecCpuTargetPercent": 50,
+    "siprecAdvertisedAddress": "100.64.10.5",
 }
 
 

@@ -85,12 +85,105 @@ def test_cdk_feature_flags_and_lookups_in_the_context_are_not_settings():
             {"apiThrottleBurstLimit": 10},
             "apiThrottleBurstLimit must be at least apiThrottleRateLimit",
         ),
+        (
+            {"siprecSourceCidrs": "10.20.1.0/16"},
+            "siprecSourceCidrs: '10.20.1.0/16' has host bits set: the network is 10.20.0.0/16",
+        ),
+        (
+            {"siprecSourceCidrs": ["sbc.example.com"]},
+            "siprecSourceCidrs: 'sbc.example.com' is not an IPv4 network",
+        ),
+        (
+            {"siprecSourceCidrs": "10.20.0.0/16,0.0.0.0/0"},
+            "siprecSourceCidrs: '0.0.0.0/0' is every address",
+        ),
+        (
+            {"siprecSourceCidrs": [f"10.{n}.0.0/16" for n in range(17)]},
+            "siprecSourceCidrs: at most 16 networks",
+        ),
+        (
+            {"siprecRtpPorts": "20000-20999", "siprecMaxCount": 4},
+            "siprecMaxCount, siprecRtpPorts: no SIPREC service without siprecSourceCidrs",
+        ),
+        *(
+            ({"siprecSourceCidrs": "10.20.0.0/16", **override}, expected)
+            for override, expected in (
+                ({"siprecRtpPorts": "20000"}, "siprecRtpPorts: '20000' is not a port range"),
+                ({"siprecRtpPorts": "20001-20999"}, "the first port must be even"),
+                ({"siprecRtpPorts": "20998-20000"}, "must be ordered and within 1024-65535"),
+                ({"siprecRtpPorts": "1000-1999"}, "must be ordered and within 1024-65535"),
+                ({"siprecRtpPorts": "65000-65536"}, "must be ordered and within 1024-65535"),
+                ({"siprecRtpPorts": "20000-20002"}, "'20000-20002' holds no call"),
+                ({"siprecRtpPorts": "8000-8999"}, "'8000-8999' includes 8080, 8081"),
+                (
+                    {"siprecRtpPorts": "20000-20039"},
+                    "siprecMaxCallsPerTask (25) is more than siprecRtpPorts 20000-20039 holds "
+                    "(10 calls",
+                ),
+                ({"siprecMaxCallsPerTask": 0}, "siprecMaxCallsPerTask:"),
+                ({"siprecCpu": 1000}, "siprecCpu: Fargate CPU is one of"),
+                ({"siprecMemoryMib": 256}, "siprecMemoryMib:"),
+                ({"siprecCpuTargetPercent": 99}, "siprecCpuTargetPercent:"),
+                (
+                    {"siprecMinCount": 3},
+                    "siprecMinCount <= siprecDesiredCount <= siprecMaxCount does not hold",
+                ),
+                (
+                    {"siprecAdvertisedAddress": "sbc.example.com"},
+                    "siprecAdvertisedAddress: 'sbc.example.com' is not an IPv4 address",
+                ),
+                (
+                    {"siprecAdvertisedAddress": "100.64.10.5"},
+                    "siprecAdvertisedAddress needs siprecMaxCount 1",
+                ),
+            )
+        ),
     ],
 )
 def test_invalid_settings_fail_with_a_message_naming_the_key(override, expected):
     message = error_of(context(**override))
     assert message.startswith("invalid CallScribe deployment settings:")
     assert expected in message
+
+
+def test_siprec_is_off_until_the_sbc_networks_are_given():
+    config = load_config(context())
+    assert not config.siprec_enabled and config.siprec_source_cidrs == ()
+
+
+def test_siprec_defaults_and_the_sbc_networks_as_dash_c_gives_them():
+    config = load_config(context(siprecSourceCidrs="10.20.0.0/16, 192.0.2.7"))
+    assert config.siprec_enabled
+    # A bare address is one SBC.
+    assert config.siprec_source_cidrs == ("10.20.0.0/16", "192.0.2.7/32")
+    assert config.siprec_rtp_ports == "20000-20999"
+    assert config.siprec_rtp_port_range == (20000, 20999)
+    # Two streams a call, each an even RTP port and its odd RTCP neighbour.
+    assert config.siprec_calls_per_rtp_range == 250
+    assert config.siprec_max_calls_per_task == 25
+    assert (config.siprec_cpu, config.siprec_memory_mib, config.siprec_cpu_target_percent) == (
+        1024,
+        2048,
+        60,
+    )
+    assert config.siprec_counts.model_dump() == {"desired": 2, "min": 2, "max": 10}
+    assert config.siprec_advertised_address is None
+    listed = load_config(context(siprecSourceCidrs=["10.20.0.0/16"], siprecMaxCallsPerTask="250"))
+    assert listed.siprec_source_cidrs == ("10.20.0.0/16",)
+    assert listed.siprec_max_calls_per_task == 250
+
+
+def test_one_recorder_may_advertise_an_address():
+    config = load_config(
+        context(
+            siprecSourceCidrs="10.20.0.0/16",
+            siprecAdvertisedAddress="100.64.10.5",
+            siprecDesiredCount=1,
+            siprecMinCount=1,
+            siprecMaxCount=1,
+        )
+    )
+    assert config.siprec_advertised_address == "100.64.10.5"
 
 
 def test_every_problem_is_reported_at_once():

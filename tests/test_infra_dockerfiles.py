@@ -20,10 +20,12 @@ from infra.images import (
     INGEST_DOCKERFILE,
     KVS_READER_COMMAND,
     LAMBDA_DOCKERFILE,
+    SIPREC_RECORDER_COMMAND,
     TWILIO_GATEWAY_COMMAND,
     WEBHOOK_HANDLER,
 )
 from infra.ingest import CONTROL_PORT, INGEST_PORT
+from infra.siprec import SIP_PORT
 from tests.infra_support import REPO_ROOT
 
 
@@ -172,13 +174,26 @@ def test_service_images_run_their_entrypoints_as_non_root_with_a_health_check(
     assert str(port) in final.all("EXPOSE")[0].split()
 
 
-def test_ingest_image_exposes_the_media_health_and_control_ports():
+def test_ingest_image_exposes_the_media_health_control_and_sip_ports():
     _, stages = parse(REPO_ROOT / INGEST_DOCKERFILE)
     (expose,) = stages[-1].all("EXPOSE")
-    assert expose.split() == [str(INGEST_PORT), str(CONTROL_PORT)]
+    assert expose.split() == [
+        str(INGEST_PORT),
+        str(CONTROL_PORT),
+        f"{SIP_PORT}/tcp",
+        f"{SIP_PORT}/udp",
+    ]
     env = " ".join(stages[-1].all("ENV"))
     assert f"CALLSCRIBE_PORT={INGEST_PORT}" in env
     assert f"CALLSCRIBE_CONTROL_PORT={CONTROL_PORT}" in env
+
+
+def test_ingest_image_header_names_the_command_of_every_service_it_runs():
+    header = re.findall(r"^#\s+(python -m \S+)", (REPO_ROOT / INGEST_DOCKERFILE).read_text(), re.M)
+    assert header == [
+        " ".join(command)
+        for command in (TWILIO_GATEWAY_COMMAND, KVS_READER_COMMAND, SIPREC_RECORDER_COMMAND)
+    ]
 
 
 def test_asr_image_is_cuda_with_the_model_baked_in_where_the_task_looks():

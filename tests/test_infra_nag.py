@@ -25,16 +25,21 @@ def test_default_deployment_has_no_unacknowledged_errors_or_warnings():
 
 
 def test_deployment_with_every_option_has_no_unacknowledged_errors_or_warnings():
+    # SIPREC recorders included (VARIANT gives the SBCs' networks).
+    assert variant_stack().siprec is not None
     assert findings(variant_stack()) == []
 
 
 def test_acknowledgments_are_specific_a_new_wildcard_still_fails():
-    stack = synth(context())
-    stack.gateway.service.task_definition.task_role.add_to_principal_policy(
-        iam.PolicyStatement(actions=["s3:*"], resources=["arn:aws:s3:::some-bucket/*"])
-    )
+    stack = synth(context(siprecSourceCidrs="10.50.0.0/16"))
+    assert stack.siprec is not None
+    for service in (stack.gateway.service, stack.siprec.service):
+        service.task_definition.task_role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:*"], resources=["arn:aws:s3:::some-bucket/*"])
+        )
     found = findings(stack)
-    assert any(
-        "AwsSolutions-IAM5" in line and "Gateway/Default/TaskDefinition/TaskRole" in line
-        for line in found
-    )
+    for role in (
+        "Gateway/Default/TaskDefinition/TaskRole",
+        "Siprec/Default/TaskDefinition/TaskRole",
+    ):
+        assert any("AwsSolutions-IAM5" in line and role in line for line in found), role
