@@ -75,6 +75,8 @@ READINESS_THRESHOLD = 2
 # flow can bring a new call to a task that is about to stop.
 DEREGISTRATION_DELAY = Duration.seconds(15)
 SERVICE_NAME = "siprec-recorder"
+# CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S: of the 120 s stop timeout, what live calls get to end.
+DRAIN_TIMEOUT_S = 100
 
 
 def siprec_environment(
@@ -103,6 +105,9 @@ def siprec_environment(
         # siprec-sources set --network CIDR --tenant T --store dynamodb`) are recorded.
         CALLSCRIBE_SIPREC_TENANT="",
         CALLSCRIBE_SIPREC_MAX_CALLS=str(config.siprec_max_calls_per_task),
+        # After SIGTERM, live calls get this long to end by their BYEs before the task
+        # completes them: inside the 120 s ECS allows, leaving time to deliver.
+        CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
         **advertised,
     )
 
@@ -214,12 +219,30 @@ class SiprecRecorderConstruct(Construct):
                 resources=[cluster_tasks],
             )
         )
+        # A protected task is never stopped by a deployment: one whose deployment the service
+        # replaced (it reads its own service's deployments) takes no new calls, so its last
+        # call ends, its protection goes and the deployment completes.
+        cluster_services = Stack.of(self).format_arn(
+            service="ecs", resource="service", resource_name=f"{cluster.cluster_name}/*"
+        )
+        task_role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="DrainWhenTheDeploymentIsReplaced",
+                actions=["ecs:DescribeServices"],
+                resources=[cluster_services],
+            )
+        )
         acknowledge(
             task_role,
             "AwsSolutions-IAM5",
-            "A task protects itself from scale-in while it holds calls; task ids are not known "
-            "ahead of time, so the grant names this stack's cluster's tasks (task/<cluster>/*).",
-            findings=[f"Resource::{finding_text(self, cluster_tasks)}"],
+            "A task protects itself from scale-in while it holds calls, and reads its "
+            "service's deployments to drain when replaced; task ids and the service's name "
+            "(CloudFormation's) are not known ahead of time, so the grants name this stack's "
+            "cluster's tasks and services (task/<cluster>/*, service/<cluster>/*).",
+            findings=[
+                f"Resource::{finding_text(self, cluster_tasks)}",
+                f"Resource::{finding_text(self, cluster_services)}",
+            ],
         )
 
         # The NLB admits SIP from the SBCs' networks and sends only to the recorders: the

@@ -146,7 +146,11 @@ def test_build_context_leaves_out_the_virtualenv_tests_and_cdk_out():
     ("dockerfile", "commands", "port"),
     [
         # The image's own CMD runs the first; the stack sets each service's command.
-        (INGEST_DOCKERFILE, [TWILIO_GATEWAY_COMMAND, KVS_READER_COMMAND], INGEST_PORT),
+        (
+            INGEST_DOCKERFILE,
+            [TWILIO_GATEWAY_COMMAND, KVS_READER_COMMAND, SIPREC_RECORDER_COMMAND],
+            INGEST_PORT,
+        ),
         (ASR_WORKER_DOCKERFILE, [ASR_WORKER_COMMAND], ASR_PORT),
     ],
 )

@@ -310,6 +310,12 @@ def test_task_role_has_the_gateways_grants_and_protects_only_this_clusters_tasks
     assert protection["Resource"] == {
         "Fn::Join": ["", [f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/", ref(stack.cluster), "/*"]]
     }
+    # A task reads its service's deployments (to drain once replaced), in this cluster only.
+    (deployments,) = [s for s in statements if "ecs:DescribeServices" in s["Action"]]
+    assert deployments["Action"] == "ecs:DescribeServices"
+    assert deployments["Resource"] == {
+        "Fn::Join": ["", [f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/", ref(stack.cluster), "/*"]]
+    }
     ecs_actions = {
         action
         for statement in statements
@@ -323,6 +329,7 @@ def test_task_role_has_the_gateways_grants_and_protects_only_this_clusters_tasks
         "ecs:DescribeTasks",
         "ecs:UpdateTaskProtection",
         "ecs:GetTaskProtection",
+        "ecs:DescribeServices",
     }
 
 
@@ -366,6 +373,7 @@ def test_container_runs_the_recorder_with_its_ports_and_environment(recorders):
         # Only SBC networks mapped in the Store are recorded.
         "CALLSCRIBE_SIPREC_TENANT": "",
         "CALLSCRIBE_SIPREC_MAX_CALLS": "25",
+        "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "100",
         "LOG_LEVEL": "INFO",
     }
     assert container["HealthCheck"]["Command"][-1] == (
@@ -414,6 +422,7 @@ def test_settings_reach_the_task_its_rules_and_its_scaling():
         "CALLSCRIBE_SIPREC_RTP_PORTS": "30000-30399",
         "CALLSCRIBE_SIPREC_TENANT": "",
         "CALLSCRIBE_SIPREC_MAX_CALLS": "40",
+        "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "100",
         "CALLSCRIBE_SIPREC_ADVERTISED_ADDRESS": "100.64.10.5",
     }
     assert environment["CALLSCRIBE_ASR_URL"] == "http://asr.staging.callscribe.internal:8000"
