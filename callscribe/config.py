@@ -106,6 +106,19 @@ class AsrSettings(BaseSettings):
     # Set: utterances are sent there and no model is loaded in this process.
     url: str | None = Field(None, pattern=r"^https?://[^\s/]+")
     timeout_s: float = Field(15.0, gt=0, le=300, description="per request to a remote worker")
+    # A remote URL's host name may resolve to several workers (Cloud Map: one A record per
+    # worker task). Each utterance goes to one of them; one that refuses it (503, queue full)
+    # or cannot be reached is passed over and the next is tried, for as long as this budget
+    # (from the first attempt) lasts. Under normal load nothing is retried, so the budget
+    # costs no latency; it bounds how late a refused utterance may still be transcribed.
+    retry_budget_s: float = Field(2.0, ge=0, le=60)
+    # How often the host name is looked up again (at most; a lookup is made when an utterance
+    # needs the workers and the last answer is older). Below Cloud Map's 10 s TTL, so a new
+    # worker task gets utterances within seconds of registering.
+    dns_refresh_s: float = Field(5.0, gt=0, le=300)
+    # Connecting to a worker takes about a millisecond inside a VPC; one that takes longer is
+    # gone (its task stopped) and the next worker is tried within the retry budget.
+    connect_timeout_s: float = Field(0.5, gt=0, le=30)
 
 
 class AsrWorkerSettings(AsrSettings):

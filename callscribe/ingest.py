@@ -221,6 +221,7 @@ class IngestRuntime:
         if connect is not None and tenant is not None:
             connect["readers"] = [r for r in connect["readers"] if r.get("tenant") == tenant]
         gateway = self.gateway
+        remote_workers = getattr(self.asr, "worker_counters", None)
         return {
             **self.liveness(),
             "twilioStreams": {
@@ -239,6 +240,8 @@ class IngestRuntime:
                 "fullWindowRetries": getattr(self.asr, "full_window_retries", 0),
                 # Loops that even the full window gave, cut back to one occurrence.
                 "loopsCut": getattr(self.asr, "loops_cut", 0),
+                # A remote ASR service's workers and what became of the requests sent to them.
+                "remoteWorkers": remote_workers() if remote_workers else None,
             },
             "amazonConnect": connect,
             "delivery": self.dispatcher.as_dict() if self.dispatcher else None,

@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult, AsrWord, whisper_language
+from callscribe.asr.base import (
+    AsrEngine,
+    AsrError,
+    AsrOverloadedError,
+    AsrRequest,
+    AsrResult,
+    AsrWord,
+    whisper_language,
+)
 from callscribe.bus import EventBus, TranscriptEvent
 from callscribe.endpointing import Utterance
 from callscribe.model import AutotranscribeParams, RedactionOutput
@@ -59,7 +67,10 @@ class AsrStats:
     audio_s: float = 0.0
     processing_s: float = 0.0
     empty: int = 0
+    # Utterances lost to the ASR (no message went out for them), and of those, how many the
+    # ASR service refused for being at capacity (every worker's queue full).
     errors: int = 0
+    overloaded: int = 0
     # The most recent utterances' waits for the engine (bounded: a server runs for months).
     queue_wait_s: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_WAITS))
 
@@ -75,6 +86,7 @@ class AsrStats:
             "realTimeFactor": round(self.real_time_factor, 4),
             "emptyResults": self.empty,
             "errors": self.errors,
+            "overloaded": self.overloaded,
             "recentQueueWaitP95Ms": round(
                 float(np.percentile(self.queue_wait_s, 95)) * 1000 if self.queue_wait_s else 0.0,
                 1,
@@ -155,7 +167,7 @@ class TranscriptionPipeline:
     ) -> bool:
         """One finished utterance of call ``key``: transcribe, build the message, persist and
         publish it under the call's next number. True when a message went out."""
-        result = await self.transcribe(utterance, params)
+        result = await self.transcribe(utterance, params, key)
         if result is None:
             return False
         body = self.message_body(key, speaker, utterance, result, params)
@@ -174,9 +186,12 @@ class TranscriptionPipeline:
         await asyncio.to_thread(self.store.set_message_expiry, key, ended_at + self.retention_s)
 
     async def transcribe(
-        self, utterance: Utterance, params: AutotranscribeParams
+        self, utterance: Utterance, params: AutotranscribeParams, key: CallKey | None = None
     ) -> AsrResult | None:
+        """The utterance's text, or None when it has none or could not be transcribed (then
+        counted in ``stats``, which ``/healthz`` shows)."""
         queued = time.perf_counter()
+        duration_ms = utterance.end_ms - utterance.start_ms
         try:
             result = await self.asr.transcribe(
                 AsrRequest(
@@ -185,11 +200,23 @@ class TranscriptionPipeline:
                     word_timestamps=params.detailedToken,
                 )
             )
+        except AsrOverloadedError as exc:
+            self.stats.errors += 1
+            self.stats.overloaded += 1
+            log.error(
+                "call %s: an utterance of %d ms was refused by the ASR service: %s",
+                key,
+                duration_ms,
+                exc,
+            )
+            return None
+        except AsrError as exc:
+            self.stats.errors += 1
+            log.error("call %s: ASR failed for an utterance of %d ms: %s", key, duration_ms, exc)
+            return None
         except Exception:
             self.stats.errors += 1
-            log.exception(
-                "ASR failed for an utterance of %d ms", utterance.end_ms - utterance.start_ms
-            )
+            log.exception("call %s: ASR failed for an utterance of %d ms", key, duration_ms)
             return None
         self.stats.utterances += 1
         self.stats.audio_s += result.audio_ms / 1000

@@ -42,7 +42,8 @@ class AsrError(RuntimeError):
 
 
 class AsrOverloadedError(AsrError):
-    """A remote ASR service refused the utterance because it is at capacity (HTTP 503)."""
+    """A remote ASR service refused the utterance because it is at capacity: HTTP 503 from
+    every worker tried."""
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)

@@ -11,7 +11,13 @@ def make_asr_engine(settings: AsrSettings) -> AsrEngine:
     if settings.url:
         from callscribe.asr.remote import RemoteAsrEngine
 
-        return RemoteAsrEngine(settings.url, timeout_s=settings.timeout_s)
+        return RemoteAsrEngine(
+            settings.url,
+            timeout_s=settings.timeout_s,
+            retry_budget_s=settings.retry_budget_s,
+            dns_refresh_s=settings.dns_refresh_s,
+            connect_timeout_s=settings.connect_timeout_s,
+        )
     # Imported here so that a gateway using a remote worker never loads CTranslate2.
     from callscribe.asr.whisper import FasterWhisperEngine
 
