@@ -811,7 +811,19 @@ def test_secrets_generated_and_webhook_secret_shaped_for_the_runtime():
 def test_new_vpc_with_private_egress_flow_logs_and_gateway_endpoints():
     template = default_template()
     template.resource_count_is("AWS::EC2::VPC", 1)
-    template.resource_count_is("AWS::EC2::NatGateway", 1)
+    # One NAT gateway in each AZ, each AZ's private subnets routed through their own.
+    template.resource_count_is("AWS::EC2::NatGateway", 2)
+    nat_subnets = {
+        n["Properties"]["SubnetId"]["Ref"]
+        for n in template.find_resources("AWS::EC2::NatGateway").values()
+    }
+    assert len(nat_subnets) == 2
+    nat_routes = [
+        r["Properties"]["NatGatewayId"]["Ref"]
+        for r in template.find_resources("AWS::EC2::Route").values()
+        if "NatGatewayId" in r["Properties"]
+    ]
+    assert len(nat_routes) == 2 and len(set(nat_routes)) == 2
     template.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "REJECT"})
     endpoints = template.find_resources("AWS::EC2::VPCEndpoint")
     services = {
