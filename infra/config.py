@@ -159,7 +159,10 @@ class DeploymentConfig(BaseModel):
     asr_desired_count: int = Field(1, ge=0)
     asr_min_count: int = Field(1, ge=0)
     asr_max_count: int = Field(4, ge=1, le=100)
-    asr_cpu_target_percent: int = Field(70, ge=10, le=95)
+    # Utterances waiting for a batch, on average per ASR worker, that the service scales to
+    # keep: a GPU worker takes 16 in a batch, so 8 waiting is about half a batch (under
+    # 100 ms) of wait; above it workers are added, below it removed.
+    asr_queue_depth_target: float = Field(8.0, gt=0, le=1000)
     asr_root_volume_gib: int = Field(100, ge=50, le=1000)
 
     # Amazon Connect: the KVS reader tasks (Fargate), which read contacts' Kinesis Video Streams
