@@ -133,6 +133,10 @@ class AsrWorkerSettings(AsrSettings):
     # Utterances waiting for a batch; beyond this the worker answers 503 at once.
     max_queue: int = Field(256, ge=1, le=100_000)
     max_audio_s: float = Field(30.0, gt=0, le=120)
+    # In AWS: every this many seconds, the queue depth, utterances, refusals and the p95 wait
+    # for a batch as CloudWatch metrics (EMF lines on stdout), which the ASR service scales
+    # on. 0: none (local mode).
+    metrics_interval_s: float = Field(0.0, ge=0)
 
 
 class WebhookSettings(BaseSettings):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aws_cdk import Duration
 from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
@@ -19,8 +20,8 @@ from infra.container_service import (
     CloudMapName,
     ContainerService,
     ContainerServiceProps,
-    CpuScaling,
     GpuCompute,
+    MetricScaling,
 )
 from infra.images import asr_worker_image
 from infra.nag import acknowledge
@@ -31,6 +32,21 @@ ASR_SERVICE_NAME = "asr"
 # What the worker reserves on the instance. A g4dn/g5/g6 .xlarge has 16 GiB: ECS keeps some for
 # its agent, the rest is the model's host-side buffers and the request queue.
 ASR_MEMORY_RESERVATION_MIB = 12_288
+# How often each worker reports its load (EMF lines in its log group: callscribe.asr.worker).
+METRICS_INTERVAL_S = 60
+METRICS_NAMESPACE = "CallScribe"
+METRICS_SERVICE = "callscribe-asr-worker"
+
+
+def asr_queue_depth_metric() -> cloudwatch.Metric:
+    """Utterances waiting for a batch, averaged over the workers' reports of each minute."""
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name="AsrQueueDepth",
+        dimensions_map={"service": METRICS_SERVICE},
+        statistic="Average",
+        period=Duration.minutes(1),
+    )
 
 
 class AsrConstruct(Construct):
@@ -121,6 +137,7 @@ class AsrConstruct(Construct):
                     "CALLSCRIBE_ASR_DEVICE": "cuda",
                     "CALLSCRIBE_ASR_COMPUTE_TYPE": "float16",
                     "CALLSCRIBE_ASR_PORT": str(ASR_PORT),
+                    "CALLSCRIBE_ASR_METRICS_INTERVAL_S": str(METRICS_INTERVAL_S),
                     "LOG_LEVEL": config.log_level,
                 },
                 environment_holds=(
@@ -133,11 +150,13 @@ class AsrConstruct(Construct):
                 stop_timeout=Duration.seconds(60),
                 log_stream_prefix="asr",
                 cloud_map=CloudMapName(namespace=namespace, name=ASR_SERVICE_NAME, port=ASR_PORT),
-                # The container exposes no GPU metric to ECS; its CPU work (feature extraction,
-                # the decoding loop, the HTTP server) grows with the utterances in flight.
-                scaling=CpuScaling(
+                # ECS measures no GPU, and a GPU worker's CPU says little of its load: it
+                # scales on what is scarce, the utterances waiting for a batch (each worker
+                # reports its queue every minute, CALLSCRIBE_ASR_METRICS_INTERVAL_S).
+                scaling=MetricScaling(
                     counts=config.asr_counts,
-                    cpu_target_percent=config.asr_cpu_target_percent,
+                    metric=asr_queue_depth_metric(),
+                    target=config.asr_queue_depth_target,
                     scale_out_cooldown=Duration.minutes(2),
                 ),
             ),

@@ -124,7 +124,9 @@ class DeploymentConfig(BaseModel):
     # one with this many AZs and NAT gateways.
     vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$")
     max_azs: int = Field(2, ge=2, le=6)
-    nat_gateways: int = Field(1, ge=1, le=6)
+    # Unset: one per AZ. With one, a zone's outage takes every private subnet's egress (ECR
+    # pulls, Secrets Manager, EventBridge, KVS, the webhook via NAT) with it.
+    nat_gateways: int | None = Field(None, ge=1, le=6)
 
     # Webhook delivery.
     webhook_url: HttpUrl
@@ -157,7 +159,10 @@ class DeploymentConfig(BaseModel):
     asr_desired_count: int = Field(1, ge=0)
     asr_min_count: int = Field(1, ge=0)
     asr_max_count: int = Field(4, ge=1, le=100)
-    asr_cpu_target_percent: int = Field(70, ge=10, le=95)
+    # Utterances waiting for a batch, on average per ASR worker, that the service scales to
+    # keep: a GPU worker takes 16 in a batch, so 8 waiting is about half a batch (under
+    # 100 ms) of wait; above it workers are added, below it removed.
+    asr_queue_depth_target: float = Field(8.0, gt=0, le=1000)
     asr_root_volume_gib: int = Field(100, ge=50, le=1000)
 
     # Amazon Connect: the KVS reader tasks (Fargate), which read contacts' Kinesis Video Streams
@@ -323,6 +328,11 @@ class DeploymentConfig(BaseModel):
             raise ValueError("Fargate CPU is one of 256, 512, 1024, 2048, 4096, 8192, 16384")
         return value
 
+    @property
+    def nat_gateway_count(self) -> int:
+        """NAT gateways of a new VPC: as configured, else one in each AZ."""
+        return self.nat_gateways if self.nat_gateways is not None else self.max_azs
+
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentConfig:
         problems = []
@@ -337,6 +347,11 @@ class DeploymentConfig(BaseModel):
                     f"{name}MinCount <= {name}DesiredCount <= {name}MaxCount does not hold "
                     f"({counts.min}, {counts.desired}, {counts.max})"
                 )
+        if self.nat_gateways is not None and self.nat_gateways > self.max_azs:
+            problems.append(
+                f"natGateways ({self.nat_gateways}) is more than maxAzs ({self.max_azs}): at "
+                "most one NAT gateway per AZ"
+            )
         if (self.hosted_zone_id is None) != (self.hosted_zone_name is None):
             problems.append("hostedZoneId and hostedZoneName go together: give both or neither")
         if self.hosted_zone_name is not None:

@@ -4,7 +4,8 @@ workers have in common.
 Each of them is a task definition holding a single container that is probed on ``/healthz`` by
 ECS, logs to its own log group, and is run by a service that rolls out one replacement before
 it stops an old task (and rolls back a deployment that never gets healthy), in private subnets,
-scaled between a minimum and a maximum on its CPU. What differs between them is in
+scaled between a minimum and a maximum on its CPU (or, for the GPU workers, on a metric of
+their own). What differs between them is in
 ``ContainerServiceProps``; what only one of them has (the gateway's load balancer, the readers'
 named role, the ASR workers' GPU instances) stays in that service's own construct.
 
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
@@ -85,6 +87,18 @@ class CpuScaling:
 
 
 @dataclass(frozen=True)
+class MetricScaling:
+    """Task count between ``counts.min`` and ``counts.max``, tracking ``metric`` (an average
+    over the tasks) at ``target``: for a service whose scarce resource ECS does not measure
+    (a GPU's queue of utterances)."""
+
+    counts: ServiceCounts
+    metric: cloudwatch.IMetric
+    target: float
+    scale_out_cooldown: Duration
+
+
+@dataclass(frozen=True)
 class ContainerServiceProps:
     cluster: ecs.ICluster
     subnets: ec2.SubnetSelection
@@ -102,7 +116,7 @@ class ContainerServiceProps:
     # What ECS waits after SIGTERM before it kills the container: the service's drain.
     stop_timeout: Duration
     log_stream_prefix: str
-    scaling: CpuScaling
+    scaling: CpuScaling | MetricScaling
     # None: the image's own CMD.
     command: tuple[str, ...] | None = None
     # None: a role of its own that CDK creates.
@@ -230,9 +244,19 @@ class ContainerService(Construct):
         self.scaling = self.service.auto_scale_task_count(
             min_capacity=props.scaling.counts.min, max_capacity=props.scaling.counts.max
         )
-        self.scaling.scale_on_cpu_utilization(
-            "CpuScaling",
-            target_utilization_percent=props.scaling.cpu_target_percent,
-            scale_out_cooldown=props.scaling.scale_out_cooldown,
-            scale_in_cooldown=SCALE_IN_COOLDOWN,
-        )
+        scaling = props.scaling
+        if isinstance(scaling, CpuScaling):
+            self.scaling.scale_on_cpu_utilization(
+                "CpuScaling",
+                target_utilization_percent=scaling.cpu_target_percent,
+                scale_out_cooldown=scaling.scale_out_cooldown,
+                scale_in_cooldown=SCALE_IN_COOLDOWN,
+            )
+        else:
+            self.scaling.scale_to_track_custom_metric(
+                "MetricScaling",
+                metric=scaling.metric,
+                target_value=scaling.target,
+                scale_out_cooldown=scaling.scale_out_cooldown,
+                scale_in_cooldown=SCALE_IN_COOLDOWN,
+            )

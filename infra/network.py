@@ -26,7 +26,7 @@ class NetworkConstruct(Construct):
             self,
             "Vpc",
             max_azs=config.max_azs,
-            nat_gateways=config.nat_gateways,
+            nat_gateways=config.nat_gateway_count,
             # Nothing is ever placed in the default security group (every ENI here gets its
             # own group), so locking it down would protect nothing and cost a custom-resource
             # Lambda whose log group CDK cannot give a retention period.

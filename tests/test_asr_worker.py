@@ -6,6 +6,7 @@ entrypoint."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -598,3 +599,58 @@ def test_container_entrypoint_serves_and_stops_on_sigterm(
             process.kill()
             process.wait()
     assert "CallScribe ASR worker listening" in log_path.read_text()
+
+
+async def test_the_worker_publishes_its_load_as_cloudwatch_metrics(
+    start_worker: StartWorker,
+    asr_engine: FasterWhisperEngine,
+    speech: list[np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In AWS the worker writes EMF lines (what the stack scales the service on): its queue
+    depth, the utterances it transcribed and refused, and the p95 of their waits."""
+    gated = GatedEngine(asr_engine)
+    worker = await start_worker(
+        gated, max_batch=1, max_wait_ms=0, max_queue=1, metrics_interval_s=0.1
+    )
+    engine = RemoteAsrEngine(worker.url, timeout_s=WAIT_S)
+    lines: list[dict[str, Any]] = []
+
+    def published() -> list[dict[str, Any]]:
+        for line in capsys.readouterr().out.splitlines():
+            if line.startswith("{") and '"_aws"' in line:
+                emf = json.loads(line)
+                # EMF gives a metric's values as a list (one value an interval here).
+                lines.append({k: v[0] if isinstance(v, list) else v for k, v in emf.items()})
+        return lines
+
+    async def until(condition: Callable[[list[dict[str, Any]]], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not condition(published()):
+            assert time.monotonic() < deadline, lines[-3:]
+            await asyncio.sleep(0.05)
+
+    try:
+        gated.gate.clear()
+        running = asyncio.ensure_future(engine.transcribe(AsrRequest(speech[0], "en")))
+        await worker.wait_until(lambda h: h["batchesInFlight"] == 1)
+        queued = asyncio.ensure_future(engine.transcribe(AsrRequest(speech[1], "en")))
+        await worker.wait_until(lambda h: h["queueDepth"] == 1)
+        with pytest.raises(AsrOverloadedError):
+            await engine.transcribe(AsrRequest(speech[2], "en"))
+        await until(lambda ls: any(line.get("AsrQueueDepth") == 1 for line in ls))
+        gated.gate.set()
+        await asyncio.gather(running, queued)
+        await until(lambda ls: sum(line.get("AsrUtterances", 0) for line in ls) == 2)
+    finally:
+        gated.gate.set()
+        await engine.close()
+
+    (definition,) = lines[0]["_aws"]["CloudWatchMetrics"]
+    assert definition["Namespace"] == "CallScribe"
+    assert definition["Dimensions"] == [["service"]]
+    assert {line["service"] for line in lines} == {"callscribe-asr-worker"}
+    assert sum(line["AsrRefused"] for line in lines) == 1
+    waits = [line["AsrWaitP95"] for line in lines if "AsrWaitP95" in line]
+    # The queued utterance waited for the gate: its wait shows.
+    assert waits and max(waits) > 0

@@ -69,6 +69,7 @@ def test_cdk_feature_flags_and_lookups_in_the_context_are_not_settings():
         ({"vpcId": "my-vpc"}, "vpcId:"),
         ({"maxAzs": 1}, "maxAzs:"),
         ({"natGateways": 0}, "natGateways:"),
+        ({"natGateways": 3}, "natGateways (3) is more than maxAzs (2)"),
         ({"webhookTimeoutS": 0}, "webhookTimeoutS:"),
         ({"gatewayMinCount": 5}, "gatewayMinCount <= gatewayDesiredCount <= gatewayMaxCount"),
         ({"asrDesiredCount": 9}, "asrMinCount <= asrDesiredCount <= asrMaxCount"),

@@ -372,18 +372,28 @@ def test_api_custom_domain_with_the_certificate_and_alias_record():
 
 # Per service: its construct's attribute on the stack, the container's name, what the container
 # runs (None: the image's own CMD), the port its health check probes and the grace it has to
-# start, its stop timeout, its log stream prefix, scale-out cooldown, and its CPU target and
-# counts (min, max) with cdk.json's defaults.
+# start, its stop timeout, its log stream prefix, scale-out cooldown, and its scaling target
+# (CPU percent; the ASR workers: utterances waiting per worker) and counts (min, max) with
+# cdk.json's defaults.
 ECS_SERVICES = {
     "gateway": ("gateway", TWILIO_GATEWAY_COMMAND, 8080, 60, 120, "gateway", 60, 60, (2, 10)),
     "kvs_reader": ("reader", KVS_READER_COMMAND, 8080, 60, 120, "kvs-reader", 60, 60, (1, 10)),
-    "asr": ("asr", None, 8000, 180, 60, "asr", 120, 70, (1, 4)),
+    "asr": ("asr", None, 8000, 180, 60, "asr", 120, 8, (1, 4)),
 }
 
 
+def tracked_metric(policy: dict) -> str:
+    """A target-tracking policy's metric: the predefined type, or namespace/name."""
+    configuration = policy["TargetTrackingScalingPolicyConfiguration"]
+    if "PredefinedMetricSpecification" in configuration:
+        return configuration["PredefinedMetricSpecification"]["PredefinedMetricType"]
+    custom = configuration["CustomizedMetricSpecification"]
+    return f"{custom['Namespace']}/{custom['MetricName']}"
+
+
 def ecs_service_resources(attribute: str) -> tuple[dict, dict, dict]:
-    """The service's ECS service, its task definition's one container, and its CPU scaling
-    policy, from the default template."""
+    """The service's ECS service, its task definition's one container, and its scaling
+    policy on its own load (CPU; the ASR workers' queue depth), from the default template."""
     stack = default_stack()
     template = default_template()
     construct = getattr(stack, attribute)
@@ -403,10 +413,8 @@ def ecs_service_resources(attribute: str) -> tuple[dict, dict, dict]:
         policy["Properties"]
         for policy in template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
         if policy["Properties"]["ScalingTargetId"] == {"Ref": target_id}
-        and policy["Properties"]["TargetTrackingScalingPolicyConfiguration"][
-            "PredefinedMetricSpecification"
-        ]["PredefinedMetricType"]
-        == "ECSServiceAverageCPUUtilization"
+        and tracked_metric(policy["Properties"])
+        in ("ECSServiceAverageCPUUtilization", "CallScribe/AsrQueueDepth")
     ]
     scalable_target = template.find_resources("AWS::ApplicationAutoScaling::ScalableTarget")[
         target_id
@@ -465,7 +473,7 @@ def test_every_ecs_container_is_health_checked_and_logs_to_its_own_log_group(att
 
 
 @pytest.mark.parametrize("attribute", ECS_SERVICES)
-def test_every_ecs_service_scales_on_cpu_between_its_counts(attribute):
+def test_every_ecs_service_scales_on_its_load_between_its_counts(attribute):
     *_, scale_out_s, cpu_target, (minimum, maximum) = ECS_SERVICES[attribute]
     service, _, scaling = ecs_service_resources(attribute)
     assert (scaling["target"]["MinCapacity"], scaling["target"]["MaxCapacity"]) == (
@@ -607,10 +615,10 @@ def test_gateway_autoscaling_on_requests_per_target_and_cpu():
         {"MinCapacity": 2, "MaxCapacity": 10, "ScalableDimension": "ecs:service:DesiredCount"},
     )
     metrics = {
-        p["Properties"]["TargetTrackingScalingPolicyConfiguration"][
-            "PredefinedMetricSpecification"
-        ]["PredefinedMetricType"]
+        tracked_metric(p["Properties"])
         for p in template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
+        if "PredefinedMetricSpecification"
+        in p["Properties"]["TargetTrackingScalingPolicyConfiguration"]
     }
     assert metrics == {"ALBRequestCountPerTarget", "ECSServiceAverageCPUUtilization"}
 
@@ -634,8 +642,39 @@ def test_asr_task_has_one_gpu_and_the_contract_environment():
         "CALLSCRIBE_ASR_DEVICE": "cuda",
         "CALLSCRIBE_ASR_COMPUTE_TYPE": "float16",
         "CALLSCRIBE_ASR_PORT": "8000",
+        "CALLSCRIBE_ASR_METRICS_INTERVAL_S": "60",
     }
     assert "http://localhost:8000/healthz" in container["HealthCheck"]["Command"][-1]
+
+
+def test_asr_workers_scale_on_their_queue_depth_not_cpu():
+    stack = default_stack()
+    template = default_template()
+    service = logical_id(stack.asr.service)
+    (target_id,) = [
+        target_id
+        for target_id, target in template.find_resources(
+            "AWS::ApplicationAutoScaling::ScalableTarget"
+        ).items()
+        if service in json.dumps(target["Properties"]["ResourceId"])
+    ]
+    (policy,) = [
+        p["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+        for p in template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
+        if p["Properties"]["ScalingTargetId"] == {"Ref": target_id}
+    ]
+    assert "PredefinedMetricSpecification" not in policy
+    assert policy["CustomizedMetricSpecification"] == {
+        "Namespace": "CallScribe",
+        "MetricName": "AsrQueueDepth",
+        "Dimensions": [{"Name": "service", "Value": "callscribe-asr-worker"}],
+        "Statistic": "Average",
+    }
+    assert policy["TargetValue"] == 8
+    # The worker publishes under that name and dimension (callscribe.asr.worker).
+    from callscribe.asr.worker import METRICS_SERVICE
+
+    assert METRICS_SERVICE == "callscribe-asr-worker"
 
 
 def test_asr_runs_on_gpu_instances_through_a_capacity_provider():
@@ -811,7 +850,19 @@ def test_secrets_generated_and_webhook_secret_shaped_for_the_runtime():
 def test_new_vpc_with_private_egress_flow_logs_and_gateway_endpoints():
     template = default_template()
     template.resource_count_is("AWS::EC2::VPC", 1)
-    template.resource_count_is("AWS::EC2::NatGateway", 1)
+    # One NAT gateway in each AZ, each AZ's private subnets routed through their own.
+    template.resource_count_is("AWS::EC2::NatGateway", 2)
+    nat_subnets = {
+        n["Properties"]["SubnetId"]["Ref"]
+        for n in template.find_resources("AWS::EC2::NatGateway").values()
+    }
+    assert len(nat_subnets) == 2
+    nat_routes = [
+        r["Properties"]["NatGatewayId"]["Ref"]
+        for r in template.find_resources("AWS::EC2::Route").values()
+        if "NatGatewayId" in r["Properties"]
+    ]
+    assert len(nat_routes) == 2 and len(set(nat_routes)) == 2
     template.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "REJECT"})
     endpoints = template.find_resources("AWS::EC2::VPCEndpoint")
     services = {

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 
 from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.asr.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from callscribe.aws.adapters.task_metrics import Sample
 from callscribe.config import AsrWorkerSettings
 from callscribe.serving import serve_until_stopped
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 TRANSCRIBE_PATH = "/v1/transcribe"
+# The ``service`` dimension of the worker's metrics (the stack's scaling policy reads it).
+METRICS_SERVICE = "callscribe-asr-worker"
 # An oversized body is still read (and thrown away) up to this size so that the client reads
 # our 413 rather than a connection reset in the middle of its upload.
 DISCARD_LIMIT_BYTES = 16 << 20
@@ -85,6 +88,7 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
     )
     languages = frozenset(engine.supported_languages)
     max_bytes = int(settings.max_audio_s * SAMPLE_RATE) * 2
+    load = WorkerLoad(batcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -93,7 +97,18 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
             engine.transcribe_batch, [AsrRequest(np.zeros(SAMPLE_RATE, np.float32), "en")]
         )
         batcher.start()
+        publishing = None
+        if settings.metrics_interval_s > 0:
+            from callscribe.aws.adapters.task_metrics import EmfPublisher, publish_periodically
+
+            publishing = asyncio.get_running_loop().create_task(
+                publish_periodically(
+                    EmfPublisher(METRICS_SERVICE), load.sample, settings.metrics_interval_s
+                )
+            )
         yield
+        if publishing is not None:
+            publishing.cancel()
         # uvicorn has stopped accepting connections and waited for open requests; anything
         # still queued or running is finished before the process exits.
         await batcher.close()
@@ -184,6 +199,7 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
                 "transcription failed for %d ms of audio", len(audio) * 1000 // SAMPLE_RATE
             )
             return _error(500, "transcription_failed", f"the model failed: {type(exc).__name__}")
+        load.waited(batched.queue_ms)
         return _result_json(batched.result, batched.queue_ms, batched.batch_size)
 
     @app.get("/healthz")
@@ -205,6 +221,35 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
         return JSONResponse(body, status_code=503 if batcher.closing else 200)
 
     return app
+
+
+class WorkerLoad:
+    """What the worker reports each metrics interval: how deep its queue is now, how many
+    utterances it transcribed and refused since the last report, and the p95 of their waits
+    for a batch (the scarce thing on a GPU: the stack scales the service on the depth)."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.batcher = batcher
+        self._waits_ms: list[float] = []
+        self._reported = (0, 0)  # completed, refused at the last report
+
+    def waited(self, queue_ms: float) -> None:
+        self._waits_ms.append(queue_ms)
+
+    def sample(self) -> list[Sample]:
+        stats = self.batcher.stats
+        completed, refused = stats.completed, stats.rejected_full
+        samples = [
+            Sample("AsrQueueDepth", self.batcher.queue_depth),
+            Sample("AsrUtterances", completed - self._reported[0]),
+            Sample("AsrRefused", refused - self._reported[1]),
+        ]
+        self._reported = (completed, refused)
+        waits, self._waits_ms = sorted(self._waits_ms), []
+        if waits:
+            p95 = waits[min(len(waits) - 1, int(len(waits) * 0.95))]
+            samples.append(Sample("AsrWaitP95", p95, "Milliseconds"))
+        return samples
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes | None:
