@@ -30,7 +30,7 @@ from callscribe.bus import EventBus, TranscriptEvent
 from callscribe.endpointing import Utterance
 from callscribe.model import AutotranscribeParams, RedactionOutput
 from callscribe.redaction import find_sensitive_spans, redact
-from callscribe.store.base import CallKey, Store, StoredMessage
+from callscribe.store.base import CallKey, DeliveryFailure, Store, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ class MessageSequence:
         seq = self.next_seq
         self.next_seq += 1
         return seq
+
+
+@dataclass(frozen=True)
+class UtteranceLost:
+    """An utterance the ASR could not transcribe, and why (what the tenant is told)."""
+
+    reason: str
 
 
 @dataclass
@@ -168,6 +175,9 @@ class TranscriptionPipeline:
         """One finished utterance of call ``key``: transcribe, build the message, persist and
         publish it under the call's next number. True when a message went out."""
         result = await self.transcribe(utterance, params, key)
+        if isinstance(result, UtteranceLost):
+            await self.record_lost(key, speaker, utterance, result)
+            return False
         if result is None:
             return False
         body = self.message_body(key, speaker, utterance, result, params)
@@ -185,11 +195,30 @@ class TranscriptionPipeline:
         together."""
         await asyncio.to_thread(self.store.set_message_expiry, key, ended_at + self.retention_s)
 
+    async def record_lost(
+        self, key: CallKey, speaker: Speaker, utterance: Utterance, lost: UtteranceLost
+    ) -> None:
+        """What the tenant sees of an utterance no message went out for: an entry in its
+        failures (``GET /callscribe/v1/webhook-failures``, ``callscribe webhooks failures``),
+        named by the call, the speaker and where in the call the speech was."""
+        failure = DeliveryFailure(
+            tenant=key.tenant,
+            conversation_id=key.guid,
+            message_id=f"untranscribed:{speaker.role}:{utterance.start_ms}-{utterance.end_ms}",
+            reason=f"not transcribed: {lost.reason}",
+            status_code=None,
+            at=time.time(),
+        )
+        try:
+            await asyncio.to_thread(self.store.put_delivery_failure, failure)
+        except Exception:
+            log.exception("call %s: could not record an untranscribed utterance", key)
+
     async def transcribe(
         self, utterance: Utterance, params: AutotranscribeParams, key: CallKey | None = None
-    ) -> AsrResult | None:
-        """The utterance's text, or None when it has none or could not be transcribed (then
-        counted in ``stats``, which ``/healthz`` shows)."""
+    ) -> AsrResult | UtteranceLost | None:
+        """The utterance's text; None when it has none; ``UtteranceLost`` when it could not
+        be transcribed (also counted in ``stats``, which ``/healthz`` shows)."""
         queued = time.perf_counter()
         duration_ms = utterance.end_ms - utterance.start_ms
         try:
@@ -209,15 +238,15 @@ class TranscriptionPipeline:
                 duration_ms,
                 exc,
             )
-            return None
+            return UtteranceLost(f"the speech recognition service refused it ({exc})")
         except AsrError as exc:
             self.stats.errors += 1
             log.error("call %s: ASR failed for an utterance of %d ms: %s", key, duration_ms, exc)
-            return None
-        except Exception:
+            return UtteranceLost(f"speech recognition failed ({exc})")
+        except Exception as exc:
             self.stats.errors += 1
             log.exception("call %s: ASR failed for an utterance of %d ms", key, duration_ms)
-            return None
+            return UtteranceLost(f"speech recognition failed ({type(exc).__name__})")
         self.stats.utterances += 1
         self.stats.audio_s += result.audio_ms / 1000
         self.stats.processing_s += result.processing_ms / 1000

@@ -368,6 +368,11 @@ async def test_when_every_worker_refuses_the_utterance_is_lost_and_counted_where
             )
         assert sent is False
         assert runtime.store.list_messages(key, 100, time.time()) == []
+        # The tenant sees it among its failures, named by the call, speaker and time.
+        (lost,) = runtime.store.list_delivery_failures("acme")
+        assert (lost.conversation_id, lost.status_code) == ("CAoverloaded", None)
+        assert lost.message_id == "untranscribed:customer:0-1000"
+        assert lost.reason.startswith("not transcribed: the speech recognition service refused")
         assert any(
             str(key) in r.getMessage() and "refused by the ASR service" in r.getMessage()
             for r in caplog.records
