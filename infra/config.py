@@ -209,6 +209,18 @@ class DeploymentConfig(BaseModel):
     log_retention_days: LogRetentionDays = 30
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Alarms (infra/monitoring.py): who is told, and the thresholds.
+    alarm_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    # Failed webhook POSTs in 5 minutes.
+    alarm_webhook_failures: int = Field(10, ge=1)
+    # End of utterance → webhook delivered, p95 over 3 minutes in a row. The promise is a
+    # fraction of a second after the end-of-speech silence (600 ms) the endpointer waits.
+    alarm_delivery_p95_ms: int = Field(2000, ge=100)
+    # An ASR worker's p95 wait for a batch, 3 minutes in a row.
+    alarm_asr_wait_p95_ms: int = Field(500, ge=10)
+    # A KVS reader's lag behind live audio, 3 minutes in a row.
+    alarm_kvs_behind_ms: int = Field(5000, ge=100)
+
     @field_validator("gateway_domain_name", "api_domain_name", "hosted_zone_name")
     @classmethod
     def _domain(cls, value: str | None) -> str | None:

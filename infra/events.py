@@ -122,6 +122,9 @@ class EventsConstruct(Construct):
             "(DeadLetterConfig), which cdk-nag does not recognise as a DLQ.",
         )
 
+        # What the monitoring alarms on: anything in any of them was not delivered.
+        self.dead_letter_queues = [self.delivery_dlq, self.ingress_dlq, self.rule_dlq]
+
         self.rule = events.Rule(
             self,
             "TranscriptRule",

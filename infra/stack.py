@@ -19,6 +19,13 @@ from infra.export_schedule import DailyExportSchedule
 from infra.exports import ExportsConstruct
 from infra.gateway import GatewayConstruct
 from infra.kvs_reader import KvsReaderConstruct
+from infra.monitoring import (
+    KVS_READER_METRICS,
+    SIPREC_RECORDER_METRICS,
+    TWILIO_GATEWAY_METRICS,
+    IngestMetrics,
+    MonitoringConstruct,
+)
 from infra.network import NetworkConstruct
 from infra.siprec import SIP_PORT, SiprecRecorderConstruct
 
@@ -115,6 +122,20 @@ class CallScribeStack(Stack):
             self.siprec.allow_control_from(self.api.security_group)
         # start-streaming for namespace amazonconnect opens the call on a reader task.
         self.api.function.add_environment("CALLSCRIBE_KVS_READER_URL", self.kvs_reader.control_url)
+
+        ingests = [
+            IngestMetrics("Twilio gateway", TWILIO_GATEWAY_METRICS),
+            IngestMetrics("KVS reader", KVS_READER_METRICS),
+        ]
+        if self.siprec is not None:
+            ingests.append(IngestMetrics("SIPREC recorder", SIPREC_RECORDER_METRICS))
+        self.monitoring = MonitoringConstruct(
+            self,
+            "Monitoring",
+            config=config,
+            dead_letter_queues=self.events.dead_letter_queues,
+            ingests=ingests,
+        )
 
         # Set by add_daily_export, which schedules the exporter built here by default.
         self.export_schedule: DailyExportSchedule | None = None

@@ -58,6 +58,9 @@ VARIANT = {
     "siprecMemoryMib": 4096,
     "siprecCpuTargetPercent": 50,
     "siprecAdvertisedAddress": "100.64.10.5",
+    # Alarms mailed to the operators, with thresholds of their own.
+    "alarmEmail": "oncall@callscribe.example.com",
+    "alarmDeliveryP95Ms": 1500,
 }
 
 
