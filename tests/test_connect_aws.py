@@ -23,7 +23,7 @@ from moto import mock_aws
 from callscribe.auth import create_api_key
 from callscribe.aws.adapters.dynamodb_store import DynamoStore
 from callscribe.aws.services import api_lambda
-from callscribe.aws.services.gateway_service import build_runtime
+from callscribe.aws.services.ingest_task import build_runtime
 from callscribe.aws.services.kvs_reader_service import create_reader_app
 from callscribe.aws.settings import AwsSettings
 from callscribe.calls import CallRegistry
