@@ -64,7 +64,7 @@ from callscribe.model import (
     Role,
     StartRequest,
 )
-from callscribe.store.base import CallKey, CallStatus
+from callscribe.store.base import CallKey, CallStatus, Store
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,31 @@ class HandoverPoint:
                 for channel, point in data["channels"].items()
             },
         )
+
+
+class CallRequestLock:
+    """The call's request lock in the Store (the API's, which answers 409-202 while another
+    holds it), taken by a reader while it hands the call over, so no start or stop reaches a
+    call between two readers."""
+
+    def __init__(self, store: Store, key: CallKey, holder: str) -> None:
+        self.store = store
+        self.key = key
+        self.holder = f"{holder} {uuid.uuid4()}"
+
+    async def acquire(self) -> bool:
+        """Waits out a request in flight (HANDOVER_LOCK_WAIT_S at most)."""
+        deadline = time.monotonic() + HANDOVER_LOCK_WAIT_S
+        while not await asyncio.to_thread(
+            self.store.acquire_call_lock, self.key, self.holder, time.time(), HANDOVER_LOCK_TTL_S
+        ):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self.store.release_call_lock, self.key, self.holder)
 
 
 @dataclass
@@ -393,20 +418,42 @@ class ConnectCall(CallSession):
             and (self.status is CallStatus.STOPPED or self.reader is not None)
         )
 
-    async def hand_over(self, handover: CallHandover, quiet_wait_s: float) -> bool:
+    async def hand_over(
+        self, handover: CallHandover, quiet_wait_s: float, lock: CallRequestLock
+    ) -> bool:
         """Give this call to another reader. While transcribing: stop reading at a fragment's
         end (within ``quiet_wait_s``, one where nobody is mid-word), finish the utterances open
         there, record where the call stands and ask another reader to continue after that
-        fragment. True once another holds it; False when it stays here (none took it, or the
-        media ended first: the call then ends as it always does)."""
+        fragment. True once another holds it; False when it stays here (none took it: it reads
+        on from the same point; or the media ended first: the call ends as it always does).
+
+        The call's request lock is taken once it is cut, not while the cut waits for a pause,
+        so a start or stop meets the handover itself only (409-202 for that long)."""
         if not self.can_be_handed_over:
             return False
         self.handover_attempts += 1
-        transcribing = self.status is CallStatus.STREAMING
         self._cancel_idle()
+        cut = self.status is CallStatus.STREAMING
+        if cut and not await self._cut_at_fragment_end(quiet_wait_s):
+            return False
+        if not await lock.acquire():
+            log.warning("connect call %s: its request lock stays taken; not handed over", self.key)
+            await self._go_on_here()
+            return False
+        try:
+            return await self._hand_over_now(handover)
+        except Exception:
+            log.exception("connect call %s: handover failed; going on here", self.key)
+            self._handover = None
+            await self._go_on_here()
+            return False
+        finally:
+            await lock.release()
+
+    async def _hand_over_now(self, handover: CallHandover) -> bool:
+        # A stop may have come between the cut and the lock: the call moves as it is now.
+        transcribing = self.status is CallStatus.STREAMING
         if transcribing:
-            if not await self._cut_at_fragment_end(quiet_wait_s):
-                return False
             # What was said up to the cut is this reader's: transcribed, numbered and
             # delivered before the next reader numbers anything of its own.
             self._stop_transcribing()
@@ -419,7 +466,12 @@ class ConnectCall(CallSession):
             taken_by = await self._taken_by_another()
             if taken_by is None:
                 log.warning("connect call %s: no reader took it (%s); reading on", self.key, exc)
-                await self._keep(transcribing)
+                self._handover = None
+                await asyncio.to_thread(
+                    self.store.update_call, self.key, owner=self.owner, updated_at=time.time()
+                )
+                await self._save(self.status)
+                await self._go_on_here()
                 return False
             new_owner = taken_by  # it took the call; its answer was lost
         self.handed_over_to = new_owner
@@ -495,17 +547,15 @@ class ConnectCall(CallSession):
             return None
         return record.owner
 
-    async def _keep(self, transcribing: bool) -> None:
-        """No reader took the call: this one goes on with it from where it stopped."""
-        point, self._handover = self._handover, None
-        await asyncio.to_thread(
-            self.store.update_call, self.key, owner=self.owner, updated_at=time.time()
-        )
-        await self._save(self.status)
-        if not transcribing:
+    async def _go_on_here(self) -> None:
+        """The call stays on this reader: a transcribing call reads on from the fragment after
+        the last one taken, a stopped one waits for a start (or its idle end) as before."""
+        if self.status is CallStatus.STOPPED:
             self._complete_later()
             return
-        assert point is not None
+        if self.status is not CallStatus.STREAMING or self.reader is not None:
+            return
+        point = self._handover_point(transcribing=True)
         try:
             reader = await self.ingest.connect_reader(
                 self.key, point.stream_arn, point.start, earlier=point.demuxer()
@@ -515,7 +565,8 @@ class ConnectCall(CallSession):
             self._completion = asyncio.get_running_loop().create_task(self.complete())
             return
         for stream in self.streams.values():
-            stream.set_transcribing(stream.role is not None)
+            if stream.role is not None and not stream.transcribing:
+                stream.set_transcribing(True)
         self._read_with(reader)
 
     def continue_from(self, point: HandoverPoint) -> None:
@@ -742,7 +793,8 @@ class ConnectIngest:
 
         async def hand_over_one(call: ConnectCall, quiet_wait_s: float) -> None:
             async with gate:
-                given = await self._hand_over_locked(call, handover, quiet_wait_s)
+                lock = CallRequestLock(self.store, call.key, f"handover {self.owner}")
+                given = await call.hand_over(handover, quiet_wait_s, lock)
             self.handovers["given" if given else "kept"] += 1
 
         while True:
@@ -766,26 +818,6 @@ class ConnectIngest:
         if self.handover_deadline is None:
             return None
         return self.handover_deadline - asyncio.get_running_loop().time()
-
-    async def _hand_over_locked(
-        self, call: ConnectCall, handover: CallHandover, quiet_wait_s: float
-    ) -> bool:
-        holder = f"handover {self.owner} {uuid.uuid4()}"
-        deadline = time.monotonic() + HANDOVER_LOCK_WAIT_S
-        while not await asyncio.to_thread(
-            self.store.acquire_call_lock, call.key, holder, time.time(), HANDOVER_LOCK_TTL_S
-        ):
-            if time.monotonic() >= deadline:
-                log.warning("connect call %s: its lock stays taken; not handed over", call.key)
-                return False
-            await asyncio.sleep(0.2)
-        try:
-            return await call.hand_over(handover, quiet_wait_s)
-        except Exception:
-            log.exception("connect call %s: handover failed", call.key)
-            return False
-        finally:
-            await asyncio.to_thread(self.store.release_call_lock, call.key, holder)
 
     # bookkeeping -------------------------------------------------------------------------------
 
