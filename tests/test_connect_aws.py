@@ -33,14 +33,23 @@ from callscribe.calls import CallRegistry
 from callscribe.config import ConnectSettings, Settings
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.connect.media import AGENT_TRACK, CUSTOMER_TRACK
+from callscribe.control import NotTakingCalls
 from callscribe.control_http import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     HttpCallHandover,
+    HttpCallOpener,
     create_control_app,
     sign,
 )
 from callscribe.ingest import Ingest, IngestRuntime
+from callscribe.model import (
+    AutotranscribeResult,
+    CallError,
+    ErrorCode,
+    ParticipantResult,
+    StartRequest,
+)
 from callscribe.store.base import CallKey, CallStatus, ConnectAccess
 from callscribe.testing.connect_stream import SimulatedKvsStream
 from callscribe.testing.simulate import WebhookReceiver, bind_loopback
@@ -425,6 +434,7 @@ async def test_a_draining_reader_hands_the_call_to_another_that_the_api_then_rea
         try:
             body = deployment.start_body(fragments[0].number)
             body["guid"] = CONTACT_ID
+            body["autotranscribeParams"] = {"audioRecordingAllowed": True}
             key = CallKey("acme", "amazonconnect", CONTACT_ID)
             status, answer = await deployment.api("POST", START, body)
             assert status == 200, answer
@@ -482,11 +492,20 @@ async def test_a_draining_reader_hands_the_call_to_another_that_the_api_then_rea
             await delivery
         finally:
             stop_delivery.set()
-            api_lambda.asgi_handler.cache_clear()
-            webhook_lambda.webhook_delivery.cache_clear()
             for reader in (a, b):
                 reader.server.should_exit = True
                 await reader.serving
+        # Each reader recorded its own part (B's once its call completed as its task stopped).
+        try:
+            status, found = await deployment.api(
+                "GET",
+                "/conversation/v1/conversation/recording",
+                query={"externalConversationId": CONTACT_ID},
+            )
+        finally:
+            api_lambda.asgi_handler.cache_clear()
+            webhook_lambda.webhook_delivery.cache_clear()
+        assert status == 200, found
 
     # Every sample of the call reached one reader once, in order, on one timeline.
     assert np.array_equal(fed.pcm(CUSTOMER_TRACK), fragment_pcm(fragments, 0))
@@ -513,3 +532,84 @@ async def test_a_draining_reader_hands_the_call_to_another_that_the_api_then_rea
     )
     assert all(body["autotranscribeResponse"]["end"] <= cut_ms for body in bodies[:given])
     assert all(body["autotranscribeResponse"]["start"] >= cut_ms for body in bodies[given:])
+    (part_a, part_b) = found["recordings"]
+    assert (part_a["offsetMs"], part_a["durationMs"]) == (0, cut_ms)
+    assert part_b["offsetMs"] == cut_ms
+    assert part_b["offsetMs"] + part_b["durationMs"] == len(fragments) * 1000
+
+
+class ScriptedReader:
+    """A reader task's control endpoint whose open and resume answer as told: it takes new
+    calls or it is draining."""
+
+    def __init__(self, name: str, draining: bool) -> None:
+        self.name = name
+        self.draining = draining
+        self.asked: list[str] = []
+
+    def ready(self) -> bool:
+        return not self.draining
+
+    async def open(self, key: CallKey, request: Any) -> AutotranscribeResult:
+        return await self._take("open")
+
+    async def resume(self, key: CallKey) -> AutotranscribeResult:
+        return await self._take("resume")
+
+    async def _take(self, action: str) -> AutotranscribeResult:
+        self.asked.append(action)
+        if self.draining:
+            raise NotTakingCalls(f"{self.name} is draining")
+        return AutotranscribeResult(customer=ParticipantResult(streamId=self.name))
+
+
+async def test_the_api_and_a_draining_reader_pass_over_readers_that_take_no_calls() -> None:
+    """Behind the readers' one name: the API's open skips a draining task (503) for one that
+    takes calls; a draining reader never asks itself; with none taking calls, both say so."""
+    probe = bind_on("127.0.0.2")
+    port = probe.getsockname()[1]
+    probe.close()
+    readers = {
+        "127.0.0.2": ScriptedReader("reader-a", draining=True),
+        "127.0.0.3": ScriptedReader("reader-b", draining=False),
+    }
+    servers = []
+    for address, reader in readers.items():
+        app = create_control_app(CallRegistry(), "s", opener=reader, receiver=reader)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        task = asyncio.get_running_loop().create_task(
+            server.serve(sockets=[bind_on(address, port)])
+        )
+        servers.append((server, task))
+    for server, _ in servers:
+        while not server.started:
+            await asyncio.sleep(0.01)
+
+    async def resolve(host: str, resolved_port: int) -> list[str]:
+        assert (host, resolved_port) == (READERS_HOST, port)
+        return list(readers)
+
+    url = f"http://{READERS_HOST}:{port}"
+    request = StartRequest.model_validate({"namespace": "amazonconnect", "guid": GUID})
+    try:
+        for _ in range(4):  # whichever order the tasks are asked in
+            result = await HttpCallOpener("s", url, resolve=resolve).open(KEY, request)
+            assert result.customer is not None and result.customer.streamId == "reader-b"
+        # Reader A hands over: it asks B only, never itself.
+        handover = HttpCallHandover("s", url, f"http://127.0.0.2:{port}", resolve=resolve)
+        assert await handover.available()
+        assert await handover.hand_over(KEY) == f"http://127.0.0.3:{port}"
+        assert "resume" not in readers["127.0.0.2"].asked
+        # Every reader draining: no one takes the call, and the API says so.
+        readers["127.0.0.3"].draining = True
+        assert not await handover.available()
+        with pytest.raises(NotTakingCalls):
+            await handover.hand_over(KEY)
+        with pytest.raises(CallError) as refused:
+            await HttpCallOpener("s", url, resolve=resolve).open(KEY, request)
+        assert refused.value.code is ErrorCode.INTERNAL
+        assert "no Amazon Connect reader takes new calls" in refused.value.message
+    finally:
+        for server, task in servers:
+            server.should_exit = True
+            await task

@@ -378,3 +378,29 @@ def test_a_resuming_demuxer_gives_nothing_of_the_fragments_already_taken() -> No
     assert {o.fragment_number for o in audio} == {f.number for f in fragments[3:]}
     with pytest.raises(ValueError):
         ConnectMediaDemuxer.resuming_after([], CONTACT_ID)
+
+
+async def test_a_drain_too_short_for_a_handover_completes_the_call_with_its_transcripts(
+    readers: Readers, fed: FedAudio
+) -> None:
+    customer = segments(("speech", 1.0), ("silence", 5.0))
+    fragments = connect_fragments(
+        customer, segments(("silence", 6.0)), contact_id=CONTACT_ID, fragment_ms=FRAGMENT_MS
+    )
+    readers.use(SimulatedKvsStream(fragments, speed=2, ends=False))
+    assert readers.a.connect is not None and readers.b.connect is not None
+    handover = DirectHandover(readers.b.connect)
+    readers.a.connect.handover = handover
+    await readers.a.connect.open(KEY, readers.request(fragments[0].number))
+    call = readers.call_on(readers.a)
+    await wait_for(lambda: len(call.taken_fragments) >= 2, 30, "fragments read")
+
+    # SIGTERM with a drain timeout that leaves no time to hand over: the call stays, and the
+    # shutdown that follows completes it as before, its utterance transcribed.
+    await readers.a.drain(1.0)
+    assert handover.asked == 0 and len(readers.a.registry) == 1
+    await readers.a.registry.complete_all()
+    record = readers.a.store.get_call(KEY)
+    assert record is not None and record.status is CallStatus.COMPLETED
+    assert record.owner == readers.a.owner
+    assert [(seq, reader) for seq, reader, *_ in readers.messages()] == [(0, "reader-a")]

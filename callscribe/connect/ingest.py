@@ -812,7 +812,12 @@ class ConnectIngest:
                 await asyncio.gather(*(hand_over_one(call, quiet_wait_s) for call in calls))
                 if not self.calls:
                     return
-            await asyncio.sleep(HANDOVER_RETRY_S)
+            pause_s = HANDOVER_RETRY_S
+            left = self._time_left()
+            if left is not None:
+                # The drain waits for this loop: it must not oversleep the drain's deadline.
+                pause_s = min(pause_s, max(0.0, left - HANDOVER_RESERVE_S))
+            await asyncio.sleep(pause_s)
 
     def _time_left(self) -> float | None:
         if self.handover_deadline is None:
