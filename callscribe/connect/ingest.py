@@ -86,9 +86,11 @@ MAX_HANDOVER_ATTEMPTS = 3
 # Between rounds of handovers, for calls no reader took (the new tasks of a deployment may
 # still be starting).
 HANDOVER_RETRY_S = 10.0
+# Calls handed over at the same time: each waits for its own pause, but the transcription of the
+# utterances open at the cuts and the next readers' GetMedia connects come in bursts.
 HANDOVERS_AT_ONCE = 16
-# The call's request lock (the API's): held for the whole handover, so no start or stop meets
-# a call between two readers (they get 409-202 and are retried by the client).
+# The call's request lock (the API's): held from the cut to the next reader's answer, so no
+# start or stop meets a call between two readers (they get 409-202 and are retried).
 HANDOVER_LOCK_TTL_S = 120.0
 HANDOVER_LOCK_WAIT_S = 10.0
 # The next reader gives up a handover it could not begin within this (the giving reader, whose
