@@ -70,6 +70,11 @@ class Upsampler:
         floats = pcm16.astype(np.float32) / 32768.0
         return self._stream.resample_chunk(floats, last=last)
 
+    def drain(self) -> np.ndarray:
+        """What the filter still holds of the audio given so far (its delay, a few ms): the end
+        of the stream. The resampler takes nothing more after it."""
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
 
 def resample_8k_to_16k(pcm16: np.ndarray) -> np.ndarray:
     return soxr.resample(pcm16.astype(np.float32) / 32768.0, TELEPHONE_RATE, MODEL_RATE)

@@ -129,11 +129,20 @@ class ParticipantStream:
         self.transcribing = False
         return finished
 
+    def mid_speech(self, pause_ms: int) -> bool:
+        """Whether a cut now would split a word (see ``Endpointer.speaking``)."""
+        return self.transcribing and self._endpointer.speaking(pause_ms)
+
     def flush(self) -> list[Utterance]:
         if not self.transcribing:
             return []
+        # The resampler's delay holds the last few ms given: they reach the endpointer before
+        # it ends, so an utterance cut here (a stop, a hang-up, a handover to another reader
+        # that takes the audio from here on) ends exactly where the audio did.
+        finished = self._endpointer.feed(self._upsampler.drain())
+        self._upsampler = Upsampler()
         utterance = self._endpointer.flush()
-        return [utterance] if utterance else []
+        return finished + ([utterance] if utterance else [])
 
     @property
     def audio_duration_ms(self) -> int:

@@ -177,6 +177,12 @@ class ConnectSettings(BaseSettings):
     read_chunk_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
     # Name of the role session in the tenant's account (its CloudTrail shows it).
     role_session_name: str = Field("callscribe-kvs-reader", pattern=r"^[\w+=,.@-]{2,64}$")
+    # On SIGTERM a reader takes no new call and hands its calls to other readers; it then
+    # waits up to this long for the calls none took to end before it completes them. 0: at once.
+    drain_timeout_s: float = Field(0.0, ge=0.0)
+    # A handed-over call is cut at a fragment's end; this long a reader waits for one where
+    # nobody is mid-word before it cuts at the next one regardless.
+    handover_quiet_wait_s: float = Field(10.0, ge=0.0, le=60.0)
 
 
 class SiprecSettings(BaseSettings):
@@ -299,6 +305,14 @@ class TwilioSettings(BaseSettings):
     max_speed: float = Field(25.0, ge=1.0, le=1000.0)
     # Audio a stream may be ahead of that pace: network jitter delivers frames in bursts.
     burst_s: float = Field(5.0, ge=0.1, le=600.0)
+    # On SIGTERM the gateway refuses new streams at once; it then waits up to this long for
+    # its live streams to end before it completes the rest. 0: at once.
+    drain_timeout_s: float = Field(0.0, ge=0.0)
+    # Once its deployment is replaced the gateway reports itself not ready (/readyz 503) at
+    # once, but takes the streams its load balancer still sends for this long: the balancer
+    # stops only after a few failed health checks, and a refused stream is a call without
+    # transcription, while a taken one only keeps this task a little longer.
+    unready_grace_s: float = Field(60.0, ge=0.0)
 
 
 class Settings(BaseSettings):

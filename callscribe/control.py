@@ -1,5 +1,7 @@
-"""The ``Control`` port: reach the process that holds a call's media to start or stop it; and
-``CallOpener``, which starts a call that no process holds yet.
+"""The ``Control`` port: reach the process that holds a call's media to start or stop it;
+``CallOpener``, which starts a call that no process holds yet; and ``CallHandover``, through
+which a process that is stopping gives a live call to another process of its kind (Amazon
+Connect: a draining KVS reader to another reader), which continues it (``CallReceiver``).
 
 Local mode: the API and the gateways share one process, so control is a direct call into the
 registry of live calls. In AWS the owner recorded in the Store is a gateway task's private
@@ -27,6 +29,34 @@ class CallOpener(Protocol):
     over the signed control HTTP (``control_http.HttpCallOpener``)."""
 
     async def open(self, key: CallKey, request: StartRequest) -> AutotranscribeResult: ...
+
+
+class NotTakingCalls(CallError):
+    """This process takes no new call now (it is draining): another process of its kind may.
+    Over the control HTTP it is a 503, on which the caller tries another task."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, message)
+
+
+class CallReceiver(Protocol):
+    """Continues a call another process handed over, from what that process recorded in the
+    Store (``resume``); ``ready`` says whether it would take one now."""
+
+    def ready(self) -> bool: ...
+
+    async def resume(self, key: CallKey) -> AutotranscribeResult: ...
+
+
+class CallHandover(Protocol):
+    """The giving side: finds another process that takes the call and asks it to continue.
+    ``hand_over`` returns the new holder (its owner URL); CallError when none took it."""
+
+    async def available(self) -> bool:
+        """Whether some other process would take a call now (asked before a call is cut)."""
+        ...
+
+    async def hand_over(self, key: CallKey) -> str: ...
 
 
 class LocalControl:

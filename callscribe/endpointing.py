@@ -131,6 +131,13 @@ class Endpointer:
     def speech_started_at(self) -> int | None:
         return self._speech_start if self._speech else None
 
+    def speaking(self, pause_ms: int) -> bool:
+        """Inside an utterance with less than ``pause_ms`` of silence since its last speech:
+        audio cut here would cut a word (right after a forced cut the speech goes on)."""
+        if not self._speech:
+            return self._continuing
+        return self._silent_run * WINDOW < pause_ms * MODEL_RATE / 1000
+
     def feed(self, samples: np.ndarray) -> list[Utterance]:
         finished: list[Utterance] = []
         pending = np.concatenate([self._pending, samples]) if len(self._pending) else samples

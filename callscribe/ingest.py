@@ -13,7 +13,6 @@ import asyncio
 import enum
 import importlib.metadata
 import logging
-import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -74,8 +73,11 @@ class IngestRuntime:
     siprec: SiprecGateway | None = None
     # Local mode delivers webhooks in-process (in AWS: the webhook Lambda, off the bus).
     dispatcher: WebhookDispatcher | None = None
-    # Set by drain(): the process is stopping and takes no new calls.
+    # Set by stop_taking_calls(): the process takes no new calls (it is stopping, or its
+    # deployment was replaced).
     draining: bool = False
+    # The Amazon Connect calls being handed to other readers while draining.
+    handing_over: asyncio.Task[None] | None = None
 
     @classmethod
     def compose(
@@ -196,18 +198,40 @@ class IngestRuntime:
         return None
 
     def stop_taking_calls(self) -> None:
-        """From now on this process is not ready and refuses new calls; live ones go on."""
+        """From now on this process is not ready and takes no new calls; live ones go on.
+        SIPREC refuses new INVITEs; the Twilio gateway refuses new streams once its load
+        balancer has had time to see it unready (``twilio.unready_grace_s``); Amazon Connect
+        calls are handed to other readers. Runs on the event loop."""
+        if self.draining:
+            return
         self.draining = True
         if self.siprec is not None:
             self.siprec.begin_draining()
+        if self.gateway is not None:
+            self.gateway.begin_draining(self.settings.twilio.unready_grace_s)
+        if self.connect is not None:
+            self.connect.begin_draining()
+            self.handing_over = asyncio.get_running_loop().create_task(
+                self.connect.hand_over_calls()
+            )
 
     async def drain(self, timeout_s: float) -> None:
-        """Take no new calls, then wait (up to ``timeout_s``) for the live ones to end by
+        """The process is stopping: take no new calls (none at all from now), hand Amazon
+        Connect calls over, then wait (up to ``timeout_s``) for the live calls to end by
         themselves; the shutdown that follows completes whatever is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if self.connect is not None:
+            self.connect.handover_deadline = deadline
         self.stop_taking_calls()
-        deadline = time.monotonic() + timeout_s
-        while len(self.registry) and time.monotonic() < deadline:
+        if self.gateway is not None:
+            # The load balancer deregistered this task before ECS stopped it.
+            self.gateway.begin_draining(0.0)
+        while len(self.registry) and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
+        if self.handing_over is not None:
+            # A handover under way ends within its own bounds (it starts none this late).
+            await self.handing_over
         log.info("drained: %d live calls left to complete", len(self.registry))
 
     def liveness(self) -> dict[str, Any]:
@@ -230,6 +254,8 @@ class IngestRuntime:
                 "timedOut": gateway.streams_timed_out,
                 # Streams read more slowly for running far ahead of real time (a flood).
                 "paced": gateway.streams_paced,
+                # Refused while draining (closed at once with 1013).
+                "refusedDraining": gateway.streams_refused_draining,
             }
             if gateway
             else None,

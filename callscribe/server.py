@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from callscribe import adapters as port_adapters
@@ -157,7 +157,7 @@ def _webhook_dispatcher(settings: Settings, adapters: Adapters) -> WebhookDispat
     return dispatcher
 
 
-def add_gateway_routes(app: Starlette, runtime: IngestRuntime) -> None:
+def gateway_routes(runtime: IngestRuntime) -> list[BaseRoute]:
     """Twilio's media WebSocket, ``/healthz`` and ``/readyz``."""
     gateway = runtime.gateway
     assert gateway is not None, "this process serves no Twilio gateway"
@@ -165,13 +165,15 @@ def add_gateway_routes(app: Starlette, runtime: IngestRuntime) -> None:
     async def twilio_media(websocket: WebSocket) -> None:
         await gateway(websocket)
 
-    app.router.routes.extend(
-        [
-            WebSocketRoute(TWILIO_MEDIA_PATH, twilio_media),
-            healthz_route(runtime),
-            readyz_route(runtime),
-        ]
-    )
+    return [
+        WebSocketRoute(TWILIO_MEDIA_PATH, twilio_media),
+        healthz_route(runtime),
+        readyz_route(runtime),
+    ]
+
+
+def add_gateway_routes(app: Starlette, runtime: IngestRuntime) -> None:
+    app.router.routes.extend(gateway_routes(runtime))
 
 
 def healthz_route(runtime: IngestRuntime) -> Route:

@@ -1,9 +1,15 @@
 """The Twilio media gateway: Fargate tasks behind an internet-facing ALB (TLS, WebSockets).
 
 Twilio connects to wss://<gatewayDomainName>/twilio-media on 443; the ALB forwards to the tasks'
-port 8080 (WebSocket + /healthz). Each task also listens on 8081, its private control API, which
-only the API Lambda's security group can reach: the API calls the task that holds a call's
-media to start or stop its transcription.
+port 8080 (WebSocket, /healthz, /readyz). Each task also listens on 8081, its private control
+API, which only the API Lambda's security group can reach: the API calls the task that holds a
+call's media to start or stop its transcription.
+
+A Twilio media stream lives on its WebSocket, so a call cannot move between tasks: it ends on
+the task that has it. Hence a task holding calls protects itself from scale-in, the ALB checks
+readiness (/readyz: 503 once the task drains, so new streams go to other tasks) while ECS's
+container health check probes liveness (/healthz), and the ALB's connection draining waits up
+to an hour for a stopping task's streams.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from infra.data import DataConstruct
 from infra.images import TWILIO_GATEWAY_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
+    DRAIN_TIMEOUT_S,
     ENVIRONMENT_HOLDS,
     HEALTH_START_PERIOD,
     INGEST_PORT,
@@ -35,20 +42,30 @@ from infra.ingest import (
     STOP_TIMEOUT,
     grant_cluster_task_listing,
     grant_ingest_task_access,
+    grant_scale_in_protection_and_draining,
     ingest_environment,
 )
 from infra.nag import acknowledge
 from infra.network import NetworkConstruct
 
-# The media WebSockets and /healthz: the ALB forwards 443 here.
+# The media WebSockets, /healthz and /readyz: the ALB forwards 443 here.
 GATEWAY_PORT = INGEST_PORT
 # The ALB's maximum: a WebSocket on which nothing arrives for this long is closed. Twilio sends a
 # media frame every 20 ms, so only a dead stream gets near it; calls themselves last hours.
 ALB_IDLE_TIMEOUT = Duration.seconds(4000)
 # On scale-in or deployment ECS first deregisters a task and waits this long (or until its
 # connections close) before stopping it: the ALB maximum, so calls up to an hour finish on the
-# task that has them instead of being cut.
+# task that has them instead of being cut (a Twilio stream cannot move to another task).
 DEREGISTRATION_DELAY = Duration.seconds(3600)
+# The target group's check is readiness: /readyz answers 503 once a task drains, and after
+# three failed checks 15 s apart the ALB sends it no new stream.
+READINESS_PATH = "/readyz"
+READINESS_INTERVAL = Duration.seconds(15)
+READINESS_UNHEALTHY_THRESHOLD = 3
+# A task whose deployment was replaced is unready at once but takes the streams the ALB sends
+# until it has noticed (three failed checks, and one interval to spare): refusing them would
+# leave calls without transcription.
+UNREADY_GRACE_S = READINESS_INTERVAL.to_seconds() * (READINESS_UNHEALTHY_THRESHOLD + 1)
 
 
 class GatewayConstruct(Construct):
@@ -84,7 +101,15 @@ class GatewayConstruct(Construct):
                     ecs.PortMapping(container_port=CONTROL_PORT, name="control"),
                 ),
                 environment=ingest_environment(
-                    config, data, bus, asr_url, CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn
+                    config,
+                    data,
+                    bus,
+                    asr_url,
+                    CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn,
+                    # After SIGTERM (the ALB's draining is over by then) live streams get this
+                    # long to end before the task completes them.
+                    CALLSCRIBE_TWILIO_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
+                    CALLSCRIBE_TWILIO_UNREADY_GRACE_S=str(int(UNREADY_GRACE_S)),
                 ),
                 environment_holds=ENVIRONMENT_HOLDS,
                 health_port=GATEWAY_PORT,
@@ -106,6 +131,7 @@ class GatewayConstruct(Construct):
         task_role = self.container_service.task_definition.task_role
         grant_ingest_task_access(task_role, data, bus)
         grant_cluster_task_listing(task_role, cluster)
+        grant_scale_in_protection_and_draining(task_role, cluster)
 
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self,
@@ -126,13 +152,16 @@ class GatewayConstruct(Construct):
             protocol=elbv2.ApplicationProtocol.HTTP,
             target_type=elbv2.TargetType.IP,
             deregistration_delay=DEREGISTRATION_DELAY,
+            # Readiness, not liveness: a draining task fails it and gets no new streams, and
+            # keeps the ones it has (the ALB does not end a target's connections for failing
+            # its checks; when ECS replaces it, connection draining waits for them).
             health_check=elbv2.HealthCheck(
-                path="/healthz",
+                path=READINESS_PATH,
                 healthy_http_codes="200",
-                interval=Duration.seconds(15),
+                interval=READINESS_INTERVAL,
                 timeout=Duration.seconds(5),
                 healthy_threshold_count=2,
-                unhealthy_threshold_count=3,
+                unhealthy_threshold_count=READINESS_UNHEALTHY_THRESHOLD,
             ),
             # Every WebSocket is pinned to its task by the connection itself; API-style
             # stickiness would only skew the spread of new calls.

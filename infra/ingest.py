@@ -8,14 +8,19 @@ same access to the deployment's table, bus, secrets and recordings.
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 
 from infra.config import DeploymentConfig
 from infra.data import RECORDINGS_PREFIX, DataConstruct
-from infra.nag import acknowledge, acknowledge_bucket_grant, acknowledge_table_index_grant
+from infra.nag import (
+    acknowledge,
+    acknowledge_bucket_grant,
+    acknowledge_table_index_grant,
+    finding_text,
+)
 
 # CALLSCRIBE_PORT: /healthz (the container health check) and, on the gateway, the media
 # WebSockets the load balancer forwards.
@@ -26,6 +31,9 @@ HEALTH_START_PERIOD = Duration.seconds(60)
 # Fargate's maximum: after SIGTERM the open utterances are finished, transcribed and published
 # before the process exits.
 STOP_TIMEOUT = Duration.seconds(120)
+# Of the stop timeout, what live calls get to end after SIGTERM (the CALLSCRIBE_*_DRAIN_TIMEOUT_S
+# of each service): the rest completes the calls left and delivers their last utterances.
+DRAIN_TIMEOUT_S = 100
 # Tasks are added within a minute of the load rising: each one takes new calls at once.
 SCALE_OUT_COOLDOWN = Duration.minutes(1)
 ENVIRONMENT_HOLDS = (
@@ -74,9 +82,51 @@ def grant_ingest_task_access(role: iam.IRole, data: DataConstruct, bus: events.I
     acknowledge_bucket_grant(role, data.exports_bucket, [recordings])
 
 
+def grant_scale_in_protection_and_draining(role: iam.IRole, cluster: ecs.ICluster) -> None:
+    """While it holds calls a task protects itself from scale-in through the ECS agent's
+    endpoint, which calls UpdateTaskProtection and GetTaskProtection with the task role; and a
+    protected task is never stopped by a deployment, so each reads its service's deployments
+    (DescribeServices; its own task through DescribeTasks, ``grant_cluster_task_listing``) and
+    drains once its own is replaced. Only this cluster's tasks and services."""
+    stack = Stack.of(cluster)
+    cluster_tasks = stack.format_arn(
+        service="ecs", resource="task", resource_name=f"{cluster.cluster_name}/*"
+    )
+    cluster_services = stack.format_arn(
+        service="ecs", resource="service", resource_name=f"{cluster.cluster_name}/*"
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid="ScaleInProtectionWhileHoldingCalls",
+            actions=["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"],
+            resources=[cluster_tasks],
+        )
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid="DrainWhenTheDeploymentIsReplaced",
+            actions=["ecs:DescribeServices"],
+            resources=[cluster_services],
+        )
+    )
+    acknowledge(
+        role,
+        "AwsSolutions-IAM5",
+        "A task protects itself from scale-in while it holds calls, and reads its "
+        "service's deployments to drain when replaced; task ids and the service's name "
+        "(CloudFormation's) are not known ahead of time, so the grants name this stack's "
+        "cluster's tasks and services (task/<cluster>/*, service/<cluster>/*).",
+        findings=[
+            f"Resource::{finding_text(role, cluster_tasks)}",
+            f"Resource::{finding_text(role, cluster_services)}",
+        ],
+    )
+
+
 def grant_cluster_task_listing(role: iam.IRole, cluster: ecs.ICluster) -> None:
     """A starting task completes the calls that tasks gone without ending them (killed, out of
-    memory) left open: it lists which of the cluster's tasks still run."""
+    memory) left open: it lists which of the cluster's tasks still run. (A draining task
+    describes its own task to learn its deployment.)"""
     role.add_to_principal_policy(
         iam.PolicyStatement(
             actions=["ecs:ListTasks", "ecs:DescribeTasks"],

@@ -9,8 +9,14 @@ read and write the deployment's own table, bus and secrets: it never touches a s
 
 The API Lambda reaches the tasks at ``http://kvs-reader.<stage>.callscribe.internal:8081`` (Cloud
 Map A records, one per task) to open a contact; the task that opens it records its own address
-as the call's owner, and later stops and starts go straight to it. Only the API Lambda's
-security group may reach the control port; the health port is probed inside the container.
+as the call's owner, and later stops and starts go straight to it. A reader that stops (scale-in,
+a deployment) hands its calls to the others at the same name, so the readers reach each other's
+control port too. Only the API Lambda and the readers may reach the control port; the health
+port is probed inside the container.
+
+A reader protects itself from scale-in while it holds calls, and once its deployment is
+replaced, or on SIGTERM, it hands its calls over (the next reader reads each call's stream
+on from the fragment after the last one it processed) and takes no new ones.
 """
 
 from __future__ import annotations
@@ -35,18 +41,21 @@ from infra.data import DataConstruct
 from infra.images import KVS_READER_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
+    DRAIN_TIMEOUT_S,
     ENVIRONMENT_HOLDS,
     HEALTH_START_PERIOD,
     INGEST_PORT,
     SCALE_OUT_COOLDOWN,
     STOP_TIMEOUT,
+    grant_cluster_task_listing,
     grant_ingest_task_access,
+    grant_scale_in_protection_and_draining,
     ingest_environment,
 )
 from infra.nag import acknowledge
 from infra.network import NetworkConstruct
 
-# /healthz only: the readers serve no media port.
+# /healthz and /readyz only: the readers serve no media port.
 HEALTH_PORT = INGEST_PORT
 SERVICE_NAME = "kvs-reader"
 # Tenants' stacks create their role under this name (customer_account.py); the readers may
@@ -90,6 +99,7 @@ class KvsReaderConstruct(Construct):
             description="CallScribe KVS readers: control from the API Lambda; egress to AWS APIs",
             allow_all_outbound=True,
         )
+        self.control_url = f"http://{SERVICE_NAME}.{namespace.namespace_name}:{CONTROL_PORT}"
         self.container_service = ContainerService(
             self,
             "Default",
@@ -115,6 +125,12 @@ class KvsReaderConstruct(Construct):
                     bus,
                     asr_url,
                     CALLSCRIBE_CONNECT_ROLE_SESSION_NAME=f"callscribe-{config.stage}",
+                    # Its own task and service (to drain when its deployment is replaced).
+                    CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn,
+                    # Where a stopping reader hands its calls: the other readers.
+                    CALLSCRIBE_KVS_READER_URL=self.control_url,
+                    # After SIGTERM, the calls no other reader took get this long to end.
+                    CALLSCRIBE_CONNECT_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S),
                 ),
                 environment_holds=ENVIRONMENT_HOLDS,
                 health_port=HEALTH_PORT,
@@ -132,8 +148,15 @@ class KvsReaderConstruct(Construct):
         )
         self.container = self.container_service.container
         self.service = self.container_service.service
-        self.control_url = f"http://{SERVICE_NAME}.{namespace.namespace_name}:{CONTROL_PORT}"
         grant_ingest_task_access(self.task_role, data, bus)
+        grant_cluster_task_listing(self.task_role, cluster)
+        grant_scale_in_protection_and_draining(self.task_role, cluster)
+        # A stopping reader hands its calls to the others over their control port.
+        self.security_group.add_ingress_rule(
+            self.security_group,
+            ec2.Port.tcp(CONTROL_PORT),
+            "hand Connect calls over between KVS readers",
+        )
         partition = Stack.of(self).partition
         accounts = config.connect_account_ids or ("*",)
         self.task_role.add_to_policy(

@@ -26,12 +26,11 @@ tasks without calls; a deployment waits for each old task to be without calls.
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
-from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infra.config import SIPREC_SIP_PORT, DeploymentConfig
@@ -45,6 +44,7 @@ from infra.data import DataConstruct
 from infra.images import SIPREC_RECORDER_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
+    DRAIN_TIMEOUT_S,
     ENVIRONMENT_HOLDS,
     HEALTH_START_PERIOD,
     INGEST_PORT,
@@ -52,9 +52,10 @@ from infra.ingest import (
     STOP_TIMEOUT,
     grant_cluster_task_listing,
     grant_ingest_task_access,
+    grant_scale_in_protection_and_draining,
     ingest_environment,
 )
-from infra.nag import acknowledge, finding_text
+from infra.nag import acknowledge
 from infra.network import NetworkConstruct
 
 # SIP over TCP and UDP, on the NLB and on every task.
@@ -75,8 +76,6 @@ READINESS_THRESHOLD = 2
 # flow can bring a new call to a task that is about to stop.
 DEREGISTRATION_DELAY = Duration.seconds(15)
 SERVICE_NAME = "siprec-recorder"
-# CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S: of the 120 s stop timeout, what live calls get to end.
-DRAIN_TIMEOUT_S = 100
 
 
 def siprec_environment(
@@ -207,43 +206,7 @@ class SiprecRecorderConstruct(Construct):
         task_role = self.container_service.task_definition.task_role
         grant_ingest_task_access(task_role, data, bus)
         grant_cluster_task_listing(task_role, cluster)
-        # While it holds calls a task protects itself from scale-in through the ECS agent's
-        # endpoint, which calls these with the task role; only this cluster's tasks.
-        cluster_tasks = Stack.of(self).format_arn(
-            service="ecs", resource="task", resource_name=f"{cluster.cluster_name}/*"
-        )
-        task_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="ScaleInProtectionWhileHoldingCalls",
-                actions=["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"],
-                resources=[cluster_tasks],
-            )
-        )
-        # A protected task is never stopped by a deployment: one whose deployment the service
-        # replaced (it reads its own service's deployments) takes no new calls, so its last
-        # call ends, its protection goes and the deployment completes.
-        cluster_services = Stack.of(self).format_arn(
-            service="ecs", resource="service", resource_name=f"{cluster.cluster_name}/*"
-        )
-        task_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="DrainWhenTheDeploymentIsReplaced",
-                actions=["ecs:DescribeServices"],
-                resources=[cluster_services],
-            )
-        )
-        acknowledge(
-            task_role,
-            "AwsSolutions-IAM5",
-            "A task protects itself from scale-in while it holds calls, and reads its "
-            "service's deployments to drain when replaced; task ids and the service's name "
-            "(CloudFormation's) are not known ahead of time, so the grants name this stack's "
-            "cluster's tasks and services (task/<cluster>/*, service/<cluster>/*).",
-            findings=[
-                f"Resource::{finding_text(self, cluster_tasks)}",
-                f"Resource::{finding_text(self, cluster_services)}",
-            ],
-        )
+        grant_scale_in_protection_and_draining(task_role, cluster)
 
         # The NLB admits SIP from the SBCs' networks and sends only to the recorders: the
         # forwarded flows and its health checks (which its outbound rules govern).

@@ -307,3 +307,40 @@ def sqs_event(messages: list[dict[str, Any]], resources: AwsResources) -> dict[s
             for m in messages
         ]
     }
+
+
+async def deliver_webhooks(
+    resources: AwsResources, endpoint: str | None, stop: asyncio.Event
+) -> int:
+    """The pipe, the SQS event source mapping and the webhook Lambda, in a loop, until ``stop``
+    is set and the queue is empty; how many messages were delivered. ``endpoint``: a moto
+    server's URL (None: moto in this process)."""
+    from functions.webhook import handler
+
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    delivered = 0
+    while True:
+        await asyncio.to_thread(pipe_ingress_to_delivery, resources, endpoint)
+        received = await asyncio.to_thread(
+            lambda: sqs.receive_message(
+                QueueUrl=resources.queue_url,
+                MaxNumberOfMessages=10,
+                AttributeNames=["All"],
+                WaitTimeSeconds=0,
+            ).get("Messages", [])
+        )
+        if received:
+            result = await asyncio.to_thread(
+                handler, sqs_event(received, resources), LambdaContext()
+            )
+            failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+            for message in received:
+                if message["MessageId"] not in failed:
+                    sqs.delete_message(
+                        QueueUrl=resources.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                    )
+                    delivered += 1
+        elif stop.is_set():
+            return delivered
+        else:
+            await asyncio.sleep(0.2)

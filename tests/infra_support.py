@@ -182,3 +182,43 @@ def actions_on(statements: list[dict[str, Any]], resource_ref: dict[str, Any]) -
 def container_environment(task_definition: dict[str, Any]) -> dict[str, Any]:
     (container,) = task_definition["Properties"]["ContainerDefinitions"]
     return {item["Name"]: item["Value"] for item in container["Environment"]}
+
+
+def ecs_actions(statements: list[dict[str, Any]]) -> set[str]:
+    return {
+        action
+        for statement in statements
+        for action in (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        if action.startswith("ecs:")
+    }
+
+
+def assert_protects_itself_and_drains(statements: list[dict[str, Any]], cluster: Any) -> None:
+    """A task role's grants for scale-in protection while it holds calls and for draining when
+    its deployment is replaced: on this cluster's tasks and services only, and no other ECS
+    action than those and the cluster's task listing."""
+    cluster_ref = {"Ref": logical_id(cluster)}
+    (protection,) = [s for s in statements if "ecs:UpdateTaskProtection" in s["Action"]]
+    assert sorted(protection["Action"]) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+    assert protection["Resource"] == {
+        "Fn::Join": ["", [f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/", cluster_ref, "/*"]]
+    }
+    (deployments,) = [s for s in statements if "ecs:DescribeServices" in s["Action"]]
+    assert deployments["Action"] == "ecs:DescribeServices"
+    assert deployments["Resource"] == {
+        "Fn::Join": ["", [f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/", cluster_ref, "/*"]]
+    }
+    (listing,) = [s for s in statements if "ecs:ListTasks" in s["Action"]]
+    assert sorted(listing["Action"]) == ["ecs:DescribeTasks", "ecs:ListTasks"]
+    assert listing["Condition"] == {
+        "ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [logical_id(cluster), "Arn"]}}
+    }
+    assert ecs_actions(statements) == {
+        "ecs:ListTasks",
+        "ecs:DescribeTasks",
+        "ecs:UpdateTaskProtection",
+        "ecs:GetTaskProtection",
+        "ecs:DescribeServices",
+    }

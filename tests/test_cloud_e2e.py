@@ -1,6 +1,7 @@
 """The AWS deployment's path, shaped as in the cloud, on loopback:
 
-    simulated Twilio ──wss──▶ gateway task (a real process: containers.twilio_gateway.entrypoint)
+    simulated Twilio ──wss──▶ gateway task (a real process: containers.twilio_gateway.entrypoint,
+        drained by SIGTERM mid-call in one test)
         │  DynamoDB + Secrets Manager + EventBridge (moto server)
         │  ASR over HTTP ──▶ ASR worker (a real process: callscribe asr-worker)
         ▼
@@ -30,12 +31,14 @@ import boto3
 import httpx
 import pytest
 import uvicorn
+import websockets
 from moto.server import ThreadedMotoServer
 
 from callscribe.aws.services import api_lambda, webhook_lambda
 from callscribe.siprec.callid import ucid_from_user_to_user
 from callscribe.testing.simulate import (
     ApiClient,
+    Control,
     PlayedCall,
     WebhookReceiver,
     bind_loopback,
@@ -46,11 +49,9 @@ from callscribe.testing.simulate import (
 from tests.aws_fixtures import (
     REGION,
     AwsResources,
-    LambdaContext,
     api_gateway_bridge,
     create_resources,
-    pipe_ingress_to_delivery,
-    sqs_event,
+    deliver_webhooks,
 )
 from tests.ecs_support import FakeEcsEndpoints, ecs
 from tests.siprec_support import (
@@ -147,39 +148,6 @@ async def api_gateway(port_sock: object) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
-
-
-async def deliver_webhooks(resources: AwsResources, endpoint: str, stop: asyncio.Event) -> int:
-    """The pipe, the SQS event source mapping and the webhook Lambda, in a loop."""
-    from functions.webhook import handler
-
-    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
-    delivered = 0
-    while True:
-        await asyncio.to_thread(pipe_ingress_to_delivery, resources, endpoint)
-        received = await asyncio.to_thread(
-            lambda: sqs.receive_message(
-                QueueUrl=resources.queue_url,
-                MaxNumberOfMessages=10,
-                AttributeNames=["All"],
-                WaitTimeSeconds=0,
-            ).get("Messages", [])
-        )
-        if received:
-            result = await asyncio.to_thread(
-                handler, sqs_event(received, resources), LambdaContext()
-            )
-            failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
-            for message in received:
-                if message["MessageId"] not in failed:
-                    sqs.delete_message(
-                        QueueUrl=resources.queue_url, ReceiptHandle=message["ReceiptHandle"]
-                    )
-                    delivered += 1
-        elif stop.is_set():
-            return delivered
-        else:
-            await asyncio.sleep(0.2)
 
 
 def cloud_env(
@@ -367,6 +335,136 @@ async def test_call_through_the_cloud_shaped_deployment(
     assert list(spool.iterdir()) == []
     health = gateway_log.read_text()
     assert "Traceback" not in health, health[-3000:]
+
+
+async def test_sigterm_drains_the_gateway_task_and_its_live_stream_ends_there(
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    receiver: WebhookReceiver,
+    ecs: FakeEcsEndpoints,
+) -> None:
+    """Scale-in or a deployment stops a gateway task while it holds a Twilio stream (a
+    stream cannot move between tasks): after SIGTERM a new stream is refused and /readyz
+    answers 503, the live stream goes on to its hang-up with its start and stop served, every
+    utterance reaches the webhook, and the task exits with status 0."""
+    resources = create_resources(moto_endpoint)
+    gateway_port, control_port, asr_port = free_port(), free_port(), free_port()
+    env = cloud_env(
+        resources,
+        moto_endpoint,
+        receiver,
+        CALLSCRIBE_PUBLIC_GATEWAY_URL=f"ws://127.0.0.1:{gateway_port}",
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    api_lambda.asgi_handler.cache_clear()
+    webhook_lambda.webhook_delivery.cache_clear()
+    issued = json.loads(callscribe_cli(["keys", "create", "--tenant", "acme"], resources, env))
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    asr_log, gateway_log = tmp_path / "asr.log", tmp_path / "gateway.log"
+    with (
+        process(
+            [sys.executable, "-m", "callscribe", "asr-worker", "--host", "127.0.0.1"]
+            + ["--port", str(asr_port)],
+            env,
+            asr_log,
+        ) as asr_worker,
+        process(
+            [sys.executable, "-m", "containers.twilio_gateway.entrypoint"],
+            {
+                **env,
+                "CALLSCRIBE_HOST": "127.0.0.1",
+                "CALLSCRIBE_PORT": str(gateway_port),
+                "CALLSCRIBE_CONTROL_PORT": str(control_port),
+                "CALLSCRIBE_CONTROL_URL": f"http://127.0.0.1:{control_port}",
+                "CALLSCRIBE_ASR_URL": f"http://127.0.0.1:{asr_port}",
+                "CALLSCRIBE_TWILIO_DRAIN_TIMEOUT_S": "90",
+                "ECS_CONTAINER_METADATA_URI_V4": ecs.metadata_uri,
+                "ECS_AGENT_URI": ecs.agent_uri,
+            },
+            gateway_log,
+        ) as gateway,
+    ):
+        await wait_healthy(f"http://127.0.0.1:{asr_port}/healthz", asr_worker, asr_log)
+        await wait_healthy(f"{gateway_url}/readyz", gateway, gateway_log)
+        async with api_gateway(None) as api_url:
+            api = ApiClient(api_url, issued["apiId"], issued["apiSecret"])
+            call = load_sample_call()
+            controls = sorted(call.controls, key=lambda c: c.at_ms)
+            window_ms = controls[1].at_ms + 500
+            first_window = replace(
+                call,
+                tracks={t: b[: window_ms * 8] for t, b in call.tracks.items()},
+                duration_ms=window_ms,
+                controls=tuple(controls[:2]),
+            )
+            stream_url = await api.stream_url()
+            stop_delivery = asyncio.Event()
+            delivery = asyncio.get_running_loop().create_task(
+                deliver_webhooks(resources, moto_endpoint, stop_delivery)
+            )
+            refusal: list[tuple[int, str]] = []
+
+            async def sigterm_once_transcribing(
+                control: Control, response: httpx.Response, played: PlayedCall
+            ) -> None:
+                if control.action != "start":
+                    return
+                assert response.status_code == 200, response.text
+                # A live call: the task asked ECS not to scale it in.
+                await wait_for(lambda: ecs.protection_asked(True), 30, "scale-in protection")
+                gateway.send_signal(signal.SIGTERM)
+                async with httpx.AsyncClient(timeout=5) as http:
+                    deadline = time.monotonic() + 10
+                    while (ready := await http.get(f"{gateway_url}/readyz")).status_code == 200:
+                        assert time.monotonic() < deadline, "never stopped being ready"
+                        await asyncio.sleep(0.05)
+                    assert ready.json()["reason"] == "draining"
+                    assert (await http.get(f"{gateway_url}/healthz")).status_code == 200
+                async with websockets.connect(stream_url) as late:
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await asyncio.wait_for(late.recv(), 5)
+                assert closed.value.rcvd is not None
+                refusal.append((closed.value.rcvd.code, closed.value.rcvd.reason))
+
+            played = await play_call(
+                stream_url,
+                first_window,
+                api,
+                played=PlayedCall("CAcloud0000000000000000000000003", speed=2),
+                on_control=sigterm_once_transcribing,
+            )
+            assert refusal == [(1013, "draining: this gateway takes no new streams")]
+            # Started before SIGTERM and stopped after it, on the draining task.
+            assert [r.status_code for _, r in played.control_responses] == [200, 200], [
+                r.text for _, r in played.control_responses
+            ]
+            stop_summary = played.control_responses[1][1].json()["autotranscribeResponse"]
+            assert stop_summary["agent"]["summary"]["transcripts"] >= 2
+            assert played.close_code == 1000
+            # Its last call over, the task exits, cleanly.
+            assert await asyncio.to_thread(gateway.wait, 60) == 0
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                after = (await api.messages(played.call_sid)).json()
+                if after.get("complete"):
+                    break
+                await asyncio.sleep(0.5)
+            assert after["complete"] is True
+            assert len(after["messages"]) >= 4
+            await wait_for(lambda: len(receiver.messages) >= len(after["messages"]), 60, "webhooks")
+            stop_delivery.set()
+            await delivery
+            await api.close()
+
+    bodies = [m.body for m in receiver.messages]
+    assert bodies == after["messages"]
+    text = " ".join(u["text"] for b in bodies for u in b["autotranscribeResponse"]["utterance"])
+    assert "package" in text.lower()
+    log = gateway_log.read_text()
+    assert "Traceback" not in log and "drained: 0 live calls left" in log, log[-3000:]
 
 
 async def test_siprec_call_through_the_cloud_shaped_deployment(

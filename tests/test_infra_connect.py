@@ -28,6 +28,7 @@ from tests.infra_support import (
     ACCOUNT,
     REGION,
     REPO_ROOT,
+    assert_protects_itself_and_drains,
     cdk_json_context,
     container_environment,
     context,
@@ -109,6 +110,9 @@ def test_reader_task_role_is_named_and_may_only_assume_tenant_connect_roles() ->
     # It never reads a stream itself: only through a tenant's role.
     assert not [a for a in actions if a.startswith(("kinesisvideo:", "kms:"))]
     assert "events:PutEvents" in actions
+    # Scale-in protection while it holds calls; its deployment, to hand its calls over once
+    # replaced: this cluster's tasks and services only.
+    assert_protects_itself_and_drains(statements, stack.cluster)
     assert task_role_arn_output(template) == {
         "Fn::GetAtt": [logical_id(stack.kvs_reader.task_role), "Arn"]
     }
@@ -145,6 +149,16 @@ def test_reader_task_environment_ports_and_health_check() -> None:
         "EVENT_BUS" in json.dumps(environment["CALLSCRIBE_EVENT_BUS_NAME"])
         or environment["CALLSCRIBE_EVENT_BUS_NAME"]
     )
+    # Its cluster (its own deployment), the other readers (to hand calls over), and what the
+    # calls none took get after SIGTERM: 100 s of the 120 s stop timeout.
+    assert environment["CALLSCRIBE_ECS_CLUSTER"] == {
+        "Fn::GetAtt": [logical_id(stack.cluster), "Arn"]
+    }
+    assert environment["CALLSCRIBE_KVS_READER_URL"] == stack.kvs_reader.control_url
+    assert stack.kvs_reader.control_url == (
+        f"http://kvs-reader.prod.callscribe.internal:{CONTROL_PORT}"
+    )
+    assert environment["CALLSCRIBE_CONNECT_DRAIN_TIMEOUT_S"] == "100"
     (container,) = task["Properties"]["ContainerDefinitions"]
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [HEALTH_PORT, CONTROL_PORT]
     assert f"localhost:{HEALTH_PORT}/healthz" in " ".join(container["HealthCheck"]["Command"])
@@ -154,7 +168,7 @@ def test_reader_task_environment_ports_and_health_check() -> None:
     assert not [k for k in environment if "SECRET" in k and not k.endswith("_ARN")]
 
 
-def test_api_finds_the_readers_through_cloud_map_and_only_it_reaches_their_control_port() -> None:
+def test_the_api_and_the_readers_find_the_readers_and_only_they_reach_the_control_port() -> None:
     stack = default_stack()
     template = default_template()
     services = template.find_resources(
@@ -178,11 +192,15 @@ def test_api_finds_the_readers_through_cloud_map_and_only_it_reaches_their_contr
         for r in template.find_resources("AWS::EC2::SecurityGroupIngress").values()
         if r["Properties"]["GroupId"] == reader_group
     ]
-    assert {(r["FromPort"], r["ToPort"]): r["SourceSecurityGroupId"] for r in rules} == {
-        (CONTROL_PORT, CONTROL_PORT): {
-            "Fn::GetAtt": [logical_id(stack.api.security_group), "GroupId"]
-        }
-    }
+    # The API Lambda opens calls; a stopping reader hands its calls to the others.
+    assert sorted(
+        ((r["FromPort"], r["ToPort"]), r["SourceSecurityGroupId"]["Fn::GetAtt"][0]) for r in rules
+    ) == sorted(
+        [
+            ((CONTROL_PORT, CONTROL_PORT), logical_id(stack.api.security_group)),
+            ((CONTROL_PORT, CONTROL_PORT), logical_id(stack.kvs_reader.security_group)),
+        ]
+    )
     ecs_service = template.find_resources("AWS::ECS::Service")[
         logical_id(stack.kvs_reader.service)
     ]["Properties"]

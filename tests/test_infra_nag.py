@@ -33,7 +33,7 @@ def test_deployment_with_every_option_has_no_unacknowledged_errors_or_warnings()
 def test_acknowledgments_are_specific_a_new_wildcard_still_fails():
     stack = synth(context(siprecSourceCidrs="10.50.0.0/16"))
     assert stack.siprec is not None
-    for service in (stack.gateway.service, stack.siprec.service):
+    for service in (stack.gateway.service, stack.siprec.service, stack.kvs_reader.service):
         service.task_definition.task_role.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:*"], resources=["arn:aws:s3:::some-bucket/*"])
         )
@@ -41,5 +41,6 @@ def test_acknowledgments_are_specific_a_new_wildcard_still_fails():
     for role in (
         "Gateway/Default/TaskDefinition/TaskRole",
         "Siprec/Default/TaskDefinition/TaskRole",
+        "KvsReader/TaskRole",
     ):
         assert any("AwsSolutions-IAM5" in line and role in line for line in found), role

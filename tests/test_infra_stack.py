@@ -21,6 +21,7 @@ from tests.infra_support import (
     CERTIFICATE_ARN,
     EXPORTER_ARN,
     actions_on,
+    assert_protects_itself_and_drains,
     container_environment,
     default_stack,
     default_template,
@@ -518,8 +519,13 @@ def test_gateway_task_definition():
         "CALLSCRIBE_MESSAGE_RETENTION_DAYS": "7",
         "CALLSCRIBE_BLOB_S3_BUCKET": ref(stack.data.exports_bucket),
         "CALLSCRIBE_ECS_CLUSTER": {"Fn::GetAtt": [logical_id(stack.cluster), "Arn"]},
+        # After SIGTERM live streams get 100 s of the 120 s stop timeout; once replaced, the
+        # task takes streams for the minute the ALB needs to see it unready.
+        "CALLSCRIBE_TWILIO_DRAIN_TIMEOUT_S": "100",
+        "CALLSCRIBE_TWILIO_UNREADY_GRACE_S": "60",
         "LOG_LEVEL": "INFO",
     }
+    # ECS's container health check is liveness: a draining task is alive.
     command = container["HealthCheck"]["Command"]
     assert command[0] == "CMD" and "http://localhost:8080/healthz" in command[-1]
     assert container["StopTimeout"] == 120
@@ -545,12 +551,10 @@ def test_gateway_task_role_permissions():
     assert "s3:PutObject" in by_pattern["/recordings/*"]
     assert "/exports/*" not in by_pattern
     assert not any(a.startswith("s3:Delete") for actions in by_pattern.values() for a in actions)
-    # Which of its cluster's tasks still run (the abandoned-call sweep), and only its cluster's.
-    (tasks,) = [s for s in statements if "ecs:ListTasks" in s["Action"]]
-    assert sorted(tasks["Action"]) == ["ecs:DescribeTasks", "ecs:ListTasks"]
-    assert tasks["Condition"] == {
-        "ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [logical_id(stack.cluster), "Arn"]}}
-    }
+    # Which of its cluster's tasks still run (the abandoned-call sweep); scale-in protection
+    # while it holds calls; its service's deployments (to drain once replaced): only its
+    # cluster's.
+    assert_protects_itself_and_drains(statements, stack.cluster)
 
 
 def test_alb_internet_facing_https_only_with_websocket_idle_timeout_and_access_logs():
@@ -579,7 +583,26 @@ def test_alb_internet_facing_https_only_with_websocket_idle_timeout_and_access_l
 def test_target_group_health_check_and_draining():
     group = only(default_template(), "AWS::ElasticLoadBalancingV2::TargetGroup")["Properties"]
     assert group["Port"] == 8080 and group["TargetType"] == "ip"
-    assert group["HealthCheckPath"] == "/healthz"
+    # Readiness: a draining task fails it (three checks 15 s apart) and gets no new streams.
+    assert {
+        key: group[key]
+        for key in (
+            "HealthCheckPath",
+            "Matcher",
+            "HealthCheckIntervalSeconds",
+            "HealthCheckTimeoutSeconds",
+            "HealthyThresholdCount",
+            "UnhealthyThresholdCount",
+        )
+    } == {
+        "HealthCheckPath": "/readyz",
+        "Matcher": {"HttpCode": "200"},
+        "HealthCheckIntervalSeconds": 15,
+        "HealthCheckTimeoutSeconds": 5,
+        "HealthyThresholdCount": 2,
+        "UnhealthyThresholdCount": 3,
+    }
+    # Its streams cannot move: ECS waits up to an hour for them before it stops a task.
     attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
     assert attributes["deregistration_delay.timeout_seconds"] == "3600"
     assert attributes["stickiness.enabled"] == "false"

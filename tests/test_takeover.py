@@ -286,10 +286,11 @@ async def test_gateway_task_sweeps_on_start(
     """The gateway service, as its container starts it: its lifespan sweeps the table."""
     from starlette.testclient import TestClient
 
-    from callscribe.aws.services.gateway_service import (
+    from callscribe.aws.services.gateway_service import create_gateway_app
+    from callscribe.aws.services.ingest_task import (
+        TaskJobs,
         abandoned_call_sweep,
         build_runtime,
-        create_gateway_app,
     )
     from callscribe.aws.settings import AwsSettings
     from callscribe.config import Settings, SiprecSettings
@@ -312,7 +313,7 @@ async def test_gateway_task_sweeps_on_start(
     runtime, secret = build_runtime(aws_settings, settings, Ingest.TWILIO, asr=asr_engine)
     sweep = abandoned_call_sweep(aws_settings, settings, runtime)
     assert sweep is not None
-    app = create_gateway_app(runtime, secret, aws_settings.control_port, sweep=sweep)
+    app = create_gateway_app(runtime, secret, aws_settings.control_port, TaskJobs(sweep=sweep))
 
     def swept() -> bool:
         call = store.get_call(gone)

@@ -96,6 +96,9 @@ async def _control_call(
     ends while this request is on its way to the call's holder."""
     call = await _call(services.store, key, ended_ok=ended is not None)
     async with _CallLock(services.store, key):
+        # Again under the lock: a KVS reader that handed the call to another (it holds this
+        # lock meanwhile) changed its owner since the read above.
+        call = await _call(services.store, key, ended_ok=ended is not None)
         if ended is not None and call.status is CallStatus.COMPLETED:
             result = await ended(services.store, key)
         else:

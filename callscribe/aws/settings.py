@@ -42,7 +42,8 @@ class AwsSettings(AwsResources):
     # that are no longer among its live tasks. Unset: the cluster named in the task's metadata
     # (no sweep outside ECS).
     ecs_cluster: str | None = None
-    # The API Lambda: the KVS reader tasks' private control base (their Cloud Map name, e.g.
-    # http://kvs-reader.prod.callscribe.internal:8081), where start-streaming opens Amazon
-    # Connect calls. Unset: this deployment does not ingest Amazon Connect.
+    # The KVS reader tasks' private control base (their Cloud Map name, e.g.
+    # http://kvs-reader.prod.callscribe.internal:8081): where the API Lambda's start-streaming
+    # opens Amazon Connect calls, and where a draining reader hands its calls over. Unset (in
+    # the API): this deployment does not ingest Amazon Connect.
     kvs_reader_url: str | None = None

@@ -20,12 +20,15 @@ what Connect and GetMedia put in each fragment:
   :class:`ContactChanged` and takes nothing more.
 - Resuming: GetMedia's ``FRAGMENT_NUMBER`` selector starts *at* the given fragment. The demuxer
   remembers how many blocks of the latest fragment it released, so a reader that reconnects at
-  that fragment gets only the blocks it has not delivered yet: no audio twice, none lost.
+  that fragment gets only the blocks it has not delivered yet: no audio twice, none lost. A
+  reader that takes a call over from another (a handover) starts at the last fragment the other
+  processed and takes nothing of it (:meth:`ConnectMediaDemuxer.resuming_after`).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
@@ -196,6 +199,22 @@ class ConnectMediaDemuxer:
         """The latest fragment whose number was read: reconnect *at* it (FRAGMENT_NUMBER); what
         of it was delivered already is skipped."""
         return self._last_number
+
+    @classmethod
+    def resuming_after(
+        cls, fragments: Sequence[str], contact_id: str | None
+    ) -> ConnectMediaDemuxer:
+        """The state of a reader that continues a call another reader gave up (a handover):
+        ``fragments`` are those the call has taken, the last one processed whole last. Read
+        *at* that one (FRAGMENT_NUMBER), none of them gives audio again and every later one
+        gives all of its own; ``contact_id`` (the contact the other read) is expected."""
+        if not fragments:
+            raise ValueError("a reader resumes after a fragment")
+        demuxer = cls(contact_id)
+        demuxer._completed.extend(fragments)
+        demuxer._last_number = fragments[-1]
+        demuxer._last_delivered = _ALL_BLOCKS
+        return demuxer
 
     def carry_over(self, earlier: ConnectMediaDemuxer) -> None:
         """Continue where an earlier reader of the same stream for the same call stopped (a
@@ -416,6 +435,15 @@ class MediaTimeline:
         self.origin_ms: float | None = None
         self.tolerance_samples = int(tolerance_ms * TELEPHONE_RATE / 1000)
         self._next: dict[str, int] = {}
+
+    def channel_end(self, channel: str) -> int | None:
+        """Where ``channel``'s audio placed so far ends (8 kHz samples); None before any."""
+        return self._next.get(channel)
+
+    def continue_channel(self, channel: str, end: int) -> None:
+        """Continue a channel another reader placed up to ``end`` (a handover): its next block
+        joins on seamlessly, as if this timeline had placed the earlier ones."""
+        self._next[channel] = end
 
     def place(self, channel: str, time_ms: float, samples: int) -> int:
         if self.origin_ms is None:

@@ -78,6 +78,7 @@ class KvsAccessError(Exception):
 
 class ReaderEnd(StrEnum):
     STOPPED = "stopped"  # stop-streaming, or the call completed
+    HANDED_OVER = "handed-over"  # a draining reader gave the call to another at a fragment's end
     CONTACT_CHANGED = "contact-changed"  # the stream now carries another contact
     END_OF_STREAM = "end-of-stream"  # the producer stopped writing
     STREAM_ERROR = "stream-error"  # KVS reported an error, or the audio is not Connect's
@@ -176,6 +177,23 @@ class KvsStreamReader:
         self._close_body()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    async def stop_discarding(self) -> None:
+        """Stop, throwing away what was read but not yet taken (a handover: another reader
+        reads it again). The thread may wait on a full queue: taking batches frees it."""
+        self._stopping.set()
+        self._close_body()
+        if self._thread is None:
+            return
+        joined = asyncio.get_running_loop().create_task(asyncio.to_thread(self._thread.join))
+        while not joined.done():
+            getting = asyncio.ensure_future(self._queue.get())
+            await asyncio.wait({joined, getting}, return_when=asyncio.FIRST_COMPLETED)
+            if not getting.done():
+                getting.cancel()
+        await joined
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     @property
     def running(self) -> bool:

@@ -10,6 +10,11 @@ pings. Each accepted stream becomes a ``TwilioCall``
 (a ``CallSession``) keyed by (tenant, "twilio", callSid) on its ``start`` frame. A malformed,
 oversized or out-of-order frame closes that one WebSocket with a precise close code and
 reason; the call's audio so far is kept and its open utterances are finished.
+
+A draining gateway (its task is stopping, or its deployment was replaced) closes a new
+WebSocket at once with 1013 (try again later) and the reason, before any call exists; its live
+streams go on. A Twilio stream lives on its one WebSocket: a call cannot move to another
+gateway, so it ends on the gateway that has it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from callscribe.twilio.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACK_ROLES = {"inbound": Role.CUSTOMER, "outbound": Role.AGENT}
+DRAINING_REASON = "draining: this gateway takes no new streams"
 
 
 class TwilioCall(CallSession):
@@ -145,8 +151,27 @@ class TwilioGateway:
         self.streams_timed_out = 0  # closed for want of a start frame (with a token)
         # Streams that ran ahead of real time beyond the burst and were read more slowly.
         self.streams_paced = 0
+        self.streams_refused_draining = 0
+        # From this time.monotonic() on, new streams are refused (None: never).
+        self._refuse_from: float | None = None
+
+    def begin_draining(self, grace_s: float = 0.0) -> None:
+        """Refuse new streams ``grace_s`` from now (or sooner, if asked before); live streams
+        go on to their end."""
+        refuse_from = time.monotonic() + grace_s
+        if self._refuse_from is None or refuse_from < self._refuse_from:
+            self._refuse_from = refuse_from
+            log.info("twilio gateway draining: new streams refused in %.0f s", grace_s)
+
+    @property
+    def refusing(self) -> bool:
+        return self._refuse_from is not None and time.monotonic() >= self._refuse_from
 
     async def __call__(self, websocket: WebSocket) -> None:
+        if self.refusing:
+            self.streams_refused_draining += 1
+            await refuse_while_draining(websocket)
+            return
         await websocket.accept()
         token = websocket.query_params.get("token")
         grant = None
@@ -165,6 +190,13 @@ class TwilioGateway:
     def reject(self, websocket: WebSocket, exc: AuthError) -> None:
         self.streams_rejected += 1
         log.warning("twilio stream from %s rejected: %s", websocket.client, exc)
+
+
+async def refuse_while_draining(websocket: WebSocket) -> None:
+    """Accepted, then closed at once with 1013 and the reason. (An HTTP 503 in place of the
+    upgrade would say as much, but uvicorn then logs every refusal as an application error.)"""
+    await websocket.accept()
+    await close_quietly(websocket, CloseCode.TRY_AGAIN_LATER, DRAINING_REASON)
 
 
 async def close_quietly(websocket: WebSocket, code: int, reason: str) -> None:

@@ -1,4 +1,4 @@
 """The deployment's processes: the API, webhook and exporter Lambdas' handlers, the Twilio
-gateway and the KVS reader container services. Each composes the core with the AWS adapters
-(``callscribe.adapters.aws``); the entrypoints in ``functions/`` and ``containers/`` only
-import them."""
+gateway, KVS reader and SIPREC recorder container services (what those three share is in
+``ingest_task``). Each composes the core with the AWS adapters (``callscribe.adapters.aws``);
+the entrypoints in ``functions/`` and ``containers/`` only import them."""

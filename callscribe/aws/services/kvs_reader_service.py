@@ -1,16 +1,25 @@
 """The KVS reader task of the AWS deployment (a Fargate service without a load balancer).
 
 It holds the deployment's Amazon Connect calls: the API Lambda opens each one here through the
-signed control endpoint (``/control/open``, reached through the service's private DNS name), the
-task that opens it records its own control URL as the call's owner, and later stops and starts
-come to it directly. Its task role is the identity that tenants' Connect roles trust (see
-``infra/kvs_reader.py`` and ``infra/customer_account.py``); each GetMedia request signs with
-the assumed role of the call's tenant.
+signed control endpoint (``/control/open``, on one of the tasks behind the service's private
+DNS name that takes new calls), the task that opens it records its own control URL as the
+call's owner, and later stops and starts come to it directly. Its task role is the identity
+that tenants' Connect roles trust (see ``infra/kvs_reader.py`` and
+``infra/customer_account.py``); each GetMedia request signs with the assumed role of the call's
+tenant.
 
 One process, one uvicorn server on two ports: ``CALLSCRIBE_PORT`` (8080) serves ``/healthz``
 for the ECS health check (liveness; with a tenant's API key also readers, millis-behind-now,
-ASR and delivery counters, and that tenant's calls);
-``CALLSCRIBE_CONTROL_PORT`` (8081) is the control endpoint, open to the API Lambda only.
+ASR and delivery counters, and that tenant's calls) and ``/readyz`` (503 while draining);
+``CALLSCRIBE_CONTROL_PORT`` (8081) is the control endpoint, open to the API Lambda and to the
+other readers.
+
+A call's media waits in Kinesis Video Streams, so a stopping reader does not end its calls:
+once its deployment is replaced, or on SIGTERM, it takes no new call (``open`` and ``resume``
+answer 503, and the API asks another task) and hands each call to another reader at
+``CALLSCRIBE_KVS_READER_URL`` (``ready``, then ``resume``: see ``connect/ingest.py``). Calls no
+reader takes stay and end here; after SIGTERM they get ``CALLSCRIBE_CONNECT_DRAIN_TIMEOUT_S``.
+While it holds calls the task is protected from scale-in.
 """
 
 from __future__ import annotations
@@ -18,32 +27,44 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from callscribe.asr.base import AsrEngine
-from callscribe.aws.services.gateway_service import (
-    RouteByPort,
+from callscribe.aws.services.ingest_task import (
+    TaskJobs,
     build_runtime,
+    ingest_task_app,
     run_task_service,
     serve_on_two_ports,
 )
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import Settings
-from callscribe.control_http import create_control_app
+from callscribe.control_http import HttpCallHandover, create_control_app
 from callscribe.ingest import Ingest, IngestRuntime
-from callscribe.server import healthz_route
-from callscribe.serving import lifespan
+from callscribe.server import healthz_route, readyz_route
 
 log = logging.getLogger(__name__)
 
 
-def create_reader_app(runtime: IngestRuntime, control_secret: str, control_port: int) -> ASGIApp:
-    health_app = Starlette(
-        routes=[healthz_route(runtime)], lifespan=lifespan(runtime.start, runtime.shutdown)
+def create_reader_app(
+    runtime: IngestRuntime,
+    control_secret: str,
+    control_port: int,
+    jobs: TaskJobs | None = None,
+) -> ASGIApp:
+    connect = runtime.connect
+    control_app = create_control_app(
+        runtime.registry, control_secret, opener=connect, receiver=connect
     )
-    control_app = create_control_app(runtime.registry, control_secret, opener=runtime.connect)
-    return RouteByPort(control_port, control_app, health_app)
+    return ingest_task_app(
+        runtime, control_port, control_app, [healthz_route(runtime), readyz_route(runtime)], jobs
+    )
+
+
+def hand_calls_to_peers(runtime: IngestRuntime, control_secret: str, readers_url: str) -> None:
+    """A draining reader gives its calls to the other tasks behind ``readers_url``."""
+    assert runtime.connect is not None
+    runtime.connect.handover = HttpCallHandover(control_secret, readers_url, runtime.owner)
 
 
 async def serve(
@@ -53,12 +74,22 @@ async def serve(
     ready: asyncio.Event | None = None,
 ) -> None:
     runtime, control_secret = build_runtime(aws, settings, Ingest.AMAZON_CONNECT, asr)
-    app = create_reader_app(runtime, control_secret, aws.control_port)
-    banner = (
-        f"CallScribe KVS reader: /healthz on :{aws.port}, control on :{aws.control_port}, "
-        f"owner {runtime.owner}"
+    if aws.kvs_reader_url:
+        hand_calls_to_peers(runtime, control_secret, aws.kvs_reader_url)
+    else:
+        log.warning("no CALLSCRIBE_KVS_READER_URL: a stopping reader completes its calls")
+    app = create_reader_app(
+        runtime, control_secret, aws.control_port, TaskJobs.in_ecs(aws, runtime)
     )
-    await serve_on_two_ports(app, aws, settings, banner, ready)
+    banner = (
+        f"CallScribe KVS reader: /healthz and /readyz on :{aws.port}, control on "
+        f":{aws.control_port}, owner {runtime.owner}"
+    )
+
+    async def drain() -> None:
+        await runtime.drain(settings.connect.drain_timeout_s)
+
+    await serve_on_two_ports(app, aws, settings, banner, ready, drain)
 
 
 def main(argv: list[str] | None = None) -> int:

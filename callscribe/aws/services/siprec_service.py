@@ -21,25 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Coroutine
-from typing import Any
 
-from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from callscribe.asr.base import AsrEngine
-from callscribe.aws.adapters.ecs_tasks import (
-    AbandonedCallSweep,
-    DeploymentCheck,
-    drain_when_superseded,
-)
-from callscribe.aws.adapters.task_protection import ScaleInGuard, TaskProtection
-from callscribe.aws.services.gateway_service import (
-    RouteByPort,
+from callscribe.aws.services.ingest_task import (
+    TaskJobs,
     abandoned_call_sweep,
     build_runtime,
-    run_sweep,
+    ingest_task_app,
     run_task_service,
     serve_on_two_ports,
     task_metadata,
@@ -50,7 +40,6 @@ from callscribe.config import Settings
 from callscribe.control_http import create_control_app
 from callscribe.ingest import Ingest, IngestRuntime
 from callscribe.server import healthz_route, readyz_route
-from callscribe.serving import lifespan
 
 log = logging.getLogger(__name__)
 
@@ -67,52 +56,18 @@ def with_advertised_address(settings: Settings) -> Settings:
     return settings.model_copy(update={"siprec": siprec})
 
 
-def scale_in_guard(runtime: IngestRuntime) -> ScaleInGuard | None:
-    """Protection from scale-in while calls are live; None outside ECS (no agent endpoint)."""
-    agent_uri = os.environ.get("ECS_AGENT_URI")  # set by ECS in every task
-    if not agent_uri:
-        return None
-    return ScaleInGuard(TaskProtection(agent_uri), lambda: len(runtime.registry))
-
-
-def deployment_check(aws: AwsSettings) -> DeploymentCheck | None:
-    """This task's deployment, to drain when the service replaces it; None outside ECS."""
-    try:
-        task = task_metadata() or {}
-    except (OSError, ValueError) as exc:
-        log.warning("ECS task metadata unavailable (%s): no deployment check", exc)
-        return None
-    cluster = aws.ecs_cluster or task.get("Cluster")
-    task_arn = task.get("TaskARN")
-    if not cluster or not task_arn:
-        return None
-    return DeploymentCheck(cluster, task_arn)
-
-
 def create_recorder_app(
     runtime: IngestRuntime,
     control_secret: str,
     control_port: int,
-    sweep: AbandonedCallSweep | None = None,
-    guard: ScaleInGuard | None = None,
-    deployment: DeploymentCheck | None = None,
+    jobs: TaskJobs | None = None,
 ) -> ASGIApp:
-    def background() -> list[Coroutine[Any, Any, None]]:
-        jobs: list[Coroutine[Any, Any, None]] = []
-        if sweep is not None:
-            jobs.append(run_sweep(sweep))
-        if guard is not None:
-            jobs.append(guard.run())
-        if deployment is not None:
-            jobs.append(drain_when_superseded(deployment, runtime.stop_taking_calls))
-        return jobs
-
-    health_app = Starlette(
-        routes=[healthz_route(runtime), readyz_route(runtime)],
-        lifespan=lifespan(runtime.start, runtime.shutdown, background=background),
-    )
-    return RouteByPort(
-        control_port, create_control_app(runtime.registry, control_secret), health_app
+    return ingest_task_app(
+        runtime,
+        control_port,
+        create_control_app(runtime.registry, control_secret),
+        [healthz_route(runtime), readyz_route(runtime)],
+        jobs,
     )
 
 
@@ -124,15 +79,8 @@ async def serve(
 ) -> None:
     settings = with_advertised_address(settings)
     runtime, control_secret = build_runtime(aws, settings, Ingest.SIPREC, asr)
-    sweep = abandoned_call_sweep(aws, settings, runtime)
-    app = create_recorder_app(
-        runtime,
-        control_secret,
-        aws.control_port,
-        sweep,
-        scale_in_guard(runtime),
-        deployment_check(aws),
-    )
+    jobs = TaskJobs.in_ecs(aws, runtime, sweep=abandoned_call_sweep(aws, settings, runtime))
+    app = create_recorder_app(runtime, control_secret, aws.control_port, jobs)
     siprec = settings.siprec
     banner = (
         f"CallScribe SIPREC recorder: SIP on :{siprec.port} (UDP and TCP), RTP "
