@@ -31,6 +31,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from infra.config import SIPREC_SIP_PORT, DeploymentConfig
@@ -60,15 +61,16 @@ from infra.network import NetworkConstruct
 
 # SIP over TCP and UDP, on the NLB and on every task.
 SIP_PORT = SIPREC_SIP_PORT
-# /healthz (the container's liveness, probed by ECS) and /readyz (200 only while the task takes
-# new calls: not draining, below its call cap), probed by the NLB.
+# The NLB probes /healthz, liveness, like ECS: never /readyz. ECS stops and replaces a task its
+# load balancer finds unhealthy, scale-in protection or not, so a check that failed while a task
+# is full or draining would cut that task's live calls. A full task refuses INVITEs itself (503
+# with Retry-After; OPTIONS pings too); a task whose deployment was replaced leaves the target
+# group itself (CALLSCRIBE_SIPREC_TARGET_GROUP_ARN) and finishes its calls.
 HEALTH_PORT = INGEST_PORT
-READINESS_PATH = "/readyz"
-# A task that turns full or starts draining fails two checks 10 s apart: within about 20 s the
-# NLB hands it no new flows; one that has room again gets them back after two passing checks.
-READINESS_INTERVAL = Duration.seconds(10)
-READINESS_TIMEOUT = Duration.seconds(5)
-READINESS_THRESHOLD = 2
+HEALTH_PATH = "/healthz"
+HEALTH_INTERVAL = Duration.seconds(10)
+HEALTH_TIMEOUT = Duration.seconds(5)
+HEALTH_THRESHOLD = 2
 # What the NLB waits, once ECS deregisters a task, before it ends the flows still pinned to it
 # (connection termination). Those flows carry only INVITEs and OPTIONS (a call's own requests and
 # RTP never pass the NLB), and the recorder answers an INVITE at once: 15 s covers a transaction
@@ -259,25 +261,38 @@ class SiprecRecorderConstruct(Construct):
             protocol=elbv2.Protocol.TCP_UDP,
             target_type=elbv2.TargetType.IP,
             deregistration_delay=DEREGISTRATION_DELAY,
-            # At the end of the delay the flows still pinned to a deregistered task end, and
-            # the SBC's next packet is a new flow to a registered one. (The NLB keeps a flow on
-            # a task that merely fails /readyz: TCP_UDP target groups cannot end those.)
+            # At the end of the delay the flows still pinned to a deregistered task (by ECS
+            # stopping it, or by itself when replaced) end, and the SBC's next packet is a new
+            # flow to a registered one.
             connection_termination=True,
             health_check=elbv2.HealthCheck(
                 protocol=elbv2.Protocol.HTTP,
                 port=str(HEALTH_PORT),
-                path=READINESS_PATH,
+                path=HEALTH_PATH,
                 healthy_http_codes="200",
-                interval=READINESS_INTERVAL,
-                timeout=READINESS_TIMEOUT,
-                healthy_threshold_count=READINESS_THRESHOLD,
-                unhealthy_threshold_count=READINESS_THRESHOLD,
+                interval=HEALTH_INTERVAL,
+                timeout=HEALTH_TIMEOUT,
+                healthy_threshold_count=HEALTH_THRESHOLD,
+                unhealthy_threshold_count=HEALTH_THRESHOLD,
             ),
             targets=[
                 self.service.load_balancer_target(
                     container_name=self.container.container_name, container_port=SIP_PORT
                 )
             ],
+        )
+        # A task whose deployment was replaced deregisters itself (and only from this group):
+        # its pinned flows move to the new tasks while its calls, which never pass the NLB, go
+        # on until they end and it gives up its protection.
+        self.container.add_environment(
+            "CALLSCRIBE_SIPREC_TARGET_GROUP_ARN", self.target_group.target_group_arn
+        )
+        self.container_service.task_definition.task_role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="LeaveTheLoadBalancerWhenReplaced",
+                actions=["elasticloadbalancing:DeregisterTargets"],
+                resources=[self.target_group.target_group_arn],
+            )
         )
         self.listener = self.load_balancer.add_listener(
             "Sip",

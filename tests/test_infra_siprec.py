@@ -165,15 +165,15 @@ def test_nlb_is_internal_in_the_private_subnets_with_a_tcp_udp_listener_on_5070(
     assert output["Value"] == {"Fn::GetAtt": [balancer_id, "DNSName"]}
 
 
-def test_target_group_sends_to_ready_tasks_by_ip_and_drains_briefly(recorders):
+def test_target_group_sends_to_live_tasks_by_ip_and_drains_briefly(recorders):
     stack, template = recorders
     assert stack.siprec is not None
     group = template.find_resources("AWS::ElasticLoadBalancingV2::TargetGroup")[
         logical_id(stack.siprec.target_group)
     ]["Properties"]
     assert (group["Protocol"], group["Port"], group["TargetType"]) == ("TCP_UDP", 5070, "ip")
-    # Readiness, not liveness: a full or draining task fails /readyz and gets no new flows,
-    # about 20 s after it turns (two failed checks 10 s apart).
+    # Liveness, not readiness: ECS replaces a task its load balancer finds unhealthy, so a
+    # check that failed while a task is full or draining would cut its live calls.
     assert {
         key: group[key]
         for key in (
@@ -189,7 +189,7 @@ def test_target_group_sends_to_ready_tasks_by_ip_and_drains_briefly(recorders):
     } == {
         "HealthCheckProtocol": "HTTP",
         "HealthCheckPort": "8080",
-        "HealthCheckPath": "/readyz",
+        "HealthCheckPath": "/healthz",
         "Matcher": {"HttpCode": "200"},
         "HealthCheckIntervalSeconds": 10,
         "HealthCheckTimeoutSeconds": 5,
@@ -331,6 +331,10 @@ def test_task_role_has_the_gateways_grants_and_protects_only_this_clusters_tasks
         "ecs:GetTaskProtection",
         "ecs:DescribeServices",
     }
+    # A replaced task leaves its own target group, and may touch no other.
+    (leaving,) = [s for s in statements if "elasticloadbalancing" in json.dumps(s["Action"])]
+    assert leaving["Action"] == "elasticloadbalancing:DeregisterTargets"
+    assert leaving["Resource"] == ref(stack.siprec.target_group)
 
 
 def test_container_runs_the_recorder_with_its_ports_and_environment(recorders):
@@ -374,6 +378,7 @@ def test_container_runs_the_recorder_with_its_ports_and_environment(recorders):
         "CALLSCRIBE_SIPREC_TENANT": "",
         "CALLSCRIBE_SIPREC_MAX_CALLS": "25",
         "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "100",
+        "CALLSCRIBE_SIPREC_TARGET_GROUP_ARN": ref(stack.siprec.target_group),
         "LOG_LEVEL": "INFO",
     }
     assert container["HealthCheck"]["Command"][-1] == (
@@ -423,6 +428,7 @@ def test_settings_reach_the_task_its_rules_and_its_scaling():
         "CALLSCRIBE_SIPREC_TENANT": "",
         "CALLSCRIBE_SIPREC_MAX_CALLS": "40",
         "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "100",
+        "CALLSCRIBE_SIPREC_TARGET_GROUP_ARN": ref(stack.siprec.target_group),
         "CALLSCRIBE_SIPREC_ADVERTISED_ADDRESS": "100.64.10.5",
     }
     assert environment["CALLSCRIBE_ASR_URL"] == "http://asr.staging.callscribe.internal:8000"

@@ -14,11 +14,13 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from callscribe.aws.adapters.ecs_tasks import DeploymentCheck, drain_when_superseded
+from callscribe.aws.adapters.target_group import leave_target_group
 from callscribe.aws.adapters.task_protection import (
     ScaleInGuard,
     TaskProtection,
     TaskProtectionError,
 )
+from callscribe.aws.services.ingest_task import TaskJobs
 from callscribe.aws.services.siprec_service import with_advertised_address
 from callscribe.config import Settings, SiprecSettings
 from tests.ecs_support import TASK_IP, FakeEcsEndpoints, ecs
@@ -204,3 +206,51 @@ async def test_a_superseded_task_stops_taking_calls_and_a_failed_look_is_tried_a
     ecs_cluster.update_service(cluster=CLUSTER, service=SERVICE, forceNewDeployment=True)
     await asyncio.wait_for(watching, 10)
     assert stopped == [True]
+
+
+# A replaced recorder leaves the NLB's target group ---------------------------------------
+
+
+def test_a_recorder_leaves_its_target_group_and_a_refusal_is_only_logged(
+    ecs_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    elbv2 = boto3.client("elbv2")
+    vpc = boto3.client("ec2").describe_vpcs()["Vpcs"][-1]["VpcId"]
+    group = elbv2.create_target_group(
+        Name="siprec", Protocol="TCP_UDP", Port=5070, VpcId=vpc, TargetType="ip"
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elbv2.register_targets(
+        TargetGroupArn=group, Targets=[{"Id": "10.0.1.7", "Port": 5070}, {"Id": "10.0.1.8"}]
+    )
+
+    def registered() -> set[str]:
+        health = elbv2.describe_target_health(TargetGroupArn=group)["TargetHealthDescriptions"]
+        return {d["Target"]["Id"] for d in health}
+
+    assert registered() == {"10.0.1.7", "10.0.1.8"}
+    assert asyncio.run(leave_target_group(group, "10.0.1.7", 5070)) is True
+    assert registered() == {"10.0.1.8"}
+    missing = group.replace("siprec", "nothere")
+    assert asyncio.run(leave_target_group(missing, "10.0.1.8", 5070)) is False
+    assert "could not leave target group" in caplog.text
+
+
+async def test_once_replaced_a_task_stops_taking_calls_then_does_what_else_it_must(
+    ecs_cluster: Any,
+) -> None:
+    task = service_task(ecs_cluster, primary_deployment(ecs_cluster))
+    ecs_cluster.update_service(cluster=CLUSTER, service=SERVICE, forceNewDeployment=True)
+    steps: list[str] = []
+
+    class Runtime:
+        def stop_taking_calls(self) -> None:
+            steps.append("stopped taking calls")
+
+    async def leave() -> bool:
+        steps.append("left the load balancer")
+        return True
+
+    jobs = TaskJobs(deployment=DeploymentCheck(CLUSTER, task), when_replaced=leave)
+    (watch,) = jobs.coroutines(Runtime())  # type: ignore[arg-type]
+    await asyncio.wait_for(watch, 30)
+    assert steps == ["stopped taking calls", "left the load balancer"]

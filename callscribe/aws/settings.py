@@ -47,3 +47,6 @@ class AwsSettings(AwsResources):
     # opens Amazon Connect calls, and where a draining reader hands its calls over. Unset (in
     # the API): this deployment does not ingest Amazon Connect.
     kvs_reader_url: str | None = None
+    # The SIPREC recorder: its NLB target group, which a recorder whose deployment was replaced
+    # leaves so that SBCs' pinned flows move to the new tasks. Unset: none (outside AWS).
+    siprec_target_group_arn: str | None = None

@@ -172,6 +172,8 @@ class TaskJobs:
     sweep: AbandonedCallSweep | None = None
     guard: ScaleInGuard | None = None
     deployment: DeploymentCheck | None = None
+    # What else a task does once it stops taking calls because its deployment was replaced.
+    when_replaced: Callable[[], Awaitable[object]] | None = None
 
     @classmethod
     def in_ecs(
@@ -189,8 +191,13 @@ class TaskJobs:
         if self.guard is not None:
             jobs.append(self.guard.run())
         if self.deployment is not None:
-            jobs.append(drain_when_superseded(self.deployment, runtime.stop_taking_calls))
+            jobs.append(self._drain_when_replaced(self.deployment, runtime))
         return jobs
+
+    async def _drain_when_replaced(self, check: DeploymentCheck, runtime: IngestRuntime) -> None:
+        await drain_when_superseded(check, runtime.stop_taking_calls)
+        if self.when_replaced is not None:
+            await self.when_replaced()
 
 
 def ingest_task_app(

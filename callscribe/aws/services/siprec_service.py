@@ -5,14 +5,15 @@ pings come through the Network Load Balancer on 5070 (UDP and TCP); the SIP answ
 SDP carry this task's own private address, so ACK, re-INVITE, BYE and the RTP of a call go
 straight to the task that answered it. One process:
 - SIP on ``CALLSCRIBE_SIPREC_PORT`` (5070), RTP on ``CALLSCRIBE_SIPREC_RTP_PORTS``;
-- ``CALLSCRIBE_PORT`` (8080): ``/healthz`` (liveness, the ECS container health check) and
-  ``/readyz`` (the load balancer's check: 503 while draining or full, so new calls go to
-  other tasks);
+- ``CALLSCRIBE_PORT`` (8080): ``/healthz`` (liveness: the ECS container health check and the
+  NLB's, since ECS replaces a task its load balancer finds unhealthy) and ``/readyz`` (503
+  while draining or full: for operators; a full task refuses INVITEs itself);
 - ``CALLSCRIBE_CONTROL_PORT`` (8081): the signed control endpoint the API Lambda calls to start
   and stop a call's transcription (the call's owner in DynamoDB is this task's control URL).
 
 While it holds calls the task is protected from scale-in. Once its service rolls out a new
-deployment, or on SIGTERM, it takes no new calls; after SIGTERM it waits up to
+deployment it takes no new calls and leaves the NLB's target group (so SBCs' flows pinned to it
+move on); on SIGTERM it takes no new calls either, and waits up to
 ``CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S`` for its calls to end before it completes the rest and
 delivers their last utterances.
 """
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from starlette.types import ASGIApp
 
 from callscribe.asr.base import AsrEngine
+from callscribe.aws.adapters.target_group import leave_target_group
 from callscribe.aws.services.ingest_task import (
     TaskJobs,
     abandoned_call_sweep,
@@ -80,6 +83,13 @@ async def serve(
     settings = with_advertised_address(settings)
     runtime, control_secret = build_runtime(aws, settings, Ingest.SIPREC, asr)
     jobs = TaskJobs.in_ecs(aws, runtime, sweep=abandoned_call_sweep(aws, settings, runtime))
+    if aws.siprec_target_group_arn and jobs.deployment is not None:
+        target_group, address = aws.siprec_target_group_arn, task_private_ip()
+
+        async def leave_the_load_balancer() -> bool:
+            return await leave_target_group(target_group, address, settings.siprec.port)
+
+        jobs = replace(jobs, when_replaced=leave_the_load_balancer)
     app = create_recorder_app(runtime, control_secret, aws.control_port, jobs)
     siprec = settings.siprec
     banner = (
