@@ -530,6 +530,7 @@ async def test_siprec_call_through_the_cloud_shaped_deployment(
                 "CALLSCRIBE_SIPREC_TENANT": "",
                 "CALLSCRIBE_SIPREC_AGENT_PATTERN": r"^sip:4\d{3}@",
                 "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "90",
+                "CALLSCRIBE_METRICS_INTERVAL_S": "0.5",
                 "ECS_CONTAINER_METADATA_URI_V4": ecs.metadata_uri,
                 "ECS_AGENT_URI": ecs.agent_uri,
             },
@@ -624,3 +625,8 @@ async def test_siprec_call_through_the_cloud_shaped_deployment(
     assert "package" in text.lower()
     log = recorder_log.read_text()
     assert "Traceback" not in log, log[-3000:]
+    # Its load went out as CloudWatch metrics (EMF lines), the call counted while it lasted.
+    emf = [json.loads(line) for line in log.splitlines() if line.startswith('{"_aws"')]
+    assert {line["service"] for line in emf} == {"callscribe-siprec-recorder"}
+    live = [line["LiveCalls"] for line in emf]
+    assert max(v[0] if isinstance(v, list) else v for v in live) == 1

@@ -47,6 +47,9 @@ class AwsSettings(AwsResources):
     # opens Amazon Connect calls, and where a draining reader hands its calls over. Unset (in
     # the API): this deployment does not ingest Amazon Connect.
     kvs_reader_url: str | None = None
+    # How often a task that holds calls publishes its load (CloudWatch EMF lines on stdout:
+    # callscribe.aws.services.task_load); 0: never.
+    metrics_interval_s: float = Field(60.0, ge=0)
     # The SIPREC recorder: its NLB target group, which a recorder whose deployment was replaced
     # leaves so that SBCs' pinned flows move to the new tasks. Unset: none (outside AWS).
     siprec_target_group_arn: str | None = None

@@ -35,6 +35,7 @@ from callscribe.aws.services.ingest_task import (
     run_task_service,
     serve_on_two_ports,
 )
+from callscribe.aws.services.task_load import TWILIO_GATEWAY_METRICS
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app
@@ -73,7 +74,12 @@ async def serve(
     ready: asyncio.Event | None = None,
 ) -> None:
     runtime, control_secret = build_runtime(aws, settings, Ingest.TWILIO, asr)
-    jobs = TaskJobs.in_ecs(aws, runtime, sweep=abandoned_call_sweep(aws, settings, runtime))
+    jobs = TaskJobs.in_ecs(
+        aws,
+        runtime,
+        sweep=abandoned_call_sweep(aws, settings, runtime),
+        metrics_service=TWILIO_GATEWAY_METRICS,
+    )
     app = create_gateway_app(runtime, control_secret, aws.control_port, jobs)
     banner = (
         f"CallScribe gateway on :{aws.port} (Twilio media, /healthz, /readyz), control on "

@@ -41,7 +41,9 @@ from callscribe.aws.adapters.ecs_tasks import (
     DeploymentCheck,
     drain_when_superseded,
 )
+from callscribe.aws.adapters.task_metrics import EmfPublisher, publish_periodically
 from callscribe.aws.adapters.task_protection import ScaleInGuard, TaskProtection
+from callscribe.aws.services.task_load import load_sampler
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
 from callscribe.ingest import Ingest, IngestRuntime
@@ -174,13 +176,28 @@ class TaskJobs:
     deployment: DeploymentCheck | None = None
     # What else a task does once it stops taking calls because its deployment was replaced.
     when_replaced: Callable[[], Awaitable[object]] | None = None
+    # The ``service`` dimension of its load metrics (task_load), published every
+    # ``metrics_interval_s``; None: none.
+    metrics_service: str | None = None
+    metrics_interval_s: float = 60.0
 
     @classmethod
     def in_ecs(
-        cls, aws: AwsSettings, runtime: IngestRuntime, sweep: AbandonedCallSweep | None = None
+        cls,
+        aws: AwsSettings,
+        runtime: IngestRuntime,
+        sweep: AbandonedCallSweep | None = None,
+        metrics_service: str | None = None,
     ) -> TaskJobs:
-        """Scale-in protection and the deployment check, where ECS provides them."""
-        return cls(sweep=sweep, guard=scale_in_guard(runtime), deployment=deployment_check(aws))
+        """Scale-in protection and the deployment check, where ECS provides them; the load
+        metrics unless ``CALLSCRIBE_METRICS_INTERVAL_S`` is 0."""
+        return cls(
+            sweep=sweep,
+            guard=scale_in_guard(runtime),
+            deployment=deployment_check(aws),
+            metrics_service=metrics_service if aws.metrics_interval_s > 0 else None,
+            metrics_interval_s=aws.metrics_interval_s,
+        )
 
     def coroutines(self, runtime: IngestRuntime) -> list[Coroutine[Any, Any, None]]:
         jobs: list[Coroutine[Any, Any, None]] = []
@@ -192,6 +209,14 @@ class TaskJobs:
             jobs.append(self.guard.run())
         if self.deployment is not None:
             jobs.append(self._drain_when_replaced(self.deployment, runtime))
+        if self.metrics_service is not None:
+            jobs.append(
+                publish_periodically(
+                    EmfPublisher(self.metrics_service),
+                    load_sampler(runtime),
+                    self.metrics_interval_s,
+                )
+            )
         return jobs
 
     async def _drain_when_replaced(self, check: DeploymentCheck, runtime: IngestRuntime) -> None:

@@ -37,6 +37,7 @@ from callscribe.aws.services.ingest_task import (
     run_task_service,
     serve_on_two_ports,
 )
+from callscribe.aws.services.task_load import KVS_READER_METRICS
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import HttpCallHandover, create_control_app
@@ -79,7 +80,10 @@ async def serve(
     else:
         log.warning("no CALLSCRIBE_KVS_READER_URL: a stopping reader completes its calls")
     app = create_reader_app(
-        runtime, control_secret, aws.control_port, TaskJobs.in_ecs(aws, runtime)
+        runtime,
+        control_secret,
+        aws.control_port,
+        TaskJobs.in_ecs(aws, runtime, metrics_service=KVS_READER_METRICS),
     )
     banner = (
         f"CallScribe KVS reader: /healthz and /readyz on :{aws.port}, control on "

@@ -38,6 +38,7 @@ from callscribe.aws.services.ingest_task import (
     task_metadata,
     task_private_ip,
 )
+from callscribe.aws.services.task_load import SIPREC_RECORDER_METRICS
 from callscribe.aws.settings import AwsSettings
 from callscribe.config import Settings
 from callscribe.control_http import create_control_app
@@ -82,7 +83,12 @@ async def serve(
 ) -> None:
     settings = with_advertised_address(settings)
     runtime, control_secret = build_runtime(aws, settings, Ingest.SIPREC, asr)
-    jobs = TaskJobs.in_ecs(aws, runtime, sweep=abandoned_call_sweep(aws, settings, runtime))
+    jobs = TaskJobs.in_ecs(
+        aws,
+        runtime,
+        sweep=abandoned_call_sweep(aws, settings, runtime),
+        metrics_service=SIPREC_RECORDER_METRICS,
+    )
     if aws.siprec_target_group_arn and jobs.deployment is not None:
         target_group, address = aws.siprec_target_group_arn, task_private_ip()
 
