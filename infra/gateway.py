@@ -13,7 +13,6 @@ from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
-from aws_cdk import aws_events as events
 from constructs import Construct
 
 from infra.config import DeploymentConfig
@@ -25,6 +24,7 @@ from infra.container_service import (
     FargateCompute,
 )
 from infra.data import DataConstruct
+from infra.events import TranscriptDestinations
 from infra.images import TWILIO_GATEWAY_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
@@ -61,7 +61,7 @@ class GatewayConstruct(Construct):
         network: NetworkConstruct,
         cluster: ecs.Cluster,
         data: DataConstruct,
-        bus: events.IEventBus,
+        transcripts: TranscriptDestinations,
         asr_url: str,
     ) -> None:
         super().__init__(scope, id)
@@ -84,7 +84,7 @@ class GatewayConstruct(Construct):
                     ecs.PortMapping(container_port=CONTROL_PORT, name="control"),
                 ),
                 environment=ingest_environment(
-                    config, data, bus, asr_url, CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn
+                    config, data, transcripts, asr_url, CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn
                 ),
                 environment_holds=ENVIRONMENT_HOLDS,
                 health_port=GATEWAY_PORT,
@@ -104,7 +104,7 @@ class GatewayConstruct(Construct):
         self.container = self.container_service.container
         self.service = self.container_service.service
         task_role = self.container_service.task_definition.task_role
-        grant_ingest_task_access(task_role, data, bus)
+        grant_ingest_task_access(task_role, data, transcripts)
         grant_cluster_task_listing(task_role, cluster)
 
         self.load_balancer = elbv2.ApplicationLoadBalancer(

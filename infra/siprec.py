@@ -30,7 +30,6 @@ from aws_cdk import Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
-from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
@@ -42,6 +41,7 @@ from infra.container_service import (
     FargateCompute,
 )
 from infra.data import DataConstruct
+from infra.events import TranscriptDestinations
 from infra.images import SIPREC_RECORDER_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
@@ -82,7 +82,7 @@ DRAIN_TIMEOUT_S = 100
 def siprec_environment(
     config: DeploymentConfig,
     data: DataConstruct,
-    bus: events.IEventBus,
+    transcripts: TranscriptDestinations,
     asr_url: str,
     cluster: ecs.ICluster,
 ) -> dict[str, str]:
@@ -96,7 +96,7 @@ def siprec_environment(
     return ingest_environment(
         config,
         data,
-        bus,
+        transcripts,
         asr_url,
         CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn,
         CALLSCRIBE_SIPREC_PORT=str(SIP_PORT),
@@ -122,7 +122,7 @@ class SiprecRecorderConstruct(Construct):
         network: NetworkConstruct,
         cluster: ecs.Cluster,
         data: DataConstruct,
-        bus: events.IEventBus,
+        transcripts: TranscriptDestinations,
         asr_url: str,
     ) -> None:
         super().__init__(scope, id)
@@ -184,7 +184,7 @@ class SiprecRecorderConstruct(Construct):
                         name="rtp",
                     ),
                 ),
-                environment=siprec_environment(config, data, bus, asr_url, cluster),
+                environment=siprec_environment(config, data, transcripts, asr_url, cluster),
                 environment_holds=ENVIRONMENT_HOLDS,
                 health_port=HEALTH_PORT,
                 health_start_period=HEALTH_START_PERIOD,
@@ -205,7 +205,7 @@ class SiprecRecorderConstruct(Construct):
         self.service = self.container_service.service
 
         task_role = self.container_service.task_definition.task_role
-        grant_ingest_task_access(task_role, data, bus)
+        grant_ingest_task_access(task_role, data, transcripts)
         grant_cluster_task_listing(task_role, cluster)
         # While it holds calls a task protects itself from scale-in through the ECS agent's
         # endpoint, which calls these with the task role; only this cluster's tasks.

@@ -4,9 +4,9 @@ One process, one uvicorn server listening on two ports:
 - ``CALLSCRIBE_PORT`` (8080): Twilio's WebSockets and ``/healthz``, behind the ALB;
 - ``CALLSCRIBE_CONTROL_PORT`` (8081): the signed private control endpoint the API Lambda calls
   (the security group admits only the Lambda).
-Calls are recorded in DynamoDB with this task's control URL as owner; transcripts go out on
-EventBridge; recordings (``audioRecordingAllowed``) go to the S3 bucket; ASR runs wherever
-``CALLSCRIBE_ASR_URL`` points (the GPU workers) or in-process.
+Calls are recorded in DynamoDB with this task's control URL as owner; transcripts go to the SQS
+FIFO delivery queue (a copy to EventBridge); recordings (``audioRecordingAllowed``) go to the S3
+bucket; ASR runs wherever ``CALLSCRIBE_ASR_URL`` points (the GPU workers) or in-process.
 """
 
 from __future__ import annotations
