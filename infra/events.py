@@ -13,6 +13,10 @@ delivered in was already not the publish order. Sending each message into its co
 group from the first hop keeps each conversation's order end to end and lets conversations
 proceed in parallel (high-throughput FIFO: deduplication and throughput per message group). The
 bus stays for fan-out, off the webhook path: a failed copy never blocks or fails delivery.
+Weighed and not taken (README, "Why straight to the FIFO queue"): EventBridge's Custom Event Bus
+with a FIFO subscriber per event group (one more hop before the same queue, latency
+undocumented, nothing to run the bus contract against), an SNS FIFO topic in front of the queue
+(a hop for a fan-out the bus already gives).
 """
 
 from __future__ import annotations

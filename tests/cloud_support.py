@@ -2,22 +2,23 @@
 path after the tasks as the cloud runs it.
 
 ``DeliveryQueueMapping`` stands in for the Lambda SQS event source mapping on the delivery
-queue: pollers receive up to ten messages (a FIFO source has no batching window), invoke the
-webhook Lambda's handler with the SQS event, and delete (in one batch) what it did not report
-as failed. It
-notes when each message was queued (SQS's SentTimestamp), received, and handed to the handler,
-so that each hop of the path can be timed.
+queue. Each of its pollers is a process of its own, as each Lambda execution environment is:
+it receives up to ten messages (a FIFO source has no batching window), invokes the webhook
+Lambda's handler with the SQS event, and deletes (in one batch) what the handler did not report
+as failed. Invocations run side by side, so a conversation's order rests on what it rests on
+in AWS: SQS handing out a message group to one receiver at a time, and the handler keeping a
+batch's order within each group. Each message's times on the way are noted, to time each hop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import statistics
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ import boto3
 import httpx
 import pytest
 from moto.server import ThreadedMotoServer
-from moto.sqs.models import Queue
+from moto.sqs.models import Queue, SQSBackend
 
 from callscribe.testing.simulate import free_port
 from tests.aws_fixtures import REGION, AwsResources, LambdaContext, sqs_event
@@ -44,18 +45,31 @@ def aws_env(endpoint: str) -> dict[str, str]:
     }
 
 
+def make_moto_sqs_atomic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS's ReceiveMessage and DeleteMessage are atomic; moto's server runs them on threads
+    without a common lock. A receive reads which message groups are in flight once, then picks
+    messages while a delete elsewhere changes that set; a delete rebuilds the queue's message
+    list without the lock that sends take, so a message sent meanwhile can vanish. One lock
+    around receives and deletes (and the queue's own around the rebuild) restores SQS's
+    behaviour for what these tests do: send, receive and delete from many threads at once."""
+    turn = threading.RLock()
+    receive, delete = SQSBackend.receive_message, Queue.delete_message
+
+    def atomic_receive(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
+        with turn:
+            return receive(self, *args, **kwargs)
+
+    def atomic_delete(self: Queue, receipt_handle: str) -> None:
+        with turn, self._messages_lock:
+            delete(self, receipt_handle)
+
+    monkeypatch.setattr(SQSBackend, "receive_message", atomic_receive)
+    monkeypatch.setattr(Queue, "delete_message", atomic_delete)
+
+
 @pytest.fixture
 def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    # moto's SQS rebuilds a queue's message list on DeleteMessage without the lock its sends
-    # take: a message sent while another is deleted can vanish. SQS does not lose messages, and
-    # these tests send (the tasks) while they delete (the event source mapping).
-    unlocked_delete = Queue.delete_message
-
-    def delete_message(self: Queue, receipt_handle: str) -> None:
-        with self._messages_lock:
-            unlocked_delete(self, receipt_handle)
-
-    monkeypatch.setattr(Queue, "delete_message", delete_message)
+    make_moto_sqs_atomic(monkeypatch)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -74,8 +88,58 @@ class Hops:
 
     queued_at: float  # SentTimestamp: SQS accepted the SendMessage
     received_at: float  # a poller's ReceiveMessage returned it
-    invoked_at: float = 0.0  # the handler was called with its batch
-    returned_at: float = 0.0  # the handler returned
+    invoked_at: float  # the handler was called with its batch
+    returned_at: float  # the handler returned
+
+
+def execution_environment(
+    resources: AwsResources, endpoint: str, ready: Any, stop: Any, results: Any, idle_s: float
+) -> None:
+    """One Lambda execution environment and the poller that feeds it (a process of its own:
+    the handler keeps its event loop and clients for the environment's life). Says so on
+    ``ready`` once warm; polls until ``stop`` is set and the queue is empty; then puts what it
+    did on ``results``."""
+    from callscribe.aws.services import webhook_lambda
+    from functions.webhook import handler
+
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    # Warm: the delivery (clients, the deployment's webhook secret) is built, as after a first
+    # invocation. The timings are a warm environment's; a cold start is another matter.
+    webhook_lambda.webhook_delivery()
+    ready.put(True)
+    hops: dict[str, Hops] = {}
+    delivered = invocations = 0
+    while True:
+        received = sqs.receive_message(
+            QueueUrl=resources.queue_url,
+            MaxNumberOfMessages=10,
+            MessageSystemAttributeNames=["All"],
+            WaitTimeSeconds=0,
+        ).get("Messages", [])
+        if not received:
+            if stop.is_set():
+                break
+            time.sleep(idle_s)
+            continue
+        received_at = invoked_at = time.time()
+        result = handler(sqs_event(received, resources), LambdaContext())
+        returned_at = time.time()
+        invocations += 1
+        for message in received:
+            message_id = json.loads(message["Body"])["detail"]["messageId"]
+            queued_at = int(message["Attributes"]["SentTimestamp"]) / 1000
+            hops[message_id] = Hops(queued_at, received_at, invoked_at, returned_at)
+        failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+        done = [m for m in received if m["MessageId"] not in failed]
+        if done:
+            sqs.delete_message_batch(
+                QueueUrl=resources.queue_url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(done)
+                ],
+            )
+        delivered += len(done)
+    results.put((hops, delivered, invocations))
 
 
 @dataclass
@@ -89,81 +153,39 @@ class DeliveryQueueMapping:
     delivered: int = 0
     invocations: int = 0
     hops: dict[str, Hops] = field(default_factory=dict)  # by transcript message id
-    # moto's receives and deletes are not atomic against each other (in-flight groups are read
-    # once per receive): the pollers take turns at SQS, never while another's call is running.
-    # Batches are still in flight side by side, which is what FIFO ordering has to survive.
-    _sqs_turn: threading.Lock = field(default_factory=threading.Lock)
-    # The handler keeps one event loop per execution environment; this is one environment.
-    _environment: threading.Lock = field(default_factory=threading.Lock)
+    # Set once every environment has started and is warm.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self, stop: asyncio.Event) -> int:
-        """Poll until ``stop`` is set and the queue is empty; how many were delivered."""
-        # Threads of its own: the pollers are other machines than the tasks, and must not wait
-        # in the publishers' default executor queue.
-        with ThreadPoolExecutor(self.pollers, thread_name_prefix="esm") as threads:
-            await asyncio.gather(*(self._poll(stop, threads) for _ in range(self.pollers)))
-        return self.delivered
-
-    async def _poll(self, stop: asyncio.Event, threads: ThreadPoolExecutor) -> None:
-        from functions.webhook import handler
-
-        sqs = boto3.client("sqs", region_name=REGION, endpoint_url=self.endpoint)
-
-        def receive() -> list[dict[str, Any]]:
-            with self._sqs_turn:
-                return sqs.receive_message(
-                    QueueUrl=self.resources.queue_url,
-                    MaxNumberOfMessages=10,
-                    MessageSystemAttributeNames=["All"],
-                    WaitTimeSeconds=0,
-                ).get("Messages", [])
-
-        def invoke(messages: list[dict[str, Any]]) -> dict[str, Any]:
-            with self._environment:
-                invoked = time.time()
-                for message in messages:
-                    self._hops(message).invoked_at = invoked
-                result = handler(sqs_event(messages, self.resources), LambdaContext())
-                returned = time.time()
-                for message in messages:
-                    self._hops(message).returned_at = returned
-                self.invocations += 1
-                return result
-
-        def delete(messages: list[dict[str, Any]]) -> None:
-            if not messages:
-                return
-            with self._sqs_turn:
-                sqs.delete_message_batch(
-                    QueueUrl=self.resources.queue_url,
-                    Entries=[
-                        {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]}
-                        for n, m in enumerate(messages)
-                    ],
-                )
-
-        loop = asyncio.get_running_loop()
-        while True:
-            received = await loop.run_in_executor(threads, receive)
-            if not received:
-                if stop.is_set():
-                    return
-                await asyncio.sleep(self.idle_s)
-                continue
-            now = time.time()
-            for message in received:
-                detail = json.loads(message["Body"])["detail"]
-                self.hops[detail["messageId"]] = Hops(
-                    queued_at=int(message["Attributes"]["SentTimestamp"]) / 1000, received_at=now
-                )
-            result = await loop.run_in_executor(threads, invoke, received)
-            failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
-            done = [m for m in received if m["MessageId"] not in failed]
-            await loop.run_in_executor(threads, delete, done)
-            self.delivered += len(done)
-
-    def _hops(self, message: dict[str, Any]) -> Hops:
-        return self.hops[json.loads(message["Body"])["detail"]["messageId"]]
+    async def run(self, stop: asyncio.Event) -> DeliveryQueueMapping:
+        """Poll until ``stop`` is set and the queue is empty."""
+        # Spawned, not forked: the test process runs threads (moto, the receiver's loop).
+        context = multiprocessing.get_context("spawn")
+        warm, stopping, results = context.Queue(), context.Event(), context.Queue()
+        environments = [
+            context.Process(
+                target=execution_environment,
+                args=(self.resources, self.endpoint, warm, stopping, results, self.idle_s),
+                name=f"webhook-environment-{n}",
+            )
+            for n in range(self.pollers)
+        ]
+        for environment in environments:
+            environment.start()
+        try:
+            for _ in environments:
+                await asyncio.to_thread(warm.get, True, 120)
+            self.ready.set()
+            await stop.wait()
+        finally:
+            stopping.set()
+            for _ in environments:
+                hops, delivered, invocations = await asyncio.to_thread(results.get, True, 120)
+                self.hops.update(hops)
+                self.delivered += delivered
+                self.invocations += invocations
+            for environment in environments:
+                await asyncio.to_thread(environment.join, 30)
+        return self
 
 
 def milliseconds(seconds: Iterable[float]) -> str:
