@@ -14,7 +14,12 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
@@ -30,6 +35,7 @@ from callscribe.aws.adapters.sqs_delivery_bus import (
     DeliveryQueueError,
     SendRetry,
     SqsFifoDeliveryBus,
+    retryable,
 )
 from callscribe.bus import DeliveryWithFanOut, EventBus, InProcessEventBus, TranscriptEvent
 from tests.aws_fixtures import REGION, AwsResources, create_resources
@@ -210,6 +216,34 @@ async def test_a_send_still_failing_after_its_attempts_raises() -> None:
                 bus.publish(TranscriptEvent("acme", "twilio", "CA1", "m-0", 0, {"text": "x"})), 10
             )
         stubbed.assert_no_pending_responses()
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "SendMessage",
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "worth_retrying"),
+    [
+        (client_error("ThrottlingException", 400), True),
+        (client_error("RequestThrottled", 403), True),
+        (client_error("InternalError", 500), True),
+        (client_error("ServiceUnavailable", 503), True),
+        (EndpointConnectionError(endpoint_url="https://sqs.us-east-1.amazonaws.com"), True),
+        (ReadTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com"), True),
+        (client_error("AccessDenied", 403), False),
+        (client_error("AWS.SimpleQueueService.NonExistentQueue", 400), False),
+        (client_error("InvalidParameterValue", 400), False),
+        (ParamValidationError(report="MessageGroupId is missing"), False),
+    ],
+)
+def test_only_what_a_later_attempt_may_not_meet_is_retried(
+    error: Exception, worth_retrying: bool
+) -> None:
+    assert retryable(error) is worth_retrying
 
 
 # The tasks' bus: delivery queue + EventBridge fan-out ------------------------------------------

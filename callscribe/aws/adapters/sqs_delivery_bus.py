@@ -64,12 +64,14 @@ def delivery_queue_client() -> Any:
 
 
 def retryable(exc: Exception) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error.get("Code") in THROTTLING_CODES or status == 429 or status >= 500
+    if isinstance(exc, ParamValidationError):  # the request itself is wrong: it stays wrong
+        return False
     # Connection refused or reset, timeouts, a truncated answer: the request may not have
     # arrived (or its answer was lost; the deduplication id makes the repeat harmless).
     return isinstance(exc, BotoCoreError)
