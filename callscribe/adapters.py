@@ -1,8 +1,9 @@
 """Which adapter serves each port, chosen here and nowhere else: local mode's (SQLite, a secrets
 file, the data directory's blobs, an in-process bus) or the AWS deployment's (DynamoDB, Secrets
-Manager, S3, EventBridge). ``local`` and ``aws`` give a whole process's set; the single-port
-builders serve the processes that need only some ports (the CLI, the Lambdas). AWS modules are
-imported only when an AWS adapter is asked for: local mode runs without boto3.
+Manager, S3, the SQS FIFO delivery queue with a copy to EventBridge). ``local`` and ``aws``
+give a whole process's set; the single-port builders serve the processes that need only some
+ports (the CLI, the Lambdas). AWS modules are imported only when an AWS adapter is asked for:
+local mode runs without boto3.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from callscribe.blobs.base import BlobStore
 from callscribe.blobs.directory import BlobLinkSigner, DirectoryBlobStore
-from callscribe.bus import EventBus, InProcessEventBus
+from callscribe.bus import DeliveryWithFanOut, EventBus, InProcessEventBus
 from callscribe.config import Settings
 from callscribe.recording import Recordings
 from callscribe.secrets import FILE_LINK_SIGNING_KEY, FileSecrets, Secrets, new_signing_key
@@ -65,17 +66,14 @@ def local(settings: Settings) -> Adapters:
 
 
 def aws(settings: Settings, resources: AwsSettings) -> Adapters:
-    """An AWS task that holds calls (the Twilio gateway, the KVS reader)."""
-    from callscribe.aws.adapters.eventbridge_bus import EventBridgeBus
-
-    if not resources.event_bus_name:
-        raise RuntimeError("CALLSCRIBE_EVENT_BUS_NAME must name the transcript event bus")
+    """An AWS task that holds calls (the Twilio gateway, the KVS reader, the SIPREC
+    recorder)."""
     blobs = s3_blobs(settings)
     return Adapters(
         store=dynamodb_store(resources.table_name),
         secrets=deployment_secrets(resources),
         blobs=blobs,
-        bus=EventBridgeBus(resources.event_bus_name),
+        bus=transcript_bus(resources),
         # Calls started with audioRecordingAllowed leave a WAV in the bucket when they end.
         recordings=recordings(settings, blobs, AWS_SPOOL_DIR),
         spool_dir=AWS_SPOOL_DIR,
@@ -83,6 +81,22 @@ def aws(settings: Settings, resources: AwsSettings) -> Adapters:
 
 
 # One port at a time ----------------------------------------------------------------------------
+
+
+def transcript_bus(resources: AwsSettings) -> EventBus:
+    """Each transcript straight to the SQS FIFO delivery queue (its conversation's message
+    group), which the webhook Lambda reads; with an event bus named, a best-effort copy to
+    EventBridge for customers' own rules, off the webhook path."""
+    from callscribe.aws.adapters.eventbridge_bus import EventBridgeBus
+    from callscribe.aws.adapters.sqs_delivery_bus import SqsFifoDeliveryBus
+
+    if not resources.delivery_queue_url:
+        # Without it transcripts would reach no webhook, silently.
+        raise RuntimeError("CALLSCRIBE_DELIVERY_QUEUE_URL must name the webhook delivery queue")
+    delivery = SqsFifoDeliveryBus(resources.delivery_queue_url)
+    if not resources.event_bus_name:
+        return delivery
+    return DeliveryWithFanOut(delivery, EventBridgeBus(resources.event_bus_name))
 
 
 def local_store(settings: Settings) -> Store:

@@ -24,6 +24,7 @@ from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
 from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import StreamTokens
 from callscribe.blobs.base import BlobStore
+from callscribe.bus import DeliveryWithFanOut
 from callscribe.calls import CallRegistry, Calls, CallServices, VadFactory
 from callscribe.config import Settings
 from callscribe.connect.ingest import ConnectIngest
@@ -271,6 +272,14 @@ class IngestRuntime:
             },
             "amazonConnect": connect,
             "delivery": self.dispatcher.as_dict() if self.dispatcher else None,
+            "publishing": {
+                # Persisted messages the bus would not take: each is a recorded delivery failure.
+                "failed": self.pipeline.publish_failures,
+                # The AWS bus's best-effort copies to EventBridge (None where there are none).
+                "fanOut": bus.stats.as_dict()
+                if isinstance(bus := self.adapters.bus, DeliveryWithFanOut)
+                else None,
+            },
         }
 
     async def shutdown(self) -> None:
@@ -280,6 +289,9 @@ class IngestRuntime:
         await self.registry.complete_all()
         if self.connect is not None:
             await self.connect.close()
+        # The last messages are published; what the bus still has in flight (the AWS
+        # fan-out's copies) gets its bounded time before anything is closed.
+        await self.adapters.bus.close()
         if self.dispatcher is not None:
             await self.dispatcher.drain(DRAIN_TIMEOUT_S)
             await self.dispatcher.close()

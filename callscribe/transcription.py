@@ -2,7 +2,8 @@
 
 ``TranscriptionPipeline.handle`` is the one entry point, once per finished utterance. Messages
 are persisted to the Store before they are published, so a webhook failure never loses a
-transcript: the after-call API still has it.
+transcript: the after-call API still has it. A message the bus would not take (after the
+adapter's own retries) is recorded as a delivery failure, which the webhook-failures API lists.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class TranscriptionPipeline:
         self.bus = bus
         self.retention_s = retention_s  # how long messages are kept after their call ends
         self.stats = AsrStats()
+        self.publish_failures = 0  # persisted, but not handed to delivery (recorded)
 
     async def handle(
         self,
@@ -289,14 +291,34 @@ class TranscriptionPipeline:
             expires_at=now + self.retention_s,
         )
         await asyncio.to_thread(self.store.put_message, stored)
-        await self.bus.publish(
-            TranscriptEvent(
-                tenant=key.tenant,
-                namespace=key.namespace,
-                conversation_id=key.guid,
-                message_id=message_id,
-                seq=seq,
-                body=body,
-            )
+        event = TranscriptEvent(
+            tenant=key.tenant,
+            namespace=key.namespace,
+            conversation_id=key.guid,
+            message_id=message_id,
+            seq=seq,
+            body=body,
         )
+        try:
+            await self.bus.publish(event)
+        except Exception as exc:
+            await self.record_publish_failure(event, exc)
         return message_id
+
+    async def record_publish_failure(self, event: TranscriptEvent, exc: Exception) -> None:
+        """The message is persisted (the after-call API has it) but no webhook will carry it:
+        the customer sees that in the webhook failures, as any other undelivered message."""
+        self.publish_failures += 1
+        log.error("message %s persisted but not published: %s", event.message_id, exc)
+        failure = DeliveryFailure(
+            tenant=event.tenant,
+            conversation_id=event.conversation_id,
+            message_id=event.message_id,
+            reason=f"not queued for delivery: {type(exc).__name__}: {exc}"[:500],
+            status_code=None,
+            at=time.time(),
+        )
+        try:
+            await asyncio.to_thread(self.store.put_delivery_failure, failure)
+        except Exception:
+            log.exception("could not record the delivery failure of %s", event.message_id)

@@ -1,29 +1,33 @@
-"""Transcript events: the custom bus, the ordered queue per conversation, webhook delivery.
+"""Transcript events: the ordered delivery queue, the webhook Lambda, the fan-out bus.
 
-    gateway tasks ──PutEvents──▶ bus callscribe-<stage>
-        ──rule (source "callscribe", detail-type "transcript")──▶ ingress FIFO queue
-        ──pipe (MessageGroupId = $.detail.group)──▶ delivery FIFO queue
-        ──▶ webhook Lambda (batches of 10, partial batch failures)
+    tasks that hold calls ──SendMessage (MessageGroupId = the conversation)──▶ delivery FIFO
+        ──▶ webhook Lambda (SQS event source mapping, batches of 10, partial batch failures)
+    tasks that hold calls ──PutEvents (a copy, best effort)──▶ bus callscribe-<stage>
+        ──▶ customers' own rules and consumers
 
-Why the pipe: an EventBridge rule can only give an SQS FIFO target one fixed MessageGroupId
-(`SqsParameters.MessageGroupId` is a literal; EventField paths are not evaluated there), which
-would put every conversation in one group and make one slow webhook call hold up all of them.
-EventBridge Pipes evaluate JSON paths in target parameters, so the pipe re-queues each event
-into its conversation's own group, with the publisher's messageId as the deduplication id, and
-passes the original EventBridge event through unchanged as the message body. The ingress queue
-is a single group, so the pipe forwards events in the order EventBridge delivered them.
+Why straight to the FIFO queue: ordering is needed per conversation only, and the tasks know the
+conversation when they publish. EventBridge keeps no order between events, and a rule can give
+an SQS FIFO target only one fixed MessageGroupId: routed through the bus, every conversation
+shared one group (one stalled batch held up the whole deployment) and the order the rule
+delivered in was already not the publish order. Sending each message into its conversation's
+group from the first hop keeps each conversation's order end to end and lets conversations
+proceed in parallel (high-throughput FIFO: deduplication and throughput per message group). The
+bus stays for fan-out, off the webhook path: a failed copy never blocks or fails delivery.
+Weighed and not taken (README, "Why straight to the FIFO queue"): EventBridge's Custom Event Bus
+with a FIFO subscriber per event group (one more hop before the same queue, latency
+undocumented, nothing to run the bus contract against), an SNS FIFO topic in front of the queue
+(a hop for a fan-out the bus already gives).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda_event_sources as event_sources
-from aws_cdk import aws_pipes as pipes
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -31,7 +35,6 @@ from infra.config import DeploymentConfig
 from infra.data import DataConstruct
 from infra.functions import callscribe_function
 from infra.images import WEBHOOK_HANDLER
-from infra.logs import log_group
 from infra.nag import acknowledge, acknowledge_table_index_grant
 from infra.network import NetworkConstruct
 
@@ -50,11 +53,36 @@ def _fifo_queue(scope: Construct, id: str, **props: object) -> sqs.Queue:
         scope,
         id,
         fifo=True,
-        # SQS-managed SSE: EventBridge and Pipes can send to it without a KMS key policy.
+        # SQS-managed SSE: the tasks and the Lambda need no KMS key permissions.
         encryption=sqs.QueueEncryption.SQS_MANAGED,
         enforce_ssl=True,
         **props,
     )
+
+
+@dataclass(frozen=True)
+class TranscriptDestinations:
+    """Where the tasks that hold calls publish each transcript: the delivery queue (webhooks)
+    and the bus (fan-out). What they are told (``environment``) and may do (``grant_publish``)."""
+
+    delivery_queue: sqs.IQueue
+    bus: events.IEventBus
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "CALLSCRIBE_DELIVERY_QUEUE_URL": self.delivery_queue.queue_url,
+            "CALLSCRIBE_EVENT_BUS_NAME": self.bus.event_bus_name,
+        }
+
+    def grant_publish(self, role: iam.IRole) -> None:
+        # SendMessage on this queue only: the adapter is given the URL, so it needs neither
+        # GetQueueUrl nor GetQueueAttributes (which grant_send_messages would add).
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["sqs:SendMessage"], resources=[self.delivery_queue.queue_arn]
+            )
+        )
+        self.bus.grant_put_events_to(role)
 
 
 class EventsConstruct(Construct):
@@ -83,8 +111,9 @@ class EventsConstruct(Construct):
             self,
             "DeliveryQueue",
             visibility_timeout=visibility_timeout,
-            # Explicit deduplication ids (the publisher's messageId), scoped per group, with
-            # per-group throughput limits: thousands of concurrent conversations in parallel.
+            # Explicit deduplication ids (the publisher's messageId: a retried send is not
+            # queued twice), scoped per group, with per-group throughput limits (high-throughput
+            # FIFO): thousands of concurrent conversations in parallel.
             content_based_deduplication=False,
             deduplication_scope=sqs.DeduplicationScope.MESSAGE_GROUP,
             fifo_throughput_limit=sqs.FifoThroughputLimit.PER_MESSAGE_GROUP_ID,
@@ -93,91 +122,10 @@ class EventsConstruct(Construct):
             ),
         )
 
-        self.ingress_dlq = _fifo_queue(
-            self, "IngressDeadLetterQueue", retention_period=Duration.days(14)
-        )
-        self.ingress_queue = _fifo_queue(
-            self,
-            "IngressQueue",
-            # EventBridge retries a delivery with the same event (same id, same body): the
-            # content hash drops those duplicates.
-            content_based_deduplication=True,
-            dead_letter_queue=sqs.DeadLetterQueue(
-                queue=self.ingress_dlq, max_receive_count=MAX_RECEIVES
-            ),
-        )
-        # Events EventBridge could not put on the ingress queue at all (EventBridge dead-letter
-        # queues must be standard queues).
-        self.rule_dlq = sqs.Queue(
-            self,
-            "RuleDeadLetterQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
-        )
-        acknowledge(
-            self.rule_dlq,
-            "AwsSolutions-SQS3",
-            "This queue is the EventBridge rule target's dead-letter queue "
-            "(DeadLetterConfig), which cdk-nag does not recognise as a DLQ.",
-        )
+        self.destinations = TranscriptDestinations(self.delivery_queue, self.bus)
 
-        # What the monitoring alarms on: anything in any of them was not delivered.
-        self.dead_letter_queues = [self.delivery_dlq, self.ingress_dlq, self.rule_dlq]
-
-        self.rule = events.Rule(
-            self,
-            "TranscriptRule",
-            event_bus=self.bus,
-            description="Transcript events to the ordered webhook delivery",
-            event_pattern=events.EventPattern(
-                source=[EVENT_SOURCE], detail_type=[TRANSCRIPT_DETAIL_TYPE]
-            ),
-        )
-        self.rule.add_target(
-            targets.SqsQueue(
-                self.ingress_queue,
-                message_group_id="transcripts",
-                dead_letter_queue=self.rule_dlq,
-                retry_attempts=20,
-                max_event_age=Duration.hours(1),
-            )
-        )
-
-        self.pipe_role = pipe_role = iam.Role(
-            self, "PipeRole", assumed_by=iam.ServicePrincipal("pipes.amazonaws.com")
-        )
-        self.ingress_queue.grant_consume_messages(pipe_role)
-        self.delivery_queue.grant_send_messages(pipe_role)
-        pipe_logs = log_group(self, "PipeLogs", config)
-        pipe_logs.grant_write(pipe_role)
-        self.pipe = pipes.CfnPipe(
-            self,
-            "ConversationOrderPipe",
-            role_arn=pipe_role.role_arn,
-            source=self.ingress_queue.queue_arn,
-            source_parameters=pipes.CfnPipe.PipeSourceParametersProperty(
-                sqs_queue_parameters=pipes.CfnPipe.PipeSourceSqsQueueParametersProperty(
-                    batch_size=WEBHOOK_BATCH_SIZE
-                )
-            ),
-            target=self.delivery_queue.queue_arn,
-            target_parameters=pipes.CfnPipe.PipeTargetParametersProperty(
-                # The SQS body is the EventBridge event (JSON): forward it as it is.
-                input_template="<$.body>",
-                sqs_queue_parameters=pipes.CfnPipe.PipeTargetSqsQueueParametersProperty(
-                    message_group_id="$.body.detail.group",
-                    message_deduplication_id="$.body.detail.messageId",
-                ),
-            ),
-            log_configuration=pipes.CfnPipe.PipeLogConfigurationProperty(
-                level="ERROR",
-                cloudwatch_logs_log_destination=pipes.CfnPipe.CloudwatchLogsLogDestinationProperty(
-                    log_group_arn=pipe_logs.log_group_arn
-                ),
-            ),
-        )
-        self.pipe.node.add_dependency(pipe_role)
+        # What the monitoring alarms on: anything in it was not delivered.
+        self.dead_letter_queues = [self.delivery_dlq]
 
         in_vpc = config.webhook_via_nat
         self.webhook_function = callscribe_function(

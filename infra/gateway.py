@@ -19,7 +19,6 @@ from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
-from aws_cdk import aws_events as events
 from constructs import Construct
 
 from infra.config import DeploymentConfig
@@ -31,6 +30,7 @@ from infra.container_service import (
     FargateCompute,
 )
 from infra.data import DataConstruct
+from infra.events import TranscriptDestinations
 from infra.images import TWILIO_GATEWAY_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
@@ -78,7 +78,7 @@ class GatewayConstruct(Construct):
         network: NetworkConstruct,
         cluster: ecs.Cluster,
         data: DataConstruct,
-        bus: events.IEventBus,
+        transcripts: TranscriptDestinations,
         asr_url: str,
     ) -> None:
         super().__init__(scope, id)
@@ -103,7 +103,7 @@ class GatewayConstruct(Construct):
                 environment=ingest_environment(
                     config,
                     data,
-                    bus,
+                    transcripts,
                     asr_url,
                     CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn,
                     # After SIGTERM (the ALB's draining is over by then) live streams get this
@@ -129,7 +129,7 @@ class GatewayConstruct(Construct):
         self.container = self.container_service.container
         self.service = self.container_service.service
         task_role = self.container_service.task_definition.task_role
-        grant_ingest_task_access(task_role, data, bus)
+        grant_ingest_task_access(task_role, data, transcripts)
         grant_cluster_task_listing(task_role, cluster)
         grant_scale_in_protection_and_draining(task_role, cluster)
 

@@ -3,18 +3,19 @@ SIPREC recorders.
 
 All run the one ingest image (``containers/ingest/Dockerfile``; the stack sets each one's
 command), listen on the same two ports, are configured by the same environment, and need the
-same access to the deployment's table, bus, secrets and recordings.
+same access to the deployment's table, transcript destinations (the delivery queue and the
+bus), secrets and recordings.
 """
 
 from __future__ import annotations
 
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_ecs as ecs
-from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 
 from infra.config import DeploymentConfig
 from infra.data import RECORDINGS_PREFIX, DataConstruct
+from infra.events import TranscriptDestinations
 from infra.nag import (
     acknowledge,
     acknowledge_bucket_grant,
@@ -45,15 +46,15 @@ ENVIRONMENT_HOLDS = (
 def ingest_environment(
     config: DeploymentConfig,
     data: DataConstruct,
-    bus: events.IEventBus,
+    transcripts: TranscriptDestinations,
     asr_url: str,
     **service_settings: str,
 ) -> dict[str, str]:
-    """The settings both services read (callscribe/aws/settings.py), then `service_settings`;
-    LOG_LEVEL last."""
+    """The settings every ingest task reads (callscribe/aws/settings.py), then
+    `service_settings`; LOG_LEVEL last."""
     return {
         "CALLSCRIBE_TABLE_NAME": data.table.table_name,
-        "CALLSCRIBE_EVENT_BUS_NAME": bus.event_bus_name,
+        **transcripts.environment(),
         "CALLSCRIBE_TOKEN_SECRET_ARN": data.token_secret.secret_arn,
         "CALLSCRIBE_CONTROL_SECRET_ARN": data.control_secret.secret_arn,
         "CALLSCRIBE_ASR_URL": asr_url,
@@ -66,12 +67,14 @@ def ingest_environment(
     }
 
 
-def grant_ingest_task_access(role: iam.IRole, data: DataConstruct, bus: events.IEventBus) -> None:
-    """What a task holding calls' media needs: the table, the transcript bus, the token and
-    control secrets, and recordings/ in the bucket."""
+def grant_ingest_task_access(
+    role: iam.IRole, data: DataConstruct, transcripts: TranscriptDestinations
+) -> None:
+    """What a task holding calls' media needs: the table, sending to the delivery queue and
+    the bus, the token and control secrets, and recordings/ in the bucket."""
     data.table.grant_read_write_data(role)
     acknowledge_table_index_grant(role, data.table)
-    bus.grant_put_events_to(role)
+    transcripts.grant_publish(role)
     data.token_secret.grant_read(role)
     data.control_secret.grant_read(role)
     # Each recording is uploaded under recordings/ when its call ends, then HEADed for its

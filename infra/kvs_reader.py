@@ -5,7 +5,8 @@ fixed name (``callscribe-<stage>-kvs-reader``), is the identity that tenants tru
 each tenant creates with ``infra/customer_account.py`` names this ARN as its only principal and
 demands the tenant's external id. The task role itself may only assume roles named
 ``CallScribeConnectMediaReader…`` (in the accounts listed in ``connectAccountIds``, or any), and
-read and write the deployment's own table, bus and secrets: it never touches a stream directly.
+read and write the deployment's own table and secrets and send transcripts to its delivery queue
+and bus: it never touches a stream directly.
 
 The API Lambda reaches the tasks at ``http://kvs-reader.<stage>.callscribe.internal:8081`` (Cloud
 Map A records, one per task) to open a contact; the task that opens it records its own address
@@ -24,7 +25,6 @@ from __future__ import annotations
 from aws_cdk import Stack, Token
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
-from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
@@ -38,6 +38,7 @@ from infra.container_service import (
     FargateCompute,
 )
 from infra.data import DataConstruct
+from infra.events import TranscriptDestinations
 from infra.images import KVS_READER_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
@@ -78,7 +79,7 @@ class KvsReaderConstruct(Construct):
         cluster: ecs.Cluster,
         namespace: servicediscovery.INamespace,
         data: DataConstruct,
-        bus: events.IEventBus,
+        transcripts: TranscriptDestinations,
         asr_url: str,
     ) -> None:
         super().__init__(scope, id)
@@ -122,7 +123,7 @@ class KvsReaderConstruct(Construct):
                 environment=ingest_environment(
                     config,
                     data,
-                    bus,
+                    transcripts,
                     asr_url,
                     CALLSCRIBE_CONNECT_ROLE_SESSION_NAME=f"callscribe-{config.stage}",
                     # Its own task and service (to drain when its deployment is replaced).
@@ -148,7 +149,7 @@ class KvsReaderConstruct(Construct):
         )
         self.container = self.container_service.container
         self.service = self.container_service.service
-        grant_ingest_task_access(self.task_role, data, bus)
+        grant_ingest_task_access(self.task_role, data, transcripts)
         grant_cluster_task_listing(self.task_role, cluster)
         grant_scale_in_protection_and_draining(self.task_role, cluster)
         # A stopping reader hands its calls to the others over their control port.

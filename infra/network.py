@@ -17,7 +17,7 @@ class NetworkConstruct(Construct):
         super().__init__(scope, id)
         if config.vpc_id is not None:
             # The operator's VPC keeps its own flow logs and endpoints; we only need private
-            # subnets with egress (ECR pulls, Secrets Manager, EventBridge, the webhook).
+            # subnets with egress (ECR pulls, Secrets Manager, SQS, EventBridge, the webhook).
             self.vpc: ec2.IVpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=config.vpc_id)
             self.created_vpc = False
             return

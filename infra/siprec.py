@@ -30,7 +30,6 @@ from aws_cdk import Duration
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
-from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
@@ -42,6 +41,7 @@ from infra.container_service import (
     FargateCompute,
 )
 from infra.data import DataConstruct
+from infra.events import TranscriptDestinations
 from infra.images import SIPREC_RECORDER_COMMAND, ingest_image
 from infra.ingest import (
     CONTROL_PORT,
@@ -83,7 +83,7 @@ SERVICE_NAME = "siprec-recorder"
 def siprec_environment(
     config: DeploymentConfig,
     data: DataConstruct,
-    bus: events.IEventBus,
+    transcripts: TranscriptDestinations,
     asr_url: str,
     cluster: ecs.ICluster,
 ) -> dict[str, str]:
@@ -97,7 +97,7 @@ def siprec_environment(
     return ingest_environment(
         config,
         data,
-        bus,
+        transcripts,
         asr_url,
         CALLSCRIBE_ECS_CLUSTER=cluster.cluster_arn,
         CALLSCRIBE_SIPREC_PORT=str(SIP_PORT),
@@ -123,7 +123,7 @@ class SiprecRecorderConstruct(Construct):
         network: NetworkConstruct,
         cluster: ecs.Cluster,
         data: DataConstruct,
-        bus: events.IEventBus,
+        transcripts: TranscriptDestinations,
         asr_url: str,
     ) -> None:
         super().__init__(scope, id)
@@ -185,7 +185,7 @@ class SiprecRecorderConstruct(Construct):
                         name="rtp",
                     ),
                 ),
-                environment=siprec_environment(config, data, bus, asr_url, cluster),
+                environment=siprec_environment(config, data, transcripts, asr_url, cluster),
                 environment_holds=ENVIRONMENT_HOLDS,
                 health_port=HEALTH_PORT,
                 health_start_period=HEALTH_START_PERIOD,
@@ -206,7 +206,7 @@ class SiprecRecorderConstruct(Construct):
         self.service = self.container_service.service
 
         task_role = self.container_service.task_definition.task_role
-        grant_ingest_task_access(task_role, data, bus)
+        grant_ingest_task_access(task_role, data, transcripts)
         grant_cluster_task_listing(task_role, cluster)
         grant_scale_in_protection_and_draining(task_role, cluster)
 

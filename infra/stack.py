@@ -83,7 +83,7 @@ class CallScribeStack(Stack):
             network=self.network,
             cluster=self.cluster,
             data=self.data,
-            bus=self.events.bus,
+            transcripts=self.events.destinations,
             asr_url=self.asr.url,
         )
         self.api = ApiConstruct(self, "Api", config=config, data=self.data, network=self.network)
@@ -95,7 +95,7 @@ class CallScribeStack(Stack):
             cluster=self.cluster,
             namespace=self.namespace,
             data=self.data,
-            bus=self.events.bus,
+            transcripts=self.events.destinations,
             asr_url=self.asr.url,
         )
 
@@ -109,7 +109,7 @@ class CallScribeStack(Stack):
                 network=self.network,
                 cluster=self.cluster,
                 data=self.data,
-                bus=self.events.bus,
+                transcripts=self.events.destinations,
                 asr_url=self.asr.url,
             )
 

@@ -26,15 +26,18 @@ class AwsResources:
     control_secret_arn: str
     control_secret: str
     event_bus_name: str
-    ingress_url: str
+    # The webhook delivery queue (SQS FIFO) the tasks send to and the webhook Lambda reads.
     queue_url: str
     dlq_url: str
     bucket_name: str
+    # A customer's own consumer of the bus: a standard queue behind a rule on transcripts.
+    fan_out_url: str
 
 
 def create_resources(endpoint_url: str | None = None, stage: str = "test") -> AwsResources:
-    """Table, secrets, recordings/exports bucket, bus → rule → SQS FIFO queue (+ DLQ), as
-    infra/ declares them."""
+    """Table, secrets, recordings/exports bucket, the delivery SQS FIFO queue (+ DLQ) and the
+    transcript bus, as infra/ declares them; and a rule on the bus to a queue of its own,
+    standing in for a customer's consumer of the fan-out."""
     kwargs = {"region_name": REGION, **({"endpoint_url": endpoint_url} if endpoint_url else {})}
     table_name = f"callscribe-{stage}"
     create_table(boto3.client("dynamodb", **kwargs), table_name)
@@ -50,42 +53,39 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
     boto3.client("s3", **kwargs).create_bucket(Bucket=bucket_name)
     sqs = boto3.client("sqs", **kwargs)
 
-    def fifo(name: str, **attributes: str) -> tuple[str, str]:
-        url = sqs.create_queue(
-            QueueName=f"callscribe-{stage}-{name}.fifo",
-            Attributes={"FifoQueue": "true", **attributes},
-        )["QueueUrl"]
+    def queue(name: str, **attributes: str) -> tuple[str, str]:
+        url = sqs.create_queue(QueueName=f"callscribe-{stage}-{name}", Attributes=attributes)[
+            "QueueUrl"
+        ]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
         return url, arn
 
-    dlq_url, dlq_arn = fifo("webhook-dlq")
-    # As infra/events.py: the rule feeds an ingress FIFO queue with one fixed group; a pipe
-    # re-queues each event into its conversation's group on the delivery queue.
-    ingress_url, ingress_arn = fifo("ingress", ContentBasedDeduplication="true")
-    queue_url, _ = fifo(
-        "webhook",
+    dlq_url, dlq_arn = queue("webhook-dlq.fifo", FifoQueue="true")
+    # As infra/events.py: ids given by the publisher, high-throughput FIFO (deduplication and
+    # throughput per message group), three receives before the dead-letter queue.
+    queue_url, _ = queue(
+        "webhook.fifo",
+        FifoQueue="true",
+        ContentBasedDeduplication="false",
+        DeduplicationScope="messageGroup",
+        FifoThroughputLimit="perMessageGroupId",
         RedrivePolicy=f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "3"}}',
     )
     events = boto3.client("events", **kwargs)
     bus_name = f"callscribe-{stage}"
     events.create_event_bus(Name=bus_name)
+    fan_out_url, fan_out_arn = queue("customer-consumer")
     events.put_rule(
-        Name="transcripts-to-webhook",
+        Name="customer-transcripts",
         EventBusName=bus_name,
         EventPattern='{"source": ["callscribe"], "detail-type": ["transcript"]}',
     )
     events.put_targets(
-        Rule="transcripts-to-webhook",
+        Rule="customer-transcripts",
         EventBusName=bus_name,
-        Targets=[
-            {
-                "Id": "ingress-queue",
-                "Arn": ingress_arn,
-                "SqsParameters": {"MessageGroupId": "transcripts"},
-            }
-        ],
+        Targets=[{"Id": "customer-queue", "Arn": fan_out_arn}],
     )
     return AwsResources(
         table_name,
@@ -93,37 +93,11 @@ def create_resources(endpoint_url: str | None = None, stage: str = "test") -> Aw
         control_arn,
         control_secret,
         bus_name,
-        ingress_url,
         queue_url,
         dlq_url,
         bucket_name,
+        fan_out_url,
     )
-
-
-def pipe_ingress_to_delivery(resources: AwsResources, endpoint_url: str | None = None) -> int:
-    """Do what the stack's EventBridge Pipe does (moto runs no pipes): move each event from the
-    ingress queue to the delivery queue, grouped by ``detail.group``, deduplicated by
-    ``detail.messageId``, the EventBridge event itself as the body. Returns how many moved."""
-    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint_url)
-    moved = 0
-    while True:
-        received = sqs.receive_message(
-            QueueUrl=resources.ingress_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-        ).get("Messages", [])
-        if not received:
-            return moved
-        for message in received:
-            detail = json.loads(message["Body"])["detail"]
-            sqs.send_message(
-                QueueUrl=resources.queue_url,
-                MessageBody=message["Body"],
-                MessageGroupId=detail["group"],
-                MessageDeduplicationId=detail["messageId"],
-            )
-            sqs.delete_message(
-                QueueUrl=resources.ingress_url, ReceiptHandle=message["ReceiptHandle"]
-            )
-            moved += 1
 
 
 # Lambda invocation shapes ---------------------------------------------------------------
@@ -312,15 +286,14 @@ def sqs_event(messages: list[dict[str, Any]], resources: AwsResources) -> dict[s
 async def deliver_webhooks(
     resources: AwsResources, endpoint: str | None, stop: asyncio.Event
 ) -> int:
-    """The pipe, the SQS event source mapping and the webhook Lambda, in a loop, until ``stop``
-    is set and the queue is empty; how many messages were delivered. ``endpoint``: a moto
+    """The SQS event source mapping and the webhook Lambda, in a loop, until ``stop`` is set
+    and the delivery queue is empty; how many messages were delivered. ``endpoint``: a moto
     server's URL (None: moto in this process)."""
     from functions.webhook import handler
 
     sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
     delivered = 0
     while True:
-        await asyncio.to_thread(pipe_ingress_to_delivery, resources, endpoint)
         received = await asyncio.to_thread(
             lambda: sqs.receive_message(
                 QueueUrl=resources.queue_url,

@@ -2,16 +2,17 @@
 
     simulated Twilio ──wss──▶ gateway task (a real process: containers.twilio_gateway.entrypoint,
         drained by SIGTERM mid-call in one test)
-        │  DynamoDB + Secrets Manager + EventBridge (moto server)
+        │  DynamoDB + Secrets Manager + SQS + EventBridge (moto server)
         │  ASR over HTTP ──▶ ASR worker (a real process: callscribe asr-worker)
         ▼
-    EventBridge rule ──▶ SQS FIFO ──(pipe)──▶ SQS FIFO ──▶ webhook Lambda ──▶ real HTTP receiver
+    SendMessage ──▶ delivery SQS FIFO (a group per conversation) ──▶ webhook Lambda
+        ──▶ real HTTP receiver;   PutEvents ──▶ bus (a copy for customers' own rules)
     customer ──HTTP──▶ "API Gateway" ──▶ API Lambda (functions.api.handler) ──signed HTTP──▶ gateway
     sipp (the SBC) ──SIP/RTP──▶ SIPREC recorder task (containers.siprec_recorder.entrypoint),
         beside stand-ins for the ECS task metadata and agent (task-protection) endpoints
 
-Only moto stands in for AWS, and the test's poller does the EventBridge Pipe's forwarding
-(moto runs no pipes)."""
+Only moto stands in for AWS, and the test's pollers stand in for the Lambda event source
+mapping (moto runs no Lambda). Each webhook's hops are timed and printed (run with -s)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ import httpx
 import pytest
 import uvicorn
 import websockets
-from moto.server import ThreadedMotoServer
 
+from callscribe.aws.adapters.dynamodb_store import DynamoStore
 from callscribe.aws.services import api_lambda, webhook_lambda
 from callscribe.siprec.callid import ucid_from_user_to_user
+from callscribe.store.base import CallKey
 from callscribe.testing.simulate import (
     ApiClient,
     Control,
@@ -46,13 +48,9 @@ from callscribe.testing.simulate import (
     load_sample_call,
     play_call,
 )
-from tests.aws_fixtures import (
-    REGION,
-    AwsResources,
-    api_gateway_bridge,
-    create_resources,
-    deliver_webhooks,
-)
+from callscribe.webhooks.delivery import MESSAGE_ID_HEADER
+from tests.aws_fixtures import AwsResources, api_gateway_bridge, create_resources
+from tests.cloud_support import DeliveryQueueMapping, aws_env, moto_endpoint, print_hops
 from tests.ecs_support import FakeEcsEndpoints, ecs
 from tests.siprec_support import (
     AGENT_AOR,
@@ -72,34 +70,9 @@ from tests.siprec_support import (
 )
 
 pytestmark = pytest.mark.e2e
-__all__ = ["ecs"]  # the fixture
+__all__ = ["ecs", "moto_endpoint"]  # the fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for name, value in aws_env(endpoint).items():
-        monkeypatch.setenv(name, value)
-    yield endpoint
-    # moto keeps its accounts' state in the process, whichever server serves them.
-    httpx.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
-    server.stop()
-
-
-def aws_env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
-    }
 
 
 @contextlib.contextmanager
@@ -150,6 +123,43 @@ async def api_gateway(port_sock: object) -> AsyncIterator[str]:
         await task
 
 
+async def deliver_webhooks(
+    resources: AwsResources, endpoint: str, stop: asyncio.Event
+) -> DeliveryQueueMapping:
+    """The SQS event source mapping and the webhook Lambda, until ``stop`` and an empty
+    queue."""
+    return await DeliveryQueueMapping(resources, endpoint).run(stop)
+
+
+def print_webhook_hops(
+    mapping: DeliveryQueueMapping, resources: AwsResources, key: CallKey, receiver: WebhookReceiver
+) -> None:
+    """The webhook path's hops for a call's messages: from the task persisting each (its
+    created time in the table) to the receiver."""
+    arrival = {m.headers[MESSAGE_ID_HEADER.lower()]: m.received_at for m in receiver.messages}
+    stored = DynamoStore(resources.table_name).list_messages(key, limit=1000, now=time.time())
+    created = {message.message_id: message.created_at for message in stored}
+    hops = {m: h for m, h in mapping.hops.items() if m in created and m in arrival}
+    print_hops(
+        "Webhook hops in the cloud-shaped deployment (moto's server; not AWS figures):",
+        [
+            (
+                "task: persisted -> SQS accepted the send",
+                (h.queued_at - created[m] for m, h in hops.items()),
+            ),
+            (
+                "queue: SQS accepted -> poller received",
+                (h.received_at - h.queued_at for h in hops.values()),
+            ),
+            (
+                "handler invoked -> receiver got the POST",
+                (arrival[m] - h.invoked_at for m, h in hops.items()),
+            ),
+            ("persisted -> receiver", (arrival[m] - created[m] for m in hops)),
+        ],
+    )
+
+
 def cloud_env(
     resources: AwsResources, endpoint: str, receiver: WebhookReceiver, **more: str
 ) -> dict[str, str]:
@@ -157,6 +167,7 @@ def cloud_env(
     return {
         **aws_env(endpoint),
         "CALLSCRIBE_TABLE_NAME": resources.table_name,
+        "CALLSCRIBE_DELIVERY_QUEUE_URL": resources.queue_url,
         "CALLSCRIBE_EVENT_BUS_NAME": resources.event_bus_name,
         "CALLSCRIBE_TOKEN_SECRET_ARN": resources.token_secret_arn,
         "CALLSCRIBE_CONTROL_SECRET_ARN": resources.control_secret_arn,
@@ -286,7 +297,9 @@ async def test_call_through_the_cloud_shaped_deployment(
             while len(receiver.messages) < len(after["messages"]) and time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
             stop_delivery.set()
-            await delivery
+            print_webhook_hops(
+                await delivery, resources, CallKey("acme", "twilio", played.call_sid), receiver
+            )
 
             # The gateway task left the call's WAV in S3; the API links to it (pre-signed).
             deadline = time.monotonic() + 60
@@ -615,7 +628,7 @@ async def test_siprec_call_through_the_cloud_shaped_deployment(
             assert len(after["messages"]) >= 2
             await wait_for(lambda: len(receiver.messages) >= len(after["messages"]), 60, "webhooks")
             stop_delivery.set()
-            await delivery
+            print_webhook_hops(await delivery, resources, CallKey("acme", "siprec", guid), receiver)
             await api.close()
 
     bodies = [m.body for m in receiver.messages]

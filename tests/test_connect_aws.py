@@ -150,6 +150,7 @@ async def deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> AsyncIte
         control_url = f"http://127.0.0.1:{control_port}"
         aws = AwsSettings(
             table_name=resources.table_name,
+            delivery_queue_url=resources.queue_url,
             event_bus_name=resources.event_bus_name,
             token_secret_arn=resources.token_secret_arn,
             control_secret_arn=resources.control_secret_arn,

@@ -145,10 +145,8 @@ def test_reader_task_environment_ports_and_health_check() -> None:
     assert environment["CALLSCRIBE_CONTROL_PORT"] == str(CONTROL_PORT)
     assert environment["CALLSCRIBE_ASR_URL"] == stack.asr.url
     assert environment["CALLSCRIBE_BLOB_S3_BUCKET"] == ref(stack.data.exports_bucket)
-    assert (
-        "EVENT_BUS" in json.dumps(environment["CALLSCRIBE_EVENT_BUS_NAME"])
-        or environment["CALLSCRIBE_EVENT_BUS_NAME"]
-    )
+    assert environment["CALLSCRIBE_DELIVERY_QUEUE_URL"] == ref(stack.events.delivery_queue)
+    assert environment["CALLSCRIBE_EVENT_BUS_NAME"] == ref(stack.events.bus)
     # Its cluster (its own deployment), the other readers (to hand calls over), and what the
     # calls none took get after SIGTERM: 100 s of the 120 s stop timeout.
     assert environment["CALLSCRIBE_ECS_CLUSTER"] == {

@@ -363,6 +363,7 @@ def test_container_runs_the_recorder_with_its_ports_and_environment(recorders):
     ]
     assert container_environment(recorder_task(stack, template)) == {
         "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
+        "CALLSCRIBE_DELIVERY_QUEUE_URL": ref(stack.events.delivery_queue),
         "CALLSCRIBE_EVENT_BUS_NAME": ref(stack.events.bus),
         "CALLSCRIBE_TOKEN_SECRET_ARN": ref(stack.data.token_secret),
         "CALLSCRIBE_CONTROL_SECRET_ARN": ref(stack.data.control_secret),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Match
 
+from callscribe.aws.adapters.eventbridge_bus import DETAIL_TYPE, SOURCE
 from infra.events import EVENT_SOURCE, TRANSCRIPT_DETAIL_TYPE
 from infra.images import (
     API_HANDLER,
@@ -115,7 +116,7 @@ def test_one_table_on_demand_with_pitr_ttl_keys_and_gsi():
     )
 
 
-# --- Events: bus, rule, queues, pipe, webhook Lambda -----------------------------------------
+# --- Events: delivery queue, webhook Lambda, fan-out bus ---------------------------------------
 
 
 def test_custom_bus_named_after_the_stage():
@@ -125,69 +126,53 @@ def test_custom_bus_named_after_the_stage():
     )
 
 
-def test_rule_matches_transcripts_on_the_bus_into_the_ingress_fifo_queue():
-    stack = default_stack()
-    events = stack.events
-    rule = only(default_template(), "AWS::Events::Rule")["Properties"]
-    assert rule["EventBusName"] == ref(events.bus)
-    assert rule["EventPattern"] == {
-        "source": [EVENT_SOURCE],
-        "detail-type": [TRANSCRIPT_DETAIL_TYPE],
-    }
-    (target,) = rule["Targets"]
-    assert target["Arn"] == {"Fn::GetAtt": [logical_id(events.ingress_queue), "Arn"]}
-    # EventBridge takes only a literal group id: one group keeps the arrival order.
-    assert target["SqsParameters"] == {"MessageGroupId": "transcripts"}
-    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": [logical_id(events.rule_dlq), "Arn"]}
+def test_the_bus_carries_what_the_tasks_put_on_it_and_no_rule_or_pipe_of_ours():
+    # Customers write their own rules on the bus; the webhook path does not go through it.
+    assert (EVENT_SOURCE, TRANSCRIPT_DETAIL_TYPE) == (SOURCE, DETAIL_TYPE)
+    template = default_template()
+    assert template.find_resources("AWS::Events::Rule") == {}
+    assert template.find_resources("AWS::Pipes::Pipe") == {}
+    assert variant_template().find_resources("AWS::Pipes::Pipe") == {}
 
 
-def test_pipe_regroups_each_event_by_conversation_into_the_delivery_queue():
-    events = default_stack().events
-    pipe = only(default_template(), "AWS::Pipes::Pipe")["Properties"]
-    assert pipe["Source"] == {"Fn::GetAtt": [logical_id(events.ingress_queue), "Arn"]}
-    assert pipe["Target"] == {"Fn::GetAtt": [logical_id(events.delivery_queue), "Arn"]}
-    assert pipe["SourceParameters"] == {"SqsQueueParameters": {"BatchSize": 10}}
-    assert pipe["TargetParameters"] == {
-        # The delivery queue's messages are the original EventBridge events.
-        "InputTemplate": "<$.body>",
-        "SqsQueueParameters": {
-            "MessageGroupId": "$.body.detail.group",
-            "MessageDeduplicationId": "$.body.detail.messageId",
-        },
-    }
-    statements = policy_statements(default_template(), events.pipe_role)
-    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage"} <= actions_on(
-        statements, {"Ref": logical_id(events.ingress_queue)}
-    )
-    assert "sqs:SendMessage" in actions_on(statements, {"Ref": logical_id(events.delivery_queue)})
-
-
-def test_fifo_queues_encrypted_with_dead_letter_queues():
+def test_delivery_queue_is_high_throughput_fifo_with_given_ids_and_a_dead_letter_queue():
     stack = default_stack()
     events = stack.events
     template = default_template()
     queues = template.find_resources("AWS::SQS::Queue")
+    # The delivery queue and its dead-letter queue: no ingress queue any more.
+    assert set(queues) == {logical_id(events.delivery_queue), logical_id(events.delivery_dlq)}
     for queue in queues.values():
         assert queue["Properties"]["SqsManagedSseEnabled"] is True
     delivery = queues[logical_id(events.delivery_queue)]["Properties"]
     assert delivery["FifoQueue"] is True
-    assert delivery["ContentBasedDeduplication"] is False  # explicit ids from the pipe
+    assert delivery["ContentBasedDeduplication"] is False  # the publisher's message ids
     assert delivery["DeduplicationScope"] == "messageGroup"
     assert delivery["FifoThroughputLimit"] == "perMessageGroupId"
     assert delivery["RedrivePolicy"] == {
         "deadLetterTargetArn": {"Fn::GetAtt": [logical_id(events.delivery_dlq), "Arn"]},
         "maxReceiveCount": 3,
     }
-    assert queues[logical_id(events.delivery_dlq)]["Properties"]["FifoQueue"] is True
-    ingress = queues[logical_id(events.ingress_queue)]["Properties"]
-    assert ingress["FifoQueue"] is True
-    assert ingress["ContentBasedDeduplication"] is True
-    assert ingress["RedrivePolicy"]["deadLetterTargetArn"] == {
-        "Fn::GetAtt": [logical_id(events.ingress_dlq), "Arn"]
-    }
+    dlq = queues[logical_id(events.delivery_dlq)]["Properties"]
+    assert dlq["FifoQueue"] is True and dlq["MessageRetentionPeriod"] == 14 * 86400
     # The webhook Lambda may run for ten POSTs at the webhook timeout each.
     function_timeout = function_named(template, WEBHOOK_HANDLER)["Properties"]["Timeout"]
     assert delivery["VisibilityTimeout"] >= 6 * function_timeout
+
+
+@pytest.mark.parametrize("service", ["gateway", "kvs_reader", "siprec"])
+def test_every_task_that_holds_calls_may_send_to_the_delivery_queue_only(service):
+    stack = variant_stack()  # with SIPREC recorders
+    template = variant_template()
+    role = getattr(stack, service).service.task_definition.task_role
+    statements = policy_statements(template, role)
+    queue_arn = {"Fn::GetAtt": [logical_id(stack.events.delivery_queue), "Arn"]}
+    sqs_statements = [s for s in statements if "sqs:" in json.dumps(s["Action"])]
+    assert sqs_statements == [
+        {"Action": "sqs:SendMessage", "Effect": "Allow", "Resource": queue_arn}
+    ]
+    bus_arn = {"Fn::GetAtt": [logical_id(stack.events.bus), "Arn"]}
+    assert [s["Resource"] for s in statements if s["Action"] == "events:PutEvents"] == [bus_arn]
 
 
 def test_every_queue_refuses_non_tls_access():
@@ -223,15 +208,15 @@ def test_webhook_function_consumes_the_delivery_queue_outside_the_vpc():
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
         "LOG_LEVEL": "INFO",
     }
-    template.has_resource_properties(
-        "AWS::Lambda::EventSourceMapping",
-        {
-            "EventSourceArn": {"Fn::GetAtt": [logical_id(stack.events.delivery_queue), "Arn"]},
-            "FunctionName": ref(stack.events.webhook_function),
-            "BatchSize": 10,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"],
-        },
-    )
+    # The one event source mapping: the delivery queue, ten to a batch (FIFO's maximum, and no
+    # batching window: FIFO sources have none), failed messages reported one by one.
+    mapping = only(template, "AWS::Lambda::EventSourceMapping")["Properties"]
+    assert mapping == {
+        "EventSourceArn": {"Fn::GetAtt": [logical_id(stack.events.delivery_queue), "Arn"]},
+        "FunctionName": ref(stack.events.webhook_function),
+        "BatchSize": 10,
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+    }
 
 
 def test_webhook_function_permissions_are_table_writes_and_its_secret():
@@ -510,6 +495,7 @@ def test_gateway_task_definition():
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [8080, 8081]
     assert container_environment(task) == {
         "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
+        "CALLSCRIBE_DELIVERY_QUEUE_URL": ref(stack.events.delivery_queue),
         "CALLSCRIBE_EVENT_BUS_NAME": ref(stack.events.bus),
         "CALLSCRIBE_TOKEN_SECRET_ARN": ref(stack.data.token_secret),
         "CALLSCRIBE_CONTROL_SECRET_ARN": ref(stack.data.control_secret),
@@ -913,20 +899,6 @@ def test_every_log_group_has_the_configured_retention():
     group_ids = set(template.find_resources("AWS::Logs::LogGroup"))
     for function in template.find_resources("AWS::Lambda::Function").values():
         assert function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] in group_ids
-
-
-def test_pipe_logs_errors_to_a_retained_log_group():
-    pipe = only(default_template(), "AWS::Pipes::Pipe")["Properties"]
-    assert pipe["LogConfiguration"]["Level"] == "ERROR"
-    group_id = pipe["LogConfiguration"]["CloudwatchLogsLogDestination"]["LogGroupArn"][
-        "Fn::GetAtt"
-    ][0]
-    assert (
-        default_template().find_resources("AWS::Logs::LogGroup")[group_id]["Properties"][
-            "RetentionInDays"
-        ]
-        == 30
-    )
 
 
 # --- The daily export seam ------------------------------------------------------------------

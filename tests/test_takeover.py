@@ -303,6 +303,7 @@ async def test_gateway_task_sweeps_on_start(
     gone = add_call(store, "CA-gone", control_url("10.0.9.9"))
     aws_settings = AwsSettings(
         table_name=resources.table_name,
+        delivery_queue_url=resources.queue_url,
         event_bus_name=resources.event_bus_name,
         token_secret_arn=resources.token_secret_arn,
         control_secret_arn=resources.control_secret_arn,

@@ -29,6 +29,10 @@ class WebhookFunctionSettings(AwsResources):
 class AwsSettings(AwsResources):
     """The tasks that hold calls and the API Lambda."""
 
+    # Where the tasks that hold calls publish transcripts: the SQS FIFO queue the webhook
+    # Lambda reads (required to deliver webhooks), and the EventBridge bus that carries a copy
+    # of each for customers' own rules (optional).
+    delivery_queue_url: str | None = None
     event_bus_name: str | None = None
     token_secret_arn: str
     control_secret_arn: str

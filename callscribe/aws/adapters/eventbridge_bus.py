@@ -1,15 +1,18 @@
-"""EventBridge adapter of the ``EventBus`` port.
+"""EventBridge adapter of the ``EventBus`` port, and the transcript event's shape.
 
-Each transcript becomes one event on the deployment's custom bus. The stack's rule sends it to
-an SQS FIFO queue whose message group is the event's ``group`` (one per conversation), so the
-webhook Lambda delivers each conversation's messages in order while conversations proceed in
-parallel. ``group`` is a SHA-256 of tenant, namespace and guid: SQS allows 128 characters and a
+Each transcript becomes one event (source ``callscribe``, detail-type ``transcript``) on the
+deployment's custom bus, for customers' own rules and consumers: the fan-out. Webhook delivery
+does not go through the bus (EventBridge keeps no order between events, and a rule can give an
+SQS FIFO target only one fixed message group); the tasks send each transcript straight to the
+delivery queue (``sqs_delivery_bus``), in this same shape, so the webhook Lambda reads one
+format. ``group`` is a SHA-256 of tenant, namespace and guid: SQS allows 128 characters and a
 restricted alphabet, while the parts may be longer or contain other characters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import json
 from typing import Any
@@ -52,6 +55,21 @@ def event_from_detail(detail: dict[str, Any]) -> TranscriptEvent:
     )
 
 
+def transcript_envelope(event: TranscriptEvent, at: float) -> dict[str, Any]:
+    """The event as EventBridge delivers it to a target (``version``, ``id``, ``source``,
+    ``detail-type``, ``time``, ``detail``), without the account and region EventBridge adds:
+    the delivery queue's message body, which the webhook Lambda parses."""
+    return {
+        "version": "0",
+        "id": event.message_id,
+        "source": SOURCE,
+        "detail-type": DETAIL_TYPE,
+        "time": datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "resources": [],
+        "detail": event_detail(event),
+    }
+
+
 class EventBridgeBus:
     def __init__(self, bus_name: str, client: Any | None = None) -> None:
         if client is None:
@@ -63,6 +81,9 @@ class EventBridgeBus:
 
     async def publish(self, event: TranscriptEvent) -> None:
         await asyncio.to_thread(self.put, event)
+
+    async def close(self) -> None:
+        pass  # publish returns once EventBridge has the event
 
     def put(self, event: TranscriptEvent) -> None:
         response = self._client.put_events(

@@ -6,9 +6,9 @@ One process, one uvicorn server listening on two ports (see ``ingest_task``):
   new streams go to other tasks);
 - ``CALLSCRIBE_CONTROL_PORT`` (8081): the signed private control endpoint the API Lambda calls
   (the security group admits only the Lambda).
-Calls are recorded in DynamoDB with this task's control URL as owner; transcripts go out on
-EventBridge; recordings (``audioRecordingAllowed``) go to the S3 bucket; ASR runs wherever
-``CALLSCRIBE_ASR_URL`` points (the GPU workers) or in-process.
+Calls are recorded in DynamoDB with this task's control URL as owner; transcripts go to the SQS
+FIFO delivery queue (a copy to EventBridge); recordings (``audioRecordingAllowed``) go to the S3
+bucket; ASR runs wherever ``CALLSCRIBE_ASR_URL`` points (the GPU workers) or in-process.
 
 A Twilio media stream lives on its one WebSocket, so a call cannot move to another task: a
 draining gateway keeps its streams to their end. While it holds calls the task is protected

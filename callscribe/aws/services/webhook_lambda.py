@@ -1,9 +1,10 @@
 """The webhook Lambda: SQS FIFO (one message group per conversation) → the customer's webhook.
 
-Each SQS message is an EventBridge transcript event. Delivery keeps the contract's semantics
-with the same code as local mode (``WebhookDispatcher`` and per-tenant ``WebhookTargets``):
-in order per conversation, a failed POST is recorded and dropped, never retried by default.
-Two things are particular to a queue:
+Each SQS message is a transcript event in EventBridge's shape, sent by the task that
+transcribed it (``SqsFifoDeliveryBus``): its SentTimestamp is when it was published. Delivery
+keeps the contract's semantics with the same code as local mode (``WebhookDispatcher`` and
+per-tenant ``WebhookTargets``): in order per conversation, a failed POST is recorded and
+dropped, never retried by default. Two things are particular to a queue:
 
 - *Oldest pending dropped first*: a message that waited in the queue longer than
   ``CALLSCRIBE_WEBHOOK_MAX_QUEUE_AGE_S`` (``WebhookFunctionSettings``) (a slow or failing target made the queue back up) is
