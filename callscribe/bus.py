@@ -25,6 +25,9 @@ class TranscriptEvent:
     message_id: str
     seq: int
     body: dict[str, Any]
+    # When the endpointer closed the utterance (UNIX time, after its end-of-speech silence
+    # wait): where the webhook's delivery latency counts from. None: not known.
+    endpointed_at: float | None = None
 
     @property
     def group(self) -> str:

@@ -176,6 +176,7 @@ class TranscriptionPipeline:
     ) -> bool:
         """One finished utterance of call ``key``: transcribe, build the message, persist and
         publish it under the call's next number. True when a message went out."""
+        endpointed_at = time.time()
         result = await self.transcribe(utterance, params, key)
         if isinstance(result, UtteranceLost):
             await self.record_lost(key, speaker, utterance, result)
@@ -186,7 +187,7 @@ class TranscriptionPipeline:
         async with sequence.lock:
             seq = sequence.take()
             try:
-                await self.persist_and_publish(key, seq, body)
+                await self.persist_and_publish(key, seq, body, endpointed_at)
             except Exception:
                 log.exception("call %s: could not persist message %d", key, seq)
                 return False
@@ -279,7 +280,9 @@ class TranscriptionPipeline:
             },
         }
 
-    async def persist_and_publish(self, key: CallKey, seq: int, body: dict[str, Any]) -> str:
+    async def persist_and_publish(
+        self, key: CallKey, seq: int, body: dict[str, Any], endpointed_at: float | None = None
+    ) -> str:
         now = time.time()
         message_id = str(uuid.uuid4())
         stored = StoredMessage(
@@ -298,6 +301,7 @@ class TranscriptionPipeline:
             message_id=message_id,
             seq=seq,
             body=body,
+            endpointed_at=endpointed_at,
         )
         try:
             await self.bus.publish(event)

@@ -330,6 +330,7 @@ async def reader_task(
     control_url = f"http://{address}:{control_port}"
     aws_settings = AwsSettings(
         table_name=resources.table_name,
+        delivery_queue_url=resources.queue_url,
         event_bus_name=resources.event_bus_name,
         token_secret_arn=resources.token_secret_arn,
         control_secret_arn=resources.control_secret_arn,

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -203,3 +204,41 @@ async def test_tenant_webhook_configuration_and_credentials_from_secrets_manager
     assert len(receiver.messages) == 1
     assert store(aws).list_delivery_failures("initech") == []
     assert webhook_lambda.webhook_delivery().dispatcher.stats.unrouted == 1
+
+
+async def test_each_delivered_message_reports_its_latency_from_the_end_of_its_utterance(
+    aws: AwsResources,
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: WebhookReceiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CALLSCRIBE_WEBHOOK_URL", receiver.url)
+    endpointed = time.time() - 0.5
+    timed = [replace(transcript("CA9", n), endpointed_at=endpointed) for n in range(3)]
+    untimed = transcript("CA9", 3)  # from a task that did not say when: no latency
+    capsys.readouterr()
+    result = await invoke([record(e) for e in [*timed, untimed]])
+    assert result == {"batchItemFailures": []} and len(receiver.messages) == 4
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"_aws"' in x]
+    latencies = [
+        value
+        for line in lines
+        if "DeliveryLatency" in line
+        for value in (
+            line["DeliveryLatency"]
+            if isinstance(line["DeliveryLatency"], list)
+            else [line["DeliveryLatency"]]
+        )
+    ]
+    assert len(latencies) == 3
+    assert all(500 <= v < 60_000 for v in latencies), latencies
+    (definition,) = [line for line in lines if "DeliveryLatency" in line][0]["_aws"][
+        "CloudWatchMetrics"
+    ]
+    assert {"Name": "DeliveryLatency", "Unit": "Milliseconds"} in definition["Metrics"]
+    assert line_service(lines) == "callscribe-webhook"
+
+
+def line_service(lines: list[dict[str, Any]]) -> str:
+    (service,) = {line["service"] for line in lines}
+    return str(service)

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +71,19 @@ class _Outcome:
 
 
 class WebhookDispatcher:
-    def __init__(self, targets: TargetResolver, store: Store, max_pending: int = 100) -> None:
+    def __init__(
+        self,
+        targets: TargetResolver,
+        store: Store,
+        max_pending: int = 100,
+        on_delivered: Callable[[TranscriptEvent, float], None] | None = None,
+    ) -> None:
+        """``on_delivered``: told of each event its receiver accepted, with the time (UNIX) it
+        did: what the webhook Lambda's delivery-latency metric counts."""
         self.targets = targets
         self.store = store
         self.max_pending = max_pending
+        self.on_delivered = on_delivered
         self.stats = DeliveryStats()
         self._queues: dict[str, deque[TranscriptEvent]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -129,6 +139,8 @@ class WebhookDispatcher:
                 outcome = _Outcome(f"internal error: {type(exc).__name__}", None, retryable=False)
             if outcome is None:
                 self.stats.delivered += 1
+                if self.on_delivered is not None:
+                    self.on_delivered(event, time.time())
                 return
             if not outcome.retryable or attempt + 1 == attempts:
                 break

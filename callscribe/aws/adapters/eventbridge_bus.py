@@ -40,6 +40,7 @@ def event_detail(event: TranscriptEvent) -> dict[str, Any]:
         "seq": event.seq,
         "group": message_group(event),
         "body": event.body,
+        "endpointedAt": event.endpointed_at,
     }
 
 
@@ -52,7 +53,12 @@ def event_from_detail(detail: dict[str, Any]) -> TranscriptEvent:
         message_id=str(detail["messageId"]),
         seq=int(detail["seq"]),
         body=dict(detail["body"]),
+        endpointed_at=_optional_time(detail.get("endpointedAt")),
     )
+
+
+def _optional_time(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def transcript_envelope(event: TranscriptEvent, at: float) -> dict[str, Any]:

@@ -102,6 +102,17 @@ class WebhookDelivery:
         )
 
 
+def record_latency(event: TranscriptEvent, delivered_at: float) -> None:
+    """``DeliveryLatency``: from the endpointer closing the utterance (on the task) to its
+    receiver accepting the POST, in ms; one value per message, so CloudWatch's percentiles
+    are the messages' (the stack alarms on its p95)."""
+    if event.endpointed_at is not None:
+        latency_ms = max(0.0, (delivered_at - event.endpointed_at) * 1000)
+        metrics.add_metric(
+            name="DeliveryLatency", unit=MetricUnit.Milliseconds, value=round(latency_ms, 1)
+        )
+
+
 def deployment_webhook(configured: WebhookSettings, secrets: Secrets) -> WebhookSettings:
     """The deployment-wide target: URL and timeout from the stack, credentials from its
     webhook secret (JSON ``{"name": …, "value": …, "in": "header"|"query"}``, set by the
@@ -133,7 +144,9 @@ def webhook_delivery() -> WebhookDelivery:
     targets = WebhookTargets(store, secrets, default=default_webhook_target(settings))
     return WebhookDelivery(
         store=store,
-        dispatcher=WebhookDispatcher(targets, store, max_pending=settings.max_pending),
+        dispatcher=WebhookDispatcher(
+            targets, store, max_pending=settings.max_pending, on_delivered=record_latency
+        ),
         loop=loop,
         max_queue_age_s=resources.webhook_max_queue_age_s,
         drain_timeout_s=settings.timeout_s * 10 + 5,
