@@ -118,7 +118,8 @@ class MonitoringConstruct(Construct):
             metric("DeliveryLatency", WEBHOOK_METRICS, "p95"),
             threshold=config.alarm_delivery_p95_ms,
             periods=SUSTAINED_MINUTES,
-            description="End of utterance to webhook delivered, p95, is over the promise.",
+            description="From the endpointer closing an utterance (after its end-of-speech "
+            "silence wait) to the receiver accepting the webhook, p95, is over the threshold.",
         )
         # The ASR: refusals mean every worker's queue was full; waits grow before they do.
         self._alarm(
