@@ -544,6 +544,8 @@ async def test_siprec_call_through_the_cloud_shaped_deployment(
                 "CALLSCRIBE_SIPREC_AGENT_PATTERN": r"^sip:4\d{3}@",
                 "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "90",
                 "CALLSCRIBE_METRICS_INTERVAL_S": "0.5",
+                # On for this task (the test's own environment turns the Lambdas' off).
+                "POWERTOOLS_METRICS_DISABLED": "false",
                 "ECS_CONTAINER_METADATA_URI_V4": ecs.metadata_uri,
                 "ECS_AGENT_URI": ecs.agent_uri,
             },
