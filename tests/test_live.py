@@ -56,6 +56,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS = "/callscribe/v1/live/events"
 QUIET_S = 0.5  # a viewer that should get nothing is watched this long
 
+
+def _signed_in_as(answer: httpx.Response, tenant: str) -> bool:
+    """The session endpoints' answer for a page signed in as ``tenant``, until a time to come."""
+    body = answer.json()
+    until = datetime.fromisoformat(body["expiresAt"]).timestamp()
+    return body["signedIn"] is True and body["tenant"] == tenant and until > time.time()
+
+
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 
@@ -438,7 +446,7 @@ async def test_signing_in_sets_a_strict_http_only_session_cookie_and_signing_out
             "/live/session", json=credentials, headers={"origin": f"http://{host}"}
         )
         assert answer.status_code == 200
-        assert answer.json()["tenant"] == "acme"
+        assert _signed_in_as(answer, "acme")
         assert issued.api_secret not in answer.text
         cookie = _set_cookie(answer)
         assert "httponly" in cookie and cookie["samesite"].lower() == "strict"
@@ -455,9 +463,16 @@ async def test_signing_in_sets_a_strict_http_only_session_cookie_and_signing_out
         # Who the page is signed in as.
         jar = {"cookie": f"callscribe_live_session={cookie['value']}"}
         mine = await http.get("/live/session", headers=jar)
-        assert mine.status_code == 200 and mine.json()["tenant"] == "acme"
+        assert mine.status_code == 200
+        assert _signed_in_as(mine, "acme")
         http.cookies.clear()
-        assert (await http.get("/live/session")).status_code == 401
+        assert (await http.get("/live/session")).json() == {
+            "signedIn": False,
+            "tenant": None,
+            "expiresAt": None,
+        }
+        forged = {"cookie": "callscribe_live_session=forged.value"}
+        assert (await http.get("/live/session", headers=forged)).json()["signedIn"] is False
 
         # Refused: a wrong secret, another site's page, a form post.
         wrong = await http.post("/live/session", json={**credentials, "apiSecret": "nope"})
@@ -625,7 +640,7 @@ def test_the_live_pages_files_are_package_data() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = project["tool"]["setuptools"]["package-data"]["callscribe"]
     files = sorted((ROOT / "callscribe" / "api" / "static" / "live").iterdir())
-    assert {f.name for f in files} == {"index.html", "live.js", "live.css"}
+    assert {f.name for f in files} == {"index.html", "live.js", "live.css", "favicon.svg"}
     for path in files:
         relative = path.relative_to(ROOT / "callscribe").as_posix()
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative

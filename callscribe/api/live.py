@@ -35,7 +35,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from callscribe.api.deps import ERROR_RESPONSES, Authenticated
 from callscribe.api.errors import error_response
-from callscribe.auth import AuthError, LiveSessions, LiveTokens, StreamGrant, authenticate
+from callscribe.auth import AuthError, LiveSessions, LiveTokens, authenticate
 from callscribe.live import LiveHub, LiveSubscription, LiveSubscriptionEnded
 from callscribe.model import CallError, ErrorCode, Namespace
 from callscribe.store.base import Store
@@ -72,6 +72,7 @@ ASSET_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -267,8 +268,9 @@ class SignInRequest(BaseModel):
 
 
 class LiveSessionResponse(BaseModel):
-    tenant: str
-    expiresAt: str
+    signedIn: bool
+    tenant: str | None = None
+    expiresAt: str | None = None
 
 
 def _websocket_base(request: Request, public_url: str | None) -> str:
@@ -278,14 +280,6 @@ def _websocket_base(request: Request, public_url: str | None) -> str:
         return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
     scheme = "wss" if request.url.scheme == "https" else "ws"
     return f"{scheme}://{request.url.netloc}"
-
-
-def _session(request: Request) -> tuple[StreamGrant, int]:
-    services = _services(request)
-    try:
-        return services.sessions.verify_until(request.cookies.get(SESSION_COOKIE), services.store)
-    except AuthError as exc:
-        raise CallError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
 
 
 def _cookie_flags(request: Request) -> dict[str, Any]:
@@ -340,9 +334,23 @@ def build_live_router() -> APIRouter:
         return _asset_response(assets, name)
 
     @router.get(LIVE_SESSION_PATH, include_in_schema=False)
-    async def live_session(request: Request) -> LiveSessionResponse:
-        grant, until = _session(request)
-        return LiveSessionResponse(tenant=grant.tenant, expiresAt=_iso(until))
+    async def live_session(request: Request) -> JSONResponse:
+        """Whether the page is signed in, and as which tenant until when. Signed out is an
+        answer here, not an error: the page asks on every load."""
+        services = _services(request)
+        cookie = request.cookies.get(SESSION_COOKIE)
+        answer = LiveSessionResponse(signedIn=False)
+        if cookie is not None:
+            try:
+                grant, until = await asyncio.to_thread(
+                    services.sessions.verify_until, cookie, services.store
+                )
+                answer = LiveSessionResponse(
+                    signedIn=True, tenant=grant.tenant, expiresAt=_iso(until)
+                )
+            except AuthError:
+                pass  # expired, revoked or forged: signed out
+        return JSONResponse(answer.model_dump(), headers={"Cache-Control": "no-store"})
 
     @router.post(LIVE_SESSION_PATH, include_in_schema=False)
     async def sign_in(request: Request) -> Response:
@@ -363,7 +371,9 @@ def build_live_router() -> APIRouter:
             raise CallError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
         value, until = services.sessions.issue_until(key)
         response = JSONResponse(
-            LiveSessionResponse(tenant=key.tenant, expiresAt=_iso(until)).model_dump(),
+            LiveSessionResponse(
+                signedIn=True, tenant=key.tenant, expiresAt=_iso(until)
+            ).model_dump(),
             headers={"Cache-Control": "no-store"},
         )
         response.set_cookie(

@@ -76,7 +76,10 @@ function showCalls(session, moveFocus) {
 async function checkSession() {
   try {
     const response = await fetch(SESSION_PATH, { credentials: "same-origin" });
-    if (response.ok) return await response.json();
+    if (response.ok) {
+      const session = await response.json();
+      if (session.signedIn) return session;
+    }
   } catch (error) {
     // Unreachable server: treated as signed out; signing in says what is wrong.
   }
