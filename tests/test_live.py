@@ -386,6 +386,8 @@ async def test_a_live_token_opens_the_stream_and_no_other_token_does(
     assert await _refused(server, f"?token={body['token']}") == 401
     assert await _refused(server, additional_headers=_key_headers(issued)) == 401
     assert await _refused(server) == 401  # no credentials at all
+    fresh = server.issue_key("acme")
+    assert await _refused(server, "?namespace=fax", additional_headers=_key_headers(fresh)) == 400
 
 
 @pytest.mark.e2e
@@ -615,6 +617,11 @@ async def test_the_live_page_is_served_with_its_files_and_a_strict_policy(
         assets = {name: await http.get(f"/live/assets/{name}") for name in ("live.js", "live.css")}
         missing = await http.get("/live/assets/nothing.js")
         traversal = await http.get("/live/assets/..%2Fapp.py")
+        spec = (await http.get("/openapi.json")).json()
+    # The token is part of the API's description, with the stream it opens; the page is not.
+    token = spec["paths"]["/callscribe/v1/live/token"]["post"]
+    assert EVENTS in token["description"] and "callStarted" in token["description"]
+    assert "/live" not in spec["paths"] and "/live/session" not in spec["paths"]
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     policy = page.headers["content-security-policy"]
