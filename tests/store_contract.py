@@ -30,6 +30,7 @@ from callscribe.store.base import (
     CallStatus,
     ConnectAccess,
     DeliveryFailure,
+    LiveConnection,
     Store,
     StoredMessage,
     WebhookAuth,
@@ -770,3 +771,46 @@ class StoreContract:
             with pytest.raises(ValueError, match="tenant must be"):
                 store.put_siprec_source(network, bad_tenant)
         assert network not in store.siprec_sources()
+
+    # Live event stream viewers -------------------------------------------------------------------
+
+    def test_live_connections_put_list_by_tenant_and_delete(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        everything, one_call, elsewhere = unique("conn"), unique("conn"), unique("conn")
+        store.put_live_connection(everything, tenant, None, T0 + 7200)
+        store.put_live_connection(one_call, tenant, "CA1", T0 + 60.5)
+        store.put_live_connection(elsewhere, other_tenant, None, T0 + 7200)
+        assert sorted(store.live_connections(tenant, T0), key=lambda c: c.connection_id) == sorted(
+            [
+                LiveConnection(everything, tenant, None, T0 + 7200),
+                LiveConnection(one_call, tenant, "CA1", T0 + 60.5),
+            ],
+            key=lambda c: c.connection_id,
+        )
+        assert store.live_connections(other_tenant, T0) == [
+            LiveConnection(elsewhere, other_tenant, None, T0 + 7200)
+        ]
+
+        assert store.delete_live_connection(one_call) is True
+        assert store.delete_live_connection(one_call) is False
+        assert [c.connection_id for c in store.live_connections(tenant, T0)] == [everything]
+        assert store.live_connections(other_tenant, T0) != []
+
+    def test_live_connection_put_again_replaces_it(self, store: Store, tenant: str) -> None:
+        connection = unique("conn")
+        store.put_live_connection(connection, tenant, "CA1", T0 + 10)
+        store.put_live_connection(connection, tenant, None, T0 + 20)
+        assert store.live_connections(tenant, T0) == [
+            LiveConnection(connection, tenant, None, T0 + 20)
+        ]
+
+    def test_expired_live_connections_are_not_listed(self, store: Store, tenant: str) -> None:
+        stale, live = unique("conn"), unique("conn")
+        store.put_live_connection(stale, tenant, None, T0)
+        store.put_live_connection(live, tenant, None, T0 + 1)
+        assert [c.connection_id for c in store.live_connections(tenant, T0)] == [live]
+        assert store.live_connections(tenant, T0 + 1) == []
+
+    def test_unknown_live_connection_delete_is_false(self, store: Store) -> None:
+        assert store.delete_live_connection(unique("conn")) is False

@@ -66,3 +66,15 @@ def test_lock_is_a_conditional_write_between_two_workers(dynamodb: object) -> No
     assert first.acquire_call_lock(key, "worker-1", T0, 30)
     assert not second.acquire_call_lock(key, "worker-2", T0 + 1, 30)
     assert second.acquire_call_lock(key, "worker-2", T0 + 31, 30)
+
+
+def test_live_connections_carry_their_expiry_as_ttl(dynamodb: object) -> None:
+    store = DynamoStore(TABLE, resource=dynamodb)
+    store.put_live_connection("conn-ttl", "acme", None, T0 + 7200.9)
+    item = (
+        boto3.resource("dynamodb")
+        .Table(TABLE)
+        .get_item(Key={"pk": "LIVECONN#conn-ttl", "sk": "CONN"})["Item"]
+    )
+    assert int(item["ttl"]) == int(T0 + 7200.9)
+    assert (item["gsi1pk"], item["gsi1sk"]) == ("LIVE#acme", "conn-ttl")

@@ -1,6 +1,6 @@
 """The ``Store`` port: API keys, calls and their ownership, messages, delivery failures,
 tenants' webhook configurations, tenants' Amazon Connect access, the SIPREC SBC source
-mapping.
+mapping, the live event stream's viewer connections (AWS).
 
 Every adapter (SQLite here, DynamoDB in the AWS deployment) passes the same contract tests
 (``tests/store_contract.py``). Methods are synchronous; async callers run them in a thread.
@@ -136,6 +136,18 @@ class ConnectAccess:
     updated_at: float
 
 
+@dataclass(frozen=True)
+class LiveConnection:
+    """A viewer of a tenant's live events, connected to the deployment's WebSocket API: where
+    the tasks that hold calls post that tenant's events (only those of the call ``guid``
+    when given) until the viewer disconnects or ``expires_at`` passes."""
+
+    connection_id: str
+    tenant: str
+    guid: str | None
+    expires_at: float
+
+
 def siprec_source_network(network: str) -> str:
     """An SBC's address or network as the Store keeps it: normalised CIDR, host bits dropped
     ("198.51.100.7" -> "198.51.100.7/32", "192.0.2.9/24" -> "192.0.2.0/24"), so that one
@@ -250,6 +262,21 @@ class Store(Protocol):
 
     def siprec_sources(self) -> dict[str, str]:
         """Every mapping, normalised network ("192.0.2.0/24") -> tenant; order not significant."""
+        ...
+
+    # live event stream viewers (the AWS WebSocket API's connections)
+    def put_live_connection(
+        self, connection_id: str, tenant: str, guid: str | None, expires_at: float
+    ) -> None:
+        """Record a viewer's connection (replacing one with the same id)."""
+        ...
+
+    def delete_live_connection(self, connection_id: str) -> bool:
+        """False when no such connection was recorded."""
+        ...
+
+    def live_connections(self, tenant: str, now: float) -> list[LiveConnection]:
+        """``tenant``'s connections not expired at ``now``; order not significant."""
         ...
 
     # retention

@@ -19,6 +19,7 @@ from callscribe.store.base import (
     CallStatus,
     ConnectAccess,
     DeliveryFailure,
+    LiveConnection,
     StoredMessage,
     WebhookConfig,
     siprec_source,
@@ -94,6 +95,13 @@ CREATE TABLE IF NOT EXISTS siprec_sources (
     network TEXT PRIMARY KEY,
     tenant TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS live_connections (
+    connection_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    guid TEXT,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS live_connections_by_tenant ON live_connections (tenant);
 """
 
 
@@ -471,9 +479,35 @@ class SqliteStore:
         rows = self._db().execute("SELECT network, tenant FROM siprec_sources")
         return {row["network"]: row["tenant"] for row in rows}
 
+    # live event stream viewers
+    def put_live_connection(
+        self, connection_id: str, tenant: str, guid: str | None, expires_at: float
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO live_connections VALUES (?, ?, ?, ?)",
+                (connection_id, tenant, guid, expires_at),
+            )
+
+    def delete_live_connection(self, connection_id: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "DELETE FROM live_connections WHERE connection_id = ?", (connection_id,)
+            )
+            return cursor.rowcount == 1
+
+    def live_connections(self, tenant: str, now: float) -> list[LiveConnection]:
+        rows = self._db().execute(
+            "SELECT * FROM live_connections WHERE tenant = ? AND expires_at > ?", (tenant, now)
+        )
+        return [LiveConnection(**dict(row)) for row in rows]
+
     def purge_expired(self, now: float) -> int:
         with self._tx() as db:
-            return db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
+            removed = db.execute("DELETE FROM messages WHERE expires_at <= ?", (now,)).rowcount
+            # Viewers that never said goodbye (DynamoDB's TTL does this in AWS).
+            db.execute("DELETE FROM live_connections WHERE expires_at <= ?", (now,))
+            return removed
 
     def close(self) -> None:
         with self._connections_lock:

@@ -14,6 +14,7 @@ One on-demand table, partition key ``pk`` and sort key ``sk`` (strings), one GSI
 | webhook configuration | ``WEBHOOK#<tenant>`` | ``CONFIG`` | |
 | Amazon Connect access | ``CONNECT#<tenant>`` | ``ACCESS`` | |
 | SIPREC source mapping | ``SIPRECSOURCES`` | the normalised network | |
+| live viewer connection | ``LIVECONN#<connectionId>`` | ``CONN`` | ``LIVE#<tenant>`` / connection id |
 
 Messages carry ``ttl`` = their expiry, so DynamoDB deletes them itself; reads still filter on
 ``expires_at`` because TTL deletion can lag by up to a couple of days. The request lock is a
@@ -22,6 +23,10 @@ other), with no read-then-write window.
 
 The SIPREC source mappings share one partition, so every recorder task reads them all with
 one (consistent) query; there are as many as an operator has SBC networks, a few dozen at most.
+
+A live viewer's connection is keyed by its id (what ``$disconnect`` and a gone connection
+know) and found by tenant in ``gsi1`` (what a task publishing that tenant's event knows); it
+carries ``ttl`` = its expiry, for the viewers that never disconnect cleanly.
 
 A call not completed has an open-call marker naming its owner, kept with the call's status and
 owner by ``create_call``/``update_call`` and removed when it completes: a starting gateway
@@ -47,6 +52,7 @@ from callscribe.store.base import (
     CallStatus,
     ConnectAccess,
     DeliveryFailure,
+    LiveConnection,
     StoredMessage,
     WebhookConfig,
     siprec_source,
@@ -603,6 +609,51 @@ class DynamoStore:
             KeyConditionExpression=Key("pk").eq(SIPREC_SOURCES), ConsistentRead=True
         )
         return {item["network"]: item["tenant"] for item in items}
+
+    # live event stream viewers --------------------------------------------------------------
+
+    def put_live_connection(
+        self, connection_id: str, tenant: str, guid: str | None, expires_at: float
+    ) -> None:
+        item: dict[str, Any] = {
+            "pk": f"LIVECONN#{connection_id}",
+            "sk": "CONN",
+            "gsi1pk": f"LIVE#{tenant}",
+            "gsi1sk": connection_id,
+            "connection_id": connection_id,
+            "tenant": tenant,
+            "expires_at": _num(expires_at),
+            "ttl": int(expires_at),
+        }
+        if guid is not None:
+            item["guid"] = guid
+        self.table.put_item(Item=item)
+
+    def delete_live_connection(self, connection_id: str) -> bool:
+        answer = self.table.delete_item(
+            Key={"pk": f"LIVECONN#{connection_id}", "sk": "CONN"}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in answer
+
+    def live_connections(self, tenant: str, now: float) -> list[LiveConnection]:
+        from boto3.dynamodb.conditions import Attr, Key
+
+        # The index is eventually consistent: a viewer that just connected is seen a moment
+        # later, as it would be through the publishers' short cache anyway.
+        items = self._query_all(
+            IndexName=GSI1,
+            KeyConditionExpression=Key("gsi1pk").eq(f"LIVE#{tenant}"),
+            FilterExpression=Attr("expires_at").gt(_num(now)),
+        )
+        return [
+            LiveConnection(
+                connection_id=item["connection_id"],
+                tenant=item["tenant"],
+                guid=item.get("guid"),
+                expires_at=float(item["expires_at"]),
+            )
+            for item in items
+        ]
 
     # retention ------------------------------------------------------------------------------
 
