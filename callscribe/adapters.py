@@ -22,6 +22,7 @@ from callscribe.secrets import FILE_LINK_SIGNING_KEY, FileSecrets, Secrets, new_
 from callscribe.store.base import Store
 
 if TYPE_CHECKING:
+    from callscribe.aws.adapters.live_connections import LiveConnectionsPublisher
     from callscribe.aws.adapters.secrets_manager import SecretsManagerSecrets
     from callscribe.aws.settings import AwsSettings
 
@@ -43,6 +44,10 @@ class Adapters:
     recordings: Recordings
     # Where recordings and feed files are written before they go to ``blobs``.
     spool_dir: Path
+    # The live event stream where its viewers are outside this process (AWS: the WebSocket
+    # API's connections); None where there is none, or where the process keeps its own hub
+    # (local mode's, callscribe.server).
+    live: LiveConnectionsPublisher | None = None
 
     @property
     def link_signer(self) -> BlobLinkSigner | None:
@@ -69,14 +74,16 @@ def aws(settings: Settings, resources: AwsSettings) -> Adapters:
     """An AWS task that holds calls (the Twilio gateway, the KVS reader, the SIPREC
     recorder)."""
     blobs = s3_blobs(settings)
+    store = dynamodb_store(resources.table_name)
     return Adapters(
-        store=dynamodb_store(resources.table_name),
+        store=store,
         secrets=deployment_secrets(resources),
         blobs=blobs,
         bus=transcript_bus(resources),
         # Calls started with audioRecordingAllowed leave a WAV in the bucket when they end.
         recordings=recordings(settings, blobs, AWS_SPOOL_DIR),
         spool_dir=AWS_SPOOL_DIR,
+        live=live_connections(store, resources),
     )
 
 
@@ -97,6 +104,19 @@ def transcript_bus(resources: AwsSettings) -> EventBus:
     if not resources.event_bus_name:
         return delivery
     return DeliveryWithFanOut(delivery, EventBridgeBus(resources.event_bus_name))
+
+
+def live_connections(store: Store, resources: AwsSettings) -> LiveConnectionsPublisher | None:
+    """The tenants' live events to their viewers' WebSocket connections, where the deployment
+    has the live event stream (its callback URL is set)."""
+    if not resources.live_callback_url:
+        return None
+    from callscribe.aws.adapters.live_connections import (
+        LiveConnectionsPublisher,
+        management_client,
+    )
+
+    return LiveConnectionsPublisher(store, management_client(resources.live_callback_url))
 
 
 def local_store(settings: Settings) -> Store:

@@ -24,12 +24,13 @@ from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
 from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import StreamTokens
 from callscribe.blobs.base import BlobStore
-from callscribe.bus import DeliveryWithFanOut
+from callscribe.bus import DeliveryWithFanOut, EventBus, TranscriptEvent
 from callscribe.calls import CallRegistry, Calls, CallServices, VadFactory
 from callscribe.config import Settings
 from callscribe.connect.ingest import ConnectIngest
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.endpointing import SileroVad
+from callscribe.live import LiveFeed
 from callscribe.secrets import TOKEN_SIGNING_KEY, Secrets, new_signing_key
 from callscribe.siprec.gateway import SiprecGateway, SiprecServices
 from callscribe.store.base import Store
@@ -45,7 +46,26 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
     SERVER_VERSION = "unknown"
 
 DRAIN_TIMEOUT_S = 15.0
+# What the live event stream's last events (the calls' ends at shutdown) get to be posted.
+LIVE_CLOSE_TIMEOUT_S = 5.0
 DRAIN_POLL_S = 0.25
+
+
+class BusWithLiveCopy:
+    """The process's event bus, each message also handed to the live feed as a final (AWS: the
+    bus is the delivery queue, which nothing in the process reads). The feed only queues it,
+    and never raises."""
+
+    def __init__(self, bus: EventBus, feed: LiveFeed) -> None:
+        self.bus = bus
+        self.feed = feed
+
+    async def publish(self, event: TranscriptEvent) -> None:
+        self.feed.final(event)
+        await self.bus.publish(event)
+
+    async def close(self) -> None:
+        await self.bus.close()
 
 
 class Ingest(enum.Enum):
@@ -100,10 +120,17 @@ class IngestRuntime:
         )
         owns_asr = asr is None
         asr = asr or make_asr_engine(settings.asr)
-        pipeline = TranscriptionPipeline(
-            asr, adapters.store, adapters.bus, retention_s=settings.message_retention_days * DAY_S
-        )
         registry = CallRegistry()
+        bus: EventBus = adapters.bus
+        if adapters.live is not None:
+            # Viewers outside the process (AWS): calls' starts and ends from the registry,
+            # finals as they are published.
+            live_feed = LiveFeed(adapters.live)
+            registry.watch(live_feed)
+            bus = BusWithLiveCopy(bus, live_feed)
+        pipeline = TranscriptionPipeline(
+            asr, adapters.store, bus, retention_s=settings.message_retention_days * DAY_S
+        )
         calls = Calls(
             CallServices(
                 store=adapters.store,
@@ -280,6 +307,10 @@ class IngestRuntime:
                 if isinstance(bus := self.adapters.bus, DeliveryWithFanOut)
                 else None,
             },
+            # Events posted to the live event stream's viewers (AWS; None where none).
+            "live": {**live.stats.as_dict(), "pending": live.pending()}
+            if (live := self.adapters.live) is not None
+            else None,
         }
 
     async def shutdown(self) -> None:
@@ -289,6 +320,9 @@ class IngestRuntime:
         await self.registry.complete_all()
         if self.connect is not None:
             await self.connect.close()
+        if self.adapters.live is not None:
+            # The calls' ends just published reach their viewers (bounded).
+            await asyncio.to_thread(self.adapters.live.close, LIVE_CLOSE_TIMEOUT_S)
         # The last messages are published; what the bus still has in flight (the AWS
         # fan-out's copies) gets its bounded time before anything is closed.
         await self.adapters.bus.close()

@@ -69,7 +69,7 @@ HANDLERS_WITHOUT_THE_MODEL = textwrap.dedent(
     sys.meta_path.insert(0, Refuse())
     started = time.perf_counter()
     import functions.api, functions.webhook, functions.exporter
-    import functions.connect_start, functions.connect_stop
+    import functions.connect_start, functions.connect_stop, functions.live
     imported_s = time.perf_counter() - started
 
     from moto import mock_aws
@@ -85,6 +85,7 @@ HANDLERS_WITHOUT_THE_MODEL = textwrap.dedent(
             CALLSCRIBE_TOKEN_SECRET_ARN=resources.token_secret_arn,
             CALLSCRIBE_CONTROL_SECRET_ARN=resources.control_secret_arn,
             CALLSCRIBE_BLOB_S3_BUCKET=resources.bucket_name,
+            CALLSCRIBE_LIVE_WEBSOCKET_URL="wss://ws123.execute-api.us-east-1.amazonaws.com/live",
         )
         issued = create_api_key(DynamoStore(resources.table_name, boto3.resource("dynamodb")), "acme")
         headers = {"asapp-api-id": issued.api_id, "asapp-api-secret": issued.api_secret}
@@ -104,8 +105,18 @@ HANDLERS_WITHOUT_THE_MODEL = textwrap.dedent(
             ),
             LambdaContext(),
         )
+        live_token = functions.api.handler(
+            rest_event("POST", "/callscribe/v1/live/token", headers), LambdaContext()
+        )
+        connected = functions.live.handler(
+            {"requestContext": {"routeKey": "$connect", "connectionId": "viewer="},
+             "queryStringParameters": {"token": json.loads(live_token["body"])["token"]}},
+            LambdaContext(),
+        )
     print(json.dumps({
         "url": url["statusCode"],
+        "liveToken": live_token["statusCode"],
+        "liveConnect": connected["statusCode"],
         "start": [start["statusCode"], json.loads(start["body"])["error"]["code"]],
         "blockedLoaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
         "importS": imported_s,
@@ -140,5 +151,7 @@ def test_the_functions_import_and_serve_without_the_transcription_stack() -> Non
     # checked against Whisper's list without Whisper, was accepted).
     assert result["url"] == 200
     assert result["start"] == [400, "400-203"]
+    # A live token from the API opens the live event stream's WebSocket ($connect).
+    assert (result["liveToken"], result["liveConnect"]) == (200, 200)
     assert result["blockedLoaded"] == []
     print(f"import {result['importS']:.2f} s, first request {result['firstRequestS']:.2f} s")

@@ -22,6 +22,7 @@ import importlib.resources
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -293,34 +294,52 @@ def _cookie_flags(request: Request) -> dict[str, Any]:
     }
 
 
-def build_live_router() -> APIRouter:
+def build_live_token_router(
+    tokens_of: Callable[[Request], LiveTokens], events_url_of: Callable[[Request], str]
+) -> APIRouter:
+    """``POST /callscribe/v1/live/token``: local mode's (the stream on this server) and the API
+    Lambda's (the stream on the deployment's WebSocket API)."""
     router = APIRouter()
-    assets = _page_assets()
 
     @router.post(
         LIVE_TOKEN_PATH,
         response_model=LiveTokenResponse,
         responses=ERROR_RESPONSES,
         summary="A short-lived token for the live event stream",
-        description=f"Open `{LIVE_EVENTS_PATH}?token=…` (a WebSocket) before `expiresAt`; the "
-        "token is checked once, when the stream opens. The stream sends one JSON text frame "
-        "per event: first `snapshot` (`calls`: each live call's `namespace`, `guid`, "
-        "`startedAt` and its recent `finals`), then `callStarted`, `callEnded`, `interim` "
-        "(`utteranceId`, `role`, `start`, `text`, `stablePrefix`) and `final` (`utteranceId`, "
-        "`seq`, `messageId`, `message`: the webhook's message) for the tenant's calls only; "
-        "`?guid=` (and `&namespace=`) keeps one call's. The API key headers open it too.",
+        description="Open `eventsUrl` (a WebSocket: the stream's URL with `?token=…`) before "
+        "`expiresAt`; the token is checked once, when the stream opens. The stream sends one "
+        "JSON text frame per event: `callStarted`, `callEnded`, `interim` (`utteranceId`, "
+        "`role`, `start`, `text`, `stablePrefix`) and `final` (`utteranceId`, `seq`, "
+        "`messageId`, `message`: the webhook's message) for the tenant's calls only; "
+        f"`&guid=` keeps one call's. Local mode's stream (`{LIVE_EVENTS_PATH}`) first sends "
+        "a `snapshot` (`calls`: "
+        "each live call's `namespace`, `guid`, `startedAt` and its recent `finals`), takes "
+        "`&namespace=` too and opens with the API key headers as well.",
     )
     async def live_token(request: Request, key: Authenticated) -> LiveTokenResponse:
-        services = _services(request)
-        token, until = services.tokens.issue_until(key)
-        base = _websocket_base(request, services.public_url)
+        token, until = tokens_of(request).issue_until(key)
         return LiveTokenResponse(
             token=token,
             tenant=key.tenant,
             expiresAt=_iso(until),
-            eventsUrl=f"{base}{LIVE_EVENTS_PATH}?{urlencode({'token': token})}",
+            eventsUrl=f"{events_url_of(request)}?{urlencode({'token': token})}",
         )
 
+    return router
+
+
+def build_live_router() -> APIRouter:
+    router = APIRouter()
+    assets = _page_assets()
+
+    router.include_router(
+        build_live_token_router(
+            lambda request: _services(request).tokens,
+            lambda request: (
+                _websocket_base(request, _services(request).public_url) + LIVE_EVENTS_PATH
+            ),
+        )
+    )
     router.add_api_websocket_route(LIVE_EVENTS_PATH, live_events)
 
     @router.get(LIVE_PAGE_PATH, include_in_schema=False)

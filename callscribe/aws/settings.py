@@ -57,3 +57,18 @@ class AwsSettings(AwsResources):
     # The SIPREC recorder: its NLB target group, which a recorder whose deployment was replaced
     # leaves so that SBCs' pinned flows move to the new tasks. Unset: none (outside AWS).
     siprec_target_group_arn: str | None = None
+    # The live event stream's WebSocket API (its stage's URLs). The tasks that hold calls post
+    # each tenant's events to its viewers through the callback URL
+    # (https://<api>.execute-api.<region>.amazonaws.com/<stage>); the API Lambda gives the
+    # WebSocket URL (wss://…) with each live token. Unset: no live event stream.
+    live_callback_url: str | None = None
+    live_websocket_url: str | None = None
+
+
+class LiveFunctionSettings(AwsResources):
+    """The live event stream's connection Lambda: the key live tokens are signed with, and how
+    long a viewer's connection is kept in the Store if API Gateway's $disconnect never comes
+    (API Gateway closes every WebSocket after 2 hours)."""
+
+    token_secret_arn: str
+    live_connection_ttl_s: int = Field(2 * 3600 + 300, ge=60)

@@ -15,7 +15,8 @@ from mangum import Mangum
 from callscribe import adapters
 from callscribe.api.app import create_api_app
 from callscribe.api.deps import ApiServices, OutputServices
-from callscribe.auth import StreamTokens
+from callscribe.api.live import build_live_token_router
+from callscribe.auth import LiveTokens, StreamTokens
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
 from callscribe.control import CallOpener
@@ -61,7 +62,14 @@ def asgi_handler() -> Mangum:
             link_ttl_s=settings.link_ttl_s,
         ),
     )
-    return Mangum(create_api_app(services), lifespan="off")
+    app = create_api_app(services)
+    if aws.live_websocket_url:
+        # Live tokens for the deployment's WebSocket API (its $connect Lambda checks them);
+        # the live page and its sessions are local mode's only.
+        live_tokens = LiveTokens(_required(secrets, TOKEN_SIGNING_KEY), settings.live.token_ttl_s)
+        events_url = aws.live_websocket_url
+        app.include_router(build_live_token_router(lambda _: live_tokens, lambda _: events_url))
+    return Mangum(app, lifespan="off")
 
 
 @logger.inject_lambda_context(clear_state=True)
