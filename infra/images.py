@@ -31,6 +31,7 @@ SIPREC_RECORDER_COMMAND = ("python", "-m", "containers.siprec_recorder.entrypoin
 API_HANDLER = "functions/api.handler"
 WEBHOOK_HANDLER = "functions/webhook.handler"
 EXPORTER_HANDLER = "functions/exporter.handler"
+LIVE_HANDLER = "functions/live.handler"
 
 # The images are built for x86_64: the Lambda functions and Fargate tasks say so explicitly, and
 # the GPU instances are x86_64.

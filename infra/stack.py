@@ -19,6 +19,7 @@ from infra.export_schedule import DailyExportSchedule
 from infra.exports import ExportsConstruct
 from infra.gateway import GatewayConstruct
 from infra.kvs_reader import KvsReaderConstruct
+from infra.live import LiveConstruct
 from infra.monitoring import (
     KVS_READER_METRICS,
     SIPREC_RECORDER_METRICS,
@@ -123,6 +124,22 @@ class CallScribeStack(Stack):
         # start-streaming for namespace amazonconnect opens the call on a reader task.
         self.api.function.add_environment("CALLSCRIBE_KVS_READER_URL", self.kvs_reader.control_url)
 
+        # The live event stream: viewers connect to the WebSocket API with a live token from
+        # the API; every task that holds calls posts its tenants' events to their connections.
+        self.live = LiveConstruct(self, "Live", config=config, data=self.data)
+        self.api.function.add_environment("CALLSCRIBE_LIVE_WEBSOCKET_URL", self.live.websocket_url)
+        holders = [
+            (self.gateway.container, self.gateway.container_service.task_definition.task_role),
+            (self.kvs_reader.container, self.kvs_reader.task_role),
+        ]
+        if self.siprec is not None:
+            holders.append(
+                (self.siprec.container, self.siprec.container_service.task_definition.task_role)
+            )
+        for container, task_role in holders:
+            container.add_environment("CALLSCRIBE_LIVE_CALLBACK_URL", self.live.callback_url)
+            self.live.allow_posting_from(task_role)
+
         ingests = [
             IngestMetrics("Twilio gateway", TWILIO_GATEWAY_METRICS),
             IngestMetrics("KVS reader", KVS_READER_METRICS),
@@ -177,6 +194,13 @@ class CallScribeStack(Stack):
             "ConnectReaderRoleArn",
             value=self.kvs_reader.task_role.role_arn,
             description="Tenants' Connect roles trust this role (customer_account_app.py)",
+        )
+        CfnOutput(
+            self,
+            "LiveWebSocketUrl",
+            value=self.live.websocket_url,
+            description="The live event stream: connect with ?token= from POST "
+            "/callscribe/v1/live/token",
         )
         CfnOutput(self, "TableName", value=self.data.table.table_name)
         CfnOutput(self, "ExportsBucketName", value=self.data.exports_bucket.bucket_name)

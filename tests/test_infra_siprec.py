@@ -381,6 +381,7 @@ def test_container_runs_the_recorder_with_its_ports_and_environment(recorders):
         "CALLSCRIBE_SIPREC_DRAIN_TIMEOUT_S": "100",
         "CALLSCRIBE_SIPREC_TARGET_GROUP_ARN": ref(stack.siprec.target_group),
         "LOG_LEVEL": "INFO",
+        "CALLSCRIBE_LIVE_CALLBACK_URL": stack.resolve(stack.live.callback_url),
     }
     assert container["HealthCheck"]["Command"][-1] == (
         "import urllib.request; urllib.request.urlopen('http://localhost:8080/healthz', timeout=4)"

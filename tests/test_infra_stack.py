@@ -269,6 +269,8 @@ def test_api_function_in_private_subnets_with_contract_environment():
         "CALLSCRIBE_RECORDING_RETENTION_DAYS": "7",
         "CALLSCRIBE_EXPORT_RETENTION_DAYS": "7",
         "CALLSCRIBE_KVS_READER_URL": "http://kvs-reader.prod.callscribe.internal:8081",
+        # Where the live tokens it issues open the stream (tests/test_infra_live.py).
+        "CALLSCRIBE_LIVE_WEBSOCKET_URL": stack.resolve(stack.live.websocket_url),
         "POWERTOOLS_SERVICE_NAME": "callscribe-api",
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
         "LOG_LEVEL": "INFO",
@@ -307,9 +309,11 @@ def test_api_function_permissions():
 def test_http_api_routes_throttling_and_access_logs():
     stack = default_stack()
     template = default_template()
+    http_api = ref(stack.api.http_api)
     routes = {
         route["Properties"]["RouteKey"]
         for route in template.find_resources("AWS::ApiGatewayV2::Route").values()
+        if route["Properties"]["ApiId"] == http_api
     }
     assert routes == {
         "ANY /mg-autotranscribe/v1/{proxy+}",
@@ -317,7 +321,12 @@ def test_http_api_routes_throttling_and_access_logs():
         "ANY /fileexporter/v1/{proxy+}",
         "ANY /callscribe/v1/{proxy+}",
     }
-    stage = only(template, "AWS::ApiGatewayV2::Stage")["Properties"]
+    # The live event stream's WebSocket API has its own stage (tests/test_infra_live.py).
+    (stage,) = [
+        stage["Properties"]
+        for stage in template.find_resources("AWS::ApiGatewayV2::Stage").values()
+        if stage["Properties"]["ApiId"] == http_api
+    ]
     assert stage["StageName"] == "$default" and stage["AutoDeploy"] is True
     assert stage["DefaultRouteSettings"] == {
         "ThrottlingRateLimit": 100,
@@ -510,6 +519,7 @@ def test_gateway_task_definition():
         "CALLSCRIBE_TWILIO_DRAIN_TIMEOUT_S": "100",
         "CALLSCRIBE_TWILIO_UNREADY_GRACE_S": "60",
         "LOG_LEVEL": "INFO",
+        "CALLSCRIBE_LIVE_CALLBACK_URL": stack.resolve(stack.live.callback_url),
     }
     # ECS's container health check is liveness: a draining task is alive.
     command = container["HealthCheck"]["Command"]
