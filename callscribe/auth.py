@@ -1,9 +1,12 @@
-"""API keys (``asapp-api-id`` / ``asapp-api-secret``) and signed stream-URL tokens.
+"""API keys (``asapp-api-id`` / ``asapp-api-secret``) and the signed tokens made from them.
 
 Secrets are 256-bit random strings, so a plain SHA-256 is a sound way to store them (a slow
-password hash protects guessable secrets; these are not guessable). Stream tokens are signed
-with itsdangerous (HMAC-SHA1 over a timestamped payload) and bound to the tenant and key that
-asked for them; they are checked once, when the WebSocket opens.
+password hash protects guessable secrets; these are not guessable). Tokens are signed with
+itsdangerous (HMAC-SHA1 over a timestamped payload) with the deployment's one signing key and
+bound to the tenant and key that asked for them. Each kind has its own salt, so one kind is
+never accepted as another: stream-URL tokens (checked once, when Twilio's WebSocket opens),
+live-event tokens (a program's short-lived pass to the live event stream) and live-page
+sessions (the page's cookie).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -20,6 +24,8 @@ from callscribe.model import TENANT_PATTERN, TENANT_RULE
 from callscribe.store.base import ApiKey, Store
 
 TOKEN_SALT = "callscribe.twilio-stream-url"
+LIVE_TOKEN_SALT = "callscribe.live-events-token"
+LIVE_SESSION_SALT = "callscribe.live-page-session"
 
 
 class AuthError(Exception):
@@ -61,32 +67,77 @@ def authenticate(store: Store, api_id: str | None, api_secret: str | None) -> Ap
 
 @dataclass(frozen=True)
 class StreamGrant:
+    """What a verified token grants: the tenant, and the API key it was issued to."""
+
     tenant: str
     api_id: str
 
 
-class StreamTokens:
+class SignedTenantTokens:
+    """Tokens of one kind (``salt``), each naming a tenant and the API key that asked for it,
+    valid for ``ttl_s`` from issue and only while that key is active."""
+
+    salt: ClassVar[str]
+    # How an error names the token ("stream token expired").
+    noun: ClassVar[str]
+
     def __init__(self, signing_key: str, ttl_s: int) -> None:
-        self._serializer = URLSafeTimedSerializer(signing_key, salt=TOKEN_SALT)
+        self._serializer = URLSafeTimedSerializer(signing_key, salt=self.salt)
         self.ttl_s = ttl_s
 
     def issue(self, key: ApiKey) -> str:
         return self._serializer.dumps({"t": key.tenant, "k": key.api_id})
 
+    def issue_until(self, key: ApiKey) -> tuple[str, int]:
+        """A token and the UNIX second until which it is valid at least (itsdangerous stamps
+        whole seconds, so the stamp is never before the second read here)."""
+        not_before = int(time.time())
+        return self.issue(key), not_before + self.ttl_s
+
     def verify(self, token: str | None, store: Store) -> StreamGrant:
+        return self.verify_until(token, store)[0]
+
+    def verify_until(self, token: str | None, store: Store) -> tuple[StreamGrant, int]:
+        """The grant, and the UNIX second after which the token is no longer valid."""
         if not token:
             raise AuthError("missing token")
         try:
-            payload = self._serializer.loads(token, max_age=self.ttl_s)
+            payload, issued_at = self._serializer.loads(
+                token, max_age=self.ttl_s, return_timestamp=True
+            )
+            tenant, api_id = payload["t"], payload["k"]
         except SignatureExpired:
-            raise AuthError("stream token expired") from None
-        except BadSignature:
-            raise AuthError("stream token invalid") from None
-        key = store.get_api_key(payload["k"])
+            raise AuthError(f"{self.noun} expired") from None
+        except (BadSignature, TypeError, KeyError):
+            raise AuthError(f"{self.noun} invalid") from None
+        key = store.get_api_key(api_id)
         if key is None:
-            raise AuthError("stream token's API key no longer exists")
-        if key.tenant != payload["t"]:
-            raise AuthError("stream token invalid")  # signed by us, yet inconsistent
+            raise AuthError(f"{self.noun}'s API key no longer exists")
+        if key.tenant != tenant:
+            raise AuthError(f"{self.noun} invalid")  # signed by us, yet inconsistent
         if not key.active:
-            raise AuthError("stream token's API key is revoked")
-        return StreamGrant(tenant=payload["t"], api_id=payload["k"])
+            raise AuthError(f"{self.noun}'s API key is revoked")
+        return StreamGrant(tenant=tenant, api_id=api_id), int(issued_at.timestamp()) + self.ttl_s
+
+
+class StreamTokens(SignedTenantTokens):
+    """The token in a Twilio stream URL."""
+
+    salt = TOKEN_SALT
+    noun = "stream token"
+
+
+class LiveTokens(SignedTenantTokens):
+    """A program's pass to the live event stream, asked for with its API key: short-lived,
+    checked when the stream's WebSocket opens."""
+
+    salt = LIVE_TOKEN_SALT
+    noun = "live token"
+
+
+class LiveSessions(SignedTenantTokens):
+    """The live page's signed session (its cookie's value), made when a person signs in with
+    an API key; the key itself never reaches the page."""
+
+    salt = LIVE_SESSION_SALT
+    noun = "session"

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -497,18 +497,46 @@ async def claim_end_summary(store: Store, key: CallKey) -> AutotranscribeResult:
 SessionKind = TypeVar("SessionKind", bound=CallSession)
 
 
+class CallWatcher(Protocol):
+    """Told when a call goes live in this process and when it is let go (the live event
+    stream's started and ended). Called on the event loop; must not block."""
+
+    def call_registered(self, call: CallSession) -> None: ...
+
+    def call_unregistered(self, call: CallSession) -> None: ...
+
+
 class CallRegistry:
     """The live calls held by this process."""
 
     def __init__(self) -> None:
         self._calls: dict[CallKey, CallSession] = {}
+        self._watchers: list[CallWatcher] = []
+
+    def watch(self, watcher: CallWatcher) -> None:
+        self._watchers.append(watcher)
 
     def add(self, session: CallSession) -> None:
+        # A session replacing a live one of the same call (a reconnect) is the same call.
+        new = session.key not in self._calls
         self._calls[session.key] = session
+        if new:
+            self._tell(session, registered=True)
 
     def remove(self, session: CallSession) -> None:
         if self._calls.get(session.key) is session:
             del self._calls[session.key]
+            self._tell(session, registered=False)
+
+    def _tell(self, session: CallSession, *, registered: bool) -> None:
+        for watcher in self._watchers:
+            try:
+                if registered:
+                    watcher.call_registered(session)
+                else:
+                    watcher.call_unregistered(session)
+            except Exception:  # a watcher's failure must never reach the call
+                log.exception("call %s: a call watcher failed", session.key)
 
     def get(self, key: CallKey) -> CallSession | None:
         return self._calls.get(key)

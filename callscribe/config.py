@@ -315,6 +315,23 @@ class TwilioSettings(BaseSettings):
     unready_grace_s: float = Field(60.0, ge=0.0)
 
 
+class LiveSettings(BaseSettings):
+    """The live event stream and the live page (local mode): how long a sign-in lasts, and
+    how far one viewer may fall behind before it is disconnected."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_LIVE_", extra="ignore")
+
+    # A program's token for the event stream: checked when its WebSocket opens, so it need
+    # only outlive the moment between asking for it and connecting.
+    token_ttl_s: int = Field(120, ge=10, le=3600)
+    # The page's session cookie; a stream it opened is closed when it expires (the page then
+    # asks to sign in again).
+    session_ttl_s: int = Field(3600, ge=60, le=12 * 3600)
+    # Events waiting for one viewer: a viewer this far behind is disconnected, so that a slow
+    # one never holds events (memory) or slows a call.
+    max_pending_events: int = Field(256, ge=8, le=100_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
 
@@ -347,6 +364,7 @@ class Settings(BaseSettings):
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     limits: ServerLimitsSettings = Field(default_factory=ServerLimitsSettings)
+    live: LiveSettings = Field(default_factory=LiveSettings)
 
     @property
     def store_path(self) -> Path:

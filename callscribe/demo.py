@@ -1,10 +1,11 @@
 """``callscribe demo``: a newcomer's first run, everything real on loopback.
 
 It starts ``callscribe serve`` as a separate process in a temporary data dir, a webhook
-receiver, creates an API key, fetches a stream URL, and plays the bundled two-party sample
-call as a Twilio Media Stream in real time: IVR prelude (not transcribed), start-streaming when
-the agent joins, stop-streaming around a hold with music, start again, stop at the end. Each
-transcript is printed as the webhook receives it.
+receiver, creates an API key, prints the live page's URL (to watch the call on), fetches a
+stream URL, and plays the bundled two-party sample call as a Twilio Media Stream in real time:
+IVR prelude (not transcribed), start-streaming when the agent joins, stop-streaming around a
+hold with music, start again, stop at the end. Each transcript is printed as the webhook
+receives it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
                 print(f"• server ready at {server.base_url}", flush=True)
                 issued = create_api_key(SqliteStore(data_dir / "callscribe.sqlite3"), "demo")
                 print(f"• API key created for tenant 'demo': {issued.api_id}", flush=True)
+                # Opened by hand, not by the demo: the IVR prelude leaves time to sign in, and
+                # the page shows what was said before it connected.
+                print(
+                    f"• watch it live: {server.base_url}/live (sign in with the "
+                    f"demo's API key: id {issued.api_id}, secret {issued.api_secret})",
+                    flush=True,
+                )
                 api = ApiClient(server.base_url, issued.api_id, issued.api_secret)
                 stream_url = await api.stream_url()
                 print(f"• stream URL: {stream_url[:70]}…", flush=True)

@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "401-201"
     LINK_REFUSED = "403-201"  # a download link expired or was altered
     GONE = "404-201"  # a linked file was removed by retention
+    CROSS_SITE = "403-202"  # a browser request from another site (its Origin is not ours)
 
 
 class CallError(Exception):

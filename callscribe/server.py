@@ -1,5 +1,6 @@
 """Local mode: the API, the Twilio gateway, the SIPREC recorder, endpointing, ASR, redaction, the
-SQLite store, webhook delivery, recordings, the daily export and retention in one process
+SQLite store, webhook delivery, the live page and event stream, recordings, the daily export
+and retention in one process
 (``callscribe serve``), composed on the local adapters. The AWS tasks compose the same ingest
 core (callscribe.ingest) on the AWS adapters, with only the ingest each of them serves, and the HTTP routes here."""
 
@@ -24,8 +25,9 @@ from callscribe.adapters import DAY_S, Adapters
 from callscribe.api.app import TWILIO_MEDIA_PATH, create_api_app
 from callscribe.api.deps import ApiServices, OutputServices
 from callscribe.api.errors import error_response
+from callscribe.api.live import LIVE_PAGE_PATH, LiveServices, build_live_router
 from callscribe.asr.base import AsrEngine
-from callscribe.auth import AuthError, authenticate
+from callscribe.auth import AuthError, LiveSessions, LiveTokens, authenticate
 from callscribe.bus import InProcessEventBus
 from callscribe.calls import VadFactory
 from callscribe.config import Settings
@@ -33,9 +35,11 @@ from callscribe.control import LocalControl
 from callscribe.endpointing import SileroVad
 from callscribe.export import UtteranceExporter, run_daily
 from callscribe.ingest import Ingest, IngestRuntime
+from callscribe.live import LiveFeed, LiveHub
 from callscribe.model import CallError, ErrorCode, Namespace
 from callscribe.private_files import secure_data_dir
 from callscribe.retention import Retention
+from callscribe.secrets import TOKEN_SIGNING_KEY, new_signing_key
 from callscribe.serving import lifespan, listening_socket, serve_until_stopped, uvicorn_config
 from callscribe.takeover import LocalInstance, complete_abandoned_calls
 from callscribe.webhooks.delivery import WebhookDispatcher
@@ -57,6 +61,10 @@ class LocalRuntime(IngestRuntime):
     retention: Retention | None = None
     # This run as the owner of its calls (see callscribe.takeover).
     instance: LocalInstance | None = None
+    # The live event stream's hub, and what feeds it: the registry's calls, the bus's
+    # messages, and (to come) interim results through ``live_feed.interim``.
+    live_hub: LiveHub | None = None
+    live_feed: LiveFeed | None = None
 
     @classmethod
     def build(
@@ -95,6 +103,11 @@ class LocalRuntime(IngestRuntime):
             dispatcher=_webhook_dispatcher(settings, adapters),
         )
         runtime.instance = instance
+        runtime.live_hub = LiveHub(settings.live.max_pending_events)
+        runtime.live_feed = LiveFeed(runtime.live_hub)
+        runtime.registry.watch(runtime.live_feed)
+        assert isinstance(adapters.bus, InProcessEventBus)  # local mode's bus
+        adapters.bus.subscribe(runtime.live_feed.final)
         export_retention_s = settings.export_retention_days * DAY_S
         runtime.api = ApiServices(
             store=adapters.store,
@@ -133,6 +146,8 @@ class LocalRuntime(IngestRuntime):
         ]
 
     async def shutdown(self) -> None:
+        if self.live_hub is not None:
+            self.live_hub.close()  # viewers' streams end: nothing holds the shutdown up
         await super().shutdown()
         if self.instance is not None:
             self.instance.close()
@@ -210,13 +225,26 @@ def readyz_route(runtime: IngestRuntime) -> Route:
 
 
 def create_local_app(runtime: LocalRuntime) -> FastAPI:
-    """Local mode: the API, the Twilio gateway and /healthz on one port."""
-    assert runtime.api is not None
+    """Local mode: the API, the Twilio gateway, /healthz and the live page and event stream
+    on one port."""
+    assert runtime.api is not None and runtime.live_hub is not None
     app = create_api_app(
         runtime.api,
         lifespan=lifespan(runtime.start, runtime.shutdown, background=runtime.background),
     )
     add_gateway_routes(app, runtime)
+    # Live tokens and page sessions are signed with the deployment's one signing key (each
+    # kind under its own salt).
+    signing_key = runtime.secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key)
+    live = runtime.settings.live
+    app.state.live = LiveServices(
+        hub=runtime.live_hub,
+        tokens=LiveTokens(signing_key, live.token_ttl_s),
+        sessions=LiveSessions(signing_key, live.session_ttl_s),
+        store=runtime.store,
+        public_url=runtime.settings.public_url,
+    )
+    app.include_router(build_live_router())
     return app
 
 
@@ -251,6 +279,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             f"CallScribe listening on http://{settings.host}:{port} "
             f"(API, Twilio media at ws://{settings.host}:{port}{TWILIO_MEDIA_PATH}){sip}; "
             f"data in {settings.data_dir}",
+            flush=True,
+        )
+        print(
+            f"Live page: http://{settings.host}:{port}{LIVE_PAGE_PATH} (sign in with an API key)",
             flush=True,
         )
         if settings.webhook.url is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +108,14 @@ def test_demo_runs_and_reports_transcripts() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    # Where to watch the call live, before it plays, with the key to sign in with.
+    watch = re.search(
+        r"• watch it live: http://127\.0\.0\.1:\d+/live \(sign in with the demo's API key: "
+        r"id cs-[0-9a-f]{24}, secret [\w-]{40,}\)",
+        out,
+    )
+    assert watch is not None, out
+    assert watch.start() < out.index("• playing the call")
     assert "start-streaming at 00:14.9 → HTTP 200" in out
     assert out.count("webhook ← ") >= 8
     assert "webhook ← customer" in out and "webhook ← agent" in out

@@ -23,6 +23,7 @@ ASSEMBLERS = {"server.py", "aws/services/api_lambda.py"}
 CORE = [
     "model.py",
     "calls.py",
+    "live.py",
     "transcription.py",
     "recording.py",
     "control.py",

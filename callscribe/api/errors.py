@@ -24,6 +24,7 @@ HTTP_STATUS = {
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.LINK_REFUSED: 403,
     ErrorCode.GONE: 404,
+    ErrorCode.CROSS_SITE: 403,
 }
 
 

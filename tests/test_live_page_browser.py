@@ -1,0 +1,320 @@
+"""The live page in a real browser: headless Chromium (Debian's ``chromium`` and
+``chromium-driver``) driven through selenium, against a real local server with the real model,
+while two tenants' calls play as real Twilio Media Streams.
+
+The server runs on this test's event loop, so every browser call (selenium blocks on
+chromedriver) goes through a thread: the server keeps answering the page meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from callscribe.model import RedactionOutput
+from callscribe.store.base import CallKey
+from callscribe.testing.simulate import PlayedCall, WebhookReceiver, load_sample_call, play_call
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SPEED = 4.0  # the sample call four times faster than real time, as the end-to-end test plays it
+
+# What the page shows, read in one go.
+PAGE_STATE = """
+const all = (selector, root) => [...(root || document).querySelectorAll(selector)];
+return {
+  signInShown: !document.getElementById("sign-in").hidden,
+  callsShown: !document.getElementById("calls-view").hidden,
+  connection: document.getElementById("connection").textContent,
+  text: document.body.innerText,
+  calls: all("article.call").map((call) => ({
+    guid: call.dataset.guid,
+    status: call.querySelector(".call-status").textContent,
+    lines: all(".line", call).map((line) => {
+      const text = line.querySelector(".text");
+      const region = line.closest("[aria-live]");
+      return {
+        role: line.closest(".transcript").dataset.role,
+        kind: line.classList.contains("interim") ? "interim" : "final",
+        text: text.textContent,
+        messageId: line.dataset.messageId || null,
+        liveRegion: region ? region.getAttribute("aria-live") : null,
+        fontStyle: getComputedStyle(text).fontStyle,
+      };
+    }),
+  })),
+};
+"""
+
+# WCAG's contrast ratio of each visible element's text against the first opaque background
+# behind it.
+CONTRASTS = """
+const rgb = (colour) => (colour.match(/[\\d.]+/g) || []).map(Number);
+const luminance = ([r, g, b]) => {
+  const channel = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+};
+const background = (element) => {
+  for (let e = element; e; e = e.parentElement) {
+    const parts = rgb(getComputedStyle(e).backgroundColor);
+    if (parts.length === 3 || (parts.length === 4 && parts[3] > 0.99)) return parts.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+return [...document.querySelectorAll(arguments[0])]
+  .filter((e) => e.offsetParent !== null && e.textContent.trim())
+  .map((e) => {
+    const [a, b] = [luminance(rgb(getComputedStyle(e).color)), luminance(background(e))];
+    return [e.className || e.tagName, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+  });
+"""
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not installed: ./scripts/test.sh installs the Debian "
+            "packages chromium and chromium-driver"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1280,1000")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    """The browser, from the event loop: each call in a thread, and every look at the page
+    checks that the other tenant's call never shows."""
+
+    def __init__(self, driver: WebDriver, never_shown: list[str]) -> None:
+        self.driver = driver
+        self.never_shown = never_shown
+        self.looks = 0
+
+    async def do(self, action: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(action, *args)
+
+    async def state(self) -> dict[str, Any]:
+        state = await self.do(self.driver.execute_script, PAGE_STATE)
+        self.looks += 1
+        for guid in self.never_shown:
+            assert guid not in state["text"], f"another tenant's call {guid} is on the page"
+            assert guid not in [call["guid"] for call in state["calls"]]
+        return state
+
+    async def until(
+        self, check: Callable[[dict[str, Any]], bool], timeout_s: float, what: str
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = await self.state()
+            if check(state):
+                return state
+            assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s: {state}"
+            await asyncio.sleep(0.2)
+
+    async def active_element_id(self) -> str:
+        return await self.do(self.driver.execute_script, "return document.activeElement.id")
+
+    async def screenshot(self, path: Path) -> Path:
+        assert await self.do(self.driver.save_screenshot, str(path))
+        return path
+
+
+def _call(state: dict[str, Any], guid: str) -> dict[str, Any] | None:
+    return next((call for call in state["calls"] if call["guid"] == guid), None)
+
+
+def _lines(state: dict[str, Any], guid: str, kind: str) -> list[dict[str, Any]]:
+    call = _call(state, guid)
+    return [line for line in (call["lines"] if call else []) if line["kind"] == kind]
+
+
+async def _wait_for_quiet(receiver: WebhookReceiver, quiet_s: float = 2.0) -> None:
+    seen, since = -1, time.monotonic()
+    deadline = since + 90
+    while time.monotonic() < deadline:
+        if len(receiver.messages) != seen:
+            seen, since = len(receiver.messages), time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def test_the_live_page_shows_a_call_as_it_is_transcribed_and_no_other_tenants(
+    server_factory: Callable[..., Awaitable[RunningServer]],
+    receiver: WebhookReceiver,
+    browser: WebDriver,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    server = await server_factory(receiver.url)
+    acme_key = server.issue_key("acme")
+    acme_api, globex_api = server.client("acme"), server.client("globex")
+    sample = load_sample_call()
+    acme = PlayedCall(call_sid="CA" + uuid.uuid4().hex, speed=SPEED)
+    globex = PlayedCall(call_sid="CA" + uuid.uuid4().hex, speed=SPEED)
+    page = Page(browser, never_shown=[globex.call_sid])
+
+    # Signed out, the page asks for a key; the form is labelled and keyboard operable.
+    await page.do(browser.get, f"{server.base_url}/live")
+    await page.until(lambda s: s["signInShown"], 15, "the sign-in form")
+    basics = await page.do(
+        browser.execute_script,
+        "return [document.documentElement.lang,"
+        " [...document.querySelectorAll('input')].every((i) => i.labels.length > 0)]",
+    )
+    assert basics == ["en", True]
+    deadline = time.monotonic() + 10
+    while await page.active_element_id() != "api-id":
+        assert time.monotonic() < deadline, "the API id field never had the focus"
+        await asyncio.sleep(0.1)
+    field = await page.do(lambda: browser.switch_to.active_element)
+    await page.do(field.send_keys, acme_key.api_id, Keys.TAB)
+    assert await page.active_element_id() == "api-secret"
+    outline = await page.do(
+        browser.execute_script,
+        "const s = getComputedStyle(document.activeElement);"
+        " return [s.outlineStyle, parseFloat(s.outlineWidth)]",
+    )
+    assert outline[0] != "none" and outline[1] >= 2, f"no visible focus: {outline}"
+    field = await page.do(lambda: browser.switch_to.active_element)
+    await page.do(field.send_keys, acme_key.api_secret, Keys.ENTER)
+    await page.until(
+        lambda s: s["callsShown"] and s["connection"].startswith("Connected"),
+        15,
+        "signed in and connected",
+    )
+
+    # The key went for a session cookie: HttpOnly, SameSite=Strict; nothing of it stays.
+    cookies = {c["name"]: c for c in await page.do(browser.get_cookies)}
+    session = cookies["callscribe_live_session"]
+    assert session["httpOnly"] is True and session["sameSite"] == "Strict"
+    kept = await page.do(
+        browser.execute_script,
+        "return [localStorage.length, sessionStorage.length, document.cookie,"
+        " document.documentElement.outerHTML.includes(arguments[0]),"
+        " [...document.querySelectorAll('input')].map((i) => i.value).join('')]",
+        acme_key.api_secret,
+    )
+    assert kept == [0, 0, "", False, ""]
+
+    # Two tenants' calls at once; the page is acme's.
+    calls = [
+        asyncio.ensure_future(
+            play_call(await acme_api.stream_url(), sample, acme_api, played=acme)
+        ),
+        asyncio.ensure_future(
+            play_call(await globex_api.stream_url(), sample, globex_api, played=globex)
+        ),
+    ]
+    await page.until(lambda s: _call(s, acme.call_sid) is not None, 30, "acme's call listed")
+
+    # Interim results are not emitted yet: publish one as they will, for the agent's first
+    # line (before its audio is even sent), and watch the page show it, then replace it.
+    first_line = next(s for s in sample.segments if s.transcribed and s.track == "outbound")
+    feed = server.runtime.live_feed
+    assert feed is not None
+    feed.interim(
+        CallKey("acme", "twilio", acme.call_sid),
+        "agent",
+        first_line.start_ms,
+        "Hello, this is Sarah",
+        6,
+        RedactionOutput.REDACTED,
+    )
+    state = await page.until(
+        lambda s: bool(_lines(s, acme.call_sid, "interim")), 5, "the interim line"
+    )
+    (interim,) = _lines(state, acme.call_sid, "interim")
+    assert interim["role"] == "agent" and interim["text"] == "Hello, this is Sarah"
+    assert interim["fontStyle"] == "italic" and interim["liveRegion"] == "polite"
+    interim_shot = await page.screenshot(tmp_path / "live-page-interim.png")
+    state = await page.until(
+        lambda s: bool(_lines(s, acme.call_sid, "final")), 60, "the first final line"
+    )
+    assert not _lines(state, acme.call_sid, "interim"), "the final did not replace the interim"
+    first_final = _lines(state, acme.call_sid, "final")[0]
+    assert first_final["role"] == "agent" and first_final["fontStyle"] == "normal"
+
+    # Both calls play to their end; the page is looked at all along.
+    while not all(call.done() for call in calls):
+        await page.state()
+        await asyncio.sleep(0.3)
+    for call in calls:
+        call.result()
+    await _wait_for_quiet(receiver)
+
+    # Every utterance of acme's call is on the page as final text: the webhook's message,
+    # by the same id, in its speaker's column, with the same (redacted) text.
+    delivered = [m for m in receiver.messages if m.body["externalConversationId"] == acme.call_sid]
+    assert len(delivered) >= 8
+    assert any(m.body["externalConversationId"] == globex.call_sid for m in receiver.messages)
+    expected = {
+        m.headers["x-callscribe-message-id"]: (
+            m.body["sender"]["role"],
+            " ".join(u["text"] for u in m.body["autotranscribeResponse"]["utterance"]),
+        )
+        for m in delivered
+    }
+    state = await page.until(
+        lambda s: (
+            {line["messageId"] for line in _lines(s, acme.call_sid, "final")} == set(expected)
+            and _call(s, acme.call_sid)["status"] == "Ended"
+        ),
+        30,
+        "every transcript of acme's call on the page, and the call ended",
+    )
+    finals = _lines(state, acme.call_sid, "final")
+    assert {line["messageId"]: (line["role"], line["text"]) for line in finals} == expected
+    assert len(finals) == len(expected)  # none twice
+    assert [call["guid"] for call in state["calls"]] == [acme.call_sid]
+    # Redaction: the PIN is masked on the page as in the webhook's message.
+    assert any("#" in line["text"] for line in finals if line["role"] == "customer")
+    assert "4729" not in state["text"] and "four seven two nine" not in state["text"].lower()
+
+    contrasts = await page.do(
+        browser.execute_script,
+        CONTRASTS,
+        ".line .text, .line .time, .party-heading, .call-meta, .call-status, .connection, button",
+    )
+    assert contrasts and all(ratio >= 4.5 for _, ratio in contrasts), contrasts
+
+    shot = await page.screenshot(tmp_path / "live-page.png")
+    for name, path in (("screenshot", shot), ("screenshot_interim", interim_shot)):
+        record_property(name, str(path))
+        print(f"{name}: {path}")
+
+    # Signing out clears the session.
+    sign_out = await page.do(browser.find_element, By.ID, "sign-out")
+    await page.do(sign_out.send_keys, Keys.ENTER)
+    await page.until(lambda s: s["signInShown"] and not s["callsShown"], 10, "signed out")
+    names = {c["name"] for c in await page.do(browser.get_cookies)}
+    assert "callscribe_live_session" not in names
+
+    # Nothing the page did broke its policy or failed (a CSP refusal is logged as SEVERE).
+    problems = [e for e in await page.do(browser.get_log, "browser") if e["level"] == "SEVERE"]
+    assert not problems, problems
+    assert page.looks > 20
