@@ -347,6 +347,10 @@ class InterimSettings(BaseSettings):
     # Speech the open utterance must hold before its first interim: less is a word or two,
     # which Whisper often gets wrong at the edge of the audio.
     min_speech_ms: int = Field(500, ge=32, le=10_000)
+    # An interim falls due but waits while the speaker has been silent this long: the
+    # utterance may be ending, and then its final needs a worker within end_silence_ms and
+    # shows the text anyway.
+    pause_ms: int = Field(250, ge=32, le=10_000)
 
 
 class Settings(BaseSettings):

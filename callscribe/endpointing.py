@@ -94,6 +94,8 @@ class OpenUtterance:
     start_sample: int  # 16 kHz samples from the start of the call's audio
     samples: int
     speech_ms: int
+    # The silence it ends with so far: the speaker has paused this long (0: speaking).
+    pause_ms: int = 0
 
     @property
     def start_ms(self) -> int:
@@ -153,6 +155,7 @@ class Endpointer:
             self._speech_start,
             WINDOW * len(self._speech),
             self._voiced_windows * WINDOW * 1000 // MODEL_RATE,
+            self._silent_run * WINDOW * 1000 // MODEL_RATE,
         )
 
     def open_audio(self) -> np.ndarray:

@@ -11,8 +11,10 @@ Finals first. An interim decode starts only on a worker of the engine that nothi
 waiting); otherwise it is shed (counted in ``InterimStats``) and the next one falls due an
 interval of audio later. An interim never waits in the engine's queue, so a final waits at most
 for the decodes already running. Per stream at most one interim decode is in flight: one that
-falls due meanwhile waits for it and then starts with the audio as it is by then (however many
-fell due meanwhile).
+falls due meanwhile starts after it, with the audio as it is by then (however many fell due
+meanwhile). Nor does one start while the speaker has paused for ``pause_ms``: the utterance
+may be ending, and its final would then need a worker within the endpointer's end silence;
+what fell due waits for the speech to go on.
 
 Never an interim after its final: a decode's text is published only if its utterance is still
 the stream's open one when the decode ends (checked and published in one step on the event
@@ -110,6 +112,7 @@ class InterimDecoder:
         self.feed = feed
         self.interval_samples = settings.interval_ms * MODEL_RATE // 1000
         self.min_speech_ms = settings.min_speech_ms
+        self.pause_ms = settings.pause_ms
         self.stats = InterimStats()
 
     def for_stream(
@@ -143,8 +146,9 @@ class StreamInterims:
         self._previous_text = ""
         self._next_due = 0
         self._decoding: asyncio.Future[AsrResult] | None = None
-        # One fell due while the decode above was in flight: it starts when that one ends.
-        self._due_meanwhile = False
+        # An interim fell due and has not started: the stream's previous decode is still in
+        # flight, or the speaker paused.
+        self._due = False
 
     def close(self) -> None:
         """No more interims (transcription stopped, the call ended, or its start no longer
@@ -162,13 +166,19 @@ class StreamInterims:
             self._utterance = utterance.start_sample
             self._previous_text = ""
             self._next_due = 0
-            self._due_meanwhile = False
-        if utterance.speech_ms < self._decoder.min_speech_ms or utterance.samples < self._next_due:
+            self._due = False
+        if utterance.speech_ms < self._decoder.min_speech_ms:
             return
-        self._next_due = utterance.samples + self._decoder.interval_samples
-        if self._decoding is not None:
-            self._due_meanwhile = True
+        if utterance.samples >= self._next_due:
+            self._next_due = utterance.samples + self._decoder.interval_samples
+            self._due = True
+        if not self._due or self._decoding is not None:
+            return  # one in flight: what fell due meanwhile starts after it, from the audio then
+        if utterance.pause_ms >= self._decoder.pause_ms:
+            # The speaker paused: the utterance may be ending, and then its final takes a worker
+            # within end_silence_ms and shows this text anyway. What fell due waits for speech.
             return
+        self._due = False
         self._start(utterance)
 
     def _start(self, utterance: OpenUtterance) -> None:
@@ -184,8 +194,8 @@ class StreamInterims:
         decoding.add_done_callback(lambda done: self._decoded(done, start_sample))
 
     def _decoded(self, done: asyncio.Future[AsrResult], start_sample: int) -> None:
-        """On the event loop, as the decode ends: publish its text if its utterance is still
-        being spoken, then start the one that fell due meanwhile."""
+        """On the event loop, as the decode ends: its text is published if its utterance is
+        still being spoken. (One that fell due meanwhile starts with the next audio.)"""
         self._decoding = None
         stats = self._decoder.stats
         if done.cancelled():
@@ -198,11 +208,6 @@ class StreamInterims:
             result = done.result()
             stats.decode_s.append(result.processing_ms / 1000)
             self._publish(result.text.strip(), start_sample)
-        if self._due_meanwhile and not self.closed:
-            self._due_meanwhile = False
-            utterance = self._speech.open_utterance()
-            if utterance is not None and utterance.start_sample == self._utterance:
-                self._start(utterance)
 
     def _publish(self, text: str, start_sample: int) -> None:
         utterance = self._speech.open_utterance()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -25,7 +26,11 @@ from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import IssuedKey
 from callscribe.config import AsrSettings, InterimSettings
-from callscribe.interim import stable_prefix
+from callscribe.endpointing import OpenUtterance
+from callscribe.interim import InterimDecoder, stable_prefix
+from callscribe.live import LiveFeed, LiveHub
+from callscribe.model import AutotranscribeParams
+from callscribe.store.base import CallKey
 from callscribe.testing.simulate import WebhookReceiver, load_sample_call
 from callscribe.textnorm import normalize
 from tests.conftest import RunningServer
@@ -58,6 +63,111 @@ def test_the_stable_prefix_is_what_both_texts_share_to_the_end_of_a_word() -> No
     assert stable_prefix("I need her.", "Hi, I need help") == 0
     assert stable_prefix("same words", "same words") == len("same words")
     assert stable_prefix("a  b c", "a  b d") == len("a  b")
+
+
+class Speaker:
+    """A stream's open utterance as a test sets it (``OpenSpeech``)."""
+
+    def __init__(self) -> None:
+        self.utterance: OpenUtterance | None = None
+
+    def say(self, start_ms: int, audio_ms: int, pause_ms: int = 0) -> None:
+        self.utterance = OpenUtterance(start_ms * 16, audio_ms * 16, audio_ms - pause_ms, pause_ms)
+
+    def open_utterance(self) -> OpenUtterance | None:
+        return self.utterance
+
+    def open_audio(self) -> np.ndarray:
+        assert self.utterance is not None
+        return np.zeros(self.utterance.samples, dtype=np.float32)
+
+
+class Workers:
+    """An engine's ``start_interim`` as a test drives it: the decodes it started (their audio
+    length and future), and whether a worker is idle."""
+
+    def __init__(self) -> None:
+        self.idle = True
+        self.started: list[tuple[int, asyncio.Future[AsrResult]]] = []
+
+    def start_interim(self, request: AsrRequest) -> asyncio.Future[AsrResult] | None:
+        if not self.idle:
+            return None
+        decoding: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
+        self.started.append((len(request.audio) // 16, decoding))
+        return decoding
+
+
+async def test_one_decode_per_stream_at_a_time_shed_when_busy_held_in_a_pause_never_late() -> None:
+    hub = LiveHub()
+    viewer = hub.subscribe("acme")
+    workers = Workers()
+    decoder = InterimDecoder(
+        workers, LiveFeed(hub), InterimSettings(interval_ms=1000, min_speech_ms=500, pause_ms=250)
+    )
+    speaker = Speaker()
+    stream = decoder.for_stream(
+        CallKey("acme", "twilio", "CA-1"), "agent", speaker, AutotranscribeParams()
+    )
+
+    async def decoded(n: int, text: str) -> None:
+        workers.started[n][1].set_result(AsrResult(text=text))
+        await asyncio.sleep(0)  # the done callback runs on the loop
+
+    speaker.say(4000, 400)
+    stream.audio_arrived()
+    assert workers.started == []  # too little speech yet
+    speaker.say(4000, 600)
+    stream.audio_arrived()
+    assert [ms for ms, _ in workers.started] == [600]
+    # In flight: what falls due meanwhile waits, however much does, and starts once, fresh.
+    for ms in (1700, 2800, 3000):
+        speaker.say(4000, ms)
+        stream.audio_arrived()
+    assert len(workers.started) == 1
+    await decoded(0, "Hello, this is Sarah.")
+    stream.audio_arrived()
+    assert [ms for ms, _ in workers.started] == [600, 3000]
+    await decoded(1, "Hello, this is Sarah from Acme")
+    # Due, but the speaker has paused: held until the speech goes on.
+    speaker.say(4000, 4000, pause_ms=300)
+    stream.audio_arrived()
+    assert len(workers.started) == 2
+    speaker.say(4000, 4100)
+    stream.audio_arrived()
+    assert [ms for ms, _ in workers.started] == [600, 3000, 4100]
+    # The utterance ends while its decode runs: its text is not published.
+    speaker.utterance = None
+    stream.audio_arrived()
+    await decoded(2, "Hello, this is Sarah from Acme Streaming")
+    # The next utterance, while no worker is idle: shed, and tried again an interval later.
+    workers.idle = False
+    speaker.say(9000, 600)
+    stream.audio_arrived()
+    speaker.say(9000, 1500)
+    stream.audio_arrived()
+    workers.idle = True
+    speaker.say(9000, 1600)
+    stream.audio_arrived()
+    assert [ms for ms, _ in workers.started][3:] == [1600]
+    stream.close()
+    await decoded(3, "Great choice.")
+
+    events = [json.loads(await asyncio.wait_for(viewer.next(), 2)) for _ in range(2)]
+    assert [(e["utteranceId"], e["text"], e["stablePrefix"]) for e in events] == [
+        ("agent-4000", "Hello, this is Sarah.", 0),
+        ("agent-4000", "Hello, this is Sarah from Acme", len("Hello, this is")),
+    ]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(viewer.next(), 0.3)
+    assert decoder.stats.as_dict() | {"recentDecodeP50Ms": 0} == {
+        "decodes": 4,
+        "published": 2,
+        "shed": 1,
+        "stale": 2,
+        "failed": 0,
+        "recentDecodeP50Ms": 0,
+    }
 
 
 def _key_headers(issued: IssuedKey) -> dict[str, str]:
@@ -368,11 +478,6 @@ async def test_no_interim_starts_while_a_final_waits_and_a_final_waits_for_one_a
     assert set(engine.finals_waiting_at_interim) == {0}, engine.finals_waiting_at_interim
     # ...so a final found at most the one interim decode already running ahead of it.
     assert max(engine.interims_running_at_final) <= 1
-
-
-def test_the_default_interval_and_minimum_speech_are_settings() -> None:
-    settings = InterimSettings()
-    assert settings.interval_ms >= 200 and settings.min_speech_ms >= 32
 
 
 @pytest.mark.e2e
