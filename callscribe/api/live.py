@@ -306,8 +306,10 @@ def build_live_router() -> APIRouter:
         "token is checked once, when the stream opens. The stream sends one JSON text frame "
         "per event: first `snapshot` (`calls`: each live call's `namespace`, `guid`, "
         "`startedAt` and its recent `finals`), then `callStarted`, `callEnded`, `interim` "
-        "(`utteranceId`, `role`, `start`, `text`, `stablePrefix`) and `final` (`utteranceId`, "
-        "`seq`, `messageId`, `message`: the webhook's message) for the tenant's calls only; "
+        "(`utteranceId`, `role`, `start`, `text`, `stablePrefix`; only for calls started with "
+        "`autotranscribeParams.interimResults`, never after the `final` of its utterance) and "
+        "`final` (`utteranceId`, `seq`, `messageId`, `message`: the webhook's message) for the "
+        "tenant's calls only; "
         "`?guid=` (and `&namespace=`) keeps one call's. The API key headers open it too.",
     )
     async def live_token(request: Request, key: Authenticated) -> LiveTokenResponse:
