@@ -25,7 +25,14 @@ import numpy as np
 
 from callscribe.audio import TELEPHONE_RATE, Upsampler
 from callscribe.config import EndpointingSettings
-from callscribe.endpointing import Endpointer, SileroVad, SpeechProbability, Utterance
+from callscribe.endpointing import (
+    Endpointer,
+    OpenUtterance,
+    SileroVad,
+    SpeechProbability,
+    Utterance,
+)
+from callscribe.interim import InterimDecoder, StreamInterims
 from callscribe.model import (
     AutotranscribeResult,
     CallError,
@@ -71,6 +78,9 @@ class CallServices:
     # Where a call's audio goes when its start request allows recording; None: not kept.
     recordings: Recordings | None = None
     vad_factory: VadFactory = SileroVad
+    # Interim results for calls that ask for them; None: this process has none (no live
+    # viewers here, or an engine that cannot put finals first).
+    interims: InterimDecoder | None = None
 
 
 # An ingest's own rule for whether a call takes start/stop now (raises CallError to refuse).
@@ -88,6 +98,8 @@ class ParticipantStream:
         self._settings = settings
         self._endpointer = Endpointer(settings, vad)
         self._upsampler = Upsampler()
+        # This participant's interim results, while the call's start asks for them.
+        self.interims: StreamInterims | None = None
 
     def push(self, pcm16: np.ndarray, at_sample: int | None = None) -> list[Utterance]:
         """Add audio received now; ``at_sample`` is where the source says it belongs."""
@@ -128,6 +140,13 @@ class ParticipantStream:
         finished = self.flush()
         self.transcribing = False
         return finished
+
+    def open_utterance(self) -> OpenUtterance | None:
+        """The utterance being spoken now (None between utterances or when not transcribing)."""
+        return self._endpointer.open_utterance() if self.transcribing else None
+
+    def open_audio(self) -> np.ndarray:
+        return self._endpointer.open_audio()
 
     def mid_speech(self, pause_ms: int) -> bool:
         """Whether a cut now would split a word (see ``Endpointer.speaking``)."""
@@ -250,6 +269,7 @@ class CallSession:
             wanted = self.status is CallStatus.STREAMING and stream.role is not None
             for utterance in stream.set_transcribing(wanted):
                 self._submit(stream, utterance)
+        self._update_interims()
 
     def stream_for(self, role: Role) -> ParticipantStream | None:
         for stream in self.streams.values():
@@ -262,6 +282,8 @@ class CallSession:
         expected_at = stream.position
         for utterance in stream.push(pcm16, at_sample):
             self._submit(stream, utterance)
+        if stream.interims is not None:
+            stream.interims.audio_arrived()
         # After push, the chunk ends at the stream's position (gaps and jumps applied); what
         # the source's timestamps skipped tells the recorder a jump from a hold.
         chunk_at = stream.position - len(pcm16)
@@ -315,6 +337,7 @@ class CallSession:
         for stream in self.streams.values():
             if stream.role is not None:
                 stream.set_transcribing(True)
+        self._update_interims()
         self._recording = self._recording_allowed(request)
         await self._save(CallStatus.STREAMING)
         log.info("call %s: transcription started", self.key)
@@ -331,6 +354,7 @@ class CallSession:
         self.status = CallStatus.STOPPED
         self._recording = False
         self._stop_transcribing()
+        self._update_interims()
         # The summary counts the audio received up to the stop, not what keeps arriving while
         # the last transcript is awaited (how long that takes depends on the machine's load).
         audio_at_stop = {channel: st.total_audio_bytes for channel, st in self.streams.items()}
@@ -351,6 +375,7 @@ class CallSession:
             self._audio_at_end = {ch: st.total_audio_bytes for ch, st in self.streams.items()}
             self._ended_at = time.monotonic()
         self._stop_transcribing()
+        self._update_interims()
         await self.wait_for_transcripts(COMPLETE_WAIT_S)
         await self._store_recording()
         now = time.time()
@@ -416,6 +441,27 @@ class CallSession:
             await asyncio.to_thread(recorder.finish)
         except Exception:
             log.exception("call %s: could not store the recording", self.key)
+
+    def _update_interims(self) -> None:
+        """Gives each transcribed participant interim results while the call's start asks for
+        them, and ends them otherwise (stopped, ended, a role lost)."""
+        decoder = self.services.interims
+        params = self.request.autotranscribeParams if self.request is not None else None
+        wanted = (
+            decoder is not None
+            and params is not None
+            and params.interimResults
+            and self.status is CallStatus.STREAMING
+        )
+        for stream in self.streams.values():
+            current = stream.interims
+            role = stream.role.value if stream.role is not None else None
+            if current is not None and (not wanted or current.role != role):
+                current.close()
+                stream.interims = current = None
+            if wanted and role is not None and current is None:
+                assert decoder is not None and params is not None
+                stream.interims = decoder.for_stream(self.key, role, stream, params)
 
     def _stop_transcribing(self) -> None:
         for stream in self.streams.values():

@@ -528,6 +528,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             p95_bound_ms=args.p95_bound_ms,
             seconds=args.seconds,
             end_silence_ms=args.end_silence_ms,
+            interim=args.interim,
         )
     )
 
@@ -685,6 +686,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="the VAD's end silence (default: the setting, 600)",
+    )
+    bench.add_argument(
+        "--interim",
+        action="store_true",
+        help="play each number of calls twice, without and then with interim results (every "
+        "call asks for them, a live viewer times them)",
     )
     bench.set_defaults(func=cmd_bench)
     bench_kinds = bench.add_subparsers(dest="bench_kind", required=False)

@@ -332,6 +332,27 @@ class LiveSettings(BaseSettings):
     max_pending_events: int = Field(256, ge=8, le=100_000)
 
 
+class InterimSettings(BaseSettings):
+    """Interim results (calls that opt in with ``autotranscribeParams.interimResults``): how
+    often the utterance being spoken is transcribed again for live viewers. See README
+    "Live"."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_INTERIM_", extra="ignore")
+
+    # Of the open utterance's audio between two interim decodes of one stream. An interim
+    # decode costs about 0.25 s of one worker (Whisper base, one core), so a stream that
+    # speaks all the time takes a quarter of a worker at 1000 ms; finals come first whatever
+    # this is (interims are shed when no worker is idle).
+    interval_ms: int = Field(1000, ge=200, le=10_000)
+    # Speech the open utterance must hold before its first interim: less is a word or two,
+    # which Whisper often gets wrong at the edge of the audio.
+    min_speech_ms: int = Field(500, ge=32, le=10_000)
+    # An interim falls due but waits while the speaker has been silent this long: the
+    # utterance may be ending, and then its final needs a worker within end_silence_ms and
+    # shows the text anyway.
+    pause_ms: int = Field(250, ge=32, le=10_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLSCRIBE_", extra="ignore")
 
@@ -365,6 +386,7 @@ class Settings(BaseSettings):
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     limits: ServerLimitsSettings = Field(default_factory=ServerLimitsSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
+    interim: InterimSettings = Field(default_factory=InterimSettings)
 
     @property
     def store_path(self) -> Path:

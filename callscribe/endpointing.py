@@ -86,6 +86,22 @@ class Utterance:
         return (self.start_sample + len(self.audio) - self.tail_samples) * 1000 // MODEL_RATE
 
 
+@dataclass(frozen=True)
+class OpenUtterance:
+    """The utterance a speaker is still speaking, as far as it goes: where it starts (as its
+    finished ``Utterance`` will), how much audio it holds, and how much of that was speech."""
+
+    start_sample: int  # 16 kHz samples from the start of the call's audio
+    samples: int
+    speech_ms: int
+    # The silence it ends with so far: the speaker has paused this long (0: speaking).
+    pause_ms: int = 0
+
+    @property
+    def start_ms(self) -> int:
+        return self.start_sample * 1000 // MODEL_RATE
+
+
 def _ms_to_windows(ms: int) -> int:
     return max(1, int(round(ms * MODEL_RATE / 1000 / WINDOW)))
 
@@ -130,6 +146,23 @@ class Endpointer:
     @property
     def speech_started_at(self) -> int | None:
         return self._speech_start if self._speech else None
+
+    def open_utterance(self) -> OpenUtterance | None:
+        """The utterance being spoken, or None between utterances."""
+        if not self._speech:
+            return None
+        return OpenUtterance(
+            self._speech_start,
+            WINDOW * len(self._speech),
+            self._voiced_windows * WINDOW * 1000 // MODEL_RATE,
+            self._silent_run * WINDOW * 1000 // MODEL_RATE,
+        )
+
+    def open_audio(self) -> np.ndarray:
+        """The open utterance's audio so far (a copy; empty between utterances)."""
+        if not self._speech:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._speech)
 
     def speaking(self, pause_ms: int) -> bool:
         """Inside an utterance with less than ``pause_ms`` of silence since its last speech:

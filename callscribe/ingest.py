@@ -20,7 +20,7 @@ from typing import Any, Self
 import numpy as np
 
 from callscribe.adapters import DAY_S, Adapters
-from callscribe.asr.base import AsrEngine, AsrError, AsrRequest
+from callscribe.asr.base import AsrEngine, AsrError, AsrRequest, InterimCapableEngine
 from callscribe.asr.factory import make_asr_engine
 from callscribe.auth import StreamTokens
 from callscribe.blobs.base import BlobStore
@@ -30,6 +30,7 @@ from callscribe.config import Settings
 from callscribe.connect.ingest import ConnectIngest
 from callscribe.connect.kvs import BotoMediaSources
 from callscribe.endpointing import SileroVad
+from callscribe.interim import InterimDecoder
 from callscribe.live import LiveFeed
 from callscribe.secrets import TOKEN_SIGNING_KEY, Secrets, new_signing_key
 from callscribe.siprec.gateway import SiprecGateway, SiprecServices
@@ -99,6 +100,8 @@ class IngestRuntime:
     draining: bool = False
     # The Amazon Connect calls being handed to other readers while draining.
     handing_over: asyncio.Task[None] | None = None
+    # Interim results of the calls that ask for them (None: this process has none).
+    interims: InterimDecoder | None = None
 
     @classmethod
     def compose(
@@ -111,8 +114,11 @@ class IngestRuntime:
         asr: AsrEngine | None = None,
         vad_factory: VadFactory = SileroVad,
         dispatcher: WebhookDispatcher | None = None,
+        live_feed: LiveFeed | None = None,
     ) -> Self:
-        """The core on ``adapters``, and the ``ingests`` this process serves on it."""
+        """The core on ``adapters``, and the ``ingests`` this process serves on it.
+        ``live_feed``: where interim results go, for a process that has live viewers; they
+        are decoded only on an engine that can put finals first (in-process Whisper)."""
         serves = set(ingests)
         tokens = StreamTokens(
             adapters.secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key),
@@ -131,6 +137,11 @@ class IngestRuntime:
         pipeline = TranscriptionPipeline(
             asr, adapters.store, bus, retention_s=settings.message_retention_days * DAY_S
         )
+        interims = (
+            InterimDecoder(asr, live_feed, settings.interim)
+            if live_feed is not None and isinstance(asr, InterimCapableEngine)
+            else None
+        )
         calls = Calls(
             CallServices(
                 store=adapters.store,
@@ -139,6 +150,7 @@ class IngestRuntime:
                 owner=owner,
                 recordings=adapters.recordings,
                 vad_factory=vad_factory,
+                interims=interims,
             ),
             registry,
         )
@@ -153,6 +165,7 @@ class IngestRuntime:
             owner,
             owns_asr=owns_asr,
             dispatcher=dispatcher,
+            interims=interims,
         )
         if Ingest.TWILIO in serves:
             runtime.gateway = TwilioGateway(
@@ -296,6 +309,8 @@ class IngestRuntime:
                 "loopsCut": getattr(self.asr, "loops_cut", 0),
                 # A remote ASR service's workers and what became of the requests sent to them.
                 "remoteWorkers": remote_workers() if remote_workers else None,
+                # Interim results: decoded, published, shed for want of an idle worker.
+                "interim": self.interims.stats.as_dict() if self.interims else None,
             },
             "amazonConnect": connect,
             "delivery": self.dispatcher.as_dict() if self.dispatcher else None,

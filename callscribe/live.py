@@ -5,9 +5,9 @@ Events, each naming its call by namespace and guid (``as_json`` is their wire fo
 
 - ``callStarted``: the call went live in this process (its media arrived);
 - ``callEnded``: its media ended and its last utterances were transcribed;
-- ``interim``: the text so far of an utterance still being spoken (``stablePrefix``: how many
-  of its first characters will not change any more). Nothing emits it yet: the interim
-  results will call ``LiveFeed.interim``;
+- ``interim``: the text so far of an utterance still being spoken, for calls that ask for
+  interim results (``callscribe.interim`` calls ``LiveFeed.interim``); ``stablePrefix``: how
+  many of its first characters the previous interim of the utterance had too;
 - ``final``: a finished utterance, the transcript message exactly as the webhook gets it (its
   text is what the tenant's redaction made of it).
 
@@ -99,7 +99,7 @@ class InterimTranscript:
     role: str
     start_ms: int
     text: str  # as the tenant's redaction shows it
-    stable_prefix: int  # characters of ``text`` that will not change any more
+    stable_prefix: int  # characters of ``text`` the utterance's previous interim had too
     unredacted_text: str | None = None  # only for redactionOutput redacted_and_unredacted
 
     def as_json(self) -> dict[str, Any]:
@@ -205,9 +205,10 @@ class LiveFeed:
         redaction: RedactionOutput,
     ) -> None:
         """The text so far of ``role``'s utterance that started at ``start_ms`` (as its final
-        message's ``start`` will say), of which the first ``stable_prefix`` characters will
-        not change. ``text`` is the recogniser's own; it is shown as the call's
-        ``redactionOutput`` asks, as its finals are. Interim results call this."""
+        message's ``start`` will say), of which the first ``stable_prefix`` characters did not
+        change since its previous interim. ``text`` is the recogniser's own; it is shown as
+        the call's ``redactionOutput`` asks, as its finals are. ``callscribe.interim`` calls
+        this."""
         shown, stable, unredacted = text, stable_prefix, None
         if redaction is not RedactionOutput.UNREDACTED:
             shown = redact(text)

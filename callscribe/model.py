@@ -97,6 +97,16 @@ class AutotranscribeParams(BaseModel):
             "unredactedTokens)."
         ),
     )
+    # Not in the AutoTranscribe contract: CallScribe's own, and off unless asked for, so a
+    # call started as the contract describes costs no interim decoding.
+    interimResults: bool = Field(
+        False,
+        description="CallScribe extension (not in the AutoTranscribe contract): while a "
+        "participant speaks, the live event stream and page also get `interim` events with "
+        "the utterance's text so far, redacted as redactionOutput asks; its `final` replaces "
+        "them. The webhook and the after-call API still get finished utterances only. "
+        "Interim results are shed first when the speech recogniser is busy.",
+    )
 
     @field_validator("language")
     @classmethod

@@ -62,7 +62,7 @@ class LocalRuntime(IngestRuntime):
     # This run as the owner of its calls (see callscribe.takeover).
     instance: LocalInstance | None = None
     # The live event stream's hub, and what feeds it: the registry's calls, the bus's
-    # messages, and (to come) interim results through ``live_feed.interim``.
+    # messages, and the interim results of calls that ask for them (``live_feed.interim``).
     live_hub: LiveHub | None = None
     live_feed: LiveFeed | None = None
 
@@ -93,6 +93,8 @@ class LocalRuntime(IngestRuntime):
         ingests = [Ingest.TWILIO, Ingest.AMAZON_CONNECT]
         if settings.siprec.enabled:
             ingests.append(Ingest.SIPREC)
+        live_hub = LiveHub(settings.live.max_pending_events)
+        live_feed = LiveFeed(live_hub)
         runtime = cls.compose(
             settings,
             adapters,
@@ -101,13 +103,14 @@ class LocalRuntime(IngestRuntime):
             asr=asr,
             vad_factory=vad_factory,
             dispatcher=_webhook_dispatcher(settings, adapters),
+            live_feed=live_feed,
         )
         runtime.instance = instance
-        runtime.live_hub = LiveHub(settings.live.max_pending_events)
-        runtime.live_feed = LiveFeed(runtime.live_hub)
-        runtime.registry.watch(runtime.live_feed)
+        runtime.live_hub = live_hub
+        runtime.live_feed = live_feed
+        runtime.registry.watch(live_feed)
         assert isinstance(adapters.bus, InProcessEventBus)  # local mode's bus
-        adapters.bus.subscribe(runtime.live_feed.final)
+        adapters.bus.subscribe(live_feed.final)
         export_retention_s = settings.export_retention_days * DAY_S
         runtime.api = ApiServices(
             store=adapters.store,

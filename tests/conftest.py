@@ -85,8 +85,12 @@ async def server_factory(
     started: list[tuple[uvicorn.Server, asyncio.Task[None], RunningServer]] = []
 
     async def start(
-        webhook_url: str | None, webhook: dict[str, object] | None = None, **overrides: object
+        webhook_url: str | None,
+        webhook: dict[str, object] | None = None,
+        asr: AsrEngine | None = None,
+        **overrides: object,
     ) -> RunningServer:
+        """``asr``: another engine than the shared one (the server does not close it)."""
         webhook_settings = WebhookSettings(
             **{
                 "url": webhook_url,
@@ -101,7 +105,7 @@ async def server_factory(
         settings = Settings(
             data_dir=tmp_path / f"data{len(started)}", webhook=webhook_settings, **overrides
         )
-        runtime = LocalRuntime.build(settings, asr=asr_engine)
+        runtime = LocalRuntime.build(settings, asr=asr or asr_engine)
         app = create_local_app(runtime)
         sock = bind_loopback()
         port = sock.getsockname()[1]

@@ -39,6 +39,14 @@ def agent_lines(call: SampleCall) -> list[Segment]:
     return [s for s in call.segments if s.transcribed and s.track == "outbound"]
 
 
+def line_audio(call: SampleCall, line: Segment) -> bytes:
+    """A line's μ-law audio, from 300 ms before it to its end, from its own track."""
+    audio = call.tracks[line.track]
+    first = max(0, (line.start_ms - 300) * 8 // FRAME_BYTES)
+    last = line.end_ms * 8 // FRAME_BYTES
+    return audio[first * FRAME_BYTES : last * FRAME_BYTES]
+
+
 class TwilioCall:
     """One call's Media Stream: open it, start transcription, send audio frame by frame."""
 
@@ -61,18 +69,27 @@ class TwilioCall:
             assert time.monotonic() < deadline, response.text
             await asyncio.sleep(0.1)
 
-    async def send_line(self, line: Segment, trailing_silence_ms: int = 1500) -> None:
+    async def send_line(
+        self, line: Segment, trailing_silence_ms: int = 1500, speed: float | None = None
+    ) -> None:
         """The agent's line (from 300 ms before it), then silence so that it ends."""
+        await self.send_audio(
+            line_audio(self.call, line) + SILENCE * (trailing_silence_ms // 20), speed
+        )
+
+    async def send_audio(self, ulaw: bytes, speed: float | None = None) -> None:
+        """μ-law audio as the agent's track, 20 ms a frame: ``speed`` × real time, or as fast
+        as the socket takes it (None: when pacing is not what is tested)."""
         assert self.ws is not None
-        audio = self.call.tracks["outbound"]
-        first = max(0, (line.start_ms - 300) * 8 // FRAME_BYTES)
-        last = line.end_ms * 8 // FRAME_BYTES
-        frames = [audio[n * FRAME_BYTES : (n + 1) * FRAME_BYTES] for n in range(first, last)]
-        frames += [SILENCE] * (trailing_silence_ms // 20)
-        for chunk in frames:
+        started = time.monotonic()
+        for n in range(len(ulaw) // FRAME_BYTES):
+            chunk = ulaw[n * FRAME_BYTES : (n + 1) * FRAME_BYTES]
             await self.ws.send(self.writer.media("outbound", chunk, self.next_ms))
             self.next_ms += 20
-            await asyncio.sleep(0)  # let the socket breathe; pacing is not what is tested
+            if speed is None:
+                await asyncio.sleep(0)  # let the socket breathe
+            else:
+                await asyncio.sleep(max(0.0, started + (n + 1) * 0.02 / speed - time.monotonic()))
 
     async def close(self) -> None:
         """Leave the socket (a server that was killed has closed it already)."""

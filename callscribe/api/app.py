@@ -189,7 +189,13 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     "start on a stopped or ended contact reads again from its own selector. Fields this server "
     "does not know, at the top level or inside autotranscribeParams, twilioParams or "
     "amazonConnectParams, are ignored (and logged), so that a client sending a field added to "
-    "the contract later keeps working. A body over 64 KB is refused with 400-201.",
+    "the contract later keeps working. A body over 64 KB is refused with 400-201. "
+    "`autotranscribeParams.interimResults` (default false) is a CallScribe extension, not part "
+    "of the AutoTranscribe contract: with true, the live event stream (and the live page) of "
+    "the call's tenant also gets `interim` events, each participant's text so far while they "
+    "speak, redacted as `redactionOutput` asks and replaced by the utterance's `final`; the "
+    "webhook and the after-call API still get finished utterances only. Interim results are "
+    "best effort: when the speech recogniser is busy they are skipped, never finals.",
     openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:

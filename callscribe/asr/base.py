@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -171,6 +172,19 @@ class AsrEngine(Protocol):
     async def transcribe(self, request: AsrRequest) -> AsrResult: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class InterimCapableEngine(Protocol):
+    """An engine that also decodes the text so far of utterances still being spoken (interim
+    results), without ever making a finished utterance wait for one: it knows its workers.
+
+    ``start_interim`` starts the decode at once, on a worker no finished utterance is waiting
+    for, and returns its future; or returns None (the interim is shed) when no worker is idle.
+    In-process Whisper is one; the remote GPU workers' client is not (yet): interim results
+    are not decoded on the GPU service."""
+
+    def start_interim(self, request: AsrRequest) -> asyncio.Future[AsrResult] | None: ...
 
 
 def whisper_language(locale: str | None) -> str | None:

@@ -1,9 +1,10 @@
 """faster-whisper behind the ``AsrEngine`` port, run in worker threads off the event loop.
 
-Two ways in: ``transcribe`` / ``transcribe_blocking`` run one utterance through faster-whisper's
-own ``transcribe``; ``transcribe_batch`` runs several utterances through one encoder call and
-one decoder (``generate``) call of the CTranslate2 model, which is how the GPU ASR worker
-(``callscribe.asr.worker``) serves many calls at once.
+Three ways in: ``transcribe`` / ``transcribe_blocking`` run one utterance through faster-whisper's
+own ``transcribe``; ``start_interim`` runs the text so far of an utterance still being spoken,
+more cheaply, and only on a worker nobody else needs; ``transcribe_batch`` runs several
+utterances through one encoder call and one decoder (``generate``) call of the CTranslate2
+model, which is how the GPU ASR worker (``callscribe.asr.worker``) serves many calls at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,6 +35,11 @@ FRAMES_PER_SECOND = 100  # mel frames
 FULL_CONTEXT_FRAMES = 3000  # Whisper's 30 s window
 HOP_SAMPLES = SAMPLE_RATE // FRAMES_PER_SECOND
 MAX_BATCHED_SAMPLES = FULL_CONTEXT_FRAMES * SAMPLE_RATE // FRAMES_PER_SECOND
+
+# An interim decode (``start_interim``): greedy only. Its text is replaced by the final's within
+# a second or two, so the fallbacks and the full-window retry that make finals accurate would
+# only make interims later and take workers from finals.
+GREEDY_ONLY = ((1, 0.0),)
 
 # faster-whisper's defaults, which ``transcribe_blocking`` uses too: a decode whose text
 # compresses better than this (gzip) is a repetition loop, and is retried at the next
@@ -109,6 +116,10 @@ class FasterWhisperEngine:
             time.perf_counter() - started,
         )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
+        self.workers = workers
+        # Decodes handed to the pool and not yet answered (running, or waiting for a worker):
+        # what tells an interim decode whether a worker is idle. Changed on the event loop only.
+        self.decodes_in_flight = 0
         self._tokenizers: dict[str, object] = {}
         # Decodes from a shortened window that looked broken and were done again in 30 s.
         self.full_window_retries = 0
@@ -122,8 +133,48 @@ class FasterWhisperEngine:
             self._check_languages([request])
         except ValueError as exc:
             raise AsrError(str(exc)) from exc
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.transcribe_blocking, request)
+        return await self._in_pool(self.transcribe_blocking, request)
+
+    def _in_pool(
+        self, decode: Callable[[AsrRequest], AsrResult], request: AsrRequest
+    ) -> asyncio.Future[AsrResult]:
+        """``decode(request)`` on a worker, counted in ``decodes_in_flight`` from now until it
+        is answered. Counted as it is handed to the pool, not later: an interim decode that
+        looks at the count in the meantime must see this one."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, decode, request)
+        self.decodes_in_flight += 1
+        future.add_done_callback(self._answered)
+        return future
+
+    def _answered(self, _: asyncio.Future[AsrResult]) -> None:
+        self.decodes_in_flight -= 1
+
+    def start_interim(self, request: AsrRequest) -> asyncio.Future[AsrResult] | None:
+        """The text so far of an utterance still being spoken, decoded now if a worker is idle
+        (fewer decodes in flight than workers, so no final waits for one); None when not: the
+        interim is shed. Decided and counted in one step on the event loop, so two streams
+        asking at once cannot both take the last idle worker, and an interim never waits in
+        the pool: a final that arrives later waits at most for the decodes already running.
+
+        The cheapest decode that reads well enough to be replaced: greedy, no fallback, no
+        full-window retry, no word timings, the trimmed window (see
+        ``transcribe_interim_blocking``)."""
+        if self.decodes_in_flight >= self.workers:
+            return None
+        return self._in_pool(self.transcribe_interim_blocking, request)
+
+    def transcribe_interim_blocking(self, request: AsrRequest) -> AsrResult:
+        started = time.perf_counter()
+        request = replace(request, word_timestamps=False)
+        if not np.any(request.audio):
+            return self._digital_silence(request)
+        self._check_languages([request])
+        result = self._transcribe_window(
+            request, self.window_frames(len(request.audio)), rounds=GREEDY_ONLY
+        )
+        # A loop ("and and and") is cut as in a final, but not counted among the finals' cuts.
+        text = without_loops(result.text)
+        return replace(result, text=text, processing_ms=(time.perf_counter() - started) * 1000)
 
     def window_frames(self, samples: int) -> int | None:
         """The encoder window (mel frames) for an utterance of ``samples``.
@@ -234,11 +285,18 @@ class FasterWhisperEngine:
                 rounds.append((self.settings.fallback_beam_size, 0.0))
         return rounds
 
-    def _transcribe_window(self, request: AsrRequest, frames: int | None) -> AsrResult:
+    def _transcribe_window(
+        self,
+        request: AsrRequest,
+        frames: int | None,
+        rounds: Sequence[tuple[int, float]] | None = None,
+    ) -> AsrResult:
+        """``rounds``: (beam size, temperature) of each decode tried in turn (by default
+        ``_decoding_rounds``)."""
         self._model._context.frames = frames
         audio = self._padded(request.audio, frames)
         tried: list[tuple[_Decode, list[Any], Any]] = []  # with faster-whisper's TranscriptionInfo
-        for beam_size, temperature in self._decoding_rounds():
+        for beam_size, temperature in rounds or self._decoding_rounds():
             segments, info = self._model.transcribe(
                 audio,
                 language=request.language,

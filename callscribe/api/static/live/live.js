@@ -11,10 +11,6 @@ const ROLES = [
 // Close codes the server uses (see callscribe/api/live.py).
 const CLOSE_FELL_BEHIND = 1013;
 const CLOSE_SESSION_EXPIRED = 4401;
-// An interim result names its utterance's start as the recogniser saw it; the final's start
-// may be earlier by the endpointer's pre-roll. An interim line of the same speaker starting
-// within this much before the final, or inside it, is the same utterance.
-const SAME_UTTERANCE_SLACK_MS = 1000;
 const MAX_RECONNECT_DELAY_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
@@ -358,6 +354,8 @@ function showInterim(event) {
   const call = callFor(event.namespace, event.guid);
   if (call.ended) return;
   const log = logFor(call, event.role);
+  // The server sends no interim after its final; a final already shown wins regardless.
+  if (log.querySelector(`.line.final[data-utterance="${CSS.escape(event.utteranceId)}"]`)) return;
   let line = log.querySelector(`.line.interim[data-utterance="${CSS.escape(event.utteranceId)}"]`);
   const stable = event.text.slice(0, event.stablePrefix);
   const changing = event.text.slice(event.stablePrefix);
@@ -387,13 +385,11 @@ function showFinal(event) {
   const role = message.sender.role;
   const { start, end } = message.autotranscribeResponse;
   const log = logFor(call, role);
-  // The interim lines this final replaces.
+  // The interim lines this final replaces: its own utterance's (the same utteranceId), and
+  // any the speaker began before it ended, whose utterance is over without a final of its
+  // own (the recogniser heard no words in it in the end).
   for (const interim of log.querySelectorAll(".line.interim")) {
-    const interimStart = Number(interim.dataset.start);
-    if (
-      interim.dataset.utterance === event.utteranceId ||
-      (interimStart >= start - SAME_UTTERANCE_SLACK_MS && interimStart <= end)
-    ) {
+    if (interim.dataset.utterance === event.utteranceId || Number(interim.dataset.start) <= end) {
       interim.remove();
     }
   }
