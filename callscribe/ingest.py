@@ -118,7 +118,8 @@ class IngestRuntime:
     ) -> Self:
         """The core on ``adapters``, and the ``ingests`` this process serves on it.
         ``live_feed``: where interim results go, for a process that has live viewers; they
-        are decoded only on an engine that can put finals first (in-process Whisper)."""
+        are decoded only on an engine that can put finals first (in-process Whisper, or the
+        remote GPU workers' client)."""
         serves = set(ingests)
         tokens = StreamTokens(
             adapters.secrets.get_or_create(TOKEN_SIGNING_KEY, new_signing_key),

@@ -35,7 +35,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from callscribe.asr.base import AsrRequest, AsrResult, InterimCapableEngine, whisper_language
+from callscribe.asr.base import (
+    AsrInterimShedError,
+    AsrRequest,
+    AsrResult,
+    InterimCapableEngine,
+    whisper_language,
+)
 from callscribe.audio import MODEL_RATE
 from callscribe.config import InterimSettings
 from callscribe.endpointing import OpenUtterance
@@ -201,7 +207,12 @@ class StreamInterims:
         if done.cancelled():
             return
         error = done.exception()
-        if error is not None:
+        if isinstance(error, AsrInterimShedError):
+            # The engine refused it only once asked (a remote worker with a final waiting):
+            # shed, as if no worker had been idle. It was counted as started; it was not.
+            stats.decodes -= 1
+            stats.shed += 1
+        elif error is not None:
             stats.failed += 1
             log.warning("call %s: an interim decode failed: %s", self.key, error)
         else:

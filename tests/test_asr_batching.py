@@ -1,6 +1,7 @@
 """``DynamicBatcher`` on its own, with a stand-in transcriber held by a gate: batches close at
 ``max_batch`` or after ``max_wait_ms``, a full queue refuses, a failing utterance fails alone,
-a caller that went away is skipped, and closing finishes what was accepted."""
+a caller that went away is skipped, closing finishes what was accepted, and interims take only
+room no final wants."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from callscribe.asr.base import AsrRequest, AsrResult
 from callscribe.asr.batching import (
     BatcherClosedError,
     DynamicBatcher,
+    InterimShedError,
     QueueFullError,
 )
 
@@ -43,8 +45,8 @@ class StandIn:
         assert await asyncio.to_thread(self.started.acquire, True, WAIT_S)
 
 
-def request(samples: int) -> AsrRequest:
-    return AsrRequest(np.zeros(samples, dtype=np.float32), language="en")
+def request(samples: int, *, interim: bool = False) -> AsrRequest:
+    return AsrRequest(np.zeros(samples, dtype=np.float32), language="en", interim=interim)
 
 
 async def started(**kwargs: float) -> tuple[DynamicBatcher, StandIn]:
@@ -161,6 +163,47 @@ async def test_close_finishes_accepted_requests_and_refuses_new_ones() -> None:
     await closing
     assert [r.result.text for r in await asyncio.gather(*accepted)] == ["1", "2", "3"]
     assert sorted(n for b in transcriber.batches for n in b) == [1, 2, 3]
+
+
+async def test_an_interim_is_taken_only_with_batch_room_and_no_final_waiting() -> None:
+    batcher, transcriber = await started(max_batch=1, max_wait_ms=0, max_queue=10)
+    transcriber.gate.clear()
+    running = asyncio.ensure_future(batcher.submit(request(1)))
+    await transcriber.wait_started()
+    # The one batch slot is busy: an interim would wait for it, and so delay a later final.
+    with pytest.raises(InterimShedError, match="no batch has room"):
+        await batcher.submit_interim(request(50, interim=True))
+    queued = asyncio.ensure_future(batcher.submit(request(2)))
+    await wait_for_depth(batcher, 1)
+    with pytest.raises(InterimShedError, match="a final is waiting"):
+        await batcher.submit_interim(request(51, interim=True))
+    transcriber.gate.set()
+    assert [(await running).result.text, (await queued).result.text] == ["1", "2"]
+    # Idle again: the interim is decoded at once.
+    assert (await batcher.submit_interim(request(52, interim=True))).result.text == "52"
+    assert transcriber.batches == [[1], [2], [52]]
+    assert (batcher.stats.interims_accepted, batcher.stats.interims_shed) == (1, 2)
+    await batcher.close()
+
+
+async def test_a_final_takes_an_interims_place_in_a_full_batch() -> None:
+    # A long max_wait: the batch the interim started waits for company.
+    batcher, transcriber = await started(max_batch=2, max_wait_ms=60_000, max_queue=10)
+    interim = asyncio.ensure_future(batcher.submit_interim(request(50, interim=True)))
+    for _ in range(int(WAIT_S * 100)):
+        if batcher.stats.interims_accepted == 1 and batcher.interims_waiting == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert batcher.interims_waiting == 0, "the interim was never taken into a batch"
+    # Two finals arrive together: the first fills the batch, the second takes the interim's
+    # place rather than wait for the next batch.
+    finals = [asyncio.ensure_future(batcher.submit(request(n))) for n in (1, 2)]
+    assert [r.batch_size for r in await asyncio.gather(*finals)] == [2, 2]
+    with pytest.raises(InterimShedError, match="took this interim's place"):
+        await interim
+    assert transcriber.batches == [[1, 2]]
+    assert batcher.stats.interims_shed == 1
+    await batcher.close()
 
 
 def test_settings_are_checked() -> None:

@@ -3,7 +3,8 @@ refuses: ``RemoteAsrEngine`` against real worker apps (``callscribe.asr.worker``
 loopback addresses 127.0.0.1-3 sharing one port, so that a name the injected resolver answers
 with several addresses really is several workers. Behind each worker app, a fast deterministic
 stand-in for Whisper says which worker heard the utterance; a closed gate holds its batches, so
-the test decides when a worker's queue is full."""
+the test decides when a worker's queue is full. Interim results go only to an idle worker and
+never make a final wait."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from callscribe.asr.base import (
+    AsrInterimShedError,
     AsrOverloadedError,
     AsrRequest,
     AsrResult,
@@ -56,6 +58,8 @@ class NamedEngine:
         self.name = name
         self.gate = threading.Event()
         self.gate.set()
+        # Each request it transcribed: True for an interim.
+        self.interims_heard: list[bool] = []
 
     @property
     def supported_languages(self) -> list[str]:
@@ -64,9 +68,10 @@ class NamedEngine:
     def transcribe_batch(self, requests: list[AsrRequest]) -> list[AsrResult]:
         if not self.gate.wait(WAIT_S):
             raise TimeoutError("the test never opened the gate")
+        self.interims_heard += [r.interim for r in requests]
         return [
             AsrResult(
-                text=f"heard by {self.name}",
+                text=f"heard by {self.name}" + (" as an interim" if r.interim else ""),
                 language=r.language or "en",
                 audio_ms=len(r.audio) * 1000 // 16_000,
                 processing_ms=1.0,
@@ -300,6 +305,112 @@ async def test_a_worker_added_to_the_name_gets_utterances_after_the_refresh(
     finally:
         await engine.close()
     assert answer.lookups >= 3
+
+
+# ------------------------------------------------------------------ interim results
+
+
+async def test_an_interim_goes_to_an_idle_worker_and_is_decoded_as_an_interim(
+    start_worker: Callable[..., Awaitable[Worker]],
+) -> None:
+    (sock,) = bind_one_port(1)
+    worker = await start_worker(sock)
+    engine = RemoteAsrEngine(worker.url, timeout_s=WAIT_S)
+    try:
+        decoding = engine.start_interim(AsrRequest(ONE_SECOND, "en"))
+        assert decoding is not None
+        result = await decoding
+        counters = engine.worker_counters()
+    finally:
+        await engine.close()
+    assert result.text == "heard by 127.0.0.1 as an interim"
+    assert worker.engine.interims_heard.count(True) == 1  # beside the warm-up's final
+    assert (counters["interims"], counters["interimsShed"]) == (1, 0)
+    assert (await worker.health())["counters"]["interimsAccepted"] == 1
+
+
+async def test_with_a_final_waiting_an_interim_is_shed_at_once_and_the_worker_still_takes_finals(
+    start_worker: Callable[..., Awaitable[Worker]],
+) -> None:
+    (sock,) = bind_one_port(1)
+    worker = await start_worker(sock, max_batch=1, max_queue=4)
+    # One final being transcribed (held by the gate), one waiting behind it.
+    held = await fill(worker)
+    engine = RemoteAsrEngine(worker.url, timeout_s=WAIT_S)
+    try:
+        # This client has nothing outstanding there, so it asks; the worker refuses while
+        # its gate is still closed: the interim never waited for the finals.
+        decoding = engine.start_interim(AsrRequest(ONE_SECOND, "en"))
+        assert decoding is not None
+        with pytest.raises(AsrInterimShedError, match="interim_shed: a final is waiting"):
+            await decoding
+        async with httpx.AsyncClient(base_url=worker.url, timeout=WAIT_S) as client:
+            refused = await client.post(
+                TRANSCRIBE_PATH,
+                params={"language": "en", "interim": "true"},
+                content=pcm16_bytes(ONE_SECOND),
+                headers={"content-type": "application/octet-stream"},
+            )
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "interim_shed"
+        assert "retry-after" not in refused.headers
+        counters = engine.worker_counters()
+        # The worker is not passed over: it still takes finals.
+        assert (counters["interimsShed"], counters["workersPassedOver"]) == (1, 0)
+        worker.engine.gate.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+        assert (await engine.transcribe(AsrRequest(ONE_SECOND, "en"))).text == (
+            "heard by 127.0.0.1"
+        )
+    finally:
+        await engine.close()
+    assert True not in worker.engine.interims_heard
+    health = await worker.health()
+    assert (health["counters"]["interimsAccepted"], health["counters"]["interimsShed"]) == (0, 2)
+
+
+async def test_start_interim_sheds_when_every_worker_has_this_clients_requests(
+    start_workers: Callable[..., Awaitable[list[Worker]]],
+) -> None:
+    workers = await start_workers({}, {})
+    engine = engine_for(workers[0].port, Answer(list(ADDRESSES[:2])))
+    try:
+        assert engine.start_interim(AsrRequest(ONE_SECOND, "en")) is None  # none known yet
+        await transcribe_many(engine, 2)  # the name is looked up; both workers known
+        for worker in workers:
+            worker.engine.gate.clear()
+        # Two finals: one to each worker (the fewest outstanding), both held there.
+        finals = [
+            asyncio.ensure_future(engine.transcribe(AsrRequest(ONE_SECOND, "en"))) for _ in workers
+        ]
+        for worker in workers:
+            await worker.wait_until(lambda h: h["batchesInFlight"] == 1)
+        assert engine.start_interim(AsrRequest(ONE_SECOND, "en")) is None
+        for worker in workers:
+            worker.engine.gate.set()
+        await asyncio.gather(*finals)
+        decoding = engine.start_interim(AsrRequest(ONE_SECOND, "en"))
+        assert decoding is not None
+        assert (await decoding).text.endswith(" as an interim")
+        counters = engine.worker_counters()
+    finally:
+        await engine.close()
+    assert (counters["interims"], counters["interimsShed"]) == (1, 2)
+    assert sorted(sum(w.engine.interims_heard) for w in workers) == [0, 1]
+
+
+async def test_a_process_with_a_remote_asr_decodes_interims(
+    start_worker: Callable[..., Awaitable[Worker]], tmp_path: Path
+) -> None:
+    (sock,) = bind_one_port(1)
+    worker = await start_worker(sock)
+    engine = RemoteAsrEngine(worker.url, timeout_s=WAIT_S)
+    runtime = LocalRuntime.build(Settings(data_dir=tmp_path / "data"), asr=engine)
+    try:
+        assert runtime.interims is not None and runtime.interims.engine is engine
+    finally:
+        await runtime.shutdown()
+        await engine.close()
 
 
 # ------------------------------------------------------------------ refusals and failures

@@ -22,7 +22,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from callscribe.api.schemas import parse_start
-from callscribe.asr.base import AsrRequest, AsrResult
+from callscribe.asr.base import AsrError, AsrInterimShedError, AsrRequest, AsrResult
 from callscribe.asr.whisper import FasterWhisperEngine
 from callscribe.auth import IssuedKey
 from callscribe.config import AsrSettings, InterimSettings
@@ -166,6 +166,38 @@ async def test_one_decode_per_stream_at_a_time_shed_when_busy_held_in_a_pause_ne
         "shed": 1,
         "stale": 2,
         "failed": 0,
+        "recentDecodeP50Ms": 0,
+    }
+
+
+async def test_an_interim_the_engine_sheds_once_asked_counts_as_shed_not_failed() -> None:
+    # A remote worker that had a final waiting answers interim_shed: the decode's future fails
+    # with AsrInterimShedError. Any other error is a failure.
+    workers = Workers()
+    decoder = InterimDecoder(
+        workers,
+        LiveFeed(LiveHub()),
+        InterimSettings(interval_ms=1000, min_speech_ms=500, pause_ms=250),
+    )
+    speaker = Speaker()
+    stream = decoder.for_stream(
+        CallKey("acme", "twilio", "CA-1"), "agent", speaker, AutotranscribeParams()
+    )
+    speaker.say(4000, 600)
+    stream.audio_arrived()
+    workers.started[0][1].set_exception(AsrInterimShedError("interim_shed: a final is waiting"))
+    await asyncio.sleep(0)  # the done callback runs on the loop
+    # Shed, the stream is free again: the next one falls due an interval later.
+    speaker.say(4000, 1600)
+    stream.audio_arrived()
+    workers.started[1][1].set_exception(AsrError("the worker answered HTTP 500"))
+    await asyncio.sleep(0)
+    assert decoder.stats.as_dict() | {"recentDecodeP50Ms": 0} == {
+        "decodes": 1,
+        "published": 0,
+        "shed": 1,
+        "stale": 0,
+        "failed": 1,
         "recentDecodeP50Ms": 0,
     }
 

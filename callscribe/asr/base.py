@@ -36,6 +36,9 @@ class AsrRequest:
     audio: np.ndarray = field(repr=False)  # float32 mono at 16 kHz, -1..1
     language: str | None = None  # ISO 639-1 ("en"), or None to detect
     word_timestamps: bool = False
+    # The text so far of an utterance still being spoken: decoded greedy only (no fallback,
+    # no full-window retry, no word timings), as its final replaces it within seconds.
+    interim: bool = False
 
 
 class AsrError(RuntimeError):
@@ -53,6 +56,11 @@ class AsrOverloadedError(AsrError):
 
 class AsrUnavailableError(AsrError):
     """A remote ASR service could not be reached, timed out, or answered with an error."""
+
+
+class AsrInterimShedError(AsrError):
+    """An interim decode that the engine did not start, so that no final waits for it (a
+    remote worker answered 503 ``interim_shed``): counted as shed, not as failed."""
 
 
 # The languages Whisper transcribes, as ``AsrRequest.language`` codes (ISO 639-1, and 639-3
@@ -180,9 +188,10 @@ class InterimCapableEngine(Protocol):
     results), without ever making a finished utterance wait for one: it knows its workers.
 
     ``start_interim`` starts the decode at once, on a worker no finished utterance is waiting
-    for, and returns its future; or returns None (the interim is shed) when no worker is idle.
-    In-process Whisper is one; the remote GPU workers' client is not (yet): interim results
-    are not decoded on the GPU service."""
+    for, and returns its future; or returns None (the interim is shed) when it knows no worker
+    is idle. The future may also fail with ``AsrInterimShedError`` when the worker found out
+    only then that it had no room for it (a remote worker with a final waiting). In-process
+    Whisper is one, and so is the remote GPU workers' client (``RemoteAsrEngine``)."""
 
     def start_interim(self, request: AsrRequest) -> asyncio.Future[AsrResult] | None: ...
 

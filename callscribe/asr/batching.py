@@ -6,6 +6,13 @@ batch in a worker thread while it assembles the next (up to ``concurrency`` batc
 When the queue is full a request is refused at once (``QueueFullError``): under overload a
 quick refusal lets the caller shed or go elsewhere, where an unbounded queue would make every
 utterance late.
+
+Interim decodes (``submit_interim``: the text so far of an utterance still being spoken) take
+only room that no final wants. One is taken only while the batcher is assembling a batch (a
+batch slot is free) with room left in it and no final waiting; otherwise it is refused at once
+(``InterimShedError``). Finals always go first: the queue hands out every waiting final before
+any interim, and a final that finds the batch being assembled full takes the place of an
+interim in it (that interim is shed).
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ class QueueFullError(Exception):
     """The queue holds ``max_queue`` requests: refused without waiting."""
 
 
+class InterimShedError(Exception):
+    """An interim decode refused (or displaced) so that no final waits for it."""
+
+
 class BatcherClosedError(Exception):
     """The batcher is shutting down and takes no new requests."""
 
@@ -47,6 +58,10 @@ class BatchedResult:
 class BatcherStats:
     accepted: int = 0
     rejected_full: int = 0
+    interims_accepted: int = 0
+    # Interims refused because a final was waiting or no batch had room, or displaced from
+    # a batch by a final that arrived after them.
+    interims_shed: int = 0
     completed: int = 0
     failed: int = 0
     batches: int = 0
@@ -58,6 +73,8 @@ class BatcherStats:
         return {
             "accepted": self.accepted,
             "rejectedOverloaded": self.rejected_full,
+            "interimsAccepted": self.interims_accepted,
+            "interimsShed": self.interims_shed,
             "completed": self.completed,
             "failed": self.failed,
             "batches": self.batches,
@@ -70,10 +87,15 @@ class BatcherStats:
         }
 
 
+# Queue priorities: every waiting final is handed out before any interim.
+_FINAL, _INTERIM = 0, 1
+
+
 @dataclass
 class _Pending:
     request: AsrRequest
     future: asyncio.Future[BatchedResult]
+    interim: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -95,7 +117,14 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.concurrency = concurrency
         self.stats = BatcherStats()
-        self._queue: asyncio.Queue[_Pending] | None = None
+        # (priority, arrival, request): finals first, each kind in arrival order.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Pending]] | None = None
+        self._arrivals = 0
+        self._finals_waiting = 0
+        self._interims_waiting = 0
+        # The size of the batch being assembled (a slot is held for it); None while every
+        # slot is busy. What tells an interim whether it can start without delaying a final.
+        self._assembling: int | None = None
         self._slots: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -104,7 +133,13 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        """Finals waiting for a batch (interims never wait for one)."""
+        return self._finals_waiting
+
+    @property
+    def interims_waiting(self) -> int:
+        """Interims accepted and not yet taken into a batch."""
+        return self._interims_waiting
 
     @property
     def batches_in_flight(self) -> int:
@@ -118,7 +153,9 @@ class DynamicBatcher:
         """Start the batcher task on the running event loop."""
         if self._loop_task is not None:
             raise RuntimeError("batcher already started")
-        self._queue = asyncio.Queue(maxsize=self.max_queue)
+        # Unbounded: ``max_queue`` bounds the finals (``submit``); interims are bounded by
+        # the room in the batch being assembled (``submit_interim``).
+        self._queue = asyncio.PriorityQueue()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="asr-batch"
@@ -131,16 +168,53 @@ class DynamicBatcher:
             raise RuntimeError("batcher not started")
         if self._closing:
             raise BatcherClosedError("the ASR worker is shutting down")
-        pending = _Pending(request, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(pending)
-        except asyncio.QueueFull:
+        if self._finals_waiting >= self.max_queue:
             self.stats.rejected_full += 1
-            raise QueueFullError(
-                f"{self.max_queue} utterances already waiting for the ASR model"
-            ) from None
+            raise QueueFullError(f"{self.max_queue} utterances already waiting for the ASR model")
+        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        self._put(pending)
         self.stats.accepted += 1
         return await pending.future
+
+    async def submit_interim(self, request: AsrRequest) -> BatchedResult:
+        """Decode an interim in the batch being assembled and wait for its result; refused
+        at once (``InterimShedError``) unless it can start without delaying any final: a batch
+        is being assembled, with room for it, and no final is waiting. A final that arrives
+        while the batch is still being assembled and finds it full takes the interim's place
+        (the interim then fails with ``InterimShedError`` too)."""
+        if self._queue is None:
+            raise RuntimeError("batcher not started")
+        if self._closing:
+            raise BatcherClosedError("the ASR worker is shutting down")
+        room = self.max_batch - self._assembling if self._assembling is not None else 0
+        if self._finals_waiting or self._interims_waiting >= room:
+            self.stats.interims_shed += 1
+            raise InterimShedError(
+                "a final is waiting for the ASR model"
+                if self._finals_waiting
+                else "no batch has room for an interim now"
+            )
+        pending = _Pending(request, asyncio.get_running_loop().create_future(), interim=True)
+        self._put(pending)
+        self.stats.interims_accepted += 1
+        return await pending.future
+
+    def _put(self, pending: _Pending) -> None:
+        assert self._queue is not None
+        self._arrivals += 1
+        if pending.interim:
+            self._interims_waiting += 1
+        else:
+            self._finals_waiting += 1
+        self._queue.put_nowait((_INTERIM if pending.interim else _FINAL, self._arrivals, pending))
+
+    def _taken(self, item: tuple[int, int, _Pending]) -> _Pending:
+        pending = item[2]
+        if pending.interim:
+            self._interims_waiting -= 1
+        else:
+            self._finals_waiting -= 1
+        return pending
 
     def retry_after_s(self) -> int:
         """A whole-second estimate of when the queue will have room again (at least 1 s)."""
@@ -168,27 +242,56 @@ class DynamicBatcher:
         while True:
             await self._slots.acquire()
             batch: list[_Pending] = []
+            self._assembling = 0
             try:
-                batch.append(await self._queue.get())
+                batch.append(self._taken(await self._queue.get()))
+                self._assembling = 1
                 deadline = loop.time() + self.max_wait_s
-                while len(batch) < self.max_batch:
-                    if self._queue.empty():
+                while True:
+                    if len(batch) >= self.max_batch:
+                        if not self._final_displaces_interim(batch):
+                            break
+                    elif self._queue.empty():
                         remaining = deadline - loop.time()
                         if remaining <= 0:
                             break
                         try:
-                            batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                            item = await asyncio.wait_for(self._queue.get(), remaining)
                         except TimeoutError:
                             break
+                        batch.append(self._taken(item))
                     else:
-                        batch.append(self._queue.get_nowait())
+                        batch.append(self._taken(self._queue.get_nowait()))
+                    self._assembling = len(batch)
             except asyncio.CancelledError:
                 # Only close() cancels, once the queue is empty: nothing is dropped.
                 self._slots.release()
                 raise
+            finally:
+                self._assembling = None
             task = loop.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _final_displaces_interim(self, batch: list[_Pending]) -> bool:
+        """In a full batch, a waiting final takes the place of an interim (which is shed):
+        finals first. False when no final waits or the batch holds finals only."""
+        assert self._queue is not None
+        if not self._finals_waiting:
+            return False
+        interim = next((p for p in reversed(batch) if p.interim), None)
+        if interim is None:
+            return False
+        batch.remove(interim)
+        self._queue.task_done()
+        self.stats.interims_shed += 1
+        if not interim.future.done():
+            interim.future.set_exception(
+                InterimShedError("a final took this interim's place in the batch")
+            )
+        # The queue hands out finals before interims: this is a final.
+        batch.append(self._taken(self._queue.get_nowait()))
+        return True
 
     async def _run(self, batch: list[_Pending]) -> None:
         assert self._queue is not None and self._slots is not None

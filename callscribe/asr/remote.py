@@ -13,6 +13,12 @@ is shutting down) or cannot be reached is passed over for a while, and the utter
 the next one while ``retry_budget_s`` lasts: it is lost only when every worker refused it (or
 the budget ran out). A URL whose host is an IP address or ``localhost`` is one worker.
 
+Interim results (``start_interim``) go only to a worker with none of this process's requests
+outstanding and not passed over, marked ``interim=true``: the worker takes one only if no
+final waits for it, and otherwise answers 503 ``interim_shed`` at once, which sheds the
+interim without passing the worker over (it still takes finals). An interim is never retried
+on another worker: the next one falls due an interval of audio later.
+
 Connections are kept alive and pooled per worker, with TCP_NODELAY so a small request is not
 held back by Nagle's algorithm waiting for the previous one's acknowledgement.
 """
@@ -34,6 +40,7 @@ import numpy as np
 
 from callscribe.asr.base import (
     AsrError,
+    AsrInterimShedError,
     AsrOverloadedError,
     AsrRequest,
     AsrResult,
@@ -90,6 +97,10 @@ class RemoteAsrStats:
     refused: int = 0  # 503 answers (queue full, shutting down)
     unanswered: int = 0  # attempts with no answer: connection refused or reset, timeouts
     given_up: int = 0  # utterances no worker took (every one refused, or the budget ran out)
+    interims: int = 0  # interim requests sent
+    # Interims not decoded so that no final waits: no worker was idle here, or the worker
+    # answered interim_shed.
+    interims_shed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -98,6 +109,8 @@ class RemoteAsrStats:
             "refused": self.refused,
             "unanswered": self.unanswered,
             "givenUp": self.given_up,
+            "interims": self.interims,
+            "interimsShed": self.interims_shed,
         }
 
 
@@ -145,6 +158,8 @@ class RemoteAsrEngine:
         self._extensions = {"sni_hostname": self.host} if parsed.scheme == "https" else {}
 
         self._workers: dict[str, _Worker] = {}
+        # Interim decodes in flight, held until they end (and cancelled by close).
+        self._interims: set[asyncio.Task[AsrResult]] = set()
         self._resolved_at: float | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._resolves_host = not _is_one_worker(self.host)
@@ -190,6 +205,51 @@ class RemoteAsrEngine:
         self.stats.given_up += 1
         raise self._not_taken(refusals, tried=len(tried), workers=len(workers))
 
+    def start_interim(self, request: AsrRequest) -> asyncio.Future[AsrResult] | None:
+        """The text so far of an utterance still being spoken, sent now to a worker with none
+        of this process's requests outstanding (at random among them); None, the interim
+        shed, when there is none: every worker is busy with this process's utterances or
+        passed over, or none is known yet. Chosen and counted in one step on the event loop,
+        so two streams asking at once do not both take the last idle worker. The future fails
+        with ``AsrInterimShedError`` when the worker had a final waiting (503
+        ``interim_shed``); nothing is retried."""
+        if self._resolves_host and (
+            self._resolved_at is None or time.monotonic() - self._resolved_at >= self.dns_refresh_s
+        ):
+            self._start_refresh()  # for the next one: this one goes to the workers known now
+        now = time.monotonic()
+        idle = [w for w in self._workers.values() if w.outstanding == 0 and not w.passed_over(now)]
+        if not idle:
+            self.stats.interims_shed += 1
+            return None
+        worker = self._random.choice(idle)
+        params = {"wordTimestamps": "false", "interim": "true"}
+        if request.language:
+            params["language"] = request.language
+        self.stats.interims += 1
+        worker.outstanding += 1
+        decoding = asyncio.get_running_loop().create_task(
+            self._send_interim(worker, params, pcm16_bytes(request.audio))
+        )
+        self._interims.add(decoding)
+        decoding.add_done_callback(self._interims.discard)
+        return decoding
+
+    async def _send_interim(
+        self, worker: _Worker, params: dict[str, str], body: bytes
+    ) -> AsrResult:
+        try:
+            return await self._attempt(worker, params, body)
+        except AsrInterimShedError:
+            self.stats.interims_shed += 1
+            raise
+        except _Refusal as refusal:
+            # Full, shutting down or not answering: finals pass it over too.
+            worker.passed_over_until = time.monotonic() + refusal.pass_over_s
+            raise refusal.error from refusal
+        finally:
+            worker.outstanding -= 1
+
     def worker_counters(self) -> dict[str, int]:
         """For ``/healthz``: how many workers the name gives, how many are passed over now,
         and what became of the requests."""
@@ -203,6 +263,8 @@ class RemoteAsrEngine:
     async def close(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
+        for decoding in list(self._interims):
+            decoding.cancel()
         await self._client.aclose()
 
     # ------------------------------------------------------------------ choosing a worker
@@ -271,8 +333,15 @@ class RemoteAsrEngine:
     # ------------------------------------------------------------------ one attempt
 
     async def _send(self, worker: _Worker, params: dict[str, str], body: bytes) -> AsrResult:
-        self.stats.requests += 1
         worker.outstanding += 1
+        try:
+            return await self._attempt(worker, params, body)
+        finally:
+            worker.outstanding -= 1
+
+    async def _attempt(self, worker: _Worker, params: dict[str, str], body: bytes) -> AsrResult:
+        """One request to ``worker`` (the caller counts it outstanding)."""
+        self.stats.requests += 1
         try:
             response = await self._client.post(
                 worker.url,
@@ -298,9 +367,12 @@ class RemoteAsrEngine:
             raise _unanswered(f"ASR worker {worker.name} unreachable: {exc!r}", exc) from exc
         except httpx.HTTPError as exc:
             raise AsrUnavailableError(f"ASR worker {worker.name} failed: {exc!r}") from exc
-        finally:
-            worker.outstanding -= 1
 
+        if response.status_code == 503 and _error_code(response) == "interim_shed":
+            # Not a refusal of the worker: it had a final waiting, and still takes finals.
+            raise AsrInterimShedError(
+                f"ASR worker {worker.name} shed the interim: {_error_text(response)}"
+            )
         if response.status_code == 503:
             # The worker's queue is full or it is shutting down (a load balancer with no
             # healthy worker answers 503 too): another worker may take the utterance.
@@ -382,6 +454,13 @@ def _result(body: dict[str, Any]) -> AsrResult:
         queue_ms=float(body["queueMs"]),
         batch_size=int(body["batchSize"]),
     )
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -380,6 +380,7 @@ class FasterWhisperEngine:
         by one with ``transcribe_blocking``; digital silence is answered without the model.
         """
         self._check_languages(requests)
+        requests = [replace(r, word_timestamps=False) if r.interim else r for r in requests]
         results: list[AsrResult | None] = [
             None if np.any(request.audio) else self._digital_silence(request)
             for request in requests
@@ -395,7 +396,11 @@ class FasterWhisperEngine:
             ):
                 results[i] = result
         return [
-            result if result is not None else self.transcribe_blocking(request)
+            result
+            if result is not None
+            else self.transcribe_interim_blocking(request)
+            if request.interim
+            else self.transcribe_blocking(request)
             for request, result in zip(requests, results, strict=True)
         ]
 
@@ -430,7 +435,8 @@ class FasterWhisperEngine:
             again = [
                 i
                 for i, (request, (text, _)) in enumerate(zip(requests, texts, strict=True))
-                if self.suspect(text, len(request.audio))
+                # Interims get no full-window retry: their text is replaced within seconds.
+                if not request.interim and self.suspect(text, len(request.audio))
             ]
             if again:
                 self.full_window_retries += len(again)
@@ -498,7 +504,9 @@ class FasterWhisperEngine:
             for i, result in zip(pending, generated, strict=True):
                 decode = self._decode(result, tokenizers[i], token_caps[i])
                 decodes[i].append(decode)
-                if self._needs_fallback(decode):
+                # Interims share the first round only (greedy with the default beam_size
+                # of 1): a fallback would make them later and hold up the finals beside them.
+                if self._needs_fallback(decode) and not requests[i].interim:
                     retry.append(i)
             pending = retry
             if not pending:

@@ -4,7 +4,7 @@ from many calls at once. In AWS it runs on GPU instances; gateways reach it thro
 
 ``POST /v1/transcribe`` takes one utterance as raw 16-bit little-endian PCM at 16 kHz
 (``Content-Type: application/octet-stream``) with query parameters ``language`` (ISO 639-1,
-optional: detected when absent) and ``wordTimestamps`` (bool), and answers
+optional: detected when absent), ``wordTimestamps`` (bool) and ``interim`` (bool), and answers
 ``{"text", "words": [{"text", "startMs", "endMs", "confidence"}], "language", "audioMs",
 "processingMs", "queueMs", "batchSize"}``. ``processingMs`` is the time the batch carrying
 the utterance took, ``queueMs`` the time it waited for that batch to start.
@@ -12,6 +12,11 @@ the utterance took, ``queueMs`` the time it waited for that batch to start.
 Errors are ``{"error": {"code", "message"}}``: 400 ``invalid_audio`` / ``invalid_parameter``,
 413 ``payload_too_large``, 415 ``unsupported_media_type``, 500 ``transcription_failed``, and
 503 ``overloaded`` (the queue is full) or ``shutting_down``, both with ``Retry-After``.
+
+``interim=true`` asks for the text so far of an utterance still being spoken: decoded greedy
+only (no fallback, no full-window retry, no word timings), and only if it can start without
+delaying a final (``DynamicBatcher.submit_interim``); otherwise 503 ``interim_shed`` at once,
+without ``Retry-After``: finals are still welcome.
 ``GET /healthz`` reports the model, device, queue depth and counters.
 """
 
@@ -30,7 +35,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from callscribe.asr.base import AsrRequest, AsrResult
-from callscribe.asr.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from callscribe.asr.batching import (
+    BatcherClosedError,
+    DynamicBatcher,
+    InterimShedError,
+    QueueFullError,
+)
 from callscribe.aws.adapters.task_metrics import Sample
 from callscribe.config import AsrWorkerSettings
 from callscribe.serving import serve_until_stopped
@@ -141,6 +151,13 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
                     "description": "ISO 639-1 code (en, es…); detected when absent",
                 },
                 {"name": "wordTimestamps", "in": "query", "schema": {"type": "boolean"}},
+                {
+                    "name": "interim",
+                    "in": "query",
+                    "schema": {"type": "boolean"},
+                    "description": "an interim result: greedy only, and refused with 503 "
+                    "interim_shed unless it can start without delaying a final",
+                },
             ],
         },
     )
@@ -173,6 +190,10 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
         word_timestamps_text = request.query_params.get("wordTimestamps", "false").lower()
         if word_timestamps_text not in _TRUE | _FALSE:
             return _error(400, "invalid_parameter", "wordTimestamps must be true or false")
+        interim_text = request.query_params.get("interim", "false").lower()
+        if interim_text not in _TRUE | _FALSE:
+            return _error(400, "invalid_parameter", "interim must be true or false")
+        interim = interim_text in _TRUE
         if not body:
             return _error(400, "invalid_audio", "the body is empty: send at least one sample")
         if len(body) % 2:
@@ -184,10 +205,21 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
 
         audio = np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
         asr_request = AsrRequest(
-            audio=audio, language=language, word_timestamps=word_timestamps_text in _TRUE
+            audio=audio,
+            language=language,
+            # An interim's text is replaced by its final's: no word timings for it.
+            word_timestamps=word_timestamps_text in _TRUE and not interim,
+            interim=interim,
         )
         try:
-            batched = await batcher.submit(asr_request)
+            if interim:
+                batched = await batcher.submit_interim(asr_request)
+            else:
+                batched = await batcher.submit(asr_request)
+        except InterimShedError as exc:
+            # No Retry-After: this worker still takes finals, and the next interim falls due
+            # an interval of audio later anyway.
+            return _error(503, "interim_shed", str(exc))
         except QueueFullError as exc:
             return _error(
                 503, "overloaded", str(exc), {"Retry-After": str(batcher.retry_after_s())}
@@ -199,7 +231,8 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
                 "transcription failed for %d ms of audio", len(audio) * 1000 // SAMPLE_RATE
             )
             return _error(500, "transcription_failed", f"the model failed: {type(exc).__name__}")
-        load.waited(batched.queue_ms)
+        if not interim:
+            load.waited(batched.queue_ms)
         return _result_json(batched.result, batched.queue_ms, batched.batch_size)
 
     @app.get("/healthz")
