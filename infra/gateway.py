@@ -40,9 +40,7 @@ from infra.ingest import (
     INGEST_PORT,
     SCALE_OUT_COOLDOWN,
     STOP_TIMEOUT,
-    grant_cluster_task_listing,
     grant_ingest_task_access,
-    grant_scale_in_protection_and_draining,
     ingest_environment,
 )
 from infra.nag import acknowledge
@@ -129,9 +127,7 @@ class GatewayConstruct(Construct):
         self.container = self.container_service.container
         self.service = self.container_service.service
         task_role = self.container_service.task_definition.task_role
-        grant_ingest_task_access(task_role, data, transcripts)
-        grant_cluster_task_listing(task_role, cluster)
-        grant_scale_in_protection_and_draining(task_role, cluster)
+        grant_ingest_task_access(task_role, data, transcripts, cluster)
 
         self.load_balancer = elbv2.ApplicationLoadBalancer(
             self,

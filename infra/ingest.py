@@ -68,10 +68,17 @@ def ingest_environment(
 
 
 def grant_ingest_task_access(
-    role: iam.IRole, data: DataConstruct, transcripts: TranscriptDestinations
+    role: iam.IRole,
+    data: DataConstruct,
+    transcripts: TranscriptDestinations,
+    cluster: ecs.ICluster,
 ) -> None:
     """What a task holding calls' media needs: the table, sending to the delivery queue and
-    the bus, the token and control secrets, and recordings/ in the bucket."""
+    the bus, the token and control secrets, recordings/ in the bucket; listing the cluster's
+    tasks (the abandoned-call sweep); protecting itself from scale-in and reading its
+    service's deployments (draining)."""
+    grant_cluster_task_listing(role, cluster)
+    grant_scale_in_protection_and_draining(role, cluster)
     data.table.grant_read_write_data(role)
     acknowledge_table_index_grant(role, data.table)
     transcripts.grant_publish(role)

@@ -48,9 +48,7 @@ from infra.ingest import (
     INGEST_PORT,
     SCALE_OUT_COOLDOWN,
     STOP_TIMEOUT,
-    grant_cluster_task_listing,
     grant_ingest_task_access,
-    grant_scale_in_protection_and_draining,
     ingest_environment,
 )
 from infra.nag import acknowledge
@@ -149,9 +147,7 @@ class KvsReaderConstruct(Construct):
         )
         self.container = self.container_service.container
         self.service = self.container_service.service
-        grant_ingest_task_access(self.task_role, data, transcripts)
-        grant_cluster_task_listing(self.task_role, cluster)
-        grant_scale_in_protection_and_draining(self.task_role, cluster)
+        grant_ingest_task_access(self.task_role, data, transcripts, cluster)
         # A stopping reader hands its calls to the others over their control port.
         self.security_group.add_ingress_rule(
             self.security_group,

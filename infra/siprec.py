@@ -51,9 +51,7 @@ from infra.ingest import (
     INGEST_PORT,
     SCALE_OUT_COOLDOWN,
     STOP_TIMEOUT,
-    grant_cluster_task_listing,
     grant_ingest_task_access,
-    grant_scale_in_protection_and_draining,
     ingest_environment,
 )
 from infra.nag import acknowledge
@@ -206,9 +204,7 @@ class SiprecRecorderConstruct(Construct):
         self.service = self.container_service.service
 
         task_role = self.container_service.task_definition.task_role
-        grant_ingest_task_access(task_role, data, transcripts)
-        grant_cluster_task_listing(task_role, cluster)
-        grant_scale_in_protection_and_draining(task_role, cluster)
+        grant_ingest_task_access(task_role, data, transcripts, cluster)
 
         # The NLB admits SIP from the SBCs' networks and sends only to the recorders: the
         # forwarded flows and its health checks (which its outbound rules govern).
