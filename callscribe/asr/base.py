@@ -39,6 +39,10 @@ class AsrRequest:
     # The text so far of an utterance still being spoken: decoded greedy only (no fallback,
     # no full-window retry, no word timings), as its final replaces it within seconds.
     interim: bool = False
+    # Domain words the speaker may say (product, plan and agent names): the tenant's
+    # vocabulary merged with the call's, already bounded. The engine biases its decoding
+    # towards them; an empty tuple decodes as before.
+    vocabulary: tuple[str, ...] = ()
 
 
 class AsrError(RuntimeError):
