@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from callscribe.asr.base import whisper_language
+from callscribe.vocabulary import BOUNDS as VOCABULARY_BOUNDS
+from callscribe.vocabulary import vocabulary_terms
 
 # Used with fullmatch: "$" alone would let a trailing newline through.
 GUID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
@@ -107,6 +109,23 @@ class AutotranscribeParams(BaseModel):
         "them. The webhook and the after-call API still get finished utterances only. "
         "Interim results are shed first when the speech recogniser is busy.",
     )
+
+    # Not in the AutoTranscribe contract either: CallScribe's own (callscribe.vocabulary).
+    vocabulary: list[str] = Field(
+        default_factory=list,
+        description="CallScribe extension (not in the AutoTranscribe contract): words this "
+        "call's speakers may say that the speech recogniser should spell as given (product, "
+        "plan and agent names), merged with the tenant's vocabulary (`callscribe vocabulary "
+        "set`): the call's terms first, then each of the tenant's that still fits. "
+        f"{VOCABULARY_BOUNDS[0].upper()}{VOCABULARY_BOUNDS[1:]} (joined with ', '); printable "
+        "characters only; repeats differing only in case are dropped. For this start's "
+        "window: a later start gives its own.",
+    )
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _bounded_vocabulary(cls, value: list[str]) -> list[str]:
+        return list(vocabulary_terms(value))
 
     @field_validator("language")
     @classmethod

@@ -33,6 +33,7 @@ from callscribe.store.base import (
     LiveConnection,
     Store,
     StoredMessage,
+    TenantVocabulary,
     WebhookAuth,
     WebhookConfig,
 )
@@ -714,6 +715,58 @@ class StoreContract:
         assert store.delete_connect_access(tenant) is True
         assert store.get_connect_access(tenant) is None
         assert store.delete_connect_access(tenant) is False
+
+    # Custom vocabularies -------------------------------------------------------------------------
+
+    def test_tenant_vocabulary_put_get_replace_delete_per_tenant(
+        self, store: Store, tenant: str, other_tenant: str
+    ) -> None:
+        assert store.get_tenant_vocabulary(tenant) is None
+        terms = ("Zorblax Prime", "Acme Cloud", "Müller-Lüdenscheidt", "über-fast", "4G LTE+")
+        store.put_tenant_vocabulary(TenantVocabulary(tenant, terms, T0))
+        other = TenantVocabulary(other_tenant, ("Globex",), T0)
+        store.put_tenant_vocabulary(other)
+        # Order and spelling kept exactly: the first term is the most wanted.
+        assert store.get_tenant_vocabulary(tenant) == TenantVocabulary(tenant, terms, T0)
+
+        # One per tenant, stored as checked: stripped, a repeat but for case dropped.
+        store.put_tenant_vocabulary(
+            TenantVocabulary(tenant, ("  Acme Cloud ", "ACME CLOUD", "Zorblax"), T0 + 1)
+        )
+        assert store.get_tenant_vocabulary(tenant) == TenantVocabulary(
+            tenant, ("Acme Cloud", "Zorblax"), T0 + 1
+        )
+        assert store.get_tenant_vocabulary(other_tenant) == other
+
+        assert store.delete_tenant_vocabulary(tenant) is True
+        assert store.get_tenant_vocabulary(tenant) is None
+        assert store.delete_tenant_vocabulary(tenant) is False
+        assert store.get_tenant_vocabulary(other_tenant) == other
+
+    def test_tenant_vocabulary_at_the_bounds_is_kept_and_over_them_refused(
+        self, store: Store, tenant: str
+    ) -> None:
+        # 50 terms of 8 characters: 50 * 8 + 49 * 2 = 498 characters joined, within 500.
+        widest = tuple(f"term{n:04d}" for n in range(50))
+        store.put_tenant_vocabulary(TenantVocabulary(tenant, widest, T0))
+        assert store.get_tenant_vocabulary(tenant) == TenantVocabulary(tenant, widest, T0)
+        refused = {
+            "51 different terms; at most 50": (*widest, "one more"),
+            "502 characters": (*widest[:49], "term0049xxxx"),
+            r"term 2 \('xxxxxxxxxxxxxxxxxxxx…'\) is 51 characters; at most 50": ("a", "x" * 51),
+            r"term 1 \('line\\nbreak'\) contains U\+000A": ("line\nbreak",),
+            r"term 2 \('tab\\there'\) contains U\+0009": ("ok", "tab\there"),
+            "term 1 is empty": ("   ",),
+            "at least one term": (),
+        }
+        for message, terms in refused.items():
+            with pytest.raises(ValueError, match=message):
+                store.put_tenant_vocabulary(TenantVocabulary(tenant, terms, T0 + 1))
+        for bad_tenant in ("", "acme corp", "-acme"):
+            with pytest.raises(ValueError, match="tenant must be"):
+                store.put_tenant_vocabulary(TenantVocabulary(bad_tenant, ("Acme",), T0))
+        # Nothing refused replaced what was there.
+        assert store.get_tenant_vocabulary(tenant) == TenantVocabulary(tenant, widest, T0)
 
     # SIPREC SBC sources --------------------------------------------------------------------------
 

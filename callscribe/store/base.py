@@ -1,6 +1,6 @@
 """The ``Store`` port: API keys, calls and their ownership, messages, delivery failures,
-tenants' webhook configurations, tenants' Amazon Connect access, the SIPREC SBC source
-mapping, the live event stream's viewer connections (AWS).
+tenants' webhook configurations, tenants' Amazon Connect access, tenants' custom vocabularies,
+the SIPREC SBC source mapping, the live event stream's viewer connections (AWS).
 
 Every adapter (SQLite here, DynamoDB in the AWS deployment) passes the same contract tests
 (``tests/store_contract.py``). Methods are synchronous; async callers run them in a thread.
@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from callscribe.model import TENANT_PATTERN, TENANT_RULE
+from callscribe.vocabulary import vocabulary_terms
 
 
 class CallStatus(StrEnum):
@@ -148,6 +149,28 @@ class LiveConnection:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class TenantVocabulary:
+    """A tenant's custom vocabulary (``callscribe.vocabulary``): merged into every one of its
+    calls' transcription when the call starts."""
+
+    tenant: str
+    terms: tuple[str, ...]
+    updated_at: float
+
+
+def tenant_vocabulary(vocabulary: TenantVocabulary) -> TenantVocabulary:
+    """A tenant vocabulary checked before it is stored, its terms as checked (stripped, case
+    repeats dropped): ValueError when the tenant's name or a term is bad, the whole is over
+    the bounds, or it has no term (clearing it is ``delete_tenant_vocabulary``)."""
+    if not TENANT_PATTERN.fullmatch(vocabulary.tenant):
+        raise ValueError(f"{TENANT_RULE} (got {vocabulary.tenant!r})")
+    terms = vocabulary_terms(vocabulary.terms)
+    if not terms:
+        raise ValueError("a vocabulary needs at least one term (clear it to have none)")
+    return dataclasses.replace(vocabulary, terms=terms)
+
+
 def siprec_source_network(network: str) -> str:
     """An SBC's address or network as the Store keeps it: normalised CIDR, host bits dropped
     ("198.51.100.7" -> "198.51.100.7/32", "192.0.2.9/24" -> "192.0.2.0/24"), so that one
@@ -248,6 +271,17 @@ class Store(Protocol):
     def put_connect_access(self, access: ConnectAccess) -> None: ...
     def get_connect_access(self, tenant: str) -> ConnectAccess | None: ...
     def delete_connect_access(self, tenant: str) -> bool: ...
+
+    # custom vocabularies (one per tenant). Adapters check and normalise with
+    # tenant_vocabulary: a bad one raises ValueError and nothing is stored.
+    def put_tenant_vocabulary(self, vocabulary: TenantVocabulary) -> None:
+        """Store ``vocabulary`` (replacing the tenant's, if any)."""
+        ...
+
+    def get_tenant_vocabulary(self, tenant: str) -> TenantVocabulary | None: ...
+    def delete_tenant_vocabulary(self, tenant: str) -> bool:
+        """False when the tenant had no vocabulary."""
+        ...
 
     # SIPREC SBC sources: which tenant an SBC's calls belong to, by its source network
     # (deployment-wide; every recorder reads it). Adapters check and normalise with

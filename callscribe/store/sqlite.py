@@ -21,9 +21,11 @@ from callscribe.store.base import (
     DeliveryFailure,
     LiveConnection,
     StoredMessage,
+    TenantVocabulary,
     WebhookConfig,
     siprec_source,
     siprec_source_network,
+    tenant_vocabulary,
     webhook_config_from_json,
     webhook_config_to_json,
 )
@@ -89,6 +91,11 @@ CREATE TABLE IF NOT EXISTS connect_access (
     tenant TEXT PRIMARY KEY,
     role_arn TEXT,
     external_id TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenant_vocabularies (
+    tenant TEXT PRIMARY KEY,
+    terms TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS siprec_sources (
@@ -461,6 +468,30 @@ class SqliteStore:
     def delete_connect_access(self, tenant: str) -> bool:
         with self._tx() as db:
             cursor = db.execute("DELETE FROM connect_access WHERE tenant = ?", (tenant,))
+            return cursor.rowcount == 1
+
+    # custom vocabularies
+    def put_tenant_vocabulary(self, vocabulary: TenantVocabulary) -> None:
+        vocabulary = tenant_vocabulary(vocabulary)
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tenant_vocabularies VALUES (?, ?, ?)",
+                (vocabulary.tenant, json.dumps(vocabulary.terms), vocabulary.updated_at),
+            )
+
+    def get_tenant_vocabulary(self, tenant: str) -> TenantVocabulary | None:
+        row = (
+            self._db()
+            .execute("SELECT * FROM tenant_vocabularies WHERE tenant = ?", (tenant,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return TenantVocabulary(row["tenant"], tuple(json.loads(row["terms"])), row["updated_at"])
+
+    def delete_tenant_vocabulary(self, tenant: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute("DELETE FROM tenant_vocabularies WHERE tenant = ?", (tenant,))
             return cursor.rowcount == 1
 
     # SIPREC SBC sources

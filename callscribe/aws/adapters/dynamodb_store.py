@@ -13,6 +13,7 @@ One on-demand table, partition key ``pk`` and sort key ``sk`` (strings), one GSI
 | delivery failure | ``FAIL#<tenant>`` | time and id | |
 | webhook configuration | ``WEBHOOK#<tenant>`` | ``CONFIG`` | |
 | Amazon Connect access | ``CONNECT#<tenant>`` | ``ACCESS`` | |
+| custom vocabulary | ``VOCABULARY#<tenant>`` | ``TERMS`` | |
 | SIPREC source mapping | ``SIPRECSOURCES`` | the normalised network | |
 | live viewer connection | ``LIVECONN#<connectionId>`` | ``CONN`` | ``LIVE#<tenant>`` / connection id |
 
@@ -54,9 +55,11 @@ from callscribe.store.base import (
     DeliveryFailure,
     LiveConnection,
     StoredMessage,
+    TenantVocabulary,
     WebhookConfig,
     siprec_source,
     siprec_source_network,
+    tenant_vocabulary,
     webhook_config_from_json,
     webhook_config_to_json,
 )
@@ -582,6 +585,36 @@ class DynamoStore:
     def delete_connect_access(self, tenant: str) -> bool:
         answer = self.table.delete_item(
             Key={"pk": f"CONNECT#{tenant}", "sk": "ACCESS"}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in answer
+
+    # custom vocabularies ---------------------------------------------------------------------
+
+    def put_tenant_vocabulary(self, vocabulary: TenantVocabulary) -> None:
+        vocabulary = tenant_vocabulary(vocabulary)
+        self.table.put_item(
+            Item={
+                "pk": f"VOCABULARY#{vocabulary.tenant}",
+                "sk": "TERMS",
+                "tenant": vocabulary.tenant,
+                "terms": list(vocabulary.terms),  # a DynamoDB list keeps the order
+                "updated_at": _num(vocabulary.updated_at),
+            }
+        )
+
+    def get_tenant_vocabulary(self, tenant: str) -> TenantVocabulary | None:
+        item = self.table.get_item(Key={"pk": f"VOCABULARY#{tenant}", "sk": "TERMS"}).get("Item")
+        if not item:
+            return None
+        return TenantVocabulary(
+            tenant=item["tenant"],
+            terms=tuple(str(term) for term in item["terms"]),
+            updated_at=float(item["updated_at"]),
+        )
+
+    def delete_tenant_vocabulary(self, tenant: str) -> bool:
+        answer = self.table.delete_item(
+            Key={"pk": f"VOCABULARY#{tenant}", "sk": "TERMS"}, ReturnValues="ALL_OLD"
         )
         return "Attributes" in answer
 
