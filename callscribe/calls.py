@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
@@ -44,6 +44,7 @@ from callscribe.model import (
 )
 from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 from callscribe.transcription import MessageSequence, Speaker, TranscriptionPipeline
+from callscribe.vocabulary import merge_vocabulary
 
 if TYPE_CHECKING:
     from callscribe.recording import CallRecorder, Recordings
@@ -66,6 +67,22 @@ END_SUMMARY = "endSummary"
 VadFactory = Callable[[], SpeechProbability]
 
 
+@dataclass
+class VocabularyStats:
+    """What became of the custom vocabularies of the calls this process started."""
+
+    # Starts whose tenant vocabulary could not be read (they went on with the call's terms).
+    tenant_read_failures: int = 0
+    # Tenant terms left out of a call's vocabulary, which the call's own filled.
+    terms_dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "tenantReadFailures": self.tenant_read_failures,
+            "termsDropped": self.terms_dropped,
+        }
+
+
 @dataclass(frozen=True)
 class CallServices:
     """What every call of a process shares."""
@@ -81,6 +98,7 @@ class CallServices:
     # Interim results for calls that ask for them; None: this process has none (no live
     # viewers here, or an engine that cannot put finals first).
     interims: InterimDecoder | None = None
+    vocabulary_stats: VocabularyStats = field(default_factory=VocabularyStats)
 
 
 # An ingest's own rule for whether a call takes start/stop now (raises CallError to refuse).
@@ -197,6 +215,9 @@ class CallSession:
         self.closing = False
         self.connected_at = time.monotonic()
         self.request: StartRequest | None = None
+        # What the speech recogniser is biased towards in the window the last start opened:
+        # its vocabulary merged with the tenant's (callscribe.vocabulary).
+        self.vocabulary: tuple[str, ...] = ()
         self.participants: dict[Role, dict[str, str]] = {}  # role -> externalId, streamId
         self._messages = MessageSequence()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -308,6 +329,9 @@ class CallSession:
             self._admission(self)
 
     async def start(self, request: StartRequest) -> AutotranscribeResult:
+        # Read before the checks below, so that nothing changes the call between them and
+        # the start taking effect.
+        vocabulary = await self._vocabulary_for(request)
         self._admit()
         if self.status is CallStatus.COMPLETED:
             raise CallError(ErrorCode.NO_SUCH_CALL, f"call {self.key.guid} has ended")
@@ -333,6 +357,7 @@ class CallSession:
                     "streamId": str(uuid.uuid1()),
                 }
         self.request = request
+        self.vocabulary = vocabulary
         self.status = CallStatus.STREAMING
         for stream in self.streams.values():
             if stream.role is not None:
@@ -424,6 +449,30 @@ class CallSession:
         await self.wait_for_transcripts(STOP_WAIT_S)
         return self._result(summary=True, audio_bytes=self._audio_at_end, until=self._ended_at)
 
+    async def _vocabulary_for(self, request: StartRequest) -> tuple[str, ...]:
+        """The start's vocabulary merged with the tenant's, read from the Store once per start
+        (not per utterance). A Store that cannot answer costs the tenant's terms, never the
+        start: logged and counted, the call goes on with its own."""
+        stats = self.services.vocabulary_stats
+        try:
+            stored = await asyncio.to_thread(self.store.get_tenant_vocabulary, self.key.tenant)
+        except Exception:
+            stats.tenant_read_failures += 1
+            log.exception("call %s: could not read the tenant's vocabulary", self.key)
+            stored = None
+        merged = merge_vocabulary(
+            request.autotranscribeParams.vocabulary, stored.terms if stored is not None else ()
+        )
+        if merged.dropped:
+            stats.terms_dropped += len(merged.dropped)
+            log.info(
+                "call %s: %d of the tenant's vocabulary terms left out (over the bounds with "
+                "the call's own)",
+                self.key,
+                len(merged.dropped),
+            )
+        return merged.terms
+
     def _recording_allowed(self, request: StartRequest) -> bool:
         recordings = self.services.recordings
         if not request.autotranscribeParams.audioRecordingAllowed or recordings is None:
@@ -461,7 +510,9 @@ class CallSession:
                 stream.interims = current = None
             if wanted and role is not None and current is None:
                 assert decoder is not None and params is not None
-                stream.interims = decoder.for_stream(self.key, role, stream, params)
+                stream.interims = decoder.for_stream(
+                    self.key, role, stream, params, vocabulary=self.vocabulary
+                )
 
     def _stop_transcribing(self) -> None:
         for stream in self.streams.values():
@@ -513,15 +564,22 @@ class CallSession:
         speaker = Speaker(stream.role.value, ids["externalId"], ids["streamId"])
         params = self.request.autotranscribeParams
         task = asyncio.get_running_loop().create_task(
-            self._transcribe(stream, speaker, utterance, params)
+            self._transcribe(stream, speaker, utterance, params, self.vocabulary)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _transcribe(
-        self, stream: ParticipantStream, speaker: Speaker, utterance: Utterance, params: Any
+        self,
+        stream: ParticipantStream,
+        speaker: Speaker,
+        utterance: Utterance,
+        params: Any,
+        vocabulary: tuple[str, ...],
     ) -> None:
-        if await self.pipeline.handle(self.key, speaker, utterance, params, self._messages):
+        if await self.pipeline.handle(
+            self.key, speaker, utterance, params, self._messages, vocabulary=vocabulary
+        ):
             stream.transcripts += 1
 
 

@@ -312,6 +312,8 @@ class IngestRuntime:
                 "remoteWorkers": remote_workers() if remote_workers else None,
                 # Interim results: decoded, published, shed for want of an idle worker.
                 "interim": self.interims.stats.as_dict() if self.interims else None,
+                # Custom vocabularies: tenants' not read at a start, terms over the bounds.
+                "vocabulary": self.calls.services.vocabulary_stats.as_dict(),
             },
             "amazonConnect": connect,
             "delivery": self.dispatcher.as_dict() if self.dispatcher else None,

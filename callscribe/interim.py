@@ -122,9 +122,14 @@ class InterimDecoder:
         self.stats = InterimStats()
 
     def for_stream(
-        self, key: CallKey, role: str, speech: OpenSpeech, params: AutotranscribeParams
+        self,
+        key: CallKey,
+        role: str,
+        speech: OpenSpeech,
+        params: AutotranscribeParams,
+        vocabulary: tuple[str, ...] = (),
     ) -> StreamInterims:
-        return StreamInterims(self, key, role, speech, params)
+        return StreamInterims(self, key, role, speech, params, vocabulary)
 
 
 class StreamInterims:
@@ -138,6 +143,7 @@ class StreamInterims:
         role: str,
         speech: OpenSpeech,
         params: AutotranscribeParams,
+        vocabulary: tuple[str, ...] = (),
     ) -> None:
         self._decoder = decoder
         self.key = key
@@ -145,6 +151,8 @@ class StreamInterims:
         self._speech = speech
         self._language = whisper_language(params.language)
         self._redaction = params.redactionOutput
+        # As the utterance's final gets it, so that the interims spell the terms as it will.
+        self._vocabulary = vocabulary
         self.closed = False
         # The open utterance the interims below belong to (its start sample), the text of
         # its last interim, and how much audio it must hold for the next to fall due.
@@ -189,7 +197,9 @@ class StreamInterims:
 
     def _start(self, utterance: OpenUtterance) -> None:
         stats = self._decoder.stats
-        request = AsrRequest(audio=self._speech.open_audio(), language=self._language)
+        request = AsrRequest(
+            audio=self._speech.open_audio(), language=self._language, vocabulary=self._vocabulary
+        )
         decoding = self._decoder.engine.start_interim(request)
         if decoding is None:
             stats.shed += 1

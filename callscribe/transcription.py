@@ -173,11 +173,14 @@ class TranscriptionPipeline:
         utterance: Utterance,
         params: AutotranscribeParams,
         sequence: MessageSequence,
+        *,
+        vocabulary: tuple[str, ...] = (),
     ) -> bool:
         """One finished utterance of call ``key``: transcribe, build the message, persist and
-        publish it under the call's next number. True when a message went out."""
+        publish it under the call's next number. True when a message went out.
+        ``vocabulary``: the call's merged with its tenant's (``CallSession.vocabulary``)."""
         endpointed_at = time.time()
-        result = await self.transcribe(utterance, params, key)
+        result = await self.transcribe(utterance, params, key, vocabulary=vocabulary)
         if isinstance(result, UtteranceLost):
             await self.record_lost(key, speaker, utterance, result)
             return False
@@ -218,7 +221,12 @@ class TranscriptionPipeline:
             log.exception("call %s: could not record an untranscribed utterance", key)
 
     async def transcribe(
-        self, utterance: Utterance, params: AutotranscribeParams, key: CallKey | None = None
+        self,
+        utterance: Utterance,
+        params: AutotranscribeParams,
+        key: CallKey | None = None,
+        *,
+        vocabulary: tuple[str, ...] = (),
     ) -> AsrResult | UtteranceLost | None:
         """The utterance's text; None when it has none; ``UtteranceLost`` when it could not
         be transcribed (also counted in ``stats``, which ``/healthz`` shows)."""
@@ -230,6 +238,7 @@ class TranscriptionPipeline:
                     audio=utterance.audio,
                     language=whisper_language(params.language),
                     word_timestamps=params.detailedToken,
+                    vocabulary=vocabulary,
                 )
             )
         except AsrOverloadedError as exc:

@@ -21,7 +21,7 @@ from callscribe.calls import CallRegistry, Calls, CallServices, CallSession
 from callscribe.config import EndpointingSettings
 from callscribe.control import Control
 from callscribe.model import CallError, ErrorCode, Role, StartRequest
-from callscribe.store.base import CallKey, CallRecord, CallStatus
+from callscribe.store.base import CallKey, CallRecord, CallStatus, TenantVocabulary
 from callscribe.store.sqlite import SqliteStore
 from callscribe.transcription import TranscriptionPipeline
 
@@ -52,7 +52,7 @@ class CallHolder:
         pipeline = TranscriptionPipeline(NoSpeechAsr(), store, InProcessEventBus(), 3600)
         return cls(CallRegistry(), store, pipeline, owner)
 
-    async def add_call(self, guid: str) -> CallRecord:
+    async def add_call(self, guid: str, tenant: str = "acme") -> CallRecord:
         """A Twilio call whose media this process holds, connected, not yet transcribing."""
         calls = Calls(
             CallServices(self.store, self.pipeline, EndpointingSettings(), owner=self.owner),
@@ -60,7 +60,7 @@ class CallHolder:
         )
         session = await calls.open(
             CallSession,
-            CallKey("acme", "twilio", guid),
+            CallKey(tenant, "twilio", guid),
             channels=("inbound", "outbound"),
             channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
         )
@@ -133,6 +133,40 @@ class ControlContract:
         assert session.request == request
         assert session.participants[Role.CUSTOMER]["externalId"] == "cust éé 42"
         assert session.channel_roles == {"inbound": Role.AGENT, "outbound": Role.CUSTOMER}
+
+    async def test_the_calls_vocabulary_is_merged_with_its_tenants_where_the_call_is_held(
+        self, world: ControlWorld
+    ) -> None:
+        store = world.holder.store
+        store.put_tenant_vocabulary(TenantVocabulary("acme", ("Acme Cloud", "Zorblax"), 0))
+        store.put_tenant_vocabulary(TenantVocabulary("globex", ("Globex Plus",), 0))
+        call = await world.holder.add_call("CA-vocabulary")
+        request = start_request(
+            "CA-vocabulary", autotranscribeParams={"vocabulary": ["zorblax", "Quantum Plan"]}
+        )
+        await world.control.start(call, request)
+        session = world.holder.session(call)
+        assert session.request == request
+        # The call's terms first (its spelling of a shared one), then the tenant's; never
+        # another tenant's.
+        assert session.vocabulary == ("zorblax", "Quantum Plan", "Acme Cloud")
+
+        # Each start reads the tenant's again and brings its own terms (or none).
+        await world.control.stop(call)
+        store.put_tenant_vocabulary(TenantVocabulary("acme", ("Acme Mobile",), 1))
+        await world.control.start(
+            call,
+            start_request("CA-vocabulary", autotranscribeParams={"vocabulary": ["Nimbus"]}),
+        )
+        assert session.vocabulary == ("Nimbus", "Acme Mobile")
+        await world.control.stop(call)
+        store.delete_tenant_vocabulary("acme")
+        await world.control.start(call, start_request("CA-vocabulary"))
+        assert session.vocabulary == ()
+
+        other = await world.holder.add_call("CA-vocabulary-globex", tenant="globex")
+        await world.control.start(other, start_request("CA-vocabulary-globex"))
+        assert world.holder.session(other).vocabulary == ("Globex Plus",)
 
     async def test_stop_turns_it_off_with_a_summary_of_each_participant(
         self, world: ControlWorld

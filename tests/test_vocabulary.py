@@ -3,8 +3,26 @@ bounded and merged."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
+from callscribe.asr.base import AsrRequest, AsrResult
+from callscribe.auth import create_api_key
+from callscribe.bus import InProcessEventBus
+from callscribe.calls import CallRegistry, Calls, CallServices, CallSession
+from callscribe.config import EndpointingSettings, Settings, SiprecSettings
+from callscribe.model import Role, StartRequest
+from callscribe.server import LocalRuntime, create_local_app
+from callscribe.serving import start_serving, stop_serving, uvicorn_config
+from callscribe.store.base import CallKey, CallStatus, TenantVocabulary
+from callscribe.store.sqlite import SqliteStore
+from callscribe.testing.simulate import ApiClient, Segment, bind_loopback, load_sample_call
+from callscribe.transcription import TranscriptionPipeline
 from callscribe.vocabulary import (
     MAX_TERM_CHARS,
     MAX_TERMS,
@@ -13,6 +31,7 @@ from callscribe.vocabulary import (
     total_chars,
     vocabulary_terms,
 )
+from tests.serve_support import TwilioCall, agent_lines, wait_until
 
 
 def test_terms_are_stripped_and_case_repeats_dropped_keeping_the_first_spelling() -> None:
@@ -86,3 +105,203 @@ def test_a_stored_term_no_longer_valid_is_dropped_from_the_merge_not_fatal() -> 
     merged = merge_vocabulary(("Acme",), ("x" * 80, "two\nlines", "Globex"))
     assert merged.terms == ("Acme", "Globex")
     assert merged.dropped == ("x" * 80, "two\nlines")
+
+
+# --------------------------------------------------------------------------- a call's requests
+
+
+class RecordingAsr:
+    """An engine double that records every request, finals and interims (it is also
+    interim-capable, so that calls asking for interim results get them): what reaches the
+    engine is under test here, not what it makes of it."""
+
+    def __init__(self) -> None:
+        # Each request, as a final (transcribe) or an interim (start_interim).
+        self.requests: list[tuple[str, AsrRequest]] = []
+
+    async def transcribe(self, request: AsrRequest) -> AsrResult:
+        self.requests.append(("final", request))
+        return AsrResult(text="thank you", audio_ms=len(request.audio) // 16)
+
+    def start_interim(self, request: AsrRequest) -> asyncio.Future[AsrResult]:
+        self.requests.append(("interim", request))
+        decoded: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
+        decoded.set_result(AsrResult(text="thank", audio_ms=len(request.audio) // 16))
+        return decoded
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class LocalServer:
+    runtime: LocalRuntime
+    base_url: str
+    asr: RecordingAsr
+
+    def client(self, tenant: str) -> ApiClient:
+        issued = create_api_key(self.runtime.store, tenant)
+        return ApiClient(self.base_url, issued.api_id, issued.api_secret)
+
+
+@pytest.fixture
+async def local_server(tmp_path: Path) -> AsyncIterator[LocalServer]:
+    asr = RecordingAsr()
+    settings = Settings(data_dir=tmp_path, siprec=SiprecSettings(enabled=False))
+    runtime = LocalRuntime.build(settings, asr=asr)
+    sock = bind_loopback()
+    server, task = await start_serving(uvicorn_config(create_local_app(runtime), settings), [sock])
+    assert server.started
+    yield LocalServer(runtime, f"http://127.0.0.1:{sock.getsockname()[1]}", asr)
+    await stop_serving(server, task)
+
+
+async def _requests_of_one_line(
+    server: LocalServer, call: TwilioCall, line: Segment
+) -> dict[str, set[tuple[str, ...]]]:
+    """The vocabularies of what the engine was asked while ``call``'s agent said ``line``, up
+    to its final, by kind of request (final, interim)."""
+    first = len(server.asr.requests)
+
+    async def final_made() -> bool:
+        return any(kind == "final" for kind, _ in server.asr.requests[first:])
+
+    await call.send_line(line, speed=4)
+    await wait_until(final_made, 30, "the line's final")
+    vocabularies: dict[str, set[tuple[str, ...]]] = {}
+    for kind, request in server.asr.requests[first:]:
+        vocabularies.setdefault(kind, set()).add(request.vocabulary)
+    return vocabularies
+
+
+@pytest.mark.e2e
+async def test_every_request_of_a_call_carries_its_vocabulary_and_its_tenants_alone(
+    local_server: LocalServer,
+) -> None:
+    store = local_server.runtime.store
+    store.put_tenant_vocabulary(TenantVocabulary("acme", ("Acme Cloud", "Zorblax"), 0))
+    store.put_tenant_vocabulary(TenantVocabulary("globex", ("Globex Plus", "Hyperion"), 0))
+    lines = agent_lines(load_sample_call())
+
+    acme = TwilioCall(local_server.client("acme"))
+    await acme.open(interimResults=True, vocabulary=["Quantum Plan", "ZORBLAX"])
+    # Interims and the final alike: the call's terms first, then the tenant's not repeated.
+    merged = {("Quantum Plan", "ZORBLAX", "Acme Cloud")}
+    assert await _requests_of_one_line(local_server, acme, lines[0]) == {
+        "interim": merged,
+        "final": merged,
+    }
+
+    # A new window: the tenant's vocabulary read again, the new start's terms instead.
+    assert (await acme.api.stop(acme.call_sid)).status_code == 200
+    store.put_tenant_vocabulary(TenantVocabulary("acme", ("Acme Mobile",), 1))
+    response = await acme.api.start(
+        acme.call_sid, "C1", "A1", interimResults=True, vocabulary=["Nimbus"]
+    )
+    assert response.status_code == 200, response.text
+    merged = {("Nimbus", "Acme Mobile")}
+    assert await _requests_of_one_line(local_server, acme, lines[1]) == {
+        "interim": merged,
+        "final": merged,
+    }
+
+    # Another tenant's call, with no vocabulary of its own: its tenant's terms, no others.
+    globex = TwilioCall(local_server.client("globex"))
+    await globex.open()
+    assert await _requests_of_one_line(local_server, globex, lines[2]) == {
+        "final": {("Globex Plus", "Hyperion")}
+    }
+    for call in (acme, globex):
+        await call.close()
+        await call.api.close()
+
+
+@pytest.mark.e2e
+async def test_a_bad_vocabulary_is_refused_with_the_transcription_parameter_code(
+    local_server: LocalServer,
+) -> None:
+    api = local_server.client("acme")
+    refused = {
+        "vocabulary: Value error, term 2 ('two\\nlines') contains U+000A": ["ok", "two\nlines"],
+        "vocabulary: Value error, 51 different terms; at most 50": [f"t{n}" for n in range(51)],
+        "vocabulary: Value error, term 1 ('xxxxxxxxxxxxxxxxxxxx…') is 60 characters": ["x" * 60],
+        "vocabulary.0: Input should be a valid string": [7],
+        "vocabulary: Input should be a valid list": "Acme Cloud",
+    }
+    for message, vocabulary in refused.items():
+        response = await api.start("CA" + "0" * 32, "C1", "A1", vocabulary=vocabulary)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "400-202"
+        assert error["message"].startswith(message), error["message"]
+    await api.close()
+
+
+async def test_a_store_that_cannot_read_the_tenants_vocabulary_does_not_fail_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class UnreadableVocabularies(SqliteStore):
+        def get_tenant_vocabulary(self, tenant: str) -> TenantVocabulary | None:
+            raise sqlite3.OperationalError("database is locked")
+
+    store = UnreadableVocabularies(tmp_path / "callscribe.sqlite3")
+    services = CallServices(
+        store,
+        TranscriptionPipeline(RecordingAsr(), store, InProcessEventBus(), 3600),
+        EndpointingSettings(),
+    )
+    calls = Calls(services, CallRegistry())
+    session = await calls.open(
+        CallSession,
+        CallKey("acme", "twilio", "CA-unreadable"),
+        channels=("inbound", "outbound"),
+        channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
+    )
+    request = StartRequest.model_validate(
+        {
+            "namespace": "twilio",
+            "guid": "CA-unreadable",
+            "customerId": "C1",
+            "agentId": "A1",
+            "autotranscribeParams": {"vocabulary": ["Quantum Plan"]},
+        }
+    )
+    await session.start(request)
+    assert session.status is CallStatus.STREAMING
+    assert session.vocabulary == ("Quantum Plan",)
+    assert services.vocabulary_stats.as_dict() == {"tenantReadFailures": 1, "termsDropped": 0}
+    assert "could not read the tenant's vocabulary" in caplog.text
+    await session.complete()
+    store.close()
+
+
+async def test_tenant_terms_over_the_bounds_are_counted_as_dropped(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "callscribe.sqlite3")
+    store.put_tenant_vocabulary(TenantVocabulary("acme", ("t1", "t2", "t3"), 0))
+    services = CallServices(
+        store,
+        TranscriptionPipeline(RecordingAsr(), store, InProcessEventBus(), 3600),
+        EndpointingSettings(),
+    )
+    session = await Calls(services, CallRegistry()).open(
+        CallSession,
+        CallKey("acme", "twilio", "CA-full"),
+        channels=("inbound", "outbound"),
+        channel_roles={"inbound": Role.CUSTOMER, "outbound": Role.AGENT},
+    )
+    many = [f"c{n}" for n in range(49)]
+    await session.start(
+        StartRequest.model_validate(
+            {
+                "namespace": "twilio",
+                "guid": "CA-full",
+                "customerId": "C1",
+                "agentId": "A1",
+                "autotranscribeParams": {"vocabulary": many},
+            }
+        )
+    )
+    assert session.vocabulary == (*many, "t1")
+    assert services.vocabulary_stats.as_dict() == {"tenantReadFailures": 0, "termsDropped": 2}
+    await session.complete()
+    store.close()
