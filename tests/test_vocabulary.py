@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from callscribe.asr.base import AsrRequest, AsrResult
@@ -305,3 +306,21 @@ async def test_tenant_terms_over_the_bounds_are_counted_as_dropped(tmp_path: Pat
     assert services.vocabulary_stats.as_dict() == {"tenantReadFailures": 0, "termsDropped": 2}
     await session.complete()
     store.close()
+
+
+@pytest.mark.e2e
+async def test_the_api_describes_the_vocabulary_as_an_extension_with_its_bounds(
+    local_server: LocalServer,
+) -> None:
+    async with httpx.AsyncClient(base_url=local_server.base_url) as http:
+        spec = (await http.get("/openapi.json")).json()
+    start = spec["paths"]["/mg-autotranscribe/v1/start-streaming"]["post"]
+    assert "`autotranscribeParams.vocabulary`" in start["description"]
+    assert (
+        "At most 50 terms of 1-50 characters each, 500 characters in all" in (start["description"])
+    )
+    body = start["requestBody"]["content"]["application/json"]["schema"]
+    field = body["$defs"]["AutotranscribeParams"]["properties"]["vocabulary"]
+    assert field["type"] == "array" and field["items"] == {"type": "string"}
+    assert "CallScribe extension" in field["description"]
+    assert "callscribe vocabulary set" in field["description"]

@@ -40,6 +40,7 @@ from callscribe.calls import claim_end_summary
 from callscribe.control import Control
 from callscribe.model import AutotranscribeResult, CallError, ErrorCode, Namespace, StartRequest
 from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
+from callscribe.vocabulary import BOUNDS as VOCABULARY_BOUNDS
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,14 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     "the call's tenant also gets `interim` events, each participant's text so far while they "
     "speak, redacted as `redactionOutput` asks and replaced by the utterance's `final`; the "
     "webhook and the after-call API still get finished utterances only. Interim results are "
-    "best effort: when the speech recogniser is busy they are skipped, never finals.",
+    "best effort: when the speech recogniser is busy they are skipped, never finals. "
+    "`autotranscribeParams.vocabulary` (default none) is a CallScribe extension too: a list "
+    "of words the call's speakers may say (product, plan and agent names) that the speech "
+    "recogniser should spell as given, for the window this start opens. It is merged with the "
+    "tenant's vocabulary (`callscribe vocabulary set`): the call's terms first, then each of "
+    f"the tenant's that still fits. {VOCABULARY_BOUNDS[0].upper()}{VOCABULARY_BOUNDS[1:]} "
+    "(joined with ', '), printable characters only; repeats differing only in case are "
+    "dropped; a vocabulary over the bounds is refused with 400-202.",
     openapi_extra=request_body_schema(StartRequest),
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
