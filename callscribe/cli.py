@@ -1,5 +1,5 @@
 """The ``callscribe`` command: serve, keys, webhook, export, connect-access, siprec-sources,
-demo, bench, asr-worker, bench-asr."""
+vocabulary, demo, bench, asr-worker, bench-asr."""
 
 from __future__ import annotations
 
@@ -512,6 +512,69 @@ def cmd_siprec_sources_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vocabulary_file(path: Path) -> list[str]:
+    """The terms of a vocabulary file: one a line, UTF-8; blank lines and lines starting with
+    '#' skipped. ``-``: standard input. ValueError names the file and line of a bad term."""
+    from callscribe.vocabulary import vocabulary_term
+
+    name = "standard input" if str(path) == "-" else str(path)
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is not UTF-8 text") from None
+    terms = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            terms.append(vocabulary_term(line, f"{name} line {number}"))
+    return terms
+
+
+def _vocabulary_json(vocabulary: Any) -> dict[str, Any]:
+    from callscribe.vocabulary import total_chars
+
+    return {
+        "tenant": vocabulary.tenant,
+        "terms": list(vocabulary.terms),
+        # Counted against the bound of 500, terms joined with ", ".
+        "characters": total_chars(vocabulary.terms),
+        "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(vocabulary.updated_at)),
+    }
+
+
+def cmd_vocabulary_set(args: argparse.Namespace) -> int:
+    from callscribe.store.base import TenantVocabulary, tenant_vocabulary
+
+    if bool(args.terms) == (args.file is not None):
+        print("error: give the terms, or --file with one term a line (not both)", file=sys.stderr)
+        return 2
+    try:
+        terms = args.terms or _vocabulary_file(args.file)
+        vocabulary = tenant_vocabulary(TenantVocabulary(args.tenant, tuple(terms), time.time()))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _store(args).put_tenant_vocabulary(vocabulary)
+    print(json.dumps(_vocabulary_json(vocabulary), ensure_ascii=False))
+    return 0
+
+
+def cmd_vocabulary_show(args: argparse.Namespace) -> int:
+    vocabulary = _store(args).get_tenant_vocabulary(args.tenant)
+    if vocabulary is None:
+        print(f"error: no vocabulary for tenant {args.tenant}", file=sys.stderr)
+        return 1
+    print(json.dumps(_vocabulary_json(vocabulary), ensure_ascii=False))
+    return 0
+
+
+def cmd_vocabulary_clear(args: argparse.Namespace) -> int:
+    if _store(args).delete_tenant_vocabulary(args.tenant):
+        print(f"cleared the vocabulary of tenant {args.tenant}")
+        return 0
+    print(f"error: no vocabulary for tenant {args.tenant}", file=sys.stderr)
+    return 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from callscribe.demo import run_demo
 
@@ -653,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         _store_args(command)
         command.set_defaults(func=func)
     _siprec_sources_commands(commands)
+    _vocabulary_commands(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -757,6 +821,42 @@ def _siprec_sources_commands(commands: Any) -> None:
     listing = sources.add_parser("list", help="every mapping (JSON lines)")
     _store_args(listing)
     listing.set_defaults(func=cmd_siprec_sources_list)
+
+
+def _vocabulary_commands(commands: Any) -> None:
+    from callscribe.vocabulary import BOUNDS
+
+    vocabulary = commands.add_parser(
+        "vocabulary",
+        help="a tenant's custom vocabulary (words its calls' speakers may say)",
+        description="Product, plan and agent names the speech recogniser should spell as "
+        "given, for every call of the tenant. Each start-streaming reads it (a call in "
+        "progress keeps the one its start read) and merges it with the call's own "
+        "autotranscribeParams.vocabulary: the call's terms first, then each of the tenant's "
+        f"that still fits. {BOUNDS[0].upper()}{BOUNDS[1:]} (joined with ', '), printable "
+        "characters only; repeats differing only in case are dropped.",
+    ).add_subparsers(dest="vocabulary_command", required=True)
+    setting = vocabulary.add_parser(
+        "set", help="replace the tenant's vocabulary with these terms, in this order"
+    )
+    setting.add_argument("--tenant", required=True)
+    setting.add_argument("terms", nargs="*", metavar="TERM", help="a term (quote one with spaces)")
+    setting.add_argument(
+        "--file",
+        type=Path,
+        help="the terms, one a line (UTF-8; blank lines and lines starting with # skipped; "
+        "- reads standard input)",
+    )
+    _store_args(setting)
+    setting.set_defaults(func=cmd_vocabulary_set)
+    for name, func, text in (
+        ("show", cmd_vocabulary_show, "the tenant's vocabulary (JSON)"),
+        ("clear", cmd_vocabulary_clear, "remove the tenant's vocabulary"),
+    ):
+        command = vocabulary.add_parser(name, help=text)
+        command.add_argument("--tenant", required=True)
+        _store_args(command)
+        command.set_defaults(func=func)
 
 
 def _webhook_commands(commands: Any) -> None:

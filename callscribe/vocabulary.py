@@ -46,26 +46,25 @@ def _shown(term: str) -> str:
     return repr(term if len(term) <= _SHOWN_CHARS else term[:_SHOWN_CHARS] + "…")
 
 
-def vocabulary_term(term: str, number: int) -> str:
+def vocabulary_term(term: str, where: str) -> str:
     """One term, checked: surrounding whitespace dropped, 1 to ``MAX_TERM_CHARS`` characters
     left, every one printable (no newline, tab or other control or invisible character, which
-    would break the prompt an engine builds). ``number``: its place in the list, from 1, for
-    the message. Raises ValueError saying what is wrong."""
+    would break the prompt an engine builds). ``where``: how the message names it ("term 3",
+    "line 7"). Raises ValueError saying what is wrong."""
     if not isinstance(term, str):
-        raise ValueError(f"term {number} is not a string")
+        raise ValueError(f"{where} is not a string")
     stripped = term.strip()
     if not stripped:
-        raise ValueError(f"term {number} is empty")
+        raise ValueError(f"{where} is empty")
     if len(stripped) > MAX_TERM_CHARS:
         raise ValueError(
-            f"term {number} ({_shown(stripped)}) is {len(stripped)} characters; "
-            f"at most {MAX_TERM_CHARS}"
+            f"{where} ({_shown(stripped)}) is {len(stripped)} characters; at most {MAX_TERM_CHARS}"
         )
     for char in stripped:
         if not char.isprintable():
             name = unicodedata.name(char, "a control character")
             raise ValueError(
-                f"term {number} ({_shown(stripped)}) contains U+{ord(char):04X} ({name}); "
+                f"{where} ({_shown(stripped)}) contains U+{ord(char):04X} ({name}); "
                 "only printable characters and spaces are allowed"
             )
     return stripped
@@ -79,7 +78,7 @@ def vocabulary_terms(terms: Iterable[str]) -> tuple[str, ...]:
     kept: list[str] = []
     seen: set[str] = set()
     for number, term in enumerate(terms, start=1):
-        checked = vocabulary_term(term, number)
+        checked = vocabulary_term(term, f"term {number}")
         folded = checked.casefold()
         if folded not in seen:
             seen.add(folded)
@@ -113,7 +112,7 @@ def merge_vocabulary(call_terms: Iterable[str], tenant_terms: Iterable[str]) -> 
     dropped: list[str] = []
     for number, term in enumerate(tenant_terms, start=1):
         try:
-            checked = vocabulary_term(term, number)
+            checked = vocabulary_term(term, f"term {number}")
         except ValueError:
             dropped.append(term)
             continue
