@@ -324,3 +324,49 @@ async def test_the_api_describes_the_vocabulary_as_an_extension_with_its_bounds(
     assert field["type"] == "array" and field["items"] == {"type": "string"}
     assert "CallScribe extension" in field["description"]
     assert "callscribe vocabulary set" in field["description"]
+
+
+@pytest.mark.e2e
+async def test_the_http_api_sets_shows_and_removes_the_keys_tenants_vocabulary_alone(
+    local_server: LocalServer,
+) -> None:
+    store = local_server.runtime.store
+    store.put_tenant_vocabulary(TenantVocabulary("globex", ("Globex Plus",), 0))
+    issued = create_api_key(store, "acme")
+    headers = {"asapp-api-id": issued.api_id, "asapp-api-secret": issued.api_secret}
+    path = "/callscribe/v1/vocabulary"
+    async with httpx.AsyncClient(base_url=local_server.base_url, headers=headers) as http:
+        none = {"terms": [], "characters": 0, "updatedAt": None}
+        assert (await http.get(path)).json() == none
+
+        answer = await http.put(path, json={"terms": [" Acme Cloud", "Zorblax", "ZORBLAX"]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["terms"] == ["Acme Cloud", "Zorblax"]
+        assert answer.json()["characters"] == len("Acme Cloud, Zorblax")
+        assert (await http.get(path)).json() == answer.json()
+        stored = store.get_tenant_vocabulary("acme")
+        assert stored is not None and stored.terms == ("Acme Cloud", "Zorblax")
+
+        refused = {
+            "terms: term 2 ('two\\nlines') contains U+000A": {"terms": ["ok", "two\nlines"]},
+            "terms: 51 different terms; at most 50": {"terms": [f"t{n}" for n in range(51)]},
+            "terms: a vocabulary needs at least one term": {"terms": []},
+            "terms: Input should be a valid list": {"terms": "Acme"},
+            "terms: Field required": {"words": ["Acme"]},
+        }
+        for message, body in refused.items():
+            answer = await http.put(path, json=body)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == "400-201"
+            assert answer.json()["error"]["message"].startswith(message), answer.text
+        stored = store.get_tenant_vocabulary("acme")
+        assert stored is not None and stored.terms == ("Acme Cloud", "Zorblax")
+
+        assert (await http.delete(path)).json() == none
+        assert store.get_tenant_vocabulary("acme") is None
+        assert (await http.delete(path)).json() == none
+        # Another tenant's vocabulary is neither seen nor touched.
+        stored = store.get_tenant_vocabulary("globex")
+        assert stored is not None and stored.terms == ("Globex Plus",)
+        unauthenticated = await http.get(path, headers={"asapp-api-secret": "wrong"})
+        assert unauthenticated.status_code == 401

@@ -35,6 +35,7 @@ from callscribe.api.schemas import (
     parse_stop,
     request_body_schema,
 )
+from callscribe.api.vocabulary import build_vocabulary_router
 from callscribe.blobs.directory import DirectoryBlobStore
 from callscribe.calls import claim_end_summary
 from callscribe.control import Control
@@ -318,6 +319,7 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
                 response_model_exclude_none=route.response_model_exclude_none,
                 include_in_schema=False,
             )
+    app.include_router(build_vocabulary_router())
     if services.outputs is not None:
         app.include_router(build_router())
         outputs = services.outputs
