@@ -316,3 +316,31 @@ def test_webhook_failures(shape: Any, credentials: dict[str, str], aws: AwsResou
         )
     )
     assert [f["reason"] for f in body["failures"]] == ["timeout after 5 s"]
+
+
+@pytest.mark.parametrize("shape", [rest_event, http_api_event])
+def test_vocabulary_in_the_deployments_table(
+    shape: Any, credentials: dict[str, str], aws: AwsResources
+) -> None:
+    store = DynamoStore(aws.table_name, boto3.resource("dynamodb"))
+    path = "/callscribe/v1/vocabulary"
+    status, body = invoke(shape("PUT", path, credentials, {"terms": ["Acme Cloud", "Zorblax"]}))
+    assert status == 200, body
+    stored = store.get_tenant_vocabulary("acme")
+    assert stored is not None and stored.terms == ("Acme Cloud", "Zorblax")
+    status, shown = invoke(shape("GET", path, credentials))
+    assert (status, shown) == (200, body)
+    status, answer = invoke(shape("PUT", path, credentials, {"terms": ["x" * 51]}))
+    assert (status, answer["error"]["code"]) == (400, "400-201")
+    status, body = invoke(shape("DELETE", path, credentials))
+    assert (status, body["terms"]) == (200, [])
+    assert store.get_tenant_vocabulary("acme") is None
+
+    # A bad vocabulary in a start request: 400-202, as any other transcription parameter.
+    start = "/mg-autotranscribe/v1/start-streaming"
+    request = {"namespace": "twilio", "guid": "CAvocab", "customerId": "C", "agentId": "A"}
+    status, answer = invoke(
+        shape("POST", start, credentials, {**request, "autotranscribeParams": {"vocabulary": [""]}})
+    )
+    assert (status, answer["error"]["code"]) == (400, "400-202")
+    assert answer["error"]["message"] == "vocabulary: Value error, term 1 is empty"

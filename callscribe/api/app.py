@@ -4,7 +4,6 @@ through Mangum, in the API Lambda; it reaches live calls only through the ``Cont
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -21,6 +20,7 @@ from callscribe.api.deps import (
     Authenticated,
     api_services,
     find_tenant_call,
+    json_body,
 )
 from callscribe.api.errors import answer_call_error, answer_validation_error
 from callscribe.api.middleware import BodySizeLimit, InternalErrorAsJson
@@ -48,17 +48,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024  # every request; the middleware refuses more before reading it
 LOCK_TTL_S = 60.0
 TWILIO_MEDIA_PATH = "/twilio-media"
-
-
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()  # at most MAX_BODY_BYTES (BodySizeLimit)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CallError(ErrorCode.PARAMETER, f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        # 64 KB of "[" nests far deeper than the parser recurses.
-        raise CallError(ErrorCode.PARAMETER, "body is nested too deeply") from None
 
 
 class _CallLock:
@@ -209,7 +198,7 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
 )
 async def start_streaming(request: Request, key: Authenticated) -> StreamingResponse:
     services = api_services(request)
-    start = parse_start(await _json_body(request), services.accepted_languages)
+    start = parse_start(await json_body(request), services.accepted_languages)
     call_key = CallKey(key.tenant, start.namespace.value, start.guid)
     if start.namespace is Namespace.AMAZON_CONNECT:
         return await _open_or_start(services, call_key, start)
@@ -260,7 +249,7 @@ async def _open_or_start(
     "otherwise a call whose media ended is 400-203.",
 )
 async def stop_streaming(request: Request, key: Authenticated) -> StreamingResponse:
-    stop = parse_stop(await _json_body(request))
+    stop = parse_stop(await json_body(request))
     return await _control_call(
         api_services(request),
         CallKey(key.tenant, stop.namespace.value, stop.guid),

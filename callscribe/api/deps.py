@@ -5,6 +5,7 @@ contract's endpoints (``app``) and the outputs' (``outputs``) build on this modu
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -57,6 +58,19 @@ class ApiServices:
 
 def api_services(request: Request) -> ApiServices:
     return request.app.state.services
+
+
+async def json_body(request: Request) -> Any:
+    """The request's body as JSON, read whatever its content type says (the contract's
+    clients do not all send one): 400-201 when it is not JSON."""
+    raw = await request.body()  # at most the app's MAX_BODY_BYTES (BodySizeLimit)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CallError(ErrorCode.PARAMETER, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # 64 KB of "[" nests far deeper than the parser recurses.
+        raise CallError(ErrorCode.PARAMETER, "body is nested too deeply") from None
 
 
 async def _tenant_key(

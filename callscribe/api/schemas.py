@@ -30,6 +30,7 @@ from callscribe.model import (
     StartRequest,
     TwilioParams,
 )
+from callscribe.vocabulary import BOUNDS as VOCABULARY_BOUNDS
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,13 @@ def parse_start(body: Any, accepted_languages: Set[str]) -> StartRequest:
     return request
 
 
+def parse_vocabulary(body: Any) -> VocabularyBody:
+    try:
+        return VocabularyBody.model_validate(body)
+    except ValidationError as exc:
+        raise CallError(ErrorCode.PARAMETER, _describe(exc)) from None
+
+
 # Query parameters.
 
 # A day short of the calendar's end, so that the hours and days counted from a time (feed
@@ -253,3 +261,23 @@ class MessagesResponse(BaseModel):
         description="Every message of the call (all legs), in the order transcribed, exactly "
         "as POSTed to the webhook; at most 1,000"
     )
+
+
+class VocabularyBody(BaseModel):
+    """PUT /callscribe/v1/vocabulary: the tenant's vocabulary (checked against the bounds by
+    ``store.base.tenant_vocabulary``). Fields it does not know are ignored, as elsewhere."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    terms: list[str] = Field(
+        description=f"In order of preference. {VOCABULARY_BOUNDS[0].upper()}"
+        f"{VOCABULARY_BOUNDS[1:]} (joined with "
+        "', '); printable characters only; surrounding spaces are dropped, and repeats that "
+        "differ only in case (the first spelling is kept)."
+    )
+
+
+class VocabularyResponse(BaseModel):
+    terms: list[str] = Field(description="As stored; empty when the tenant has none")
+    characters: int = Field(description="Counted against the bound: the terms joined with ', '")
+    updatedAt: str | None = Field(description="ISO 8601, UTC; null when the tenant has none")

@@ -8,31 +8,20 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
 
-from callscribe.api.deps import ERROR_RESPONSES, Authenticated, api_services
+from callscribe.api.deps import ERROR_RESPONSES, Authenticated, api_services, json_body
+from callscribe.api.schemas import (
+    VocabularyBody,
+    VocabularyResponse,
+    parse_vocabulary,
+    request_body_schema,
+)
 from callscribe.export import iso
 from callscribe.model import CallError, ErrorCode
 from callscribe.store.base import TenantVocabulary, tenant_vocabulary
-from callscribe.vocabulary import BOUNDS, total_chars
+from callscribe.vocabulary import total_chars
 
 PATH = "/callscribe/v1/vocabulary"
-
-
-class VocabularyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    terms: list[str] = Field(
-        description=f"In order of preference. {BOUNDS[0].upper()}{BOUNDS[1:]} (joined with "
-        "', '); printable characters only; surrounding spaces are dropped, and repeats that "
-        "differ only in case (the first spelling is kept)."
-    )
-
-
-class VocabularyResponse(BaseModel):
-    terms: list[str] = Field(description="As stored; empty when the tenant has none")
-    characters: int = Field(description="Counted against the bound: the terms joined with ', '")
-    updatedAt: str | None = Field(description="ISO 8601, UTC; null when the tenant has none")
 
 
 def _response(vocabulary: TenantVocabulary | None) -> VocabularyResponse:
@@ -73,10 +62,10 @@ def build_vocabulary_router() -> APIRouter:
         summary="Replace your tenant's custom vocabulary",
         description="A bad or oversized vocabulary is refused with 400-201 naming the term "
         "and changes nothing; an empty one too (DELETE removes it)." + summary_note,
+        openapi_extra=request_body_schema(VocabularyBody),
     )
-    async def put_vocabulary(
-        request: Request, key: Authenticated, body: VocabularyBody
-    ) -> VocabularyResponse:
+    async def put_vocabulary(request: Request, key: Authenticated) -> VocabularyResponse:
+        body = parse_vocabulary(await json_body(request))
         try:
             vocabulary = tenant_vocabulary(
                 TenantVocabulary(key.tenant, tuple(body.terms), time.time())
