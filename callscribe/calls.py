@@ -98,6 +98,7 @@ class CallServices:
     # Interim results for calls that ask for them; None: this process has none (no live
     # viewers here, or an engine that cannot put finals first).
     interims: InterimDecoder | None = None
+    # Shown in /healthz (asr.vocabulary).
     vocabulary_stats: VocabularyStats = field(default_factory=VocabularyStats)
 
 

@@ -115,8 +115,9 @@ class AutotranscribeParams(BaseModel):
         default_factory=list,
         description="CallScribe extension (not in the AutoTranscribe contract): words this "
         "call's speakers may say that the speech recogniser should spell as given (product, "
-        "plan and agent names), merged with the tenant's vocabulary (`callscribe vocabulary "
-        "set`): the call's terms first, then each of the tenant's that still fits. "
+        "plan and agent names), merged with the tenant's vocabulary (PUT "
+        "/callscribe/v1/vocabulary, or `callscribe vocabulary set`): the call's terms "
+        "first, then each of the tenant's that still fits. "
         f"{VOCABULARY_BOUNDS[0].upper()}{VOCABULARY_BOUNDS[1:]} (joined with ', '); printable "
         "characters only; repeats differing only in case are dropped. For this start's "
         "window: a later start gives its own.",

@@ -190,8 +190,9 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     "`autotranscribeParams.vocabulary` (default none) is a CallScribe extension too: a list "
     "of words the call's speakers may say (product, plan and agent names) that the speech "
     "recogniser should spell as given, for the window this start opens. It is merged with the "
-    "tenant's vocabulary (`callscribe vocabulary set`): the call's terms first, then each of "
-    f"the tenant's that still fits. {VOCABULARY_BOUNDS[0].upper()}{VOCABULARY_BOUNDS[1:]} "
+    "tenant's vocabulary (PUT /callscribe/v1/vocabulary, or `callscribe vocabulary set`): "
+    "the call's terms first, then each of the tenant's that still fits. "
+    f"{VOCABULARY_BOUNDS[0].upper()}{VOCABULARY_BOUNDS[1:]} "
     "(joined with ', '), printable characters only; repeats differing only in case are "
     "dropped; a vocabulary over the bounds is refused with 400-202.",
     openapi_extra=request_body_schema(StartRequest),

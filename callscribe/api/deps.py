@@ -1,6 +1,7 @@
 """What the API's endpoints share: the services the app runs on, the authenticated tenant, the
 error responses every endpoint documents, and finding a tenant's call by its guid. Both the
-contract's endpoints (``app``) and the outputs' (``outputs``) build on this module."""
+contract's endpoints (``app``), the outputs' (``outputs``) and the tenant vocabulary's
+(``vocabulary``) build on this module."""
 
 from __future__ import annotations
 
