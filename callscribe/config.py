@@ -267,7 +267,7 @@ class RecordingSettings(BaseSettings):
     max_part_bytes: int = Field(1 << 30, ge=8192, le=(1 << 31) - 1)
     # Redacted recordings: the silence over a redacted span reaches this far beyond the
     # Whisper timings of its words on each side (they are approximate: see README).
-    redaction_margin_ms: int = Field(300, ge=0, le=2000)
+    redaction_margin_ms: int = Field(450, ge=0, le=2000)
 
 
 class ServerLimitsSettings(BaseSettings):

@@ -39,6 +39,10 @@ _MASK = "\x00"  # never in ASR text: counts what redaction masks
 # the cue when it is at most this many words before the span: the ASR often hears the first
 # digits of a number read out as words ("five five" as "time"), which redaction cannot see.
 CUE_REACH_WORDS = 4
+# Two spans at most this many words apart are silenced as one, the words between included: a
+# number read out in groups is often cut in two by a digit the ASR heard as a word ("zero"
+# as "Niro"), which would otherwise stay audible between them.
+BRIDGE_WORDS = 2
 
 
 def silences_recording(mode: RedactionOutput) -> bool:
@@ -88,7 +92,8 @@ def masked_units(text: str) -> int:
 def sensitive_word_runs(words: Sequence[str]) -> list[tuple[int, int]]:
     """For each sensitive span of the words joined by spaces, the first and last index of the
     words it overlaps (the words whose ``tokens`` entries are masked), reaching back to just
-    after a cue word up to ``CUE_REACH_WORDS`` words before it."""
+    after a cue word up to ``CUE_REACH_WORDS`` words before it; runs at most
+    ``BRIDGE_WORDS`` words apart are one."""
     offsets, cursor = [], 0
     for word in words:
         offsets.append((cursor, cursor + len(word)))
@@ -102,7 +107,10 @@ def sensitive_word_runs(words: Sequence[str]) -> list[tuple[int, int]]:
                 if is_cue_word(words[before]):
                     first = before + 1
                     break
-            runs.append((first, hit[-1]))
+            if runs and first - runs[-1][1] - 1 <= BRIDGE_WORDS:
+                runs[-1] = (runs[-1][0], max(runs[-1][1], hit[-1]))
+            else:
+                runs.append((first, hit[-1]))
     return runs
 
 

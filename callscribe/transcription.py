@@ -232,6 +232,13 @@ class TranscriptionPipeline:
                     )
                     words = timed.words
                 ranges = locate(result.text, words, whole, redacted_audio.margin_ms)
+                log.debug(
+                    "call %s: redacted audio of %r at %s: %s",
+                    key,
+                    redact(result.text),
+                    [(w.start_ms, w.end_ms) for w in words],
+                    ranges,
+                )
         except Exception:
             log.exception("call %s: could not locate an utterance's redacted audio", key)
             ranges = None

@@ -10,6 +10,7 @@ again offline."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,12 @@ def test_spans_are_found_in_words_with_leading_spaces_and_punctuation() -> None:
         SampleRange((300 - 250) * 8, (2100 + 250) * 8)
     ]
     assert sensitive_word_runs(["Sure,", "my", "pin", "is", "2", ",048."]) == [(3, 5)]
+
+
+def test_a_word_misheard_between_two_spans_is_silenced_with_them() -> None:
+    """ "4539 1488 zero 343 6467": the "zero" the ASR wrote as a word is between two spans."""
+    texts = ["card", "is", "45391488", "Niro", "3436467", "and", "then", "we", "left", "1234"]
+    assert sensitive_word_runs(texts) == [(1, 4), (9, 9)]
 
 
 def test_two_spans_apart_stay_apart_and_overlapping_margins_merge() -> None:
@@ -429,8 +436,243 @@ async def test_a_call_completes_only_after_its_last_utterance_is_located(
     frames = stored(blobs, BlobInfo(info.key, info.bytes, info.recorded_at))
     silent = np.flatnonzero(frames[:, 0] == 0)
     assert len(silent) and (frames[:, 1] == murmur[: len(frames)]).all()
-    # The span (400–900 ms of the utterance, 300 ms margin) and no more of the customer.
-    assert len(silent) <= (500 + 2 * 300) * 8 + 16
+    # The span (400–900 ms of the utterance, and the margin) and no more of the customer.
+    margin = RecordingSettings().redaction_margin_ms
+    assert len(silent) <= (500 + 2 * margin) * 8 + 16
     kept = np.flatnonzero(frames[:, 0] != 0)
     assert (frames[kept, 0] == speech[kept]).all()
     store.close()
+
+
+# --------------------------------------------------------------------------- a real call
+
+DIGIT_WORDS = re.compile(r"\d|\b(zero|one|two|three|four|five|six|seven|eight|nine)\b", re.I)
+
+
+def say(text: str, voice: str, directory: Path, name: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng's ``voice``, as 8 kHz 16-bit telephone audio."""
+    import subprocess
+    import wave
+
+    raw, wav8 = directory / f"{name}.raw.wav", directory / f"{name}.8k.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["sox", "-V1", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"]
+        + [str(wav8)],
+        check=True,
+        capture_output=True,
+    )
+    with wave.open(str(wav8)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+
+
+CALL_SCRIPT = (
+    ("agent", "Thank you for calling. How can I help you?"),
+    ("customer", "Hello, I would like to pay my bill today."),
+    ("agent", "Sure. Please read me the card number and your pin."),
+    # A Visa number that passes the Luhn check, read out digit by digit.
+    ("customer", "My card number is 4 5 3 9, 1 4 8 8, 0 3 4 3, 6 4 6 7."),
+    ("customer", "My pin number is 7 3 9 2."),
+    ("customer", "Thank you very much for your help."),
+)
+
+
+@dataclass(frozen=True)
+class Turn:
+    who: str
+    text: str
+    start: int  # 8 kHz samples from the start of the call's audio
+    end: int
+
+
+def script_call(voice: str, directory: Path) -> tuple[dict[str, bytes], list[Turn]]:
+    """Both tracks of the call as Twilio sends them (μ-law), and where each turn is: the turns
+    one after the other, 1.2 s apart, each track silent while the other speaks."""
+    from callscribe.audio import pcm16_to_ulaw
+
+    gap = np.zeros(int(1.2 * RATE), dtype=np.int16)
+    tracks: dict[str, list[np.ndarray]] = {"customer": [gap], "agent": [gap]}
+    turns, at = [], len(gap)
+    for n, (who, text) in enumerate(CALL_SCRIPT):
+        speech = say(text, voice if who == "customer" else "en-us+m3", directory, f"t{n}")
+        turns.append(Turn(who, text, at, at + len(speech)))
+        at += len(speech) + len(gap)
+        for role, parts in tracks.items():
+            parts.append(speech if role == who else np.zeros_like(speech))
+            parts.append(gap)
+    audio = {role: np.concatenate(parts) for role, parts in tracks.items()}
+    frames = len(audio["customer"]) // 160
+    tracks_sent = {
+        "inbound": pcm16_to_ulaw(audio["customer"][: frames * 160]),
+        "outbound": pcm16_to_ulaw(audio["agent"][: frames * 160]),
+    }
+    return tracks_sent, turns
+
+
+async def play_recorded_call(
+    server: object, call_sid: str, tracks: dict[str, bytes], **params: object
+) -> tuple[list[dict[str, object]], list[dict[str, object]], list[tuple[str, np.ndarray]]]:
+    """The call through the real server as Twilio streams it; after it completes, its
+    messages, its recording entries and each entry's WAV as downloaded."""
+    import contextlib
+    import io
+    import uuid
+    import wave
+
+    import httpx
+    import websockets
+
+    from callscribe.twilio.protocol import TwilioStreamWriter
+
+    api = server.client("acme")  # type: ignore[attr-defined]
+    writer = TwilioStreamWriter("MZ" + uuid.uuid4().hex, call_sid, "AC" + "4" * 32)
+    async with websockets.connect(await api.stream_url()) as ws:
+        await ws.send(writer.start())
+        deadline = time.monotonic() + 30
+        while (
+            started := await api.start(call_sid, "C1", "A1", audioRecordingAllowed=True, **params)
+        ).status_code != 200:
+            assert time.monotonic() < deadline, started.text
+            await asyncio.sleep(0.1)
+        for n in range(len(tracks["inbound"]) // 160):
+            for track, payload in tracks.items():
+                await ws.send(writer.media(track, payload[n * 160 : (n + 1) * 160], n * 20))
+        await ws.send(writer.stop())
+        with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
+            await asyncio.wait_for(ws.recv(), timeout=30)
+    deadline = time.monotonic() + 240
+    while not (messages := (await api.messages(call_sid)).json())["complete"]:
+        assert time.monotonic() < deadline, "the call never completed"
+        await asyncio.sleep(0.2)
+    entries = (await api.recording(call_sid)).json()["recordings"]
+    wavs = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        for entry in entries:
+            response = await http.get(entry["url"])
+            assert response.status_code == 200
+            with wave.open(io.BytesIO(response.content)) as wav:
+                frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+            wavs.append((entry["url"], frames.reshape(-1, 2)))
+    return messages["messages"], entries, wavs
+
+
+def offline_text(engine: object, pcm16: np.ndarray) -> str:
+    """What the real model hears in a channel of the stored WAV, transcribed whole."""
+    from callscribe.audio import resample_8k_to_16k
+
+    audio = resample_8k_to_16k(pcm16).astype(np.float32)
+    result = engine.transcribe_blocking(AsrRequest(audio=audio, language="en"))  # type: ignore[attr-defined]
+    return str(result.text)
+
+
+def message_texts(messages: list[dict[str, object]], role: str) -> list[str]:
+    return [
+        entry["text"]
+        for m in messages
+        if m["sender"]["role"] == role  # type: ignore[index]
+        for entry in m["autotranscribeResponse"]["utterance"]  # type: ignore[index]
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("speech_tools")
+@pytest.mark.parametrize("voice", ["en-us", "en-gb"])
+async def test_a_recorded_call_keeps_no_spoken_card_number_or_pin(
+    server_factory: object, receiver: object, asr_engine: object, tmp_path: Path, voice: str
+) -> None:
+    """A customer reads a card number and a PIN on a recorded call with redaction on (the
+    default). The stored WAV, fetched through the after-call API and transcribed again
+    offline by the same model, gives back none of the digits; every sample that is not
+    silence is the call's audio as it came in, the agent's channel whole; the rest of what
+    the customer said is still there; the recording says it is redacted."""
+    from callscribe.audio import ulaw_to_pcm16
+    from callscribe.config import TwilioSettings
+
+    server = await server_factory(  # type: ignore[operator]
+        receiver.url,  # type: ignore[attr-defined]
+        twilio=TwilioSettings(max_speed=1000, burst_s=600),
+    )
+    tracks, turns = script_call(voice, tmp_path)
+    messages, entries, wavs = await play_recorded_call(server, "CA" + voice, tracks)
+
+    # What the live transcript redacted: the card number and the PIN.
+    customer_said = " ".join(message_texts(messages, "customer"))
+    assert customer_said.count("#") >= 4 + 13, customer_said
+    assert not DIGIT_WORDS.search(customer_said), customer_said
+
+    (entry,) = entries
+    ((_, frames),) = wavs
+    assert entry["redacted"] is True
+    origin = entry["offsetMs"] * RATE // 1000
+    sent = {
+        "customer": ulaw_to_pcm16(tracks["inbound"])[origin : origin + len(frames)],
+        "agent": ulaw_to_pcm16(tracks["outbound"])[origin : origin + len(frames)],
+    }
+    assert (frames[:, 1] == sent["agent"]).all()  # the agent's channel untouched
+    customer = frames[:, 0]
+    changed = np.flatnonzero(customer != sent["customer"])
+    assert len(changed) and (customer[changed] == 0).all()  # only ever silence
+    offline = offline_text(asr_engine, customer)
+    print(f"{voice}: live {customer_said!r}; stored WAV offline {offline!r}")
+    assert not DIGIT_WORDS.search(offline), offline
+    # The stretch from the card number to the PIN as one piece, and each turn on its own (a
+    # whole channel's long silences may stop Whisper early).
+    said = [t for t in turns if DIGIT_WORDS.search(t.text)]
+    stretch = offline_text(asr_engine, customer[said[0].start - origin : said[-1].end - origin])
+    print(f"  card number to PIN: offline {stretch!r}")
+    assert not DIGIT_WORDS.search(stretch), stretch
+    for turn in turns:
+        if turn.who != "customer":
+            continue
+        heard = customer[turn.start - origin : turn.end - origin]
+        kept = heard == sent["customer"][turn.start - origin : turn.end - origin]
+        turn_offline = offline_text(asr_engine, heard)
+        lost = np.flatnonzero(~kept)
+        print(
+            f"  {turn.text!r} ({len(heard) / RATE:.2f} s): {len(lost) / RATE:.2f} s silenced"
+            + (f" from {lost[0] / RATE:.2f} s to {lost[-1] / RATE:.2f} s" if len(lost) else "")
+            + f"; offline {turn_offline!r}"
+        )
+        assert not DIGIT_WORDS.search(turn_offline), turn_offline
+        if "pin" in turn.text:
+            # The number, not the whole utterance: the words that announce it are kept.
+            assert kept[: int(0.3 * RATE)].all() and not kept.all()
+        elif DIGIT_WORDS.search(turn.text):
+            # The card number: located, or (when the timed decode read fewer digits than the
+            # message did) the whole utterance silenced: either way, not one digit is kept.
+            assert not kept.all()
+        else:
+            assert kept.all()
+            assert turn.text.split()[0].lower() in turn_offline.lower(), turn_offline
+    agent_offline = offline_text(asr_engine, frames[:, 1])
+    assert "card number" in agent_offline.lower(), agent_offline
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("speech_tools")
+async def test_a_call_asking_only_for_unredacted_output_keeps_its_audio(
+    server_factory: object, receiver: object, tmp_path: Path
+) -> None:
+    from callscribe.audio import ulaw_to_pcm16
+    from callscribe.config import TwilioSettings
+
+    server = await server_factory(  # type: ignore[operator]
+        receiver.url,  # type: ignore[attr-defined]
+        twilio=TwilioSettings(max_speed=1000, burst_s=600),
+    )
+    tracks, _ = script_call("en-us", tmp_path)
+    messages, entries, wavs = await play_recorded_call(
+        server, "CA-unredacted", tracks, redactionOutput="unredacted"
+    )
+    assert any(DIGIT_WORDS.search(text) for text in message_texts(messages, "customer"))
+    (entry,) = entries
+    ((url, frames),) = wavs
+    assert entry["redacted"] is False and ".redacted" not in url
+    origin = entry["offsetMs"] * RATE // 1000
+    for channel, track in enumerate(("inbound", "outbound")):
+        sent = ulaw_to_pcm16(tracks[track])[origin : origin + len(frames)]
+        assert (frames[:, channel] == sent).all()
