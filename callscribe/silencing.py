@@ -98,7 +98,7 @@ def sensitive_word_runs(words: Sequence[str]) -> list[tuple[int, int]]:
     for word in words:
         offsets.append((cursor, cursor + len(word)))
         cursor += len(word) + 1
-    runs = []
+    runs: list[tuple[int, int]] = []
     for span in find_sensitive_spans(" ".join(words)):
         hit = [i for i, (s, e) in enumerate(offsets) if span.start < e and s < span.end]
         if hit:
