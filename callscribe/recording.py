@@ -271,7 +271,13 @@ class CallRecorder:
             self.redacting = True
             token = next(self._tokens)
             self._unresolved[token] = (role, whole)
-        return UtteranceSilence(self, token, whole, self.settings.redaction_margin_ms)
+        return UtteranceSilence(
+            self,
+            token,
+            whole,
+            self.settings.redaction_margin_ms,
+            self.settings.redaction_margin_after_ms,
+        )
 
     def _resolve(self, token: int, ranges: list[SampleRange]) -> None:
         with self._lock:
@@ -397,12 +403,18 @@ class UtteranceSilence:
     (``silencing.RedactedAudio``)."""
 
     def __init__(
-        self, recorder: CallRecorder, token: int, whole: SampleRange, margin_ms: int
+        self,
+        recorder: CallRecorder,
+        token: int,
+        whole: SampleRange,
+        margin_ms: int,
+        margin_after_ms: int,
     ) -> None:
         self._recorder = recorder
         self._token = token
         self.whole = whole
         self.margin_ms = margin_ms
+        self.margin_after_ms = margin_after_ms
 
     def resolve(self, ranges: Sequence[SampleRange]) -> None:
         self._recorder._resolve(self._token, list(ranges))

@@ -73,6 +73,9 @@ class RedactedAudio(Protocol):
     @property
     def margin_ms(self) -> int: ...
 
+    @property
+    def margin_after_ms(self) -> int: ...
+
     def resolve(self, ranges: Sequence[SampleRange]) -> None: ...
 
 
@@ -138,11 +141,18 @@ def merged(ranges: Sequence[SampleRange]) -> list[SampleRange]:
 
 
 def locate(
-    text: str, words: Sequence[Word], utterance: SampleRange, margin_ms: int
+    text: str,
+    words: Sequence[Word],
+    utterance: SampleRange,
+    margin_ms: int,
+    margin_after_ms: int | None = None,
 ) -> list[SampleRange] | None:
     """The ranges to silence for an utterance whose message text is ``text`` and whose timed
     words (times relative to the utterance's audio) are ``words``; None when they cannot be
-    located (the caller silences the whole utterance). Empty when nothing is sensitive."""
+    located (the caller silences the whole utterance). Empty when nothing is sensitive.
+    ``margin_ms`` widens each span before its first word, ``margin_after_ms`` (by default the
+    same) after its last."""
+    after_ms = margin_ms if margin_after_ms is None else margin_after_ms
     word_texts = [w.text for w in words]
     needed = masked_units(text)
     found = masked_units(" ".join(word_texts)) if words else 0
@@ -158,6 +168,6 @@ def locate(
         if not 0 <= start_ms <= end_ms <= audio_ms + END_TOLERANCE_MS:
             return None
         start = utterance.start + (start_ms - margin_ms) * per_ms
-        end = utterance.start + (end_ms + margin_ms) * per_ms
+        end = utterance.start + (end_ms + after_ms) * per_ms
         ranges.append(SampleRange(max(start, utterance.start), min(max(end, start), utterance.end)))
     return merged(ranges)

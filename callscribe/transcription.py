@@ -231,7 +231,13 @@ class TranscriptionPipeline:
                         )
                     )
                     words = timed.words
-                ranges = locate(result.text, words, whole, redacted_audio.margin_ms)
+                ranges = locate(
+                    result.text,
+                    words,
+                    whole,
+                    redacted_audio.margin_ms,
+                    redacted_audio.margin_after_ms,
+                )
                 log.debug(
                     "call %s: redacted audio of %r at %s: %s",
                     key,

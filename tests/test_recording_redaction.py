@@ -87,6 +87,12 @@ def test_a_span_maps_to_its_words_times_plus_the_margin_on_the_call_timeline() -
     assert ranges == [SampleRange(80_000 + (800 - 300) * 8, 80_000 + (4700 + 300) * 8)]
 
 
+def test_the_margin_after_a_span_may_be_longer() -> None:
+    timed = words(("PIN", 0, 300), ("7392", 1000, 2000), ("thanks", 2500, 3000))
+    utterance = SampleRange(0, 5 * RATE)
+    assert locate("PIN 7392 thanks", timed, utterance, 400, 750) == [SampleRange(600 * 8, 2750 * 8)]
+
+
 def test_the_margin_is_clamped_to_the_utterance() -> None:
     timed = words(("1234", 50, 900), ("5678", 900, 1900))
     utterance = utterance_range(3200, 2 * 16000)  # 1600 … 17600 at 8 kHz
@@ -263,6 +269,7 @@ def test_a_recording_without_redaction_is_stored_as_it_was(
 class Resolved:
     whole: SampleRange
     margin_ms: int = 300
+    margin_after_ms: int = 300
     ranges: list[SampleRange] | None = None
 
     def resolve(self, ranges: list[SampleRange]) -> None:
@@ -437,8 +444,9 @@ async def test_a_call_completes_only_after_its_last_utterance_is_located(
     silent = np.flatnonzero(frames[:, 0] == 0)
     assert len(silent) and (frames[:, 1] == murmur[: len(frames)]).all()
     # The span (400–900 ms of the utterance, and the margin) and no more of the customer.
-    margin = RecordingSettings().redaction_margin_ms
-    assert len(silent) <= (500 + 2 * margin) * 8 + 16
+    settings = RecordingSettings()
+    margins = settings.redaction_margin_ms + settings.redaction_margin_after_ms
+    assert len(silent) <= (500 + margins) * 8 + 16
     kept = np.flatnonzero(frames[:, 0] != 0)
     assert (frames[kept, 0] == speech[kept]).all()
     store.close()
