@@ -13,8 +13,10 @@ where it was redacted; a window asking for ``unredacted`` only keeps its audio a
 
 How a span is located: the sensitive spans of the words' joined text (as ``tokens`` are
 masked) give the words that make them up; their Whisper timings, relative to the utterance's
-audio, plus the utterance's start give the call-timeline samples, widened by a margin on each
-side (Whisper's word timings are approximate) and clamped to the utterance's audio.
+audio, plus the utterance's start give the call-timeline samples, widened by a margin before
+and after (Whisper's word timings are approximate: ``RecordingSettings``) and clamped to the
+utterance's audio. A span reaches back to its cue word, and two spans close together are one
+(``CUE_REACH_WORDS``, ``BRIDGE_WORDS``).
 
 Fail safe: when the spans cannot be located (no word timings, or the timed words hold fewer
 redacted digits than the message's text, or timings outside the audio) the whole utterance is
