@@ -37,6 +37,7 @@ spool removed.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import logging
@@ -358,6 +359,7 @@ class CallRecorder:
             for role in CHANNELS
             if role in part.ends
         }
+        silence_ends = {role: [r.end for r in ranges] for role, ranges in silences.items()}
         fd = private_file_descriptor(wav_path, os.O_WRONLY | os.O_TRUNC)
         try:
             with os.fdopen(fd, "wb") as out, wave.open(out, "wb") as wav:
@@ -373,11 +375,12 @@ class CallRecorder:
                             continue  # a speaker never heard in this part: a silent channel
                         raw = os.pread(reader, count * 2, start * 2)  # short past its end
                         frames[: len(raw) // 2, channel] = np.frombuffer(raw, dtype="<i2")
-                        at = part.origin + start  # the chunk's first frame on the timeline
-                        for silence in silences.get(role, ()):
-                            lo, hi = max(silence.start - at, 0), min(silence.end - at, count)
-                            if lo < hi:
-                                frames[lo:hi, channel] = 0
+                        _silence(
+                            frames[:, channel],
+                            part.origin + start,
+                            silences.get(role, []),
+                            silence_ends.get(role, []),
+                        )
                     wav.writeframes(frames.tobytes())
         finally:
             for reader in readers.values():
@@ -396,6 +399,16 @@ class CallRecorder:
                 with contextlib.suppress(FileNotFoundError):
                     self._spool_path(part, role).unlink()
             part.ends.clear()
+
+
+def _silence(samples: np.ndarray, at: int, ranges: list[SampleRange], ends: list[int]) -> None:
+    """Zero what of ``ranges`` (sorted, apart; ``ends`` their ends) falls in ``samples``, whose
+    first sample is at ``at`` on the call's timeline."""
+    first = bisect.bisect_right(ends, at)  # the first range ending after ``at``
+    for silence in ranges[first:]:
+        if silence.start >= at + len(samples):
+            break
+        samples[max(silence.start - at, 0) : max(silence.end - at, 0)] = 0
 
 
 class UtteranceSilence:

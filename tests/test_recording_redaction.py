@@ -248,6 +248,28 @@ def test_silence_reaches_across_parts(recordings: Recordings, blobs: DirectoryBl
     assert all(info.key.endswith(".redacted.wav") for info in infos)
 
 
+def test_many_ranges_across_assembly_chunks(
+    recordings: Recordings, blobs: DirectoryBlobStore
+) -> None:
+    """Ranges anywhere (across the 8 s chunks the WAV is assembled in, overlapping, unsorted)
+    silence exactly their samples."""
+    rng = np.random.default_rng(7)
+    recorder = recordings.recorder(KEY, origin_sample=0)
+    customer = ramp(20 * RATE)
+    recorder.write(Role.CUSTOMER, 0, customer)
+    expected = customer.copy()
+    ranges = []
+    for start in rng.integers(0, 20 * RATE, 60):
+        end = int(start) + int(rng.integers(1, 3 * RATE))
+        ranges.append(SampleRange(int(start), end))
+        expected[start:end] = 0
+    ranges.append(SampleRange(8 * RATE - 5, 8 * RATE + 5))  # on a chunk boundary
+    expected[8 * RATE - 5 : 8 * RATE + 5] = 0
+    recorder.redacted_audio(Role.CUSTOMER, SampleRange(0, 20 * RATE)).resolve(ranges)
+    (info,) = recorder.finish()
+    assert (stored(blobs, info)[:, 0] == expected).all()
+
+
 def test_a_recording_without_redaction_is_stored_as_it_was(
     recordings: Recordings, blobs: DirectoryBlobStore
 ) -> None:
