@@ -42,6 +42,7 @@ from callscribe.model import (
     StartRequest,
     StreamSummary,
 )
+from callscribe.silencing import RedactedAudio, silences_recording, utterance_range
 from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 from callscribe.transcription import MessageSequence, Speaker, TranscriptionPipeline
 from callscribe.vocabulary import merge_vocabulary
@@ -481,6 +482,8 @@ class CallSession:
         if self._recorder is None:
             origin = min((s.position for s in self.streams.values()), default=0)
             self._recorder = recordings.recorder(self.key, origin)
+        if silences_recording(request.autotranscribeParams.redactionOutput):
+            self._recorder.redacting = True
         return True
 
     async def _store_recording(self) -> None:
@@ -564,8 +567,15 @@ class CallSession:
         ids = self.participants[stream.role]
         speaker = Speaker(stream.role.value, ids["externalId"], ids["streamId"])
         params = self.request.autotranscribeParams
+        redacted_audio = None
+        if self._recorder is not None and silences_recording(params.redactionOutput):
+            # Registered now, before the recording can be assembled: until transcribed, the
+            # utterance counts as silence in its channel (never stored unsilenced).
+            redacted_audio = self._recorder.redacted_audio(
+                stream.role, utterance_range(utterance.start_sample, len(utterance.audio))
+            )
         task = asyncio.get_running_loop().create_task(
-            self._transcribe(stream, speaker, utterance, params, self.vocabulary)
+            self._transcribe(stream, speaker, utterance, params, self.vocabulary, redacted_audio)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -577,9 +587,16 @@ class CallSession:
         utterance: Utterance,
         params: Any,
         vocabulary: tuple[str, ...],
+        redacted_audio: RedactedAudio | None = None,
     ) -> None:
         if await self.pipeline.handle(
-            self.key, speaker, utterance, params, self._messages, vocabulary=vocabulary
+            self.key,
+            speaker,
+            utterance,
+            params,
+            self._messages,
+            vocabulary=vocabulary,
+            redacted_audio=redacted_audio,
         ):
             stream.transcripts += 1
 

@@ -265,6 +265,11 @@ class RecordingSettings(BaseSettings):
     # parts. 1 GiB is about 9 h of stereo 8 kHz 16-bit audio, and stays under 2 GiB, where
     # readers that take WAV's 32-bit sizes as signed stop.
     max_part_bytes: int = Field(1 << 30, ge=8192, le=(1 << 31) - 1)
+    # Redacted recordings: the silence over a redacted span reaches this far before and after
+    # the Whisper timings of its words (they are approximate, and a number whose last digits
+    # Whisper dropped ends later than its words: see README).
+    redaction_margin_ms: int = Field(450, ge=0, le=2000)
+    redaction_margin_after_ms: int = Field(750, ge=0, le=3000)
 
 
 class ServerLimitsSettings(BaseSettings):

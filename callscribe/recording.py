@@ -22,6 +22,13 @@ Parts: a recording is one or more WAV files, each with its own ``offsetMs``.
   after-call API already lists a call's recordings with their offsets, and no single file nears
   the 2 GB where readers that take WAV's 32-bit sizes as signed give up.
 
+Redacted recordings (``silencing.py``): when the start request asks for a redacted output,
+each utterance's redacted spans are silenced in its speaker's channel as the WAV is assembled,
+so the raw audio of a card number never reaches the BlobStore. An utterance still being
+transcribed when the call's recording is assembled (or whose transcription failed) is silenced
+whole. Such a recording's key ends ``.redacted.wav``, which the after-call API reports as
+``redacted``; there is no unsilenced copy.
+
 Memory stays bounded for calls of hours: each speaker's audio is written as it arrives to a raw
 spool file per part at its sample offset (gaps stay sparse holes that read back as silence); the
 WAVs are assembled from the spool files in chunks when the call completes, then stored and the
@@ -30,13 +37,16 @@ spool removed.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import logging
 import os
+import threading
 import time
 import uuid
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +57,7 @@ from callscribe.blobs.base import BlobInfo, BlobStore, key_segment
 from callscribe.config import RecordingSettings
 from callscribe.model import Role
 from callscribe.private_files import private_dir, private_file_descriptor
+from callscribe.silencing import SampleRange, merged
 from callscribe.store.base import CallKey
 
 log = logging.getLogger(__name__)
@@ -57,6 +68,8 @@ WAV_HEADER_BYTES = 44
 FRAME_BYTES = 2 * len(CHANNELS)  # one stereo sample of 16-bit audio
 ASSEMBLY_CHUNK_SAMPLES = 8 * TELEPHONE_RATE  # 8 s at a time: 128 KiB of stereo audio
 SPOOL_SUFFIX = ".pcm"
+WAV_EXTENSION = "wav"
+REDACTED_EXTENSION = "redacted.wav"  # the recording's redacted spans are silence
 
 
 def call_prefix(key: CallKey) -> str:
@@ -76,16 +89,23 @@ class RecordingInfo:
     offset_ms: int  # position of the WAV's first sample on the call's audio timeline
     duration_ms: int
     session_opened_ms: int = 0  # the media session it belongs to (a reconnect opens another)
+    redacted: bool = False  # redacted spans are silence (``.redacted.wav``)
 
 
-def _key_numbers(key: str) -> tuple[int, int] | None:
-    """``…/<session-opened-ms>-<offset-ms>.wav`` → (opened, offset); None for anything else."""
+def _key_numbers(key: str) -> tuple[int, int, bool] | None:
+    """``…/<session-opened-ms>-<offset-ms>.wav`` (or ``.redacted.wav``) → (opened, offset,
+    redacted); None for anything else."""
     name = key.rsplit("/", 1)[-1]
     stem, _, extension = name.partition(".")
     opened, dash, offset = stem.partition("-")
-    if extension != "wav" or not dash or not opened.isdigit() or not offset.isdigit():
+    if (
+        extension not in (WAV_EXTENSION, REDACTED_EXTENSION)
+        or not dash
+        or not opened.isdigit()
+        or not offset.isdigit()
+    ):
         return None
-    return int(opened), int(offset)
+    return int(opened), int(offset), extension == REDACTED_EXTENSION
 
 
 def recording_info(blob: BlobInfo) -> RecordingInfo | None:
@@ -101,6 +121,7 @@ def recording_info(blob: BlobInfo) -> RecordingInfo | None:
         numbers[1],
         frames * 1000 // TELEPHONE_RATE,
         numbers[0],
+        numbers[2],
     )
 
 
@@ -146,6 +167,16 @@ class CallRecorder:
         self._on_discontinuity = on_discontinuity
         self._stem = f"{uuid.uuid4().hex}"
         self._parts: list[_Part] = [_Part(0, origin_sample)]
+        # Redacted recordings: set once a window that asks for a redacted output records.
+        self.redacting = False
+        # Per speaker, the call-timeline ranges that are silence in the WAV, and the
+        # utterances not yet resolved (silenced whole if still so when the WAV is assembled).
+        # Resolved on the event loop while ``finish`` may run in a thread: hence the lock.
+        self._silences: dict[Role, list[SampleRange]] = {role: [] for role in CHANNELS}
+        self._unresolved: dict[int, tuple[Role, SampleRange]] = {}
+        self._tokens = itertools.count()
+        self._lock = threading.Lock()
+        self._finished = False
 
     def _spool_path(self, part: _Part, role: Role) -> Path:
         return self.spool_dir / f"{self._stem}.{part.index}.{role.value}{SPOOL_SUFFIX}"
@@ -234,6 +265,47 @@ class CallRecorder:
         os.pwrite(fd, pcm16.astype("<i2", copy=False).tobytes(), offset * 2)
         part.ends[role] = max(part.ends.get(role, 0), offset + len(pcm16))
 
+    def redacted_audio(self, role: Role, whole: SampleRange) -> UtteranceSilence:
+        """An utterance of ``role`` covering ``whole`` whose redacted spans are to be silence:
+        silenced whole unless resolved before the WAV is assembled."""
+        with self._lock:
+            self.redacting = True
+            token = next(self._tokens)
+            self._unresolved[token] = (role, whole)
+        return UtteranceSilence(
+            self,
+            token,
+            whole,
+            self.settings.redaction_margin_ms,
+            self.settings.redaction_margin_after_ms,
+        )
+
+    def _resolve(self, token: int, ranges: list[SampleRange]) -> None:
+        with self._lock:
+            entry = self._unresolved.pop(token, None)
+            if entry is None or self._finished:
+                return  # assembled already: it was silenced whole
+            role, whole = entry
+            self._silences[role].extend(
+                SampleRange(max(r.start, whole.start), min(r.end, whole.end)) for r in ranges
+            )
+
+    def _silences_at_finish(self) -> dict[Role, list[SampleRange]]:
+        with self._lock:
+            self._finished = True
+            silences = {role: list(ranges) for role, ranges in self._silences.items()}
+            for role, whole in self._unresolved.values():
+                silences[role].append(whole)
+            if self._unresolved:
+                log.warning(
+                    "call %s: %d utterance(s) not transcribed when the recording was "
+                    "assembled: silenced whole",
+                    self.key,
+                    len(self._unresolved),
+                )
+            self._unresolved.clear()
+        return {role: merged(ranges) for role, ranges in silences.items()}
+
     @property
     def samples(self) -> int:
         """Frames recorded, all parts together."""
@@ -243,16 +315,19 @@ class CallRecorder:
         """Assemble each part's stereo WAV, store it, remove the spool. Empty if nothing was
         heard."""
         stored: list[BlobInfo] = []
+        silences = self._silences_at_finish()
+        extension = REDACTED_EXTENSION if self.redacting else WAV_EXTENSION
         try:
             for part in self._parts:
                 if not part.frames:
                     continue
                 wav_path = self.spool_dir / f"{self._stem}.{part.index}.wav"
                 try:
-                    self._assemble(part, wav_path)
+                    self._assemble(part, wav_path, silences)
                     offset_ms = part.origin * 1000 // TELEPHONE_RATE
                     blob_key = (
-                        f"{call_prefix(self.key)}{int(self.opened_at * 1000)}-{offset_ms}.wav"
+                        f"{call_prefix(self.key)}{int(self.opened_at * 1000)}-{offset_ms}"
+                        f".{extension}"
                     )
                     stored.append(self.blobs.put_file(blob_key, wav_path, "audio/wav"))
                 finally:
@@ -260,22 +335,31 @@ class CallRecorder:
                         wav_path.unlink()
             if stored:
                 log.info(
-                    "call %s: recording of %d s stored in %d part(s)",
+                    "call %s: recording of %d s stored in %d part(s)%s",
                     self.key,
                     self.samples // TELEPHONE_RATE,
                     len(stored),
+                    (
+                        f", redacted: {sum(len(r) for r in silences.values())} range(s), "
+                        f"{sum(x.samples for r in silences.values() for x in r) // 8} ms silenced"
+                        if self.redacting
+                        else ""
+                    ),
                 )
             return stored
         finally:
             self.discard()
 
-    def _assemble(self, part: _Part, wav_path: Path) -> None:
+    def _assemble(
+        self, part: _Part, wav_path: Path, silences: dict[Role, list[SampleRange]]
+    ) -> None:
         total = part.frames
         readers = {
             role: os.open(self._spool_path(part, role), os.O_RDONLY)
             for role in CHANNELS
             if role in part.ends
         }
+        silence_ends = {role: [r.end for r in ranges] for role, ranges in silences.items()}
         fd = private_file_descriptor(wav_path, os.O_WRONLY | os.O_TRUNC)
         try:
             with os.fdopen(fd, "wb") as out, wave.open(out, "wb") as wav:
@@ -291,6 +375,12 @@ class CallRecorder:
                             continue  # a speaker never heard in this part: a silent channel
                         raw = os.pread(reader, count * 2, start * 2)  # short past its end
                         frames[: len(raw) // 2, channel] = np.frombuffer(raw, dtype="<i2")
+                        _silence(
+                            frames[:, channel],
+                            part.origin + start,
+                            silences.get(role, []),
+                            silence_ends.get(role, []),
+                        )
                     wav.writeframes(frames.tobytes())
         finally:
             for reader in readers.values():
@@ -309,6 +399,38 @@ class CallRecorder:
                 with contextlib.suppress(FileNotFoundError):
                     self._spool_path(part, role).unlink()
             part.ends.clear()
+
+
+def _silence(samples: np.ndarray, at: int, ranges: list[SampleRange], ends: list[int]) -> None:
+    """Zero what of ``ranges`` (sorted, apart; ``ends`` their ends) falls in ``samples``, whose
+    first sample is at ``at`` on the call's timeline."""
+    first = bisect.bisect_right(ends, at)  # the first range ending after ``at``
+    for silence in ranges[first:]:
+        if silence.start >= at + len(samples):
+            break
+        samples[max(silence.start - at, 0) : max(silence.end - at, 0)] = 0
+
+
+class UtteranceSilence:
+    """One utterance's redacted audio in its speaker's channel of a ``CallRecorder``
+    (``silencing.RedactedAudio``)."""
+
+    def __init__(
+        self,
+        recorder: CallRecorder,
+        token: int,
+        whole: SampleRange,
+        margin_ms: int,
+        margin_after_ms: int,
+    ) -> None:
+        self._recorder = recorder
+        self._token = token
+        self.whole = whole
+        self.margin_ms = margin_ms
+        self.margin_after_ms = margin_after_ms
+
+    def resolve(self, ranges: Sequence[SampleRange]) -> None:
+        self._recorder._resolve(self._token, list(ranges))
 
 
 class Recordings:

@@ -205,6 +205,14 @@ _CUE_WORDS = frozenset(
 _SSN_CUE_WORDS = frozenset({"social", "ssn"})
 _CUE_WINDOW = 4  # ordinary words allowed between the cue word and the number
 
+
+def is_cue_word(word: str) -> bool:
+    """Whether ``word`` (as the ASR wrote it, punctuation and all) announces a number that
+    is sensitive: "card", "PIN", "number", ..."""
+    core = re.sub(r"[^\w'\u2019]", "", word).lower()
+    return re.split(r"['\u2019]", core, maxsplit=1)[0] in _CUE_WORDS
+
+
 # Token classes.
 _NUM = "num"  # numeral: "4729"
 _DIGIT = "digit"  # unambiguous digit word: "four"

@@ -31,6 +31,7 @@ from callscribe.bus import EventBus, TranscriptEvent
 from callscribe.endpointing import Utterance
 from callscribe.model import AutotranscribeParams, RedactionOutput
 from callscribe.redaction import find_sensitive_spans, redact
+from callscribe.silencing import RedactedAudio, SampleRange, locate, masked_units
 from callscribe.store.base import CallKey, DeliveryFailure, Store, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,19 @@ class TranscriptionPipeline:
         sequence: MessageSequence,
         *,
         vocabulary: tuple[str, ...] = (),
+        redacted_audio: RedactedAudio | None = None,
     ) -> bool:
         """One finished utterance of call ``key``: transcribe, build the message, persist and
         publish it under the call's next number. True when a message went out.
-        ``vocabulary``: the call's merged with its tenant's (``CallSession.vocabulary``)."""
+        ``vocabulary``: the call's merged with its tenant's (``CallSession.vocabulary``).
+        ``redacted_audio``: where the utterance's redacted spans are silenced (a recording
+        that keeps them as silence)."""
         endpointed_at = time.time()
         result = await self.transcribe(utterance, params, key, vocabulary=vocabulary)
+        if redacted_audio is not None:
+            await self.locate_redacted_audio(
+                utterance, params, result, redacted_audio, key, vocabulary=vocabulary
+            )
         if isinstance(result, UtteranceLost):
             await self.record_lost(key, speaker, utterance, result)
             return False
@@ -195,6 +203,62 @@ class TranscriptionPipeline:
                 log.exception("call %s: could not persist message %d", key, seq)
                 return False
         return True
+
+    async def locate_redacted_audio(
+        self,
+        utterance: Utterance,
+        params: AutotranscribeParams,
+        result: AsrResult | UtteranceLost | None,
+        redacted_audio: RedactedAudio,
+        key: CallKey | None = None,
+        *,
+        vocabulary: tuple[str, ...] = (),
+    ) -> None:
+        """Tell ``redacted_audio`` where the utterance's redacted spans are (``silencing``).
+
+        The message's text is always the call's own decode. When it has no word timings (the
+        call did not ask for detailed tokens) and redacts something, the audio is decoded
+        again with word timings, only to locate the spans: a timed decode may read a little
+        differently (timestamp tokens change Whisper's decoding), so what it finds is only
+        used when it holds at least as many redacted digits as the message; otherwise, as when
+        the ASR failed (we cannot know what was said), the whole utterance is silenced."""
+        whole = redacted_audio.whole
+        ranges: list[SampleRange] | None = []
+        try:
+            if isinstance(result, UtteranceLost):
+                ranges = None
+            elif result is not None:
+                words = result.words
+                if not words and masked_units(result.text):
+                    timed = await self.asr.transcribe(
+                        AsrRequest(
+                            audio=utterance.audio,
+                            language=whisper_language(params.language),
+                            word_timestamps=True,
+                            # The call's own vocabulary, so the timed decode reads as the
+                            # message did and places its spans.
+                            vocabulary=vocabulary,
+                        )
+                    )
+                    words = timed.words
+                ranges = locate(
+                    result.text,
+                    words,
+                    whole,
+                    redacted_audio.margin_ms,
+                    redacted_audio.margin_after_ms,
+                )
+                log.debug(
+                    "call %s: redacted audio of %r at %s: %s",
+                    key,
+                    redact(result.text),
+                    [(w.start_ms, w.end_ms) for w in words],
+                    ranges,
+                )
+        except Exception:
+            log.exception("call %s: could not locate an utterance's redacted audio", key)
+            ranges = None
+        redacted_audio.resolve([whole] if ranges is None else ranges)
 
     async def expire_messages(self, key: CallKey, ended_at: float) -> None:
         """Retention counts from the end of the call, so every message of it expires

@@ -163,8 +163,11 @@ def test_after_call_messages(shape: Any, credentials: dict[str, str], aws: AwsRe
 # Outputs: recordings and feed files in S3 (pre-signed links), delivery failures ------------
 
 
-def _put_recording(aws: AwsResources, key: CallKey, offset_ms: int, seconds: int) -> bytes:
-    """A stereo 8 kHz WAV where the gateway task's recorder leaves one (recording.call_prefix)."""
+def _put_recording(
+    aws: AwsResources, key: CallKey, offset_ms: int, seconds: int, extension: str = "wav"
+) -> bytes:
+    """A stereo 8 kHz WAV where the gateway task's recorder leaves one (recording.call_prefix;
+    ``redacted.wav`` for a redacted recording)."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as wav:
         wav.setnchannels(2)
@@ -174,7 +177,7 @@ def _put_recording(aws: AwsResources, key: CallKey, offset_ms: int, seconds: int
     data = buffer.getvalue()
     boto3.client("s3").put_object(
         Bucket=aws.bucket_name,
-        Key=f"{call_prefix(key)}{int(time.time() * 1000)}-{offset_ms}.wav",
+        Key=f"{call_prefix(key)}{int(time.time() * 1000)}-{offset_ms}.{extension}",
         Body=data,
     )
     return data
@@ -221,6 +224,20 @@ def test_recording_links_are_presigned_s3_urls(
     assert _fetch_presigned(recording["url"], aws) == wav
     expires = urllib.parse.parse_qs(urllib.parse.urlsplit(recording["url"]).query)["X-Amz-Expires"]
     assert expires == ["3600"]
+    assert recording["redacted"] is False
+
+    # A redacted recording (its spans silenced as it was assembled) says so.
+    redacted_key = CallKey("acme", "twilio", "CAredacted")
+    store.create_call(
+        CallRecord(redacted_key, CallStatus.COMPLETED, "http://10.0.0.5:8081", now, now, now)
+    )
+    wav = _put_recording(aws, redacted_key, offset_ms=0, seconds=1, extension="redacted.wav")
+    status, body = invoke(
+        shape("GET", path, credentials, query={"externalConversationId": "CAredacted"})
+    )
+    (recording,) = body["recordings"]
+    assert (status, recording["redacted"], recording["durationMs"]) == (200, True, 1000)
+    assert _fetch_presigned(recording["url"], aws) == wav
 
     # A call without a recording (audioRecordingAllowed false): an empty list.
     store.create_call(

@@ -93,6 +93,12 @@ class RecordingEntry(BaseModel):
     durationMs: int
     bytes: int
     recordedAt: str = Field(description="When the recording was stored (the call's end)")
+    redacted: bool = Field(
+        False,
+        description="The audio of every redacted span (card numbers, PINs, ...) is silence "
+        "in the speaker's channel, with a margin around it: the start request asked for a "
+        "redacted output (redacted or redacted_and_unredacted). No unsilenced copy is kept",
+    )
 
 
 class RecordingsResponse(BaseModel):
@@ -217,8 +223,12 @@ def build_router() -> APIRouter:
         description="When start-streaming had audioRecordingAllowed true: an uncompressed WAV, "
         "8 kHz, 16-bit PCM, channel 1 the customer, channel 2 the agent, holding the audio of "
         "the windows in which transcription was on and recording allowed (never the IVR "
-        "before the first start nor a hold after a stop: those stay silent). Kept as long as "
-        "the call's transcripts (7 days by default). Available once the call is complete.",
+        "before the first start nor a hold after a stop: those stay silent). When the start "
+        "request asked for a redacted output (redacted, the default, or "
+        "redacted_and_unredacted), what redaction masked is silence in the recording too "
+        "(redacted: true); an utterance that could not be transcribed is silenced whole. Kept "
+        "as long as the call's transcripts (7 days by default). Available once the call is "
+        "complete.",
     )
     async def call_recording(
         request: Request,
@@ -245,6 +255,7 @@ def build_router() -> APIRouter:
                     durationMs=info.duration_ms,
                     bytes=info.bytes,
                     recordedAt=iso(info.recorded_at),
+                    redacted=info.redacted,
                 )
             )
         return RecordingsResponse(
