@@ -331,7 +331,7 @@ async def run_pipeline(
     utterance = Utterance(16000, np.full(5 * 16000, 0.1, dtype=np.float32))
     sink = Resolved(utterance_range(utterance.start_sample, len(utterance.audio)))
     speaker = Speaker("customer", "C1", "s1")
-    await pipeline.handle(KEY, speaker, utterance, params, MessageSequence(), sink)
+    await pipeline.handle(KEY, speaker, utterance, params, MessageSequence(), redacted_audio=sink)
     bodies = [m.body for m in store.list_messages(KEY, 100, time.time())]
     store.close()
     return sink, bodies
