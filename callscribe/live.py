@@ -162,6 +162,24 @@ class LivePublisher(Protocol):
     def publish(self, event: LiveEvent) -> None: ...
 
 
+class LivePublishers:
+    """Several ``LivePublisher``s as one (local mode: the viewers' hub, and the webhook for
+    tenants that take interim results), each in the order given; one that raises does not
+    keep the event from the others."""
+
+    def __init__(self, *publishers: LivePublisher) -> None:
+        self.publishers = publishers
+
+    def publish(self, event: LiveEvent) -> None:
+        for publisher in self.publishers:
+            try:
+                publisher.publish(event)
+            except Exception:
+                log.exception(
+                    "live event for call %s/%s not published", event.namespace, event.guid
+                )
+
+
 def _common_prefix(a: str, b: str) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):

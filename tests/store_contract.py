@@ -663,17 +663,18 @@ class StoreContract:
             timeout_s=2.5,
             retry_attempts=3,
             retry_backoff_s=0.5,
+            interim_results=True,
             updated_at=T0,
         )
         store.put_webhook_config(config)
         got = store.get_webhook_config(tenant)
         assert got == config
-        assert got is not None and got.auth is WebhookAuth.OAUTH2
+        assert got is not None and got.auth is WebhookAuth.OAUTH2 and got.interim_results is True
 
     def test_webhook_config_replace_and_delete_per_tenant(
         self, store: Store, tenant: str, other_tenant: str
     ) -> None:
-        first = WebhookConfig(tenant, "https://a.example.com/", updated_at=T0)
+        first = WebhookConfig(tenant, "https://a.example.com/", interim_results=True, updated_at=T0)
         second = WebhookConfig(
             tenant,
             "https://b.example.com/",
@@ -687,6 +688,8 @@ class StoreContract:
         store.put_webhook_config(other)
         store.put_webhook_config(second)
         assert store.get_webhook_config(tenant) == second
+        # Replaced as a whole: the interim opt-in goes with the configuration that had it.
+        assert store.get_webhook_config(tenant).interim_results is False  # type: ignore[union-attr]
         assert store.get_webhook_config(other_tenant) == other
 
         assert store.delete_webhook_config(tenant) is True

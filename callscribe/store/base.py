@@ -106,6 +106,9 @@ class WebhookConfig:
     timeout_s: float = 5.0
     retry_attempts: int = 0  # extra attempts after a failed POST; 0 = the contract's none
     retry_backoff_s: float = 1.0  # doubled after each attempt
+    # Also POST the interim results of calls that ask for them ("type": "interim"; best
+    # effort, never ahead of a final). Off: the contract's final-only webhook.
+    interim_results: bool = False
     updated_at: float = 0.0
 
 
