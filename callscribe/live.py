@@ -270,6 +270,7 @@ class LiveSubscription:
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
         self.fell_behind = False
+        self.lost_events = 0
 
     def wants(self, namespace: str, guid: str) -> bool:
         return (self.guid is None or guid == self.guid) and (
@@ -277,9 +278,11 @@ class LiveSubscription:
         )
 
     def _offer(self, text: str) -> bool:
-        """Queue one event; False (and the viewer is let go) when it is too far behind."""
+        """Queue one event; False (and the viewer is let go) when it is too far behind: this
+        event and the ones it had not read are lost to it (``lost_events``)."""
         if len(self._pending) >= self._max_pending:
             self.fell_behind = True
+            self.lost_events = len(self._pending) + 1
             self._end(f"fell {len(self._pending)} events behind")
             return False
         self._pending.append(text)
@@ -329,6 +332,9 @@ class LiveHub:
         self._calls: dict[str, dict[tuple[str, str], _LiveCall]] = {}
         self._viewers: dict[str, set[LiveSubscription]] = {}
         self.dropped = 0  # viewers let go for falling behind
+        # Events those viewers never got: the one that found the queue full, and the ones
+        # queued that they had not read (a viewer's new snapshot covers calls, not these).
+        self.dropped_events = 0
 
     def publish(self, event: LiveEvent) -> None:
         self._remember(event)
@@ -339,6 +345,7 @@ class LiveHub:
         for viewer in list(viewers):
             if viewer.wants(event.namespace, event.guid) and not viewer._offer(text):
                 self.dropped += 1
+                self.dropped_events += viewer.lost_events
                 viewers.discard(viewer)
                 log.warning(
                     "live viewer of tenant %s disconnected: %s", viewer.tenant, viewer.end_reason
@@ -388,6 +395,14 @@ class LiveHub:
         ]
         calls.sort(key=lambda call: call.started.started_at)
         return {"type": "snapshot", "calls": [call.as_json() for call in calls]}
+
+    def stats(self) -> dict[str, int]:
+        """``/healthz``'s ``live`` (local mode)."""
+        return {
+            "viewers": self.viewers(),
+            "viewersDropped": self.dropped,
+            "eventsDropped": self.dropped_events,
+        }
 
     def viewers(self, tenant: str | None = None) -> int:
         if tenant is not None:

@@ -136,6 +136,13 @@ class LocalRuntime(IngestRuntime):
         )
         return runtime
 
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        stats = super().stats(tenant)
+        if self.live_hub is not None:
+            # The live event stream's viewers, and what those let go for falling behind lost.
+            stats["live"] = self.live_hub.stats()
+        return stats
+
     async def start(self) -> None:
         await super().start()
         # The first purge finishes before the server answers anything, so nothing a client

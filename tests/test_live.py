@@ -167,6 +167,10 @@ async def test_a_viewer_that_falls_behind_is_let_go_and_the_others_keep_everythi
     with pytest.raises(LiveSubscriptionEnded, match="fell 8 events behind"):
         await slow.next()
     assert hub.dropped == 1 and hub.viewers("acme") == 1
+    # What the slow viewer lost: the 8 it had not read and the 9th, which found it full
+    # (the events after those were never its: it was gone).
+    assert hub.dropped_events == 9
+    assert hub.stats() == {"viewers": 1, "viewersDropped": 1, "eventsDropped": 9}
 
 
 async def test_closing_the_hub_lets_every_viewer_go() -> None:
@@ -563,6 +567,9 @@ async def test_a_slow_viewer_is_disconnected_and_the_call_goes_on(
         assert max(published_in) < 0.1, max(published_in)
         await wait_until(_true_when(lambda: hub.dropped == 1), 10, "the slow viewer let go")
         assert hub.viewers("acme") == 1
+        live = (await call.api.health())["live"]
+        assert live["viewersDropped"] == 1 and live["viewers"] == 1
+        assert live["eventsDropped"] == hub.dropped_events >= 1
 
         # The call goes on: its next utterance is transcribed, delivered and watched.
         await call.send_line(agent_lines(call.call)[0])
