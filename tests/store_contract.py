@@ -800,6 +800,18 @@ class StoreContract:
         assert [c.connection_id for c in store.live_connections(tenant, T0)] == [everything]
         assert store.live_connections(other_tenant, T0) != []
 
+    def test_live_connection_keeps_its_namespace_filter(self, store: Store, tenant: str) -> None:
+        one_call, one_namespace = unique("conn"), unique("conn")
+        store.put_live_connection(one_call, tenant, "CA1", T0 + 60, namespace="siprec")
+        store.put_live_connection(one_namespace, tenant, None, T0 + 60, namespace="twilio")
+        assert sorted(store.live_connections(tenant, T0), key=lambda c: c.connection_id) == sorted(
+            [
+                LiveConnection(one_call, tenant, "CA1", T0 + 60, namespace="siprec"),
+                LiveConnection(one_namespace, tenant, None, T0 + 60, namespace="twilio"),
+            ],
+            key=lambda c: c.connection_id,
+        )
+
     def test_live_connection_put_again_replaces_it(self, store: Store, tenant: str) -> None:
         connection = unique("conn")
         store.put_live_connection(connection, tenant, "CA1", T0 + 10)

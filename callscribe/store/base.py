@@ -142,13 +142,15 @@ class ConnectAccess:
 @dataclass(frozen=True)
 class LiveConnection:
     """A viewer of a tenant's live events, connected to the deployment's WebSocket API: where
-    the tasks that hold calls post that tenant's events (only those of the call ``guid``
-    when given) until the viewer disconnects or ``expires_at`` passes."""
+    the tasks that hold calls post that tenant's events (only those of the call ``guid``, and
+    of calls in ``namespace``, when given) until the viewer disconnects or ``expires_at``
+    passes."""
 
     connection_id: str
     tenant: str
     guid: str | None
     expires_at: float
+    namespace: str | None = None
 
 
 def siprec_source_network(network: str) -> str:
@@ -269,7 +271,12 @@ class Store(Protocol):
 
     # live event stream viewers (the AWS WebSocket API's connections)
     def put_live_connection(
-        self, connection_id: str, tenant: str, guid: str | None, expires_at: float
+        self,
+        connection_id: str,
+        tenant: str,
+        guid: str | None,
+        expires_at: float,
+        namespace: str | None = None,
     ) -> None:
         """Record a viewer's connection (replacing one with the same id)."""
         ...
