@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from callscribe.bus import TranscriptEvent
 from callscribe.model import RedactionOutput
 from callscribe.redaction import redact
-from callscribe.store.base import CallKey
+from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 
 if TYPE_CHECKING:
     from callscribe.calls import CallSession
@@ -240,6 +240,47 @@ class LiveFeed:
                 key.tenant, key.namespace, key.guid, role, start_ms, shown, stable, unredacted
             )
         )
+
+
+# The most messages of one call read for a snapshot from the Store (the after-call API's own
+# limit): the snapshot keeps the last SNAPSHOT_FINALS_PER_CALL of them.
+SNAPSHOT_MESSAGES_READ = 1000
+
+
+def snapshot_from_store(
+    store: Store,
+    tenant: str,
+    *,
+    guid: str | None = None,
+    namespace: str | None = None,
+    now: float,
+) -> dict[str, Any]:
+    """A ``snapshot`` as ``LiveHub.snapshot`` gives it, from the Store: where no process knows
+    every live call (AWS: each task holds some), the calls not completed yet and their
+    recent messages. Calls of processes that died show until the sweep completes them."""
+    if guid is not None:
+        found: list[CallRecord] = store.find_calls(tenant, guid)
+    else:
+        found = [c for c in store.list_incomplete_calls() if c.key.tenant == tenant]
+    calls = []
+    for call in sorted(found, key=lambda c: c.created_at):
+        key = call.key
+        if call.status is CallStatus.COMPLETED or (namespace and key.namespace != namespace):
+            continue
+        messages = store.list_messages(key, SNAPSHOT_MESSAGES_READ, now)
+        finals = [
+            FinalTranscript(tenant, key.namespace, key.guid, m.seq, m.message_id, m.body)
+            for m in messages[-SNAPSHOT_FINALS_PER_CALL:]
+        ]
+        calls.append(
+            {
+                "namespace": key.namespace,
+                "guid": key.guid,
+                "startedAt": _iso(call.created_at),
+                "finals": [final.as_json() for final in finals],
+            }
+        )
+    return {"type": "snapshot", "calls": calls}
 
 
 class LiveSubscriptionEnded(Exception):

@@ -81,7 +81,10 @@ def test_connect_and_disconnect_go_to_the_live_lambda_and_nothing_else_is_routed
 def test_the_live_lambda_reads_the_signing_key_and_writes_the_table_outside_the_vpc() -> None:
     stack, template = default_stack(), default_template()
     function = live_function(template)["Properties"]
-    assert function["Environment"]["Variables"] == {
+    variables = dict(function["Environment"]["Variables"])
+    # The only page whose handshake it takes: the API's, which serves /live.
+    assert variables.pop("CALLSCRIBE_LIVE_PAGE_ORIGIN") == stack.resolve(stack.api.url)
+    assert variables == {
         "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
         "CALLSCRIBE_TOKEN_SECRET_ARN": ref(stack.data.token_secret),
         "POWERTOOLS_SERVICE_NAME": "callscribe-live",
@@ -177,4 +180,10 @@ def test_the_tasks_post_through_the_callback_url_and_the_api_gives_the_websocket
     api = template.to_json()["Resources"][logical_id(stack.api.function)]["Properties"]
     websocket = execute_api_url(stack, "wss")
     assert api["Environment"]["Variables"]["CALLSCRIBE_LIVE_WEBSOCKET_URL"] == websocket
+    # With the API on its own domain, the page is there, and so is the origin the $connect
+    # Lambda takes browsers' handshakes from.
+    page_origin = live_function(template)["Properties"]["Environment"]["Variables"]
+    assert page_origin["CALLSCRIBE_LIVE_PAGE_ORIGIN"] == {
+        "Fn::Join": ["", ["https://", ref(stack.api.domain_name)]]
+    }
     assert template.find_outputs("LiveWebSocketUrl")["LiveWebSocketUrl"]["Value"] == websocket

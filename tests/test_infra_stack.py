@@ -320,6 +320,8 @@ def test_http_api_routes_throttling_and_access_logs():
         "ANY /conversation/v1/{proxy+}",
         "ANY /fileexporter/v1/{proxy+}",
         "ANY /callscribe/v1/{proxy+}",
+        "GET /live",
+        "ANY /live/{proxy+}",
     }
     # The live event stream's WebSocket API has its own stage (tests/test_infra_live.py).
     (stage,) = [
