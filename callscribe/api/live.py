@@ -350,10 +350,10 @@ def build_live_token_router(
         "`autotranscribeParams.interimResults`, never after the `final` of its utterance) and "
         "`final` (`utteranceId`, `seq`, `messageId`, `message`: the webhook's message) for the "
         "tenant's calls only; "
-        f"`&guid=` keeps one call's. Local mode's stream (`{LIVE_EVENTS_PATH}`) first sends "
-        "a `snapshot` (`calls`: "
-        "each live call's `namespace`, `guid`, `startedAt` and its recent `finals`), takes "
-        "`&namespace=` too and opens with the API key headers as well.",
+        "`&guid=` keeps one call's, `&namespace=` one namespace's. Local mode's stream "
+        f"(`{LIVE_EVENTS_PATH}`) first sends a `snapshot` (`calls`: each live call's "
+        "`namespace`, `guid`, `startedAt` and its recent `finals`) and opens with the API key "
+        "headers as well.",
     )
     async def live_token(request: Request, key: Authenticated) -> LiveTokenResponse:
         token, until = tokens_of(request).issue_until(key)
