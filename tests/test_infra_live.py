@@ -137,6 +137,23 @@ def test_the_stage_is_throttled_and_logs_every_connection() -> None:
     assert account["DeletionPolicy"] == "Retain"
 
 
+def test_an_account_with_its_logging_role_already_keeps_it() -> None:
+    """-c apiGatewayLoggingRole=false: the account's API Gateway settings are not touched (no
+    role, no AWS::ApiGateway::Account), and the stage still logs, with the account's role."""
+    stack, template = variant_stack(), variant_template()
+    assert stack.config.api_gateway_logging_role is False
+    assert template.find_resources("AWS::ApiGateway::Account") == {}
+    assert "AmazonAPIGatewayPushToCloudWatchLogs" not in json.dumps(
+        template.find_resources("AWS::IAM::Role")
+    )
+    (stage,) = [
+        s
+        for s in template.find_resources("AWS::ApiGatewayV2::Stage").values()
+        if s["Properties"]["ApiId"] == ref(stack.live.api)
+    ]
+    assert "AccessLogSettings" in stage["Properties"]
+
+
 def test_only_the_tasks_that_hold_calls_post_to_viewers_on_this_stage() -> None:
     stack, template = variant_stack(), variant_template()
     assert stack.siprec is not None
