@@ -289,3 +289,23 @@ async def _slow(slow: dict[str, float]) -> AsyncIterator[WebhookReceiver]:
         yield receiver
     finally:
         await receiver.stop()
+
+
+async def test_conversations_without_interims_leave_nothing_behind(
+    dispatcher: WebhookDispatcher, store: SqliteStore, secrets: FileSecrets
+) -> None:
+    """As in the webhook Lambda, which sees finals only (and no call's end): delivery keeps no
+    per-conversation state for interims that never came; one that had them forgets its call
+    once it ends."""
+    async with running_receiver() as receiver:
+        set_webhook(store, secrets, tenant=TENANT, url=receiver.url, interim_results=True)
+        for n in range(20):
+            dispatcher(final(0, "agent", 0, guid=f"CA-final-only-{n}"))
+        dispatcher.publish(interim("agent", 0, "hello", guid="CA-with"))
+        await wait_for(lambda: dispatcher.interim_stats.delivered == 1)
+        dispatcher(final(0, "agent", 0, guid="CA-with"))
+        await dispatcher.drain(5)
+        assert list(dispatcher._final_starts) == [f"{TENANT}/twilio/CA-with"]
+        dispatcher.publish(CallEnded(TENANT, "twilio", "CA-with", time.time()))
+    assert dispatcher._final_starts == {} and dispatcher._interims == {}
+    assert dispatcher.stats.delivered == 21

@@ -155,7 +155,9 @@ class WebhookDispatcher:
         self._closed = False
         self.interim_stats = InterimStats()
         # Per conversation: the latest interim of each speaker waiting to be sent, the POST
-        # of an interim in flight, and where each speaker's latest final started (ms).
+        # of an interim in flight, and where each speaker's latest final started (ms; kept
+        # only for conversations that had an interim, until their call ends, so that the
+        # webhook Lambda, which sees finals only, keeps nothing per conversation).
         self._interims: dict[str, dict[str, InterimTranscript]] = {}
         self._interim_posts: dict[str, asyncio.Task[None]] = {}
         self._final_starts: dict[str, dict[str, int]] = {}
@@ -190,6 +192,7 @@ class WebhookDispatcher:
         if self._final_starts.get(group, {}).get(event.role, -1) >= event.start_ms:
             self.interim_stats.dropped += 1  # its final (or a later one) came first
             return
+        self._final_starts.setdefault(group, {})
         waiting = self._interims.setdefault(group, {})
         if event.role in waiting:
             self.interim_stats.dropped += 1  # replaced by this newer text
@@ -200,9 +203,9 @@ class WebhookDispatcher:
         """A final arrived: no interim of its speaker from its utterance or before is sent
         after it, and no interim POST of its conversation holds it up."""
         speaker = _final_speaker(event)
-        if speaker is not None:
+        finals = self._final_starts.get(event.group)
+        if speaker is not None and finals is not None:
             role, start = speaker
-            finals = self._final_starts.setdefault(event.group, {})
             finals[role] = max(start, finals.get(role, -1))
             waiting = self._interims.get(event.group)
             if waiting is not None and role in waiting and waiting[role].start_ms <= start:
