@@ -4,7 +4,8 @@ A call opts in with ``autotranscribeParams.interimResults``. While one of its pa
 speaks (the stream's endpointer holds an open utterance), the open utterance's audio so far is
 transcribed again every ``interval_ms`` of its audio, from ``min_speech_ms`` of speech on, and
 the text goes to the tenant's viewers through ``LiveFeed.interim``; the utterance's final
-message replaces it. The webhook never sees interim text.
+message replaces it. The webhook sees interim text only where the tenant opted in
+(``callscribe.webhooks.delivery``, local mode).
 
 Finals first. An interim decode starts only on a worker of the engine that nothing else needs
 (``InterimCapableEngine.start_interim``: fewer decodes in flight than workers, so no final is

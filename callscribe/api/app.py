@@ -195,7 +195,8 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     "of the AutoTranscribe contract: with true, the live event stream (and the live page) of "
     "the call's tenant also gets `interim` events, each participant's text so far while they "
     "speak, redacted as `redactionOutput` asks and replaced by the utterance's `final`; the "
-    "webhook and the after-call API still get finished utterances only. Interim results are "
+    "after-call API still gets finished utterances only, and so does the webhook unless the "
+    "tenant's webhook configuration opts in (the `interim` webhook). Interim results are "
     "best effort: when the speech recogniser is busy they are skipped, never finals.",
     openapi_extra=request_body_schema(StartRequest),
 )
