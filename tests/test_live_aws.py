@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import threading
 import time
@@ -594,3 +595,15 @@ def test_a_namespace_filter_keeps_other_namespaces_events_away(store: DynamoStor
     assert [(e["namespace"], e["guid"]) for e in posted_events("sip-only")] == [
         ("siprec", "0001234")
     ]
+
+
+def test_without_the_pages_origin_no_browser_is_let_in(credentials: dict[str, str]) -> None:
+    """A connection Lambda that was not told where the page is takes programs (no Origin)
+    only: a browser's handshake is refused, whichever page it comes from."""
+    live = dataclasses.replace(live_lambda.services(), page_origin=None)
+    token = live_token(credentials)["token"]
+    browser = websocket_event("$connect", "b1", {"token": token})
+    browser["headers"]["Origin"] = PAGE_ORIGIN
+    assert live_lambda.handle(browser, live, time.time())["statusCode"] == 403
+    program = websocket_event("$connect", "p1", {"token": token})
+    assert live_lambda.handle(program, live, time.time()) == {"statusCode": 200}
