@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -123,9 +124,14 @@ class InterimDecoder:
         self.stats = InterimStats()
 
     def for_stream(
-        self, key: CallKey, role: str, speech: OpenSpeech, params: AutotranscribeParams
+        self,
+        key: CallKey,
+        role: str,
+        speech: OpenSpeech,
+        params: AutotranscribeParams,
+        participant: Callable[[], Mapping[str, str] | None] | None = None,
     ) -> StreamInterims:
-        return StreamInterims(self, key, role, speech, params)
+        return StreamInterims(self, key, role, speech, params, participant)
 
 
 class StreamInterims:
@@ -139,8 +145,12 @@ class StreamInterims:
         role: str,
         speech: OpenSpeech,
         params: AutotranscribeParams,
+        participant: Callable[[], Mapping[str, str] | None] | None = None,
     ) -> None:
+        """``participant``: the speaker's ``externalId`` and ``streamId`` as its finals carry
+        them, read as each interim is published (a transfer may change them)."""
         self._decoder = decoder
+        self._participant = participant
         self.key = key
         self.role = role
         self._speech = speech
@@ -230,7 +240,15 @@ class StreamInterims:
             return  # nothing heard yet (Whisper's no-speech verdict): nothing to show
         stable = stable_prefix(self._previous_text, text)
         self._previous_text = text
+        ids = self._participant() if self._participant is not None else None
         self._decoder.feed.interim(
-            self.key, self.role, utterance.start_ms, text, stable, self._redaction
+            self.key,
+            self.role,
+            utterance.start_ms,
+            text,
+            stable,
+            self._redaction,
+            stream_id=ids.get("streamId") if ids else None,
+            external_id=ids.get("externalId") if ids else None,
         )
         self._decoder.stats.published += 1

@@ -101,6 +101,9 @@ class InterimTranscript:
     text: str  # as the tenant's redaction shows it
     stable_prefix: int  # characters of ``text`` the utterance's previous interim had too
     unredacted_text: str | None = None  # only for redactionOutput redacted_and_unredacted
+    # The speaker's ids as its finals carry them (for the webhook; None where not known).
+    stream_id: str | None = None
+    external_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -221,6 +224,9 @@ class LiveFeed:
         text: str,
         stable_prefix: int,
         redaction: RedactionOutput,
+        *,
+        stream_id: str | None = None,
+        external_id: str | None = None,
     ) -> None:
         """The text so far of ``role``'s utterance that started at ``start_ms`` (as its final
         message's ``start`` will say), of which the first ``stable_prefix`` characters did not
@@ -237,7 +243,16 @@ class LiveFeed:
                 unredacted = text
         self._publish(
             InterimTranscript(
-                key.tenant, key.namespace, key.guid, role, start_ms, shown, stable, unredacted
+                key.tenant,
+                key.namespace,
+                key.guid,
+                role,
+                start_ms,
+                shown,
+                stable,
+                unredacted,
+                stream_id=stream_id,
+                external_id=external_id,
             )
         )
 

@@ -577,7 +577,9 @@ async def test_a_tenant_that_opts_in_gets_interims_on_its_webhook_before_each_fi
     assert bodies.index(final) == len(interims)
     for body in interims:
         assert body["utteranceId"] == f"{role}-{start}" and body["start"] == start
-        assert body["sender"] == {"role": role} and body["text"].strip()
+        # The speaker as its transcript names it.
+        assert body["sender"] == final["sender"] and body["streamId"] == final["streamId"]
+        assert body["text"].strip()
     health = await server.client("acme").health()
     assert health["delivery"]["interims"]["delivered"] == len(interims)
     # The after-call API and the failures API know finals only.

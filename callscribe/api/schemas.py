@@ -227,6 +227,9 @@ class TranscriptMessage(BaseModel):
 
 
 class InterimSender(BaseModel):
+    externalId: str | None = Field(
+        default=None, description="customerId or agentId, as the speaker's transcripts carry it"
+    )
     role: Role
 
 
@@ -237,6 +240,9 @@ class InterimMessage(BaseModel):
 
     type: Literal["interim"] = "interim"
     externalConversationId: str = Field(description="The call's guid")
+    streamId: str | None = Field(
+        default=None, description="The speaker's stream, as its transcript messages carry it"
+    )
     sender: InterimSender
     utteranceId: str = Field(
         description="`{role}-{start}`: the final that replaces this text is the transcript "

@@ -105,10 +105,14 @@ def interim_body(event: InterimTranscript) -> dict[str, Any]:
     """An interim result as the webhook gets it. ``utteranceId`` is the speaker's role and the
     utterance's ``start``, so the final that replaces it is the transcript message whose
     ``sender.role`` and ``autotranscribeResponse.start`` are those."""
+    sender: dict[str, str] = {"role": event.role}
+    if event.external_id is not None:
+        sender = {"externalId": event.external_id, **sender}
     body: dict[str, Any] = {
         "type": "interim",
         "externalConversationId": event.guid,
-        "sender": {"role": event.role},
+        **({"streamId": event.stream_id} if event.stream_id is not None else {}),
+        "sender": sender,
         "utteranceId": utterance_id(event.role, event.start_ms),
         "start": event.start_ms,
         "text": event.text,
