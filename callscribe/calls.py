@@ -514,9 +514,20 @@ class CallSession:
                 stream.interims = current = None
             if wanted and role is not None and current is None:
                 assert decoder is not None and params is not None
+                assert stream.role is not None  # as role
                 stream.interims = decoder.for_stream(
-                    self.key, role, stream, params, vocabulary=self.vocabulary
+                    self.key,
+                    role,
+                    stream,
+                    params,
+                    self._participant_ids(stream.role),
+                    vocabulary=self.vocabulary,
                 )
+
+    def _participant_ids(self, role: Role) -> Callable[[], dict[str, str] | None]:
+        """The participant's externalId and streamId as they are when asked (a transfer's
+        start may change them), for its interim results."""
+        return lambda: self.participants.get(role)
 
     def _stop_transcribing(self) -> None:
         for stream in self.streams.values():

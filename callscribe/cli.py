@@ -301,6 +301,7 @@ def cmd_webhook_set(args: argparse.Namespace) -> int:
             timeout_s=args.timeout_s,
             retry_attempts=args.retry_attempts,
             retry_backoff_s=args.retry_backoff_s,
+            interim_results=args.interim_results,
         )
     except (WebhookConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -902,6 +903,12 @@ def _webhook_commands(commands: Any) -> None:
         help="extra attempts after a failed POST (default 0: record and drop, as the contract)",
     )
     setting.add_argument("--retry-backoff-s", type=float, default=1.0, help="doubled each time")
+    setting.add_argument(
+        "--interim-results",
+        action="store_true",
+        help='also POST the interim results of calls that ask for them ("type": "interim", '
+        "best effort; local mode only, see README Live); default: finals only, as the contract",
+    )
     _store_args(setting)
     _secrets_args(setting)
     setting.set_defaults(func=cmd_webhook_set)

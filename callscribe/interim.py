@@ -4,7 +4,8 @@ A call opts in with ``autotranscribeParams.interimResults``. While one of its pa
 speaks (the stream's endpointer holds an open utterance), the open utterance's audio so far is
 transcribed again every ``interval_ms`` of its audio, from ``min_speech_ms`` of speech on, and
 the text goes to the tenant's viewers through ``LiveFeed.interim``; the utterance's final
-message replaces it. The webhook never sees interim text.
+message replaces it. The webhook sees interim text only where the tenant opted in
+(``callscribe.webhooks.delivery``, local mode).
 
 Finals first. An interim decode starts only on a worker of the engine that nothing else needs
 (``InterimCapableEngine.start_interim``: fewer decodes in flight than workers, so no final is
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -127,9 +129,11 @@ class InterimDecoder:
         role: str,
         speech: OpenSpeech,
         params: AutotranscribeParams,
+        participant: Callable[[], Mapping[str, str] | None] | None = None,
+        *,
         vocabulary: tuple[str, ...] = (),
     ) -> StreamInterims:
-        return StreamInterims(self, key, role, speech, params, vocabulary)
+        return StreamInterims(self, key, role, speech, params, participant, vocabulary=vocabulary)
 
 
 class StreamInterims:
@@ -143,9 +147,14 @@ class StreamInterims:
         role: str,
         speech: OpenSpeech,
         params: AutotranscribeParams,
+        participant: Callable[[], Mapping[str, str] | None] | None = None,
+        *,
         vocabulary: tuple[str, ...] = (),
     ) -> None:
+        """``participant``: the speaker's ``externalId`` and ``streamId`` as its finals carry
+        them, read as each interim is published (a transfer may change them)."""
         self._decoder = decoder
+        self._participant = participant
         self.key = key
         self.role = role
         self._speech = speech
@@ -239,7 +248,15 @@ class StreamInterims:
             return  # nothing heard yet (Whisper's no-speech verdict): nothing to show
         stable = stable_prefix(self._previous_text, text)
         self._previous_text = text
+        ids = self._participant() if self._participant is not None else None
         self._decoder.feed.interim(
-            self.key, self.role, utterance.start_ms, text, stable, self._redaction
+            self.key,
+            self.role,
+            utterance.start_ms,
+            text,
+            stable,
+            self._redaction,
+            stream_id=ids.get("streamId") if ids else None,
+            external_id=ids.get("externalId") if ids else None,
         )
         self._decoder.stats.published += 1

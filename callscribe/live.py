@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from callscribe.bus import TranscriptEvent
 from callscribe.model import RedactionOutput
 from callscribe.redaction import redact
-from callscribe.store.base import CallKey
+from callscribe.store.base import CallKey, CallRecord, CallStatus, Store
 
 if TYPE_CHECKING:
     from callscribe.calls import CallSession
@@ -101,6 +101,9 @@ class InterimTranscript:
     text: str  # as the tenant's redaction shows it
     stable_prefix: int  # characters of ``text`` the utterance's previous interim had too
     unredacted_text: str | None = None  # only for redactionOutput redacted_and_unredacted
+    # The speaker's ids as its finals carry them (for the webhook; None where not known).
+    stream_id: str | None = None
+    external_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -162,6 +165,24 @@ class LivePublisher(Protocol):
     def publish(self, event: LiveEvent) -> None: ...
 
 
+class LivePublishers:
+    """Several ``LivePublisher``s as one (local mode: the viewers' hub, and the webhook for
+    tenants that take interim results), each in the order given; one that raises does not
+    keep the event from the others."""
+
+    def __init__(self, *publishers: LivePublisher) -> None:
+        self.publishers = publishers
+
+    def publish(self, event: LiveEvent) -> None:
+        for publisher in self.publishers:
+            try:
+                publisher.publish(event)
+            except Exception:
+                log.exception(
+                    "live event for call %s/%s not published", event.namespace, event.guid
+                )
+
+
 def _common_prefix(a: str, b: str) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -203,6 +224,9 @@ class LiveFeed:
         text: str,
         stable_prefix: int,
         redaction: RedactionOutput,
+        *,
+        stream_id: str | None = None,
+        external_id: str | None = None,
     ) -> None:
         """The text so far of ``role``'s utterance that started at ``start_ms`` (as its final
         message's ``start`` will say), of which the first ``stable_prefix`` characters did not
@@ -219,9 +243,59 @@ class LiveFeed:
                 unredacted = text
         self._publish(
             InterimTranscript(
-                key.tenant, key.namespace, key.guid, role, start_ms, shown, stable, unredacted
+                key.tenant,
+                key.namespace,
+                key.guid,
+                role,
+                start_ms,
+                shown,
+                stable,
+                unredacted,
+                stream_id=stream_id,
+                external_id=external_id,
             )
         )
+
+
+# The most messages of one call read for a snapshot from the Store (the after-call API's own
+# limit): the snapshot keeps the last SNAPSHOT_FINALS_PER_CALL of them.
+SNAPSHOT_MESSAGES_READ = 1000
+
+
+def snapshot_from_store(
+    store: Store,
+    tenant: str,
+    *,
+    guid: str | None = None,
+    namespace: str | None = None,
+    now: float,
+) -> dict[str, Any]:
+    """A ``snapshot`` as ``LiveHub.snapshot`` gives it, from the Store: where no process knows
+    every live call (AWS: each task holds some), the calls not completed yet and their
+    recent messages. Calls of processes that died show until the sweep completes them."""
+    if guid is not None:
+        found: list[CallRecord] = store.find_calls(tenant, guid)
+    else:
+        found = [c for c in store.list_incomplete_calls() if c.key.tenant == tenant]
+    calls = []
+    for call in sorted(found, key=lambda c: c.created_at):
+        key = call.key
+        if call.status is CallStatus.COMPLETED or (namespace and key.namespace != namespace):
+            continue
+        messages = store.list_messages(key, SNAPSHOT_MESSAGES_READ, now)
+        finals = [
+            FinalTranscript(tenant, key.namespace, key.guid, m.seq, m.message_id, m.body)
+            for m in messages[-SNAPSHOT_FINALS_PER_CALL:]
+        ]
+        calls.append(
+            {
+                "namespace": key.namespace,
+                "guid": key.guid,
+                "startedAt": _iso(call.created_at),
+                "finals": [final.as_json() for final in finals],
+            }
+        )
+    return {"type": "snapshot", "calls": calls}
 
 
 class LiveSubscriptionEnded(Exception):
@@ -252,6 +326,7 @@ class LiveSubscription:
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
         self.fell_behind = False
+        self.lost_events = 0
 
     def wants(self, namespace: str, guid: str) -> bool:
         return (self.guid is None or guid == self.guid) and (
@@ -259,9 +334,11 @@ class LiveSubscription:
         )
 
     def _offer(self, text: str) -> bool:
-        """Queue one event; False (and the viewer is let go) when it is too far behind."""
+        """Queue one event; False (and the viewer is let go) when it is too far behind: this
+        event and the ones it had not read are lost to it (``lost_events``)."""
         if len(self._pending) >= self._max_pending:
             self.fell_behind = True
+            self.lost_events = len(self._pending) + 1
             self._end(f"fell {len(self._pending)} events behind")
             return False
         self._pending.append(text)
@@ -311,6 +388,9 @@ class LiveHub:
         self._calls: dict[str, dict[tuple[str, str], _LiveCall]] = {}
         self._viewers: dict[str, set[LiveSubscription]] = {}
         self.dropped = 0  # viewers let go for falling behind
+        # Events those viewers never got: the one that found the queue full, and the ones
+        # queued that they had not read (a viewer's new snapshot covers calls, not these).
+        self.dropped_events = 0
 
     def publish(self, event: LiveEvent) -> None:
         self._remember(event)
@@ -321,6 +401,7 @@ class LiveHub:
         for viewer in list(viewers):
             if viewer.wants(event.namespace, event.guid) and not viewer._offer(text):
                 self.dropped += 1
+                self.dropped_events += viewer.lost_events
                 viewers.discard(viewer)
                 log.warning(
                     "live viewer of tenant %s disconnected: %s", viewer.tenant, viewer.end_reason
@@ -370,6 +451,14 @@ class LiveHub:
         ]
         calls.sort(key=lambda call: call.started.started_at)
         return {"type": "snapshot", "calls": [call.as_json() for call in calls]}
+
+    def stats(self) -> dict[str, int]:
+        """``/healthz``'s ``live`` (local mode)."""
+        return {
+            "viewers": self.viewers(),
+            "viewersDropped": self.dropped,
+            "eventsDropped": self.dropped_events,
+        }
 
     def viewers(self, tenant: str | None = None) -> int:
         if tenant is not None:

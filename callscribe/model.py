@@ -106,7 +106,8 @@ class AutotranscribeParams(BaseModel):
         description="CallScribe extension (not in the AutoTranscribe contract): while a "
         "participant speaks, the live event stream and page also get `interim` events with "
         "the utterance's text so far, redacted as redactionOutput asks; its `final` replaces "
-        "them. The webhook and the after-call API still get finished utterances only. "
+        "them. The after-call API gets finished utterances only, and so does the webhook unless "
+        "the tenant's webhook configuration opts into interim messages (local mode). "
         "Interim results are shed first when the speech recogniser is busy.",
     )
 

@@ -35,7 +35,7 @@ from callscribe.control import LocalControl
 from callscribe.endpointing import SileroVad
 from callscribe.export import UtteranceExporter, run_daily
 from callscribe.ingest import Ingest, IngestRuntime
-from callscribe.live import LiveFeed, LiveHub
+from callscribe.live import LiveFeed, LiveHub, LivePublishers
 from callscribe.model import CallError, ErrorCode, Namespace
 from callscribe.private_files import secure_data_dir
 from callscribe.retention import Retention
@@ -94,7 +94,9 @@ class LocalRuntime(IngestRuntime):
         if settings.siprec.enabled:
             ingests.append(Ingest.SIPREC)
         live_hub = LiveHub(settings.live.max_pending_events)
-        live_feed = LiveFeed(live_hub)
+        dispatcher = _webhook_dispatcher(settings, adapters)
+        # The viewers, and the webhook for the interim results of tenants that opted in.
+        live_feed = LiveFeed(LivePublishers(live_hub, dispatcher))
         runtime = cls.compose(
             settings,
             adapters,
@@ -102,7 +104,7 @@ class LocalRuntime(IngestRuntime):
             owner=instance.owner,
             asr=asr,
             vad_factory=vad_factory,
-            dispatcher=_webhook_dispatcher(settings, adapters),
+            dispatcher=dispatcher,
             live_feed=live_feed,
         )
         runtime.instance = instance
@@ -133,6 +135,13 @@ class LocalRuntime(IngestRuntime):
             adapters.store, adapters.blobs, adapters.recordings, export_retention_s
         )
         return runtime
+
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        stats = super().stats(tenant)
+        if self.live_hub is not None:
+            # The live event stream's viewers, and what those let go for falling behind lost.
+            stats["live"] = self.live_hub.stats()
+        return stats
 
     async def start(self) -> None:
         await super().start()

@@ -26,7 +26,8 @@ from infra.nag import acknowledge, acknowledge_bucket_grant, acknowledge_table_i
 from infra.network import NetworkConstruct
 
 # The reference API's two path families and CallScribe's own; nothing else (not /docs, not
-# /healthz) is public.
+# /healthz) is public, but the live page (LIVE_PAGE_PATH and what is under it).
+LIVE_PAGE_PATH = "/live"  # as callscribe.api.live's
 ROUTE_PREFIXES = (
     "/mg-autotranscribe/v1",
     "/conversation/v1",
@@ -143,6 +144,15 @@ class ApiConstruct(Construct):
                 methods=[apigwv2.HttpMethod.ANY],
                 integration=integration,
             )
+        # The live page, its files, sign-in and the token that opens the WebSocket API.
+        self.http_api.add_routes(
+            path=LIVE_PAGE_PATH, methods=[apigwv2.HttpMethod.GET], integration=integration
+        )
+        self.http_api.add_routes(
+            path=f"{LIVE_PAGE_PATH}/{{proxy+}}",
+            methods=[apigwv2.HttpMethod.ANY],
+            integration=integration,
+        )
 
         access_logs = log_group(self, "AccessLogs", config)
         self.stage = self.http_api.add_stage(

@@ -139,6 +139,13 @@ class DeploymentConfig(BaseModel):
     # target backed it up) is recorded as dropped instead of sent: oldest first, as locally.
     webhook_max_queue_age_s: int = Field(120, ge=1, le=86_400)
 
+    # API Gateway writes the live event stream's access logs (a WebSocket stage's) with the
+    # role set in the account's API Gateway settings, one per account and region. True: the
+    # stack creates that role and sets it (retained on deletion, so other APIs' logging keeps
+    # working). False: the account already has one (set by another stack or by hand), which
+    # this stack then leaves alone; without one, the stage's logging fails to deploy.
+    api_gateway_logging_role: bool = True
+
     # The API (HTTP API stage throttling: steady requests per second and burst).
     api_throttle_rate_limit: int = Field(100, ge=1, le=10_000)
     api_throttle_burst_limit: int = Field(200, ge=1, le=5_000)

@@ -91,7 +91,7 @@ class LiveConstruct(Construct):
             connect_route_options=apigwv2.WebSocketRouteOptions(integration=integration),
             disconnect_route_options=apigwv2.WebSocketRouteOptions(integration=integration),
         )
-        logging_account = self._account_logging_role()
+        logging_account = self._account_logging_role() if config.api_gateway_logging_role else None
         self.stage = apigwv2.WebSocketStage(
             self,
             "Stage",
@@ -106,8 +106,9 @@ class LiveConstruct(Construct):
                 apigwv2.LogGroupLogDestination(log_group(self, "AccessLogs", config))
             ),
         )
-        # The stage's access logs need the account's logging role set first.
-        self.stage.node.add_dependency(logging_account)
+        if logging_account is not None:
+            # The stage's access logs need the account's logging role set first.
+            self.stage.node.add_dependency(logging_account)
         for route in self.api.node.find_all():
             if isinstance(route, apigwv2.WebSocketRoute):
                 acknowledge(

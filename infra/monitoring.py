@@ -5,7 +5,8 @@ The metrics come from the services themselves, as CloudWatch embedded metric for
 their logs (namespace ``CallScribe``, dimension ``service``): the webhook Lambda
 (``WebhookDelivered``, ``WebhookFailed``, ``WebhookDropped``, ``DeliveryLatency``), the tasks
 that hold calls (``LiveCalls``, ``AsrLost``, ``AsrRefused``, ``UtteranceWaitP95``,
-``KvsMillisBehindNow``: ``callscribe.aws.services.task_load``) and the ASR workers
+``KvsMillisBehindNow``, ``LiveEventsDropped``, ``LiveEventsPosted``:
+``callscribe.aws.services.task_load``) and the ASR workers
 (``AsrQueueDepth``, ``AsrWaitP95``: ``callscribe.asr.worker``); the dead-letter queues' depth is
 SQS's own.
 """
@@ -220,6 +221,16 @@ class MonitoringConstruct(Construct):
                     for q in dead_letter_queues
                 ],
                 right=[metric("KvsMillisBehindNow", i.service, "Maximum") for i in connect],
+                width=12,
+            ),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Live event stream: events posted to viewers, dropped (per 5 minutes)",
+                left=[metric("LiveEventsPosted", i.service, "Sum", FIVE_MINUTES) for i in ingests],
+                right=[
+                    metric("LiveEventsDropped", i.service, "Sum", FIVE_MINUTES) for i in ingests
+                ],
                 width=12,
             ),
         )

@@ -128,6 +128,8 @@ class CallScribeStack(Stack):
         # the API; every task that holds calls posts its tenants' events to their connections.
         self.live = LiveConstruct(self, "Live", config=config, data=self.data)
         self.api.function.add_environment("CALLSCRIBE_LIVE_WEBSOCKET_URL", self.live.websocket_url)
+        # The live page is the API's: the only page whose handshake the $connect Lambda takes.
+        self.live.function.add_environment("CALLSCRIBE_LIVE_PAGE_ORIGIN", self.api.url)
         holders = [
             (self.gateway.container, self.gateway.container_service.task_definition.task_role),
             (self.kvs_reader.container, self.kvs_reader.task_role),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from callscribe.asr.base import AsrEngine, AsrRequest, AsrResult
 from callscribe.asr.whisper import FasterWhisperEngine
@@ -59,6 +60,8 @@ class RunningServer:
     ws_base: str
     runtime: LocalRuntime
     clients: list[ApiClient]
+    # The server's app (its ``state.live`` holds what the live page's routes use).
+    app: FastAPI | None = None
 
     def client(self, tenant: str) -> ApiClient:
         issued = self.issue_key(tenant)
@@ -113,7 +116,9 @@ async def server_factory(
         if not server.started:
             task.result()  # raises what stopped it
             raise RuntimeError("the server did not start")
-        running = RunningServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", runtime, [])
+        running = RunningServer(
+            f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", runtime, [], app
+        )
         started.append((server, task, running))
         return running
 

@@ -39,6 +39,8 @@ VARIANT = {
     "hostedZoneName": "callscribe.example.com",
     "vpcId": "vpc-0a1b2c3d4e5f60718",
     "webhookViaNat": True,
+    # The account has its API Gateway logging role already.
+    "apiGatewayLoggingRole": False,
     "webhookTimeoutS": 8,
     "gpuInstanceType": "g6.xlarge",
     "asrModel": "distil-large-v3",

@@ -664,17 +664,18 @@ class StoreContract:
             timeout_s=2.5,
             retry_attempts=3,
             retry_backoff_s=0.5,
+            interim_results=True,
             updated_at=T0,
         )
         store.put_webhook_config(config)
         got = store.get_webhook_config(tenant)
         assert got == config
-        assert got is not None and got.auth is WebhookAuth.OAUTH2
+        assert got is not None and got.auth is WebhookAuth.OAUTH2 and got.interim_results is True
 
     def test_webhook_config_replace_and_delete_per_tenant(
         self, store: Store, tenant: str, other_tenant: str
     ) -> None:
-        first = WebhookConfig(tenant, "https://a.example.com/", updated_at=T0)
+        first = WebhookConfig(tenant, "https://a.example.com/", interim_results=True, updated_at=T0)
         second = WebhookConfig(
             tenant,
             "https://b.example.com/",
@@ -688,6 +689,8 @@ class StoreContract:
         store.put_webhook_config(other)
         store.put_webhook_config(second)
         assert store.get_webhook_config(tenant) == second
+        # Replaced as a whole: the interim opt-in goes with the configuration that had it.
+        assert store.get_webhook_config(tenant).interim_results is False  # type: ignore[union-attr]
         assert store.get_webhook_config(other_tenant) == other
 
         assert store.delete_webhook_config(tenant) is True
@@ -849,6 +852,18 @@ class StoreContract:
         assert store.delete_live_connection(one_call) is False
         assert [c.connection_id for c in store.live_connections(tenant, T0)] == [everything]
         assert store.live_connections(other_tenant, T0) != []
+
+    def test_live_connection_keeps_its_namespace_filter(self, store: Store, tenant: str) -> None:
+        one_call, one_namespace = unique("conn"), unique("conn")
+        store.put_live_connection(one_call, tenant, "CA1", T0 + 60, namespace="siprec")
+        store.put_live_connection(one_namespace, tenant, None, T0 + 60, namespace="twilio")
+        assert sorted(store.live_connections(tenant, T0), key=lambda c: c.connection_id) == sorted(
+            [
+                LiveConnection(one_call, tenant, "CA1", T0 + 60, namespace="siprec"),
+                LiveConnection(one_namespace, tenant, None, T0 + 60, namespace="twilio"),
+            ],
+            key=lambda c: c.connection_id,
+        )
 
     def test_live_connection_put_again_replaces_it(self, store: Store, tenant: str) -> None:
         connection = unique("conn")

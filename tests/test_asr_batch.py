@@ -214,3 +214,52 @@ def test_without_sampled_temperatures_decoding_is_repeatable(
     assert [r.text for r in engine.transcribe_batch(requests)] == [
         r.text for r in engine.transcribe_batch(requests)
     ]
+
+
+class _RecordingRows(_RecordingGenerate):
+    """Notes, besides each round, how many utterances each ``generate`` call decoded."""
+
+    def __init__(self, model: object) -> None:
+        super().__init__(model)
+        self.rows: list[int] = []
+
+    def generate(self, *args: object, **kwargs: object) -> object:
+        prompts = args[1]
+        assert isinstance(prompts, list)
+        self.rows.append(len(prompts))
+        return super().generate(*args, **kwargs)
+
+
+def test_interims_in_a_batch_with_finals_get_no_fallback_and_leave_the_finals_as_they_were(
+    utterances: list[tuple[np.ndarray, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU worker batches interims (``interim=True``: the text so far of an utterance
+    being spoken) with finals. With a log-probability bar no decode clears, every final goes
+    through the greedy round and the beam-search fallback; the interims beside them share the
+    greedy round only, and the finals' texts are what a batch of finals alone gives."""
+    engine = FasterWhisperEngine(
+        AsrSettings(temperatures=(0.0,), fallback_beam_size=4, log_prob_threshold=0.0)
+    )
+    assert engine._decoding_rounds() == [(1, 0.0), (4, 0.0)]
+    finals = [AsrRequest(audio, language="en") for audio, _ in utterances[:2]]
+    # The first 60 % of two other utterances: shorter than the finals, so the batch's common
+    # window is the finals' own.
+    interims = [
+        AsrRequest(audio[: len(audio) * 6 // 10], language="en", interim=True)
+        for audio, _ in utterances[2:4]
+    ]
+    assert max(len(r.audio) for r in interims) < max(len(r.audio) for r in finals)
+    alone = [r.text for r in engine.transcribe_batch(finals)]
+
+    recorder = _RecordingRows(engine._model.model)
+    monkeypatch.setattr(engine._model, "model", recorder)
+    mixed = engine.transcribe_batch([finals[0], interims[0], finals[1], interims[1]])
+    # One greedy round for all four, then the beam search for the two finals only.
+    assert recorder.rounds == [(1, 0.0), (4, 0.0)]
+    assert recorder.rows == [4, 2]
+    assert [mixed[0].text, mixed[2].text] == alone
+    # The interims read as the start of what was said.
+    for result, (_, said) in zip((mixed[1], mixed[3]), utterances[2:4], strict=True):
+        assert normalise(result.text) and normalise(said).startswith(
+            " ".join(normalise(result.text).split()[:1])
+        ), (result.text, said)

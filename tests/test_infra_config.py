@@ -23,14 +23,22 @@ def test_cdk_json_defaults_plus_the_required_values_are_a_deployable_config():
     assert config.event_bus_name == "callscribe-prod"
     assert (config.retention_days, config.log_retention_days) == (7, 30)
     assert config.api_domain_name is None and config.vpc_id is None
+    assert config.api_gateway_logging_role is True
 
 
 def test_values_given_with_dash_c_arrive_as_strings_and_are_coerced():
     config = load_config(
-        context(gatewayMaxCount="20", webhookViaNat="true", webhookTimeoutS="2.5", maxAzs="3")
+        context(
+            gatewayMaxCount="20",
+            webhookViaNat="true",
+            webhookTimeoutS="2.5",
+            maxAzs="3",
+            apiGatewayLoggingRole="false",
+        )
     )
     assert config.gateway_max_count == 20
     assert config.webhook_via_nat is True
+    assert config.api_gateway_logging_role is False
     assert config.webhook_timeout_s == 2.5
     assert config.max_azs == 3
 

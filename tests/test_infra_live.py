@@ -81,7 +81,10 @@ def test_connect_and_disconnect_go_to_the_live_lambda_and_nothing_else_is_routed
 def test_the_live_lambda_reads_the_signing_key_and_writes_the_table_outside_the_vpc() -> None:
     stack, template = default_stack(), default_template()
     function = live_function(template)["Properties"]
-    assert function["Environment"]["Variables"] == {
+    variables = dict(function["Environment"]["Variables"])
+    # The only page whose handshake it takes: the API's, which serves /live.
+    assert variables.pop("CALLSCRIBE_LIVE_PAGE_ORIGIN") == stack.resolve(stack.api.url)
+    assert variables == {
         "CALLSCRIBE_TABLE_NAME": ref(stack.data.table),
         "CALLSCRIBE_TOKEN_SECRET_ARN": ref(stack.data.token_secret),
         "POWERTOOLS_SERVICE_NAME": "callscribe-live",
@@ -134,6 +137,23 @@ def test_the_stage_is_throttled_and_logs_every_connection() -> None:
     assert account["DeletionPolicy"] == "Retain"
 
 
+def test_an_account_with_its_logging_role_already_keeps_it() -> None:
+    """-c apiGatewayLoggingRole=false: the account's API Gateway settings are not touched (no
+    role, no AWS::ApiGateway::Account), and the stage still logs, with the account's role."""
+    stack, template = variant_stack(), variant_template()
+    assert stack.config.api_gateway_logging_role is False
+    assert template.find_resources("AWS::ApiGateway::Account") == {}
+    assert "AmazonAPIGatewayPushToCloudWatchLogs" not in json.dumps(
+        template.find_resources("AWS::IAM::Role")
+    )
+    (stage,) = [
+        s
+        for s in template.find_resources("AWS::ApiGatewayV2::Stage").values()
+        if s["Properties"]["ApiId"] == ref(stack.live.api)
+    ]
+    assert "AccessLogSettings" in stage["Properties"]
+
+
 def test_only_the_tasks_that_hold_calls_post_to_viewers_on_this_stage() -> None:
     stack, template = variant_stack(), variant_template()
     assert stack.siprec is not None
@@ -177,4 +197,10 @@ def test_the_tasks_post_through_the_callback_url_and_the_api_gives_the_websocket
     api = template.to_json()["Resources"][logical_id(stack.api.function)]["Properties"]
     websocket = execute_api_url(stack, "wss")
     assert api["Environment"]["Variables"]["CALLSCRIBE_LIVE_WEBSOCKET_URL"] == websocket
+    # With the API on its own domain, the page is there, and so is the origin the $connect
+    # Lambda takes browsers' handshakes from.
+    page_origin = live_function(template)["Properties"]["Environment"]["Variables"]
+    assert page_origin["CALLSCRIBE_LIVE_PAGE_ORIGIN"] == {
+        "Fn::Join": ["", ["https://", ref(stack.api.domain_name)]]
+    }
     assert template.find_outputs("LiveWebSocketUrl")["LiveWebSocketUrl"]["Value"] == websocket

@@ -100,7 +100,13 @@ def test_one_dashboard_per_stage_with_the_alarms_and_the_load():
     (dashboard,) = template.find_resources("AWS::CloudWatch::Dashboard").values()
     assert dashboard["Properties"]["DashboardName"] == "callscribe-prod"
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
-    for name in ("LiveCalls", "DeliveryLatency", "AsrQueueDepth", "UtteranceWaitP95"):
+    for name in (
+        "LiveCalls",
+        "DeliveryLatency",
+        "AsrQueueDepth",
+        "UtteranceWaitP95",
+        "LiveEventsDropped",
+    ):
         assert name in body
 
 

@@ -320,7 +320,24 @@ def test_http_api_routes_throttling_and_access_logs():
         "ANY /conversation/v1/{proxy+}",
         "ANY /fileexporter/v1/{proxy+}",
         "ANY /callscribe/v1/{proxy+}",
+        "GET /live",
+        "ANY /live/{proxy+}",
     }
+    # The page's path is the one the API serves it on.
+    from callscribe.api import live
+    from infra import api
+
+    assert api.LIVE_PAGE_PATH == live.LIVE_PAGE_PATH
+    assert all(
+        path.startswith(api.LIVE_PAGE_PATH + "/")
+        for path in (
+            live.LIVE_SESSION_PATH,
+            live.LIVE_SESSION_TOKEN_PATH,
+            live.LIVE_CONFIG_PATH,
+            live.LIVE_CALLS_PATH,
+            live.LIVE_ASSETS_PATH,
+        )
+    )
     # The live event stream's WebSocket API has its own stage (tests/test_infra_live.py).
     (stage,) = [
         stage["Properties"]

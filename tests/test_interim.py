@@ -33,6 +33,7 @@ from callscribe.model import AutotranscribeParams
 from callscribe.store.base import CallKey
 from callscribe.testing.simulate import WebhookReceiver, load_sample_call
 from callscribe.textnorm import normalize
+from callscribe.webhooks.management import set_webhook
 from tests.conftest import RunningServer
 from tests.serve_support import SILENCE, TwilioCall, agent_lines, line_audio, wait_until
 
@@ -542,3 +543,44 @@ async def test_the_api_describes_interim_results_as_an_extension_off_by_default(
         ).autotranscribeParams.interimResults
         is True
     )
+
+
+@pytest.mark.e2e
+async def test_a_tenant_that_opts_in_gets_interims_on_its_webhook_before_each_final(
+    server: RunningServer, receiver: WebhookReceiver
+) -> None:
+    """``callscribe webhook set --interim-results``: the interims the viewers get go to the
+    tenant's webhook too, each before its utterance's final, none after it."""
+    set_webhook(
+        server.runtime.store,
+        server.runtime.adapters.secrets,
+        tenant="acme",
+        url=receiver.url,
+        interim_results=True,
+    )
+    call = TwilioCall(server.client("acme"))
+    await call.open(interimResults=True)
+    await call.send_audio(LONG_UTTERANCE + END_SILENCE, speed=1.0)
+    await wait_until(
+        _when(lambda: any(b["type"] == "transcript" for b in _webhook(receiver, call.call_sid))),
+        90,
+        "the final on the webhook",
+    )
+    await call.close()
+
+    bodies = _webhook(receiver, call.call_sid)
+    final = next(b for b in bodies if b["type"] == "transcript")
+    role, start = final["sender"]["role"], final["autotranscribeResponse"]["start"]
+    interims = [b for b in bodies if b["type"] == "interim"]
+    assert interims, bodies
+    # All of this utterance's interims come before its final, none after.
+    assert bodies.index(final) == len(interims)
+    for body in interims:
+        assert body["utteranceId"] == f"{role}-{start}" and body["start"] == start
+        # The speaker as its transcript names it.
+        assert body["sender"] == final["sender"] and body["streamId"] == final["streamId"]
+        assert body["text"].strip()
+    health = await server.client("acme").health()
+    assert health["delivery"]["interims"]["delivered"] == len(interims)
+    # The after-call API and the failures API know finals only.
+    assert server.runtime.store.list_delivery_failures("acme") == []

@@ -167,6 +167,10 @@ async def test_a_viewer_that_falls_behind_is_let_go_and_the_others_keep_everythi
     with pytest.raises(LiveSubscriptionEnded, match="fell 8 events behind"):
         await slow.next()
     assert hub.dropped == 1 and hub.viewers("acme") == 1
+    # What the slow viewer lost: the 8 it had not read and the 9th, which found it full
+    # (the events after those were never its: it was gone).
+    assert hub.dropped_events == 9
+    assert hub.stats() == {"viewers": 1, "viewersDropped": 1, "eventsDropped": 9}
 
 
 async def test_closing_the_hub_lets_every_viewer_go() -> None:
@@ -563,6 +567,9 @@ async def test_a_slow_viewer_is_disconnected_and_the_call_goes_on(
         assert max(published_in) < 0.1, max(published_in)
         await wait_until(_true_when(lambda: hub.dropped == 1), 10, "the slow viewer let go")
         assert hub.viewers("acme") == 1
+        live = (await call.api.health())["live"]
+        assert live["viewersDropped"] == 1 and live["viewers"] == 1
+        assert live["eventsDropped"] == hub.dropped_events >= 1
 
         # The call goes on: its next utterance is transcribed, delivered and watched.
         await call.send_line(agent_lines(call.call)[0])
@@ -651,3 +658,54 @@ def test_the_live_pages_files_are_package_data() -> None:
     for path in files:
         relative = path.relative_to(ROOT / "callscribe").as_posix()
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+@pytest.mark.e2e
+async def test_the_local_page_config_session_token_and_snapshot(server: RunningServer) -> None:
+    """What the page asks besides the stream: local mode's stream opens with the session
+    and sends its own snapshot; /live/session/token and /live/calls answer for the session's
+    tenant only, and only to this server's pages."""
+    issued = server.issue_key("acme")
+    call = TwilioCall(server.client("acme"))
+    await call.open()
+    other = TwilioCall(server.client("globex"))
+    await other.open()
+    host = server.base_url.removeprefix("http://")
+    cookie = await _sign_in(server, issued)
+    jar = {"Cookie": f"callscribe_live_session={cookie}", "origin": f"http://{host}"}
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        config = (await http.get("/live/config")).json()
+        assert config == {
+            "eventsUrl": f"{server.ws_base}{EVENTS}",
+            "streamAuth": "session",
+            "streamSendsSnapshot": True,
+        }
+        page = await http.get("/live")
+        assert "connect-src 'self';" in page.headers["content-security-policy"]
+
+        issued_token = (await http.post("/live/session/token", headers=jar)).json()
+        assert issued_token["tenant"] == "acme"
+        assert (
+            issued_token["eventsUrl"] == f"{server.ws_base}{EVENTS}?token={issued_token['token']}"
+        )
+        crossed = await http.post(
+            "/live/session/token", headers={**jar, "origin": "https://evil.example"}
+        )
+        assert crossed.status_code == 403
+        assert (await http.post("/live/session/token")).status_code == 401
+
+        calls = (await http.get("/live/calls", headers=jar)).json()
+        assert calls["type"] == "snapshot"
+        assert [c["guid"] for c in calls["calls"]] == [call.call_sid]
+        one = (await http.get("/live/calls", headers=jar, params={"guid": other.call_sid})).json()
+        assert one["calls"] == []  # another tenant's call is not there to see
+        bad = await http.get("/live/calls", headers=jar, params={"namespace": "zoom"})
+        assert bad.status_code == 400
+
+    # The token opens this server's stream, filtered as the page asks.
+    query = f"?token={issued_token['token']}&guid={call.call_sid}"
+    async with _viewer(server, query) as ws:
+        snapshot = await _event(ws)
+        assert [c["guid"] for c in snapshot["calls"]] == [call.call_sid]
+    await call.close()
+    await other.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import threading
 import time
@@ -30,13 +31,22 @@ from callscribe.aws.settings import AwsSettings
 from callscribe.bus import TranscriptEvent
 from callscribe.ingest import BusWithLiveCopy
 from callscribe.live import CallEnded, CallStarted, FinalTranscript, LiveEvent, LiveFeed
-from callscribe.store.base import LiveConnection, Store
+from callscribe.store.base import (
+    CallKey,
+    CallRecord,
+    CallStatus,
+    LiveConnection,
+    Store,
+    StoredMessage,
+)
 from callscribe.store.sqlite import SqliteStore
 from tests.aws_fixtures import REGION, AwsResources, LambdaContext, create_resources, http_api_event
 
 WEBSOCKET_URL = "wss://ws123.execute-api.us-east-1.amazonaws.com/live"
 CALLBACK_URL = "https://ws123.execute-api.us-east-1.amazonaws.com/live"
 T0 = 1_700_000_000.0
+# Where the API (and so the live page) is: http_api_event's host.
+PAGE_ORIGIN = "https://abc123.execute-api.us-east-1.amazonaws.com"
 
 
 @pytest.fixture
@@ -49,6 +59,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsResources]:
         "POWERTOOLS_METRICS_NAMESPACE": "CallScribe",
         "CALLSCRIBE_PUBLIC_GATEWAY_URL": "wss://gw.example.com",
         "CALLSCRIBE_LIVE_WEBSOCKET_URL": WEBSOCKET_URL,
+        "CALLSCRIBE_LIVE_PAGE_ORIGIN": PAGE_ORIGIN,
     }.items():
         monkeypatch.setenv(name, value)
     with mock_aws():
@@ -406,3 +417,193 @@ def test_the_tasks_publish_to_viewers_only_where_the_callback_url_is_set(
     assert isinstance(publisher, LiveConnectionsPublisher)
     assert publisher.client.meta.endpoint_url == CALLBACK_URL
     publisher.close()
+
+
+# The live page, served by the API Lambda for the WebSocket API ------------------------------
+
+
+def api(
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    query: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any, list[str]]:
+    """The API Lambda's answer: status, headers, body (JSON when it is), cookies set."""
+    from functions.api import handler
+
+    response = handler(http_api_event(method, path, headers or {}, body, query), LambdaContext())
+    raw = response.get("body") or ""
+    if response.get("isBase64Encoded"):
+        raw = base64.b64decode(raw).decode()
+    answer_headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+    try:
+        parsed: Any = json.loads(raw)
+    except ValueError:
+        parsed = raw
+    return response["statusCode"], answer_headers, parsed, list(response.get("cookies") or [])
+
+
+def signed_in(credentials: dict[str, str]) -> dict[str, str]:
+    """The page's sign-in: the session cookie, as the browser sends it back."""
+    status, _, body, cookies = api(
+        "POST",
+        "/live/session",
+        {"content-type": "application/json", "origin": PAGE_ORIGIN},
+        {"apiId": credentials["asapp-api-id"], "apiSecret": credentials["asapp-api-secret"]},
+    )
+    assert status == 200 and body["signedIn"] is True and body["tenant"] == "acme", body
+    (cookie,) = cookies
+    # HttpOnly, SameSite=Strict, and Secure: API Gateway is HTTPS only.
+    assert {"HttpOnly", "SameSite=strict", "Secure"} <= {p.strip() for p in cookie.split(";")}
+    return {"cookie": cookie.split(";")[0], "origin": PAGE_ORIGIN}
+
+
+def test_the_api_lambda_serves_the_page_which_opens_the_websocket_api_with_a_token(
+    store: DynamoStore, credentials: dict[str, str]
+) -> None:
+    status, headers, page, _ = api("GET", "/live")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/live/assets/live.js">' in page
+    # The page may connect to the WebSocket API, and to nothing else but its own origin.
+    csp = headers["content-security-policy"]
+    assert "connect-src 'self' wss://ws123.execute-api.us-east-1.amazonaws.com;" in csp
+    status, _, script, _ = api("GET", "/live/assets/live.js")
+    assert status == 200 and "streamSendsSnapshot" in script
+
+    status, _, config, _ = api("GET", "/live/config")
+    assert (status, config) == (
+        200,
+        {"eventsUrl": WEBSOCKET_URL, "streamAuth": "token", "streamSendsSnapshot": False},
+    )
+
+    session = signed_in(credentials)
+    status, _, issued, _ = api("POST", "/live/session/token", session)
+    assert status == 200 and issued["tenant"] == "acme"
+    assert issued["eventsUrl"] == f"{WEBSOCKET_URL}?token={issued['token']}"
+
+    # The page's handshake: its own origin, the token, one call of one namespace.
+    handshake = websocket_event(
+        "$connect",
+        "page-conn=",
+        {"token": issued["token"], "guid": "CA7", "namespace": "siprec"},
+    )
+    handshake["headers"]["Origin"] = PAGE_ORIGIN
+    assert connection_handler(handshake) == {"statusCode": 200}
+    (connection,) = store.live_connections("acme", time.time())
+    assert (connection.guid, connection.namespace) == ("CA7", "siprec")
+
+
+def test_the_page_token_needs_a_session_from_the_page_itself(
+    store: DynamoStore, credentials: dict[str, str]
+) -> None:
+    status, _, body, _ = api("POST", "/live/session/token", {"origin": PAGE_ORIGIN})
+    assert status == 401 and body["error"]["code"] == "401-201", body
+    session = signed_in(credentials)
+    # Another site's page, even were the browser to send the cookie along.
+    status, _, body, _ = api(
+        "POST", "/live/session/token", {**session, "origin": "https://evil.example"}
+    )
+    assert status == 403 and body["error"]["code"] == "403-202", body
+    # A session outlives nothing: its key revoked, no token.
+    store.revoke_api_key(credentials["asapp-api-id"], time.time())
+    status, _, body, _ = api("POST", "/live/session/token", session)
+    assert status == 401 and "revoked" in body["error"]["message"]
+
+
+def test_the_websocket_api_takes_browsers_only_from_the_live_page(
+    credentials: dict[str, str], store: DynamoStore
+) -> None:
+    token = live_token(credentials)["token"]
+    for origin in ("https://evil.example", "http://abc123.execute-api.us-east-1.amazonaws.com"):
+        handshake = websocket_event("$connect", "c1", {"token": token})
+        handshake["headers"]["origin"] = origin
+        answer = connection_handler(handshake)
+        assert answer["statusCode"] == 403, origin
+        assert json.loads(answer["body"])["error"]["code"] == "403-202"
+    # Written with its default port, it is the page's origin still.
+    handshake = websocket_event("$connect", "c2", {"token": token})
+    handshake["headers"]["Origin"] = PAGE_ORIGIN + ":443"
+    assert connection_handler(handshake) == {"statusCode": 200}
+    # A bad namespace filter is refused, as the local stream refuses it.
+    answer = connection_handler(
+        websocket_event("$connect", "c3", {"token": token, "namespace": "zoom"})
+    )
+    assert answer["statusCode"] == 400
+    assert [c.connection_id for c in store.live_connections("acme", time.time())] == ["c2"]
+
+
+def test_the_page_takes_its_snapshot_of_live_calls_from_the_store(
+    store: DynamoStore, credentials: dict[str, str]
+) -> None:
+    now = time.time()
+    live = CallKey("acme", "twilio", "CA-live")
+    held = CallKey("acme", "siprec", "0001234")
+    done = CallKey("acme", "twilio", "CA-done")
+    elsewhere = CallKey("globex", "twilio", "CA-theirs")
+    for n, key in enumerate((live, held, done, elsewhere)):
+        store.create_call(
+            CallRecord(key, CallStatus.STREAMING, "task-1", now - 60 + n, now - 60 + n)
+        )
+    store.update_call(done, status=CallStatus.COMPLETED, completed_at=now, updated_at=now)
+    for seq in range(3):
+        body = {
+            "type": "transcript",
+            "externalConversationId": live.guid,
+            "streamId": "s1",
+            "sender": {"externalId": "A1", "role": "agent"},
+            "autotranscribeResponse": {
+                "message": "transcript",
+                "start": seq * 1000,
+                "end": seq * 1000 + 800,
+                "utterance": [{"text": f"line {seq}"}],
+            },
+        }
+        store.put_message(StoredMessage(live, seq, f"m{seq}", body, now, now + 3600))
+    session = signed_in(credentials)
+
+    status, _, snapshot, _ = api("GET", "/live/calls", session)
+    assert status == 200 and snapshot["type"] == "snapshot"
+    assert [(c["namespace"], c["guid"]) for c in snapshot["calls"]] == [
+        ("twilio", "CA-live"),
+        ("siprec", "0001234"),
+    ]
+    finals = snapshot["calls"][0]["finals"]
+    assert [(f["type"], f["seq"], f["messageId"], f["utteranceId"]) for f in finals] == [
+        ("final", n, f"m{n}", f"agent-{n * 1000}") for n in range(3)
+    ]
+    assert finals[2]["message"]["autotranscribeResponse"]["utterance"][0]["text"] == "line 2"
+
+    _, _, one, _ = api("GET", "/live/calls", session, query={"guid": "CA-live"})
+    assert [c["guid"] for c in one["calls"]] == ["CA-live"]
+    _, _, siprec, _ = api("GET", "/live/calls", session, query={"namespace": "siprec"})
+    assert [c["guid"] for c in siprec["calls"]] == ["0001234"]
+    _, _, theirs, _ = api("GET", "/live/calls", session, query={"guid": "CA-theirs"})
+    assert theirs["calls"] == []
+    status, _, body, _ = api("GET", "/live/calls", session, query={"namespace": "zoom"})
+    assert status == 400 and body["error"]["code"] == "400-201"
+    status, _, _, _ = api("GET", "/live/calls", {"origin": PAGE_ORIGIN})
+    assert status == 401
+
+
+def test_a_namespace_filter_keeps_other_namespaces_events_away(store: DynamoStore) -> None:
+    store.put_live_connection("sip-only", "acme", None, time.time() + 3600, namespace="siprec")
+    publisher = LiveConnectionsPublisher(store, management_client(CALLBACK_URL))
+    publisher.publish(started("acme", "CA1"))  # twilio
+    publisher.publish(CallStarted("acme", "siprec", "0001234", T0))
+    publisher.close()
+    assert [(e["namespace"], e["guid"]) for e in posted_events("sip-only")] == [
+        ("siprec", "0001234")
+    ]
+
+
+def test_without_the_pages_origin_no_browser_is_let_in(credentials: dict[str, str]) -> None:
+    """A connection Lambda that was not told where the page is takes programs (no Origin)
+    only: a browser's handshake is refused, whichever page it comes from."""
+    live = dataclasses.replace(live_lambda.services(), page_origin=None)
+    token = live_token(credentials)["token"]
+    browser = websocket_event("$connect", "b1", {"token": token})
+    browser["headers"]["Origin"] = PAGE_ORIGIN
+    assert live_lambda.handle(browser, live, time.time())["statusCode"] == 403
+    program = websocket_event("$connect", "p1", {"token": token})
+    assert live_lambda.handle(program, live, time.time()) == {"statusCode": 200}

@@ -24,6 +24,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from callscribe.testing.simulate import PlayedCall, WebhookReceiver, load_sample_call, play_call
 from tests.conftest import RunningServer
+from tests.serve_support import TwilioCall, agent_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -366,3 +367,49 @@ async def test_the_live_page_shows_a_call_as_it_is_transcribed_and_no_other_tena
     problems = [e for e in await page.do(browser.get_log, "browser") if e["level"] == "SEVERE"]
     assert not problems, problems
     assert page.looks > 20
+
+
+async def test_the_page_opens_a_stream_elsewhere_with_a_token_as_in_aws(
+    server_factory: Callable[..., Awaitable[RunningServer]],
+    receiver: WebhookReceiver,
+    browser: WebDriver,
+) -> None:
+    """The page as the API Lambda serves it: /live/config names a stream it must open with a
+    token (there, the WebSocket API; here this server's own stream, which takes tokens too),
+    so it gets one for its session, opens the stream with the page's filter, and asks
+    /live/calls for the calls already live. One call of the tenant's two is watched."""
+    server = await server_factory(receiver.url)
+    assert server.app is not None
+    services = server.app.state.live
+    services.events_url = f"{server.ws_base}/callscribe/v1/live/events"
+    key = server.issue_key("acme")
+    watched = TwilioCall(server.client("acme"))
+    await watched.open()
+    other = TwilioCall(server.client("acme"))
+    await other.open()
+    page = Page(browser, never_shown=[other.call_sid])
+
+    await page.do(browser.get, f"{server.base_url}/live?guid={watched.call_sid}&namespace=twilio")
+    await page.until(lambda s: s["signInShown"], 15, "the sign-in form")
+    await page.do(browser.find_element(By.ID, "api-id").send_keys, key.api_id)
+    await page.do(browser.find_element(By.ID, "api-secret").send_keys, key.api_secret, Keys.ENTER)
+    state = await page.until(
+        lambda s: s["connection"].startswith("Connected") and _call(s, watched.call_sid),
+        20,
+        "connected, showing the call that was live before",
+    )
+    assert state["connection"] == f"Connected: showing call {watched.call_sid} only."
+    asked = await page.do(
+        browser.execute_script,
+        "return performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname)",
+    )
+    assert "/live/config" in asked and "/live/session/token" in asked and "/live/calls" in asked
+    assert server.runtime.live_hub is not None and server.runtime.live_hub.viewers("acme") == 1
+
+    # The call's first line, transcribed, reaches the page through the token's stream.
+    await watched.send_line(agent_lines(watched.call)[0], speed=1.0)
+    await other.send_line(agent_lines(other.call)[0], speed=1.0)
+    await page.until(lambda s: bool(_lines(s, watched.call_sid, "final")), 60, "its final")
+    await watched.close()
+    await page.until(lambda s: _call(s, watched.call_sid)["status"] == "Ended", 30, "ended")
+    await other.close()

@@ -205,3 +205,22 @@ def test_a_database_an_older_version_left_readable_is_tightened(db_path: Path) -
         assert db_path.with_name(db_path.name + "-wal").stat().st_mode & 0o777 == 0o600
     finally:
         store.close()
+
+
+def test_a_live_connections_table_without_namespaces_gets_the_column(db_path: Path) -> None:
+    """A database made before viewers could filter by namespace: opened, it takes them."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(db_path)
+    old.execute(
+        "CREATE TABLE live_connections (connection_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, "
+        "guid TEXT, expires_at REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO live_connections VALUES ('before', 'acme', NULL, ?)", (T0 + 60,))
+    old.commit()
+    old.close()
+    store = SqliteStore(db_path)
+    store.put_live_connection("after", "acme", None, T0 + 60, namespace="siprec")
+    by_id = {c.connection_id: c for c in store.live_connections("acme", T0)}
+    assert by_id["before"].namespace is None and by_id["after"].namespace == "siprec"
+    store.close()
+    SqliteStore(db_path).close()  # opened again: the column is there already

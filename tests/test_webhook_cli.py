@@ -219,6 +219,12 @@ async def test_openapi_documents_the_outputs(server: RunningServer) -> None:
         "webhook-signature",
     }
     assert "HMAC-SHA256" in hook["description"]
+    interim = spec["webhooks"]["interim"]["post"]
+    assert "--interim-results" in interim["description"]
+    assert "never retried" in interim["description"]
+    assert {"utteranceId", "text", "stablePrefix", "sender"} <= set(
+        schemas["InterimMessage"]["properties"]
+    )
     assert "/callscribe/v1/files/{token}" in paths
 
 
@@ -366,3 +372,17 @@ def test_serve_refuses_both_secret_forms_and_a_missing_file(tmp_path: Path) -> N
         str(empty),
     )
     assert blank.returncode == 2 and "empty" in blank.stderr
+
+
+def test_webhook_set_interim_results_is_off_unless_asked(tmp_path: Path) -> None:
+    data = str(tmp_path)
+    base = ("webhook", "set", "--tenant", "acme", "--url", "https://hooks.acme.example/cs")
+    result = callscribe(*base, "--data-dir", data)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["interimResults"] is False
+
+    result = callscribe(*base, "--interim-results", "--data-dir", data)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["interimResults"] is True
+    config = SqliteStore(tmp_path / "callscribe.sqlite3").get_webhook_config("acme")
+    assert config is not None and config.interim_results is True

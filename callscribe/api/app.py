@@ -26,6 +26,7 @@ from callscribe.api.errors import answer_call_error, answer_validation_error
 from callscribe.api.middleware import BodySizeLimit, InternalErrorAsJson
 from callscribe.api.outputs import build_download_router, build_router
 from callscribe.api.schemas import (
+    InterimMessage,
     MessagesResponse,
     StopRequest,
     StreamingResponse,
@@ -185,7 +186,8 @@ async def twilio_media_stream_url(request: Request, key: Authenticated) -> Strea
     "of the AutoTranscribe contract: with true, the live event stream (and the live page) of "
     "the call's tenant also gets `interim` events, each participant's text so far while they "
     "speak, redacted as `redactionOutput` asks and replaced by the utterance's `final`; the "
-    "webhook and the after-call API still get finished utterances only. Interim results are "
+    "after-call API still gets finished utterances only, and so does the webhook unless the "
+    "tenant's webhook configuration opts in (the `interim` webhook). Interim results are "
     "best effort: when the speech recogniser is busy they are skipped, never finals. "
     "`autotranscribeParams.vocabulary` (default none) is a CallScribe extension too: a list "
     "of words the call's speakers may say (product, plan and agent names) that the speech "
@@ -334,6 +336,24 @@ def create_api_app(services: ApiServices, **fastapi_kwargs: Any) -> FastAPI:
         target, per tenant: a custom CA (TLS 1.2+), mutual TLS with a client certificate, a
         secret token in a header or query parameter, or an OAuth2 client-credentials bearer
         token."""
+
+    @app.webhooks.post(
+        "interim",
+        summary="The text so far of an utterance still being spoken (opt-in, best effort)",
+        openapi_extra={"parameters": WEBHOOK_HEADERS},
+    )
+    def interim_webhook(body: InterimMessage) -> None:
+        """A CallScribe extension, off unless the tenant's webhook configuration opts in
+        (`callscribe webhook set --interim-results`), and only for calls whose start asks for
+        interimResults; local mode only (in AWS, interim results reach the live event stream
+        only). Signed like transcript messages, with a webhook-id of its own (`interim-…`).
+        Best effort, so that finals are never delayed: never retried, never recorded as a
+        failure, never in the after-call API; dropped while a transcript message of the call
+        is waiting to be sent, replaced by a newer interim of the same speaker while it waits,
+        and never sent after the transcript message of its utterance. A transcript message
+        that falls due while an interim POST of its call is unanswered cancels that POST, so
+        keep an utterance's transcript over any interim with its utteranceId, whatever order
+        they arrive in."""
 
     app.add_exception_handler(CallError, answer_call_error)
     app.add_exception_handler(RequestValidationError, answer_validation_error)

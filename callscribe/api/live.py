@@ -1,4 +1,6 @@
-"""The live event stream and the live page (local mode), on the hub of ``callscribe.live``.
+"""The live event stream and the live page, on the hub of ``callscribe.live`` (local mode) or
+beside the deployment's WebSocket API (AWS: the API Lambda serves the page, the stream is the
+WebSocket API's).
 
 - ``GET /callscribe/v1/live/events`` (WebSocket): a snapshot of the tenant's live calls, then
   their events as they happen (``callStarted``, ``callEnded``, ``interim``, ``final``), one
@@ -6,7 +8,11 @@
 - ``POST /callscribe/v1/live/token``: a program's short-lived pass to the stream, asked for
   with its API key.
 - ``/live``: the page supervisors watch calls on; ``/live/session`` signs in (an API key
-  exchanged for a signed session cookie: the key never reaches the page) and out.
+  exchanged for a signed session cookie: the key never reaches the page) and out;
+  ``/live/config`` tells the page where the stream is and how it opens (local: this server,
+  with the session cookie; AWS: the WebSocket API, with a live token the page gets for its
+  session from ``POST /live/session/token``); ``/live/calls``: the session's tenant's live
+  calls as a ``snapshot``, for a stream that sends none (AWS).
 
 Who may open the stream: a program with its API key headers or a live token (``?token=``),
 or the page with its session cookie. A browser's handshake must come from this server's own
@@ -25,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request, WebSocket
@@ -37,9 +43,9 @@ from starlette.websockets import WebSocketDisconnect
 from callscribe.api.deps import ERROR_RESPONSES, Authenticated
 from callscribe.api.errors import error_response
 from callscribe.auth import AuthError, LiveSessions, LiveTokens, authenticate
-from callscribe.live import LiveHub, LiveSubscription, LiveSubscriptionEnded
+from callscribe.live import LiveHub, LiveSubscription, LiveSubscriptionEnded, snapshot_from_store
 from callscribe.model import CallError, ErrorCode, Namespace
-from callscribe.store.base import Store
+from callscribe.store.base import ApiKey, Store
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,9 @@ LIVE_EVENTS_PATH = "/callscribe/v1/live/events"
 LIVE_TOKEN_PATH = "/callscribe/v1/live/token"
 LIVE_PAGE_PATH = "/live"
 LIVE_SESSION_PATH = "/live/session"
+LIVE_SESSION_TOKEN_PATH = "/live/session/token"
+LIVE_CONFIG_PATH = "/live/config"
+LIVE_CALLS_PATH = "/live/calls"
 LIVE_ASSETS_PATH = "/live/assets"
 SESSION_COOKIE = "callscribe_live_session"
 
@@ -59,11 +68,15 @@ CLOSE_SESSION_EXPIRED = 4401  # the page's session ran out: sign in again
 CLOSE_TIMEOUT_S = 1.0
 MAX_GUID_CHARS = 128
 
-# The page and its files: no inline script or style, nothing from elsewhere, never framed.
+# The page and its files: no inline script or style, nothing from elsewhere (but the event
+# stream's origin, where that is another: AWS's WebSocket API), never framed.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'{stream}; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'",
+    "Content-Security-Policy": PAGE_CSP.format(stream=""),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -80,13 +93,24 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 @dataclass
 class LiveServices:
-    hub: LiveHub
+    # Local mode's hub; None where the stream is elsewhere (AWS: the WebSocket API).
+    hub: LiveHub | None
     tokens: LiveTokens
     sessions: LiveSessions
     store: Store
     # This server's base URL as browsers reach it (another origin than the Host header's
     # behind a proxy that rewrites Host).
     public_url: str | None = None
+    # The stream's URL where it is not this server's (AWS: the WebSocket API's wss://…): the
+    # page opens it with a live token, and takes its snapshot from /live/calls.
+    events_url: str | None = None
+
+    def page_headers(self) -> dict[str, str]:
+        if self.events_url is None:
+            return PAGE_HEADERS
+        parts = urlsplit(self.events_url)
+        stream = f" {parts.scheme}://{parts.netloc}"
+        return {**PAGE_HEADERS, "Content-Security-Policy": PAGE_CSP.format(stream=stream)}
 
 
 def _services(connection: Request | WebSocket) -> LiveServices:
@@ -177,10 +201,11 @@ async def _viewer(websocket: WebSocket, services: LiveServices) -> Viewer:
     )
 
 
-def _filter(websocket: WebSocket) -> tuple[str | None, str | None]:
-    """The stream's ``guid`` and ``namespace`` query parameters (both optional)."""
-    guid = websocket.query_params.get("guid") or None
-    namespace = websocket.query_params.get("namespace") or None
+def _filter(connection: WebSocket | Request) -> tuple[str | None, str | None]:
+    """The stream's (or snapshot's) ``guid`` and ``namespace`` query parameters (both
+    optional)."""
+    guid = connection.query_params.get("guid") or None
+    namespace = connection.query_params.get("namespace") or None
     if guid is not None and len(guid) > MAX_GUID_CHARS:
         raise CallError(ErrorCode.PARAMETER, f"guid: at most {MAX_GUID_CHARS} characters")
     if namespace is not None and namespace not in {n.value for n in Namespace}:
@@ -201,6 +226,7 @@ async def live_events(websocket: WebSocket) -> None:
         await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()
+    assert services.hub is not None  # served only where the hub is (local mode)
     subscription = services.hub.subscribe(viewer.tenant, guid=guid, namespace=namespace)
     try:
         await _stream(websocket, subscription, viewer.until)
@@ -274,6 +300,17 @@ class LiveSessionResponse(BaseModel):
     expiresAt: str | None = None
 
 
+class LivePageConfig(BaseModel):
+    eventsUrl: str = Field(description="the event stream's WebSocket URL, without credentials")
+    streamAuth: Literal["session", "token"] = Field(
+        description="session: the stream opens with the page's session cookie (this server's "
+        "own stream); token: with ?token= from POST /live/session/token (the WebSocket API)"
+    )
+    streamSendsSnapshot: bool = Field(
+        description="false: the page takes the snapshot from GET /live/calls once connected"
+    )
+
+
 def _websocket_base(request: Request, public_url: str | None) -> str:
     if public_url:
         parts = urlsplit(public_url)
@@ -313,10 +350,10 @@ def build_live_token_router(
         "`autotranscribeParams.interimResults`, never after the `final` of its utterance) and "
         "`final` (`utteranceId`, `seq`, `messageId`, `message`: the webhook's message) for the "
         "tenant's calls only; "
-        f"`&guid=` keeps one call's. Local mode's stream (`{LIVE_EVENTS_PATH}`) first sends "
-        "a `snapshot` (`calls`: "
-        "each live call's `namespace`, `guid`, `startedAt` and its recent `finals`), takes "
-        "`&namespace=` too and opens with the API key headers as well.",
+        "`&guid=` keeps one call's, `&namespace=` one namespace's. Local mode's stream "
+        f"(`{LIVE_EVENTS_PATH}`) first sends a `snapshot` (`calls`: each live call's "
+        "`namespace`, `guid`, `startedAt` and its recent `finals`) and opens with the API key "
+        "headers as well.",
     )
     async def live_token(request: Request, key: Authenticated) -> LiveTokenResponse:
         token, until = tokens_of(request).issue_until(key)
@@ -331,28 +368,110 @@ def build_live_token_router(
 
 
 def build_live_router() -> APIRouter:
+    """Local mode: the page, the token for programs, and the event stream on this server."""
     router = APIRouter()
-    assets = _page_assets()
-
     router.include_router(
         build_live_token_router(
             lambda request: _services(request).tokens,
-            lambda request: (
-                _websocket_base(request, _services(request).public_url) + LIVE_EVENTS_PATH
-            ),
+            lambda request: _local_events_url(request, _services(request)),
         )
     )
     router.add_api_websocket_route(LIVE_EVENTS_PATH, live_events)
+    router.include_router(build_live_page_router())
+    return router
+
+
+def _local_events_url(request: Request, services: LiveServices) -> str:
+    return _websocket_base(request, services.public_url) + LIVE_EVENTS_PATH
+
+
+async def _session_key(request: Request, services: LiveServices) -> ApiKey:
+    """The API key the page's session was made with (raises ``CallError``: no session, or
+    one that expired, or whose key was revoked)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is None:
+        raise CallError(ErrorCode.UNAUTHENTICATED, "sign in on the live page first")
+    try:
+        grant = await asyncio.to_thread(services.sessions.verify, cookie, services.store)
+        key = await asyncio.to_thread(services.store.get_api_key, grant.api_id)
+    except AuthError as exc:
+        raise CallError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+    if key is None:  # deleted between the two reads
+        raise CallError(ErrorCode.UNAUTHENTICATED, "the session's API key no longer exists")
+    return key
+
+
+def build_live_page_router() -> APIRouter:
+    """The live page, its sign-in and what it asks for (``app.state.live``'s services): local
+    mode's, and the API Lambda's, whose page opens the deployment's WebSocket API."""
+    router = APIRouter()
+    assets = _page_assets()
 
     @router.get(LIVE_PAGE_PATH, include_in_schema=False)
-    async def live_page() -> Response:
-        return _asset_response(assets, "index.html")
+    async def live_page(request: Request) -> Response:
+        return _asset_response(assets, "index.html", _services(request))
 
     @router.get(LIVE_ASSETS_PATH + "/{name}", include_in_schema=False)
-    async def live_asset(name: str) -> Response:
+    async def live_asset(request: Request, name: str) -> Response:
         if name == "index.html" or name not in assets:
             return Response("not found", status_code=404, media_type="text/plain")
-        return _asset_response(assets, name)
+        return _asset_response(assets, name, _services(request))
+
+    @router.get(LIVE_CONFIG_PATH, include_in_schema=False)
+    async def live_config(request: Request) -> JSONResponse:
+        """Where the page's stream is and how it opens: nothing secret (the WebSocket API's
+        URL is a stack output)."""
+        services = _services(request)
+        if services.events_url is not None:
+            config = LivePageConfig(
+                eventsUrl=services.events_url, streamAuth="token", streamSendsSnapshot=False
+            )
+        else:
+            config = LivePageConfig(
+                eventsUrl=_local_events_url(request, services),
+                streamAuth="session",
+                streamSendsSnapshot=True,
+            )
+        return JSONResponse(config.model_dump(), headers={"Cache-Control": "no-store"})
+
+    @router.post(LIVE_SESSION_TOKEN_PATH, include_in_schema=False)
+    async def live_session_token(request: Request) -> JSONResponse:
+        """The page's pass to a stream it cannot bring its cookie to (the WebSocket API, on
+        another origin): a live token for the session's API key, as a program gets with the
+        key itself. From this server's own pages only."""
+        services = _services(request)
+        _refuse_cross_site(request.headers, services.public_url)
+        key = await _session_key(request, services)
+        token, until = services.tokens.issue_until(key)
+        base = services.events_url or _local_events_url(request, services)
+        answer = LiveTokenResponse(
+            token=token,
+            tenant=key.tenant,
+            expiresAt=_iso(until),
+            eventsUrl=f"{base}?{urlencode({'token': token})}",
+        )
+        return JSONResponse(answer.model_dump(), headers={"Cache-Control": "no-store"})
+
+    @router.get(LIVE_CALLS_PATH, include_in_schema=False)
+    async def live_calls(request: Request) -> JSONResponse:
+        """The session's tenant's live calls as the stream's ``snapshot`` (``?guid=``,
+        ``&namespace=`` as the stream's), for a page whose stream sends none."""
+        services = _services(request)
+        _refuse_cross_site(request.headers, services.public_url)
+        key = await _session_key(request, services)
+        guid, namespace = _filter(request)
+        if services.hub is not None:
+            snapshot = services.hub.snapshot(key.tenant, guid=guid, namespace=namespace)
+        else:
+            snapshot = await asyncio.to_thread(
+                snapshot_from_store,
+                services.store,
+                key.tenant,
+                guid=guid,
+                namespace=namespace,
+                now=time.time(),
+            )
+        return JSONResponse(snapshot, headers={"Cache-Control": "no-store"})
 
     @router.get(LIVE_SESSION_PATH, include_in_schema=False)
     async def live_session(request: Request) -> JSONResponse:
@@ -422,6 +541,6 @@ def _page_assets() -> dict[str, bytes]:
     }
 
 
-def _asset_response(assets: dict[str, bytes], name: str) -> Response:
+def _asset_response(assets: dict[str, bytes], name: str, services: LiveServices) -> Response:
     suffix = name[name.rindex(".") :]
-    return Response(assets[name], media_type=ASSET_TYPES[suffix], headers=PAGE_HEADERS)
+    return Response(assets[name], media_type=ASSET_TYPES[suffix], headers=services.page_headers())

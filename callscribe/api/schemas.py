@@ -234,6 +234,39 @@ class TranscriptMessage(BaseModel):
     autotranscribeResponse: TranscriptBody
 
 
+class InterimSender(BaseModel):
+    externalId: str | None = Field(
+        default=None, description="customerId or agentId, as the speaker's transcripts carry it"
+    )
+    role: Role
+
+
+class InterimMessage(BaseModel):
+    """The text so far of an utterance still being spoken: POSTed only to tenants whose webhook
+    configuration opts in (``callscribe webhook set --interim-results``), for calls that ask
+    for interim results (a CallScribe extension; the contract's webhook is final-only)."""
+
+    type: Literal["interim"] = "interim"
+    externalConversationId: str = Field(description="The call's guid")
+    streamId: str | None = Field(
+        default=None, description="The speaker's stream, as its transcript messages carry it"
+    )
+    sender: InterimSender
+    utteranceId: str = Field(
+        description="`{role}-{start}`: the final that replaces this text is the transcript "
+        "message whose sender.role and autotranscribeResponse.start are these"
+    )
+    start: int = Field(description="ms from the start of the call's audio")
+    text: str = Field(description="Redacted as the call's redactionOutput asks")
+    stablePrefix: int = Field(
+        description="How many of text's first characters the utterance's previous interim had "
+        "too, to the end of a word in both (0 on its first)"
+    )
+    unredactedText: str | None = Field(
+        default=None, description="Only with redactionOutput redacted_and_unredacted"
+    )
+
+
 class StreamingResponse(BaseModel):
     isOk: bool = True
     autotranscribeResponse: AutotranscribeResult

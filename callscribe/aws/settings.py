@@ -72,3 +72,5 @@ class LiveFunctionSettings(AwsResources):
 
     token_secret_arn: str
     live_connection_ttl_s: int = Field(2 * 3600 + 300, ge=60)
+    # The live page's origin (the API's URL): the only page whose handshake is let in.
+    live_page_origin: str | None = None

@@ -107,6 +107,9 @@ class WebhookConfig:
     timeout_s: float = 5.0
     retry_attempts: int = 0  # extra attempts after a failed POST; 0 = the contract's none
     retry_backoff_s: float = 1.0  # doubled after each attempt
+    # Also POST the interim results of calls that ask for them ("type": "interim"; best
+    # effort, never ahead of a final). Off: the contract's final-only webhook.
+    interim_results: bool = False
     updated_at: float = 0.0
 
 
@@ -140,13 +143,15 @@ class ConnectAccess:
 @dataclass(frozen=True)
 class LiveConnection:
     """A viewer of a tenant's live events, connected to the deployment's WebSocket API: where
-    the tasks that hold calls post that tenant's events (only those of the call ``guid``
-    when given) until the viewer disconnects or ``expires_at`` passes."""
+    the tasks that hold calls post that tenant's events (only those of the call ``guid``, and
+    of calls in ``namespace``, when given) until the viewer disconnects or ``expires_at``
+    passes."""
 
     connection_id: str
     tenant: str
     guid: str | None
     expires_at: float
+    namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -300,7 +305,12 @@ class Store(Protocol):
 
     # live event stream viewers (the AWS WebSocket API's connections)
     def put_live_connection(
-        self, connection_id: str, tenant: str, guid: str | None, expires_at: float
+        self,
+        connection_id: str,
+        tenant: str,
+        guid: str | None,
+        expires_at: float,
+        namespace: str | None = None,
     ) -> None:
         """Record a viewer's connection (replacing one with the same id)."""
         ...

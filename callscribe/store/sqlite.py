@@ -106,7 +106,8 @@ CREATE TABLE IF NOT EXISTS live_connections (
     connection_id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
     guid TEXT,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    namespace TEXT
 );
 CREATE INDEX IF NOT EXISTS live_connections_by_tenant ON live_connections (tenant);
 """
@@ -126,6 +127,15 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._db().executescript(SCHEMA)  # executescript manages its own transaction
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a table was first made (CREATE TABLE IF NOT EXISTS leaves an
+        existing table as it was)."""
+        db = self._db()
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(live_connections)")}
+        if "namespace" not in columns:
+            db.execute("ALTER TABLE live_connections ADD COLUMN namespace TEXT")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -512,12 +522,18 @@ class SqliteStore:
 
     # live event stream viewers
     def put_live_connection(
-        self, connection_id: str, tenant: str, guid: str | None, expires_at: float
+        self,
+        connection_id: str,
+        tenant: str,
+        guid: str | None,
+        expires_at: float,
+        namespace: str | None = None,
     ) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO live_connections VALUES (?, ?, ?, ?)",
-                (connection_id, tenant, guid, expires_at),
+                "INSERT OR REPLACE INTO live_connections "
+                "(connection_id, tenant, guid, expires_at, namespace) VALUES (?, ?, ?, ?, ?)",
+                (connection_id, tenant, guid, expires_at, namespace),
             )
 
     def delete_live_connection(self, connection_id: str) -> bool:

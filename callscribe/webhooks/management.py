@@ -58,6 +58,7 @@ def set_webhook(
     timeout_s: float = 5.0,
     retry_attempts: int = 0,
     retry_backoff_s: float = 1.0,
+    interim_results: bool = False,
 ) -> WebhookConfig:
     """Replace the tenant's configuration and credentials as a whole."""
     if not TENANT_PATTERN.fullmatch(tenant):
@@ -123,6 +124,7 @@ def set_webhook(
         timeout_s=timeout_s,
         retry_attempts=retry_attempts,
         retry_backoff_s=retry_backoff_s,
+        interim_results=interim_results,
         updated_at=time.time(),
     )
     for credential in CREDENTIALS:
@@ -171,6 +173,7 @@ def describe_webhook(store: Store, secrets: Secrets, tenant: str) -> dict[str, A
         "timeoutS": config.timeout_s,
         "retryAttempts": config.retry_attempts,
         "retryBackoffS": config.retry_backoff_s,
+        "interimResults": config.interim_results,
         "caBundle": _certificates(config.ca_bundle_pem),
         "clientCertificate": _certificates(config.client_cert_pem),
         "signingSecret": "set" if signing else "made on first delivery",

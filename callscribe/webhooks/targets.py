@@ -225,6 +225,8 @@ class ResolvedTarget:
     token_value: str | None = None
     token_in: str = "header"
     oauth: OAuth2ClientCredentials | None = None
+    # The tenant opted into interim webhooks (``WebhookConfig.interim_results``).
+    interim_results: bool = False
     fingerprint: str = ""
     _hidden: tuple[str, ...] = field(default=(), repr=False)
 
@@ -354,6 +356,7 @@ class WebhookTargets:
             timeout_s=config.timeout_s,
             retry_attempts=config.retry_attempts,
             retry_backoff_s=config.retry_backoff_s,
+            interim_results=config.interim_results,
             fingerprint=fingerprint,
             _hidden=tuple(v for v in credentials.values() if v),
         )

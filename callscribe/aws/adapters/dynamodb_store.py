@@ -646,7 +646,12 @@ class DynamoStore:
     # live event stream viewers --------------------------------------------------------------
 
     def put_live_connection(
-        self, connection_id: str, tenant: str, guid: str | None, expires_at: float
+        self,
+        connection_id: str,
+        tenant: str,
+        guid: str | None,
+        expires_at: float,
+        namespace: str | None = None,
     ) -> None:
         item: dict[str, Any] = {
             "pk": f"LIVECONN#{connection_id}",
@@ -660,6 +665,8 @@ class DynamoStore:
         }
         if guid is not None:
             item["guid"] = guid
+        if namespace is not None:
+            item["namespace"] = namespace
         self.table.put_item(Item=item)
 
     def delete_live_connection(self, connection_id: str) -> bool:
@@ -684,6 +691,7 @@ class DynamoStore:
                 tenant=item["tenant"],
                 guid=item.get("guid"),
                 expires_at=float(item["expires_at"]),
+                namespace=item.get("namespace"),
             )
             for item in items
         ]

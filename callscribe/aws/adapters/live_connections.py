@@ -121,7 +121,12 @@ class LiveConnectionsPublisher:
 
     def _post(self, event: LiveEvent) -> None:
         connections = self._tenant_connections(event.tenant)
-        wanted = [c for c in connections if c.guid is None or c.guid == event.guid]
+        wanted = [
+            c
+            for c in connections
+            if (c.guid is None or c.guid == event.guid)
+            and (c.namespace is None or c.namespace == event.namespace)
+        ]
         if not wanted:
             return
         data = json.dumps(event.as_json()).encode()  # once, whoever watches

@@ -15,8 +15,8 @@ from mangum import Mangum
 from callscribe import adapters
 from callscribe.api.app import create_api_app
 from callscribe.api.deps import ApiServices, OutputServices
-from callscribe.api.live import build_live_token_router
-from callscribe.auth import LiveTokens, StreamTokens
+from callscribe.api.live import LiveServices, build_live_page_router, build_live_token_router
+from callscribe.auth import LiveSessions, LiveTokens, StreamTokens
 from callscribe.aws.settings import CONTROL_SECRET, AwsSettings
 from callscribe.config import Settings
 from callscribe.control import CallOpener
@@ -64,11 +64,21 @@ def asgi_handler() -> Mangum:
     )
     app = create_api_app(services)
     if aws.live_websocket_url:
-        # Live tokens for the deployment's WebSocket API (its $connect Lambda checks them);
-        # the live page and its sessions are local mode's only.
-        live_tokens = LiveTokens(_required(secrets, TOKEN_SIGNING_KEY), settings.live.token_ttl_s)
+        # Live tokens for the deployment's WebSocket API (its $connect Lambda checks them),
+        # and the live page, whose session gets it a token for the WebSocket API.
+        signing_key = _required(secrets, TOKEN_SIGNING_KEY)
+        live_tokens = LiveTokens(signing_key, settings.live.token_ttl_s)
         events_url = aws.live_websocket_url
+        app.state.live = LiveServices(
+            hub=None,
+            tokens=live_tokens,
+            sessions=LiveSessions(signing_key, settings.live.session_ttl_s),
+            store=services.store,
+            public_url=settings.public_url,
+            events_url=events_url,
+        )
         app.include_router(build_live_token_router(lambda _: live_tokens, lambda _: events_url))
+        app.include_router(build_live_page_router())
     return Mangum(app, lifespan="off")
 
 

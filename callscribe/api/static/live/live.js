@@ -1,9 +1,17 @@
 // The live page: sign in with an API key (exchanged for an HttpOnly session cookie, so the key
 // never stays in the page), then watch the tenant's live calls on the live event stream.
 // Every text from the server is put in the page as text (textContent), never as markup.
+//
+// Where the stream is comes from /live/config: local mode's own stream, opened with the
+// session cookie, which sends a snapshot first; or (AWS) the deployment's WebSocket API on
+// another origin, opened with a short-lived token the session gets from /live/session/token,
+// which sends none: the page then takes it from /live/calls once connected.
 
 const EVENTS_PATH = "/callscribe/v1/live/events";
 const SESSION_PATH = "/live/session";
+const SESSION_TOKEN_PATH = "/live/session/token";
+const CONFIG_PATH = "/live/config";
+const CALLS_PATH = "/live/calls";
 const ROLES = [
   ["customer", "Customer"],
   ["agent", "Agent"],
@@ -40,6 +48,12 @@ for (const name of ["guid", "namespace"]) {
 }
 
 let socket = null;
+// Counts the streams asked for: an answer (a token) for one since replaced is dropped.
+let streamAttempt = 0;
+// What this connection's events said of calls before the snapshot from /live/calls came:
+// "namespace/guid" -> "live" or "ended" (the snapshot may be older than they are).
+let heardSinceOpen = new Map();
+let sessionTimer = null;
 let signedIn = false;
 let reconnectDelayMs = 1000;
 let reconnectTimer = null;
@@ -51,6 +65,7 @@ const calls = new Map();
 
 function showSignIn(message) {
   signedIn = false;
+  clearSessionTimer();
   stopStream();
   view.callsView.hidden = true;
   view.account.hidden = true;
@@ -66,7 +81,39 @@ function showCalls(session, moveFocus) {
   view.account.hidden = false;
   view.signedInAs.textContent = `Tenant ${session.tenant}`;
   if (moveFocus) view.callsHeading.focus();
+  clearSessionTimer();
+  if (config.streamAuth === "token" && session.expiresAt) {
+    // The WebSocket API checks the token once, when the stream opens: the page itself
+    // ends the stream when its session ends (local mode's server closes it, 4401).
+    const left = Math.max(0, Date.parse(session.expiresAt) - Date.now());
+    sessionTimer = setTimeout(() => {
+      sessionTimer = null;
+      if (signedIn) showSignIn("Your session has ended: sign in again.");
+    }, left);
+  }
   openStream();
+}
+
+function clearSessionTimer() {
+  if (sessionTimer !== null) {
+    clearTimeout(sessionTimer);
+    sessionTimer = null;
+  }
+}
+
+async function loadConfig() {
+  const local = {
+    eventsUrl: `${window.location.protocol === "https:" ? "wss" : "ws"}://${window.location.host}${EVENTS_PATH}`,
+    streamAuth: "session",
+    streamSendsSnapshot: true,
+  };
+  try {
+    const response = await fetch(CONFIG_PATH, { credentials: "same-origin" });
+    if (response.ok) return { ...local, ...(await response.json()) };
+  } catch (error) {
+    // Unreachable: the stream on this server, as before /live/config was asked.
+  }
+  return local;
 }
 
 async function checkSession() {
@@ -134,16 +181,50 @@ function setConnection(text) {
   view.connection.textContent = text;
 }
 
-function openStream() {
+// The stream's URL with the page's filter (and the token, when it came with one).
+function withFilter(url) {
+  const made = new URL(url);
+  for (const [name, value] of streamFilter) made.searchParams.set(name, value);
+  return made.toString();
+}
+
+// A token for the stream, for this session: null when the session is gone; undefined when
+// the server could not be asked (the stream is tried again later).
+async function streamToken() {
+  try {
+    const response = await fetch(SESSION_TOKEN_PATH, { method: "POST", credentials: "same-origin" });
+    if (response.ok) return await response.json();
+    if (response.status === 401) return null;
+  } catch (error) {
+    // fall through: unreachable
+  }
+  return undefined;
+}
+
+async function openStream() {
   stopStream();
-  const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-  const query = streamFilter.toString();
-  const url = `${scheme}://${window.location.host}${EVENTS_PATH}${query ? `?${query}` : ""}`;
+  const attempt = streamAttempt;
   setConnection("Connecting…");
+  let url = withFilter(config.eventsUrl);
+  if (config.streamAuth === "token") {
+    const pass = await streamToken();
+    if (attempt !== streamAttempt || !signedIn) return; // stopped or replaced meanwhile
+    if (pass === null) {
+      showSignIn("Your session has ended: sign in again.");
+      return;
+    }
+    if (pass === undefined) {
+      streamClosed(1006);
+      return;
+    }
+    url = withFilter(pass.eventsUrl);
+  }
   const opened = new WebSocket(url);
   socket = opened;
   opened.addEventListener("open", () => {
     reconnectDelayMs = 1000;
+    heardSinceOpen = new Map();
+    if (!config.streamSendsSnapshot) loadSnapshot(opened);
     setConnection(
       streamFilter.get("guid")
         ? `Connected: showing call ${streamFilter.get("guid")} only.`
@@ -161,7 +242,24 @@ function openStream() {
   });
 }
 
+// The live calls so far, for a stream that does not send them (AWS): asked once the stream is
+// open, so no event falls between the two; one that came meanwhile counts over the snapshot.
+async function loadSnapshot(opened) {
+  const query = streamFilter.toString();
+  try {
+    const response = await fetch(`${CALLS_PATH}${query ? `?${query}` : ""}`, {
+      credentials: "same-origin",
+    });
+    if (!response.ok || socket !== opened) return;
+    const snapshot = await response.json();
+    if (socket === opened) applySnapshot(snapshot.calls, heardSinceOpen);
+  } catch (error) {
+    // The stream's events still come; the next connection asks again.
+  }
+}
+
 function stopStream() {
+  streamAttempt += 1;
   if (reconnectTimer !== null) {
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
@@ -198,6 +296,11 @@ async function streamClosed(code) {
 }
 
 function handleEvent(event) {
+  if (event.namespace !== undefined && event.type !== "snapshot") {
+    const key = `${event.namespace}/${event.guid}`;
+    if (event.type === "callEnded") heardSinceOpen.set(key, "ended");
+    else if (heardSinceOpen.get(key) !== "ended") heardSinceOpen.set(key, "live");
+  }
   switch (event.type) {
     case "snapshot":
       applySnapshot(event.calls);
@@ -219,16 +322,19 @@ function handleEvent(event) {
   }
 }
 
-function applySnapshot(liveCalls) {
+// ``heard``: what the stream said of calls since it opened, which the snapshot may predate.
+function applySnapshot(liveCalls, heard = new Map()) {
   const live = new Set();
   for (const call of liveCalls) {
-    live.add(`${call.namespace}/${call.guid}`);
+    const key = `${call.namespace}/${call.guid}`;
+    live.add(key);
+    if (heard.get(key) === "ended") continue; // it ended after the snapshot was taken
     callFor(call.namespace, call.guid, call.startedAt);
     for (const final of call.finals) showFinal(final);
   }
-  // Calls that ended while the page was not connected.
+  // Calls that ended while the page was not connected (not those the stream just named).
   for (const [key, call] of calls) {
-    if (!live.has(key) && !call.ended) endCall(call.namespace, call.guid);
+    if (!live.has(key) && !call.ended && !heard.has(key)) endCall(call.namespace, call.guid);
   }
 }
 
@@ -404,6 +510,7 @@ function showFinal(event) {
 
 // Start ------------------------------------------------------------------------------------
 
+const config = await loadConfig();
 const session = await checkSession();
 if (session) {
   showCalls(session, false);
