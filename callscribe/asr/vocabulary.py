@@ -25,6 +25,10 @@ from typing import Any
 # the model towards copying it. Whisper itself stops at 223 prompt tokens.
 MAX_TERMS = 100
 MAX_TERM_CHARS = 64
+# All terms together. More than any prompt of PROMPT_TOKEN_BUDGET tokens holds, and small
+# enough that the worst case (every character percent-encoded UTF-8) still fits an HTTP
+# request line, where the remote worker takes the terms.
+MAX_VOCABULARY_CHARS = 2000
 # The prompt's tokens at most (about 40 short terms): the terms that do not fit are left out,
 # whole, from the end of the list. Also keeps prompt + the longest utterance's token bound
 # (256 for 30 s) inside Whisper's 448-token context.
@@ -58,6 +62,26 @@ def checked(terms: Iterable[str]) -> tuple[str, ...]:
         kept.append(term)
     if len(kept) > MAX_TERMS:
         raise VocabularyError(f"{len(kept)} vocabulary terms; at most {MAX_TERMS}")
+    total = sum(len(term) for term in kept)
+    if total > MAX_VOCABULARY_CHARS:
+        raise VocabularyError(
+            f"the vocabulary terms hold {total} characters; at most {MAX_VOCABULARY_CHARS}"
+        )
+    return tuple(kept)
+
+
+def within_bounds(terms: Iterable[str]) -> tuple[str, ...]:
+    """The leading terms that keep within the bounds (a term too long is left out): what a
+    client sends a worker, which refuses more. The engine's prompt holds fewer anyway."""
+    kept: list[str] = []
+    total = 0
+    for term in terms:
+        if len(term) > MAX_TERM_CHARS or not term.strip():
+            continue
+        if len(kept) == MAX_TERMS or total + len(term) > MAX_VOCABULARY_CHARS:
+            break
+        kept.append(term)
+        total += len(term)
     return tuple(kept)
 
 
