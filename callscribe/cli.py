@@ -544,6 +544,16 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench_vocabulary(args: argparse.Namespace) -> int:
+    from callscribe.vocabulary_bench import run_vocabulary_bench
+
+    return asyncio.run(
+        run_vocabulary_bench(
+            args.split, paths=args.paths.split(","), style=args.style, json_path=args.json
+        )
+    )
+
+
 def cmd_asr_worker(args: argparse.Namespace) -> int:
     from callscribe.asr.worker import run_worker
     from callscribe.config import AsrWorkerSettings
@@ -710,6 +720,33 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--speed", type=_positive, default=1.0, help="times real time")
     quality.add_argument("--json", type=Path, default=None, help="also write the figures here")
     quality.set_defaults(func=cmd_bench_quality)
+    vocabulary = bench_kinds.add_parser(
+        "vocabulary",
+        help="the quality corpus without and with call vocabularies: term recall, WER and "
+        "false insertions, offline and cut as streamed",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    vocabulary.add_argument(
+        "--split",
+        choices=("tuning", "held-back"),
+        default="tuning",
+        help="which calls (choose settings on tuning; measure held-back once)",
+    )
+    vocabulary.add_argument(
+        "--paths",
+        choices=("offline", "streamed", "offline,streamed", "streamed,offline"),
+        default="offline,streamed",
+        help="offline: each turn cut from the script, 30 s window; streamed: cut by the "
+        "endpointer, decoded as the server does",
+    )
+    vocabulary.add_argument(
+        "--style",
+        choices=("glossary", "terms"),
+        default=None,
+        help="how the vocabulary is worded for the decoder (default: the engine's)",
+    )
+    vocabulary.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    vocabulary.set_defaults(func=cmd_bench_vocabulary)
 
     worker = commands.add_parser(
         "asr-worker", help="serve Whisper over HTTP, batching utterances from many calls"
