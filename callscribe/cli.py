@@ -574,7 +574,16 @@ def cmd_bench_asr(args: argparse.Namespace) -> int:
     if any(n < 1 for n in batch_sizes) or args.utterances < 1:
         print("batch sizes and --utterances must be at least 1", file=sys.stderr)
         return 2
-    return run_asr_bench(batch_sizes, args.utterances, encoder_context=args.encoder_context)
+    vocabularies = tuple(args.vocabularies.split(","))
+    if not set(vocabularies) <= {"none", "shared", "mixed"}:
+        print("--vocabularies takes none, shared and mixed, comma-separated", file=sys.stderr)
+        return 2
+    return run_asr_bench(
+        batch_sizes,
+        args.utterances,
+        encoder_context=args.encoder_context,
+        vocabularies=vocabularies,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -764,6 +773,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_asr.add_argument("--utterances", type=int, default=16, help="utterances per size")
     bench_asr.add_argument(
         "--encoder-context", choices=["trimmed", "full"], help="override the setting"
+    )
+    bench_asr.add_argument(
+        "--vocabularies",
+        default="none",
+        help="comma-separated: none (no call vocabulary), shared (every utterance one "
+        "tenant's), mixed (the corpus's domain vocabularies and none, in turn)",
     )
     bench_asr.set_defaults(func=cmd_bench_asr)
     return parser

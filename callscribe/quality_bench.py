@@ -219,8 +219,11 @@ def offline_settings(settings: AsrSettings | None = None) -> AsrSettings:
     )
 
 
-def offline_transcripts(engine: Any, corpus_call: CorpusCall) -> list[Transcript]:
-    """Every turn of the call cut generously from its track and transcribed alone."""
+def offline_transcripts(
+    engine: Any, corpus_call: CorpusCall, vocabulary: tuple[str, ...] = ()
+) -> list[Transcript]:
+    """Every turn of the call cut generously from its track and transcribed alone (with
+    ``vocabulary``, if given)."""
     call = corpus_call.call
     pcm = {track: ulaw_to_pcm16(data) for track, data in call.tracks.items()}
     transcripts = []
@@ -228,7 +231,7 @@ def offline_transcripts(engine: Any, corpus_call: CorpusCall) -> list[Transcript
         first = max(0, (turn.start_ms - OFFLINE_BEFORE_MS) * 8)
         last = (turn.end_ms + OFFLINE_AFTER_MS) * 8
         audio = resample_8k_to_16k(pcm[turn.track][first:last]).astype(np.float32)
-        result = engine.transcribe_blocking(AsrRequest(audio, language="en"))
+        result = engine.transcribe_blocking(AsrRequest(audio, language="en", vocabulary=vocabulary))
         transcripts.append(Transcript(turn.track, turn.start_ms, turn.end_ms, result.text))
     return transcripts
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,22 +159,6 @@ def streamed_transcripts(
     return transcripts
 
 
-def offline_with(
-    engine: Any, corpus_call: CorpusCall, vocabulary: tuple[str, ...]
-) -> list[Transcript]:
-    """``offline_transcripts`` with a vocabulary on every turn."""
-    original = engine.transcribe_blocking
-
-    def with_vocabulary(request: AsrRequest):  # type: ignore[no-untyped-def]
-        return original(replace(request, vocabulary=vocabulary))
-
-    engine.transcribe_blocking = with_vocabulary
-    try:
-        return offline_transcripts(engine, corpus_call)
-    finally:
-        del engine.transcribe_blocking
-
-
 def measure(
     split: str,
     paths: Sequence[str] = PATHS,
@@ -203,7 +187,7 @@ def measure(
     ]
     for path in paths:
         engine = engines[path]
-        transcribe = streamed_transcripts if path == "streamed" else offline_with
+        transcribe = streamed_transcripts if path == "streamed" else offline_transcripts
         for corpus_call, kind, vocabulary in plan:
             without = transcribe(engine, corpus_call, ())
             with_ = transcribe(engine, corpus_call, vocabulary)
