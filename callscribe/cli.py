@@ -750,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vocabulary.add_argument(
         "--style",
-        choices=("glossary", "terms"),
+        choices=("glossary", "terms", "sentence"),
         default=None,
         help="how the vocabulary is worded for the decoder (default: the engine's)",
     )

@@ -36,7 +36,7 @@ PROMPT_TOKEN_BUDGET = 160
 # Whisper's decoder context (``max_length`` of every Whisper model).
 WHISPER_MAX_LENGTH = 448
 
-PROMPT_STYLES = ("glossary", "terms")
+PROMPT_STYLES = ("glossary", "terms", "sentence")
 DEFAULT_PROMPT_STYLE = "glossary"
 
 
@@ -93,6 +93,8 @@ def prompt_text(terms: Sequence[str], style: str = DEFAULT_PROMPT_STYLE) -> str:
         return "Glossary: " + ", ".join(terms) + "."
     if style == "terms":
         return ", ".join(terms)
+    if style == "sentence":
+        return "The caller may mention " + ", ".join(terms) + "."
     raise ValueError(f"unknown vocabulary prompt style {style!r}")
 
 
