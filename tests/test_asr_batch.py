@@ -162,12 +162,13 @@ def test_bench_asr_command(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["bench-asr", "--batch-sizes", "1,x"]) == 2
     assert main(["bench-asr", "--batch-sizes", "0"]) == 2
+    assert main(["bench-asr", "--vocabularies", "none,some"]) == 2
     assert main(["bench-asr", "--batch-sizes", "2", "--utterances", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ASR benchmark: packaged:whisper-base on cpu (int8), encoder context")
     assert len(out) == 4
-    assert out[2].split()[:2] == ["single", "1"]
-    assert out[3].split()[:2] == ["batched", "2"]
+    assert out[2].split()[:3] == ["none", "single", "1"]
+    assert out[3].split()[:3] == ["none", "batched", "2"]
     assert out[3].split()[-1].endswith("/2")
 
 
