@@ -15,6 +15,11 @@ low-level line noise on both tracks. They are split in two: eight "tuning" calls
 no tuning call uses, or a festival voice at a rate no tuning call uses); the held-back calls are
 never used to choose settings.
 
+Five more calls (``DOMAIN_CALLS``: three tuning, two held-back, 18-35 s, no monologue) measure call
+vocabularies: their scripts say their tenant's made-up brand, plan and agent names and jargon,
+and ``corpus.json`` lists each one's ``vocabulary`` and the terms it says (``termsSaid``). They
+were added after the twelve, whose bytes they leave unchanged.
+
 Every call is written like the bundled sample call (``tools/make_sample_call.py``, whose text to
 speech, telephone band-limiting, levelling, mu-law encoder and encoder checks this script uses):
 ``<call id>/inbound.ulaw``, ``outbound.ulaw`` (8 kHz G.711 mu-law, the same length, whole 20 ms
