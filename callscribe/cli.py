@@ -608,6 +608,16 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench_vocabulary(args: argparse.Namespace) -> int:
+    from callscribe.vocabulary_bench import run_vocabulary_bench
+
+    return asyncio.run(
+        run_vocabulary_bench(
+            args.split, paths=args.paths.split(","), style=args.style, json_path=args.json
+        )
+    )
+
+
 def cmd_asr_worker(args: argparse.Namespace) -> int:
     from callscribe.asr.worker import run_worker
     from callscribe.config import AsrWorkerSettings
@@ -628,7 +638,16 @@ def cmd_bench_asr(args: argparse.Namespace) -> int:
     if any(n < 1 for n in batch_sizes) or args.utterances < 1:
         print("batch sizes and --utterances must be at least 1", file=sys.stderr)
         return 2
-    return run_asr_bench(batch_sizes, args.utterances, encoder_context=args.encoder_context)
+    vocabularies = tuple(args.vocabularies.split(","))
+    if not set(vocabularies) <= {"none", "shared", "mixed"}:
+        print("--vocabularies takes none, shared and mixed, comma-separated", file=sys.stderr)
+        return 2
+    return run_asr_bench(
+        batch_sizes,
+        args.utterances,
+        encoder_context=args.encoder_context,
+        vocabularies=vocabularies,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -775,6 +794,33 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--speed", type=_positive, default=1.0, help="times real time")
     quality.add_argument("--json", type=Path, default=None, help="also write the figures here")
     quality.set_defaults(func=cmd_bench_quality)
+    vocabulary = bench_kinds.add_parser(
+        "vocabulary",
+        help="the quality corpus without and with call vocabularies: term recall, WER and "
+        "false insertions, offline and cut as streamed",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    vocabulary.add_argument(
+        "--split",
+        choices=("tuning", "held-back"),
+        default="tuning",
+        help="which calls (choose settings on tuning; measure held-back once)",
+    )
+    vocabulary.add_argument(
+        "--paths",
+        choices=("offline", "streamed", "offline,streamed", "streamed,offline"),
+        default="offline,streamed",
+        help="offline: each turn cut from the script, 30 s window; streamed: cut by the "
+        "endpointer, decoded as the server does",
+    )
+    vocabulary.add_argument(
+        "--style",
+        choices=("glossary", "terms", "sentence"),
+        default=None,
+        help="how the vocabulary is worded for the decoder (default: the engine's)",
+    )
+    vocabulary.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    vocabulary.set_defaults(func=cmd_bench_vocabulary)
 
     worker = commands.add_parser(
         "asr-worker", help="serve Whisper over HTTP, batching utterances from many calls"
@@ -792,6 +838,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_asr.add_argument("--utterances", type=int, default=16, help="utterances per size")
     bench_asr.add_argument(
         "--encoder-context", choices=["trimmed", "full"], help="override the setting"
+    )
+    bench_asr.add_argument(
+        "--vocabularies",
+        default="none",
+        help="comma-separated: none (no call vocabulary), shared (every utterance one "
+        "tenant's), mixed (the corpus's domain vocabularies and none, in turn)",
     )
     bench_asr.set_defaults(func=cmd_bench_asr)
     return parser

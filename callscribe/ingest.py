@@ -308,6 +308,8 @@ class IngestRuntime:
                 "fullWindowRetries": getattr(self.asr, "full_window_retries", 0),
                 # Loops that even the full window gave, cut back to one occurrence.
                 "loopsCut": getattr(self.asr, "loops_cut", 0),
+                # Decodes that only copied their call vocabulary's prompt, done again without.
+                "promptEchoes": getattr(self.asr, "prompt_echoes", 0),
                 # A remote ASR service's workers and what became of the requests sent to them.
                 "remoteWorkers": remote_workers() if remote_workers else None,
                 # Interim results: decoded, published, shed for want of an idle worker.

@@ -61,6 +61,10 @@ class CorpusCall:
     split: str
     call: SampleCall
     voices: dict[str, str]  # track -> voice label
+    # A domain call's vocabulary (its tenant's terms) and how often its script says each of
+    # those it says; empty for the general calls.
+    vocabulary: tuple[str, ...] = ()
+    terms_said: dict[str, int] = field(default_factory=dict)
 
     @property
     def turns(self) -> list[Turn]:
@@ -77,13 +81,25 @@ def _voice_label(speaker: dict[str, Any]) -> str:
     return label
 
 
-def load_corpus(directory: Path | None = None, split: str = "all") -> list[CorpusCall]:
-    """The corpus's calls, those of ``split`` ("tuning", "held-back" or "all")."""
+CALL_KINDS = ("general", "domain", "all")
+
+
+def load_corpus(
+    directory: Path | None = None, split: str = "all", kind: str = "general"
+) -> list[CorpusCall]:
+    """The corpus's calls, those of ``split`` ("tuning", "held-back" or "all") and ``kind``:
+    "general" (the twelve calls without a vocabulary, which the streaming/offline figures and
+    their CI bound are measured on), "domain" (the calls with one, see
+    ``callscribe.vocabulary_bench``) or "all"."""
+    if kind not in CALL_KINDS:
+        raise ValueError(f"kind must be one of {CALL_KINDS}")
     directory = directory or corpus_dir()
     manifest = json.loads((directory / "corpus.json").read_text())
     calls = []
     for entry in manifest["calls"]:
         if split != "all" and entry["split"] != split:
+            continue
+        if kind != "all" and ("vocabulary" in entry) != (kind == "domain"):
             continue
         calls.append(
             CorpusCall(
@@ -94,6 +110,8 @@ def load_corpus(directory: Path | None = None, split: str = "all") -> list[Corpu
                     TRACK_OF_ROLE["agent"]: _voice_label(entry["agent"]),
                     TRACK_OF_ROLE["customer"]: _voice_label(entry["customer"]),
                 },
+                vocabulary=tuple(entry.get("vocabulary", ())),
+                terms_said=dict(entry.get("termsSaid", {})),
             )
         )
     return calls
@@ -201,8 +219,11 @@ def offline_settings(settings: AsrSettings | None = None) -> AsrSettings:
     )
 
 
-def offline_transcripts(engine: Any, corpus_call: CorpusCall) -> list[Transcript]:
-    """Every turn of the call cut generously from its track and transcribed alone."""
+def offline_transcripts(
+    engine: Any, corpus_call: CorpusCall, vocabulary: tuple[str, ...] = ()
+) -> list[Transcript]:
+    """Every turn of the call cut generously from its track and transcribed alone (with
+    ``vocabulary``, if given)."""
     call = corpus_call.call
     pcm = {track: ulaw_to_pcm16(data) for track, data in call.tracks.items()}
     transcripts = []
@@ -210,7 +231,7 @@ def offline_transcripts(engine: Any, corpus_call: CorpusCall) -> list[Transcript
         first = max(0, (turn.start_ms - OFFLINE_BEFORE_MS) * 8)
         last = (turn.end_ms + OFFLINE_AFTER_MS) * 8
         audio = resample_8k_to_16k(pcm[turn.track][first:last]).astype(np.float32)
-        result = engine.transcribe_blocking(AsrRequest(audio, language="en"))
+        result = engine.transcribe_blocking(AsrRequest(audio, language="en", vocabulary=vocabulary))
         transcripts.append(Transcript(turn.track, turn.start_ms, turn.end_ms, result.text))
     return transcripts
 

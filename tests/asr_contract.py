@@ -21,6 +21,7 @@ from callscribe.textnorm import normalize
 from tests.speech import SENTENCES, needs_speech_tools, padded_to, speak
 
 SAMPLE_RATE = 16_000
+VOCABULARY_SENTENCE = "I would like the Kestrel Gold plan for my Zentrova Fibre Max line please."
 
 
 def audio_ms(audio: np.ndarray) -> int:
@@ -43,6 +44,11 @@ class AsrEngineContract:
         audio = [speak(text, directory, f"s{i}") for i, text in enumerate(SENTENCES)]
         longest = max(len(a) for a in audio)
         return [padded_to(a, longest) for a in audio]
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def vocabulary_speech(cls, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+        return speak(VOCABULARY_SENTENCE, Path(tmp_path_factory.mktemp("vocabulary")), "v")
 
     async def test_speech_becomes_its_words_with_the_pipelines_metadata(
         self, engine: AsrEngine, speech: list[np.ndarray]
@@ -99,3 +105,25 @@ class AsrEngineContract:
         # The engine still serves afterwards.
         result = await engine.transcribe(AsrRequest(speech[1], "en"))
         assert close_to(result, SENTENCES[1]), result.text
+
+    async def test_a_vocabulary_brings_its_terms_and_each_request_keeps_its_own(
+        self, engine: AsrEngine, vocabulary_speech: np.ndarray
+    ) -> None:
+        """A made-up plan name Whisper base misspells ("Kestral Gold Plan") is written as the
+        vocabulary spells it; utterances with other vocabularies or none, transcribed at once
+        (one batch on a worker), each get what they get alone."""
+        terms = ("Zentrova Fibre Max", "Kestrel Gold plan", "Siobhan")
+        other = ("Orbit Mobile", "Harbour Insurance")
+        plain = await engine.transcribe(AsrRequest(vocabulary_speech, "en"))
+        biased = await engine.transcribe(AsrRequest(vocabulary_speech, "en", vocabulary=terms))
+        assert "kestrel" not in normalize(plain.text), plain.text
+        assert "kestrel gold plan" in " ".join(normalize(biased.text)), biased.text
+        requests = [
+            AsrRequest(vocabulary_speech, "en", vocabulary=terms),
+            AsrRequest(vocabulary_speech, "en", vocabulary=other),
+            AsrRequest(vocabulary_speech, "en"),
+        ]
+        alone = [(await engine.transcribe(r)).text for r in requests]
+        together = await asyncio.gather(*(engine.transcribe(r) for r in requests))
+        assert [r.text for r in together] == alone
+        assert alone[0] == biased.text and alone[2] == plain.text

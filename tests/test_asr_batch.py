@@ -134,7 +134,22 @@ def test_bench_rows_cover_single_and_each_batch_size(asr_engine: FasterWhisperEn
         assert 0 < row.latency_mean_ms <= row.latency_max_ms
         assert row.real_time_factor > 0 and row.utterances_per_s > 0
     table = format_table(rows).splitlines()
-    assert len(table) == 4 and table[0].split()[:2] == ["mode", "batch"]
+    assert len(table) == 4 and table[0].split()[:3] == ["vocabulary", "mode", "batch"]
+
+
+def test_bench_rows_with_mixed_vocabularies_decode_as_alone(
+    asr_engine: FasterWhisperEngine,
+) -> None:
+    """Every utterance of a batch with another tenant's vocabulary (or none): the batch decodes
+    in one group per prompt length and each text is its single decode's."""
+    rows = bench_rows(asr_engine, [4], 4, ("mixed",))
+    assert [(r.vocabulary, r.mode, r.batch_size) for r in rows] == [
+        ("mixed", "single", 1),
+        ("mixed", "batched", 4),
+    ]
+    assert rows[1].same_as_single == 4
+    assert rows[1].groups_per_batch > 1
+    assert "mixed" in format_table(rows)
 
 
 def test_word_error_rate() -> None:
@@ -147,12 +162,13 @@ def test_bench_asr_command(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["bench-asr", "--batch-sizes", "1,x"]) == 2
     assert main(["bench-asr", "--batch-sizes", "0"]) == 2
+    assert main(["bench-asr", "--vocabularies", "none,some"]) == 2
     assert main(["bench-asr", "--batch-sizes", "2", "--utterances", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ASR benchmark: packaged:whisper-base on cpu (int8), encoder context")
     assert len(out) == 4
-    assert out[2].split()[:2] == ["single", "1"]
-    assert out[3].split()[:2] == ["batched", "2"]
+    assert out[2].split()[:3] == ["none", "single", "1"]
+    assert out[3].split()[:3] == ["none", "batched", "2"]
     assert out[3].split()[-1].endswith("/2")
 
 

@@ -237,7 +237,10 @@ async def test_a_full_queue_is_refused_at_once_with_503(
 
 
 async def _post(
-    url: str, body: bytes, content_type: str = "application/octet-stream", **params: str
+    url: str,
+    body: bytes,
+    content_type: str = "application/octet-stream",
+    **params: str | list[str],
 ) -> httpx.Response:
     async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as client:
         return await client.post(
@@ -269,6 +272,30 @@ async def test_malformed_and_oversized_requests_get_clear_errors(
             400,
             "invalid_parameter",
             "wordTimestamps",
+        ),
+        (
+            audio,
+            {"vocabulary": [f"Term {i}" for i in range(101)]},
+            "application/octet-stream",
+            400,
+            "invalid_parameter",
+            "101 vocabulary terms; at most 100",
+        ),
+        (
+            audio,
+            {"vocabulary": ["Kestrel Gold plan", "x" * 65]},
+            "application/octet-stream",
+            400,
+            "invalid_parameter",
+            "65 characters long; at most 64",
+        ),
+        (
+            audio,
+            {"vocabulary": [f"{i:02d}" + "y" * 60 for i in range(40)]},
+            "application/octet-stream",
+            400,
+            "invalid_parameter",
+            "2480 characters; at most 2000",
         ),
         (audio, {}, "audio/wav", 415, "unsupported_media_type", "application/octet-stream"),
         (

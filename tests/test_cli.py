@@ -198,3 +198,5 @@ def test_help_names_defaults_and_environment_settings() -> None:
     assert "(default: 1,2,4)" in bench and "(default: 1500.0)" in bench
     quality = callscribe("bench", "quality", "--help").stdout
     assert "(default: all)" in quality
+    vocabulary = callscribe("bench", "vocabulary", "--help").stdout
+    assert "(default: tuning)" in vocabulary and "(default: offline,streamed)" in vocabulary

@@ -22,6 +22,7 @@ from callscribe.quality_bench import (
     stream_calls,
 )
 from callscribe.testing.simulate import FRAME_BYTES, ReceivedMessage, WebhookReceiver
+from callscribe.vocabulary_bench import tally
 from tests.conftest import RunningServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -91,9 +92,31 @@ async def test_streaming_is_as_accurate_as_offline_on_held_back_voices(
 def test_each_split_scores_against_itself(split: str) -> None:
     """Scoring the script against itself gives no errors, loops or truncations: the corpus's
     texts and turn boundaries are consistent with the scorer (digits, repeats)."""
-    for c in load_corpus(split=split):
+    for c in load_corpus(split=split, kind="all"):
         turns = c.turns
         result = score(
             group(turns, [Transcript(t.track, t.start_ms, t.end_ms, t.text) for t in turns])
         )
         assert (result.errors, result.loops, result.truncations) == (0, [], []), c.id
+
+
+def test_the_domain_calls_say_what_corpus_json_says_and_the_others_do_not() -> None:
+    """Each domain call's reference says the terms ``termsSaid`` lists, as often as it lists,
+    and at least one term of its vocabulary not at all; the general calls say no domain term
+    but "PIN", "on hold" and "direct debit" (so that a term a transcript holds there is a
+    false insertion, counted against its reference)."""
+    domain = load_corpus(kind="domain")
+    assert [c.split for c in domain].count("held-back") == 2 and len(domain) == 5
+    everyday = {"pin", "on hold", "direct debit"}
+    for c in domain:
+        turns = c.turns
+        groups = group(turns, [Transcript(t.track, t.start_ms, t.end_ms, t.text) for t in turns])
+        for term in c.vocabulary:
+            said = tally(groups, [term]).said
+            assert said == c.terms_said.get(term, 0), (c.id, term)
+        assert set(c.terms_said) < set(c.vocabulary), c.id
+    terms = {t for c in domain for t in c.vocabulary if t.lower() not in everyday}
+    for c in load_corpus():
+        turns = c.turns
+        groups = group(turns, [Transcript(t.track, t.start_ms, t.end_ms, t.text) for t in turns])
+        assert tally(groups, sorted(terms)).said == 0, c.id

@@ -15,6 +15,11 @@ low-level line noise on both tracks. They are split in two: eight "tuning" calls
 no tuning call uses, or a festival voice at a rate no tuning call uses); the held-back calls are
 never used to choose settings.
 
+Five more calls (``DOMAIN_CALLS``: three tuning, two held-back, 18-35 s, no monologue) measure call
+vocabularies: their scripts say their tenant's made-up brand, plan and agent names and jargon,
+and ``corpus.json`` lists each one's ``vocabulary`` and the terms it says (``termsSaid``). They
+were added after the twelve, whose bytes they leave unchanged.
+
 Every call is written like the bundled sample call (``tools/make_sample_call.py``, whose text to
 speech, telephone band-limiting, levelling, mu-law encoder and encoder checks this script uses):
 ``<call id>/inbound.ulaw``, ``outbound.ulaw`` (8 kHz G.711 mu-law, the same length, whole 20 ms
@@ -83,7 +88,7 @@ GAPS_MS = {
     "pause": (250, 600),  # the same speaker goes on after a pause (monologue)
 }
 
-MAX_CORPUS_BYTES = 8_000_000  # everything written
+MAX_CORPUS_BYTES = 11_000_000  # everything written
 
 REQUIRED_TOOLS = {
     "sox": "sox",
@@ -120,6 +125,10 @@ class Call:
     customer: Voice
     noise: tuple[str, float] | None  # (sox noise type, RMS dBFS) on both tracks
     script: str  # one line per segment, see parse_script
+    # A domain call's vocabulary: the tenant's product, plan and agent names and jargon, as the
+    # call would be given them. Most are said in the script; at least one is not (a tenant's
+    # list is longer than one call). Empty for the general calls.
+    vocabulary: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -437,6 +446,164 @@ CALLS = [
 ]
 
 
+# Domain calls: shorter (18-35 s), no monologue, each with its tenant's vocabulary of made-up
+# brand, product and plan names, agent names Whisper rarely spells right, and jargon ("PIN",
+# "on hold"). Three tuning, two held back; every held-back voice is new to every tuning call,
+# and no tuning call uses a voice of a held-back general call.
+DOMAIN_CALLS = [
+    Call(
+        "q13-slt-usm2",
+        "tuning",
+        "ZF5520931",
+        "RE512209384411",
+        festival("cmu_us_slt_arctic_hts", 1.0, -20),
+        espeak("en-us+m2", 160, 50, -21),
+        None,
+        """
+        A: Zentrova Fibre Max support, this is Siobhan.
+        C: Hi. My Nimbus Hub keeps losing the connection.
+        A~: Sorry about that. Can you tell me your account PIN?
+        C!: Four two seven one.
+        A: Thank you. I will put you on hold while I test the line.
+        C~: Okay.
+        A: Thanks for holding. I have reset your Nimbus Hub from here.
+        C: Will I keep my Zentrova Fibre Max speed?
+        A~: Yes, you will.
+        C: Great. Thank you, Siobhan.
+        """,
+        ("Zentrova Fibre Max", "Nimbus Hub", "Siobhan", "PIN", "on hold", "Velocity Boost"),
+    ),
+    Call(
+        "q14-gbf3-kal",
+        "tuning",
+        "KM88120457",
+        "AGT-61203",
+        espeak("en-gb+f3", 150, 55, -18),
+        festival("kal_diphone", 1.0, -24),
+        ("pinknoise", -56),
+        """
+        A: Kestrel Mobile, you are through to Aoife.
+        C: Hi. I want to move from the Kestrel Silver plan to the Kestrel Gold plan.
+        A: Of course. What is your account PIN?
+        C!: Nine three zero eight.
+        A: Thank you. The Kestrel Gold plan includes a roaming pass for Europe.
+        C~: Lovely.
+        A: It starts tomorrow. Can I put you on hold for a moment?
+        C~: Sure.
+        A: Done. Is there anything else today?
+        C: No, thanks Aoife.
+        """,
+        (
+            "Kestrel Gold plan",
+            "Kestrel Silver plan",
+            "Aoife",
+            "PIN",
+            "on hold",
+            "roaming pass",
+            "Quillon Secure",
+        ),
+    ),
+    Call(
+        "q15-kal-rpm3",
+        "tuning",
+        "BW30718842",
+        "RE660193021187",
+        festival("kal_diphone", 0.95, -22),
+        espeak("en-gb-x-rp+m3", 155, 45, -20),
+        None,
+        """
+        A: Brightwater Energy, Niamh speaking.
+        C: Hello. I would like to switch to the Ember Saver tariff.
+        A~: Sure. Do you have a smart meter?
+        C: Yes, it was fitted last spring.
+        A: Then the Ember Saver tariff is cheaper at night, and your direct debit will drop.
+        C~: Perfect.
+        A: Shall I also add Voltaic Green for renewable power?
+        C: No, thank you.
+        A: All done. Your new tariff starts on Monday.
+        C: Thank you, Niamh.
+        """,
+        (
+            "Brightwater Energy",
+            "Ember Saver tariff",
+            "Niamh",
+            "smart meter",
+            "Voltaic Green",
+            "direct debit",
+            "Helio Flex",
+        ),
+    ),
+    Call(
+        "q16-ked-nycm2",
+        "held-back",
+        "CV41190362",
+        "RE273366019254",
+        festival("ked_diphone", 0.95, -21),
+        espeak("en-us-nyc+m2", 165, 45, -19),
+        None,
+        """
+        A: Corvane Insurance, this is Tadhg.
+        C: Hi. I want to upgrade to Harrier Premium cover.
+        A: Happy to help. Please confirm your security PIN.
+        C!: Six one five two.
+        A: Thanks. Harrier Premium cover lowers your excess to one hundred pounds.
+        C~: And my no claims bonus?
+        A: Your no claims bonus stays the same.
+        C~: Great.
+        A: I will put you on hold to confirm the price.
+        C: Okay, thank you Tadhg.
+        """,
+        (
+            "Corvane Insurance",
+            "Harrier Premium cover",
+            "Tadhg",
+            "PIN",
+            "on hold",
+            "no claims bonus",
+            "Solent Saver",
+        ),
+    ),
+    Call(
+        "q17-wmdm4-slt",
+        "held-back",
+        "LT70025518",
+        "AGT-90417",
+        espeak("en-gb-x-gbcwmd+m4", 150, 45, -22),
+        festival("cmu_us_slt_arctic_hts", 1.15, -19),
+        ("brownnoise", -54),
+        """
+        A: Lumora Travel, Eilidh speaking.
+        C: Hello. I booked a Skyline Flex fare to Lisbon.
+        A: Thank you. What is your booking PIN?
+        C!: Two eight eight four.
+        A: I see it. The Skyline Flex fare lets you change the date for free.
+        C~: Great. Can I use the Azurine lounge?
+        A: Yes, the Azurine lounge is included.
+        C~: Brilliant.
+        A: Please stay on hold while I send the new ticket.
+        C: Thank you, Eilidh.
+        """,
+        (
+            "Lumora Travel",
+            "Skyline Flex fare",
+            "Eilidh",
+            "PIN",
+            "on hold",
+            "Azurine lounge",
+            "Kinvara Club",
+        ),
+    ),
+]
+ALL_CALLS = CALLS + DOMAIN_CALLS
+
+
+def said(term: str, text: str) -> int:
+    """How many times the script text says the term (its words in a row, any case)."""
+    words = re.findall(r"[a-z']+", text.lower())
+    run = re.findall(r"[a-z']+", term.lower())
+    return sum(words[i : i + len(run)] == run for i in range(len(words) - len(run) + 1))
+
+
 def parse_script(script: str) -> list[Line]:
     """Script lines as Line objects; an indented line continues the one above."""
     entries: list[list[str]] = []
@@ -613,8 +780,14 @@ def validate_call(
     encoded: dict[str, bytes],
 ) -> list[str]:
     problems: list[str] = []
-    if not 30_000 <= duration_ms <= 45_000:
-        problems.append(f"call lasts {duration_ms} ms, outside 30-45 s")
+    shortest, longest = (18_000, 35_000) if call.vocabulary else (30_000, 45_000)
+    if not shortest <= duration_ms <= longest:
+        problems.append(f"call lasts {duration_ms} ms, outside {shortest}-{longest} ms")
+    if call.vocabulary:
+        script = " ".join(line.text for line in lines)
+        spoken = [t for t in call.vocabulary if said(t, script)]
+        if len(spoken) < 4 or len(spoken) == len(call.vocabulary):
+            problems.append("a domain call says fewer than four of its terms, or all of them")
     lengths = {len(data) for data in encoded.values()}
     if len(lengths) != 1 or lengths.pop() % FRAME:
         problems.append("tracks differ in length or are not whole 20 ms frames")
@@ -693,23 +866,26 @@ def monologues(segments: list[dict], lines: list[Line]) -> list[list[dict]]:
 
 def validate_corpus(entries: list[dict], timelines: list[dict], size: int) -> list[str]:
     problems = []
-    splits = [e["split"] for e in entries]
+    splits = [e["split"] for e in entries if "vocabulary" not in e]
     if (splits.count("tuning"), splits.count("held-back")) != (8, 4):
-        problems.append("not 8 tuning and 4 held-back calls")
+        problems.append("not 8 tuning and 4 held-back general calls")
+    domain_splits = [e["split"] for e in entries if "vocabulary" in e]
+    if (domain_splits.count("tuning"), domain_splits.count("held-back")) != (3, 2):
+        problems.append("not 3 tuning and 2 held-back domain calls")
     ids = [e["id"] for e in entries]
     people = [t["customerId"] for t in timelines] + [t["agentId"] for t in timelines]
     if len(set(ids)) != len(ids) or len(set(people)) != len(people):
         problems.append("call, customer or agent ids repeat")
     # a held-back voice is new to tuning: an espeak-ng voice+variant no tuning call uses, or a
     # festival voice at a rate no tuning call uses
-    tuning = [v for c in CALLS if c.split == "tuning" for v in (c.agent, c.customer)]
-    for c in CALLS:
+    tuning = [v for c in ALL_CALLS if c.split == "tuning" for v in (c.agent, c.customer)]
+    for c in ALL_CALLS:
         if c.split == "held-back":
             for v in (c.agent, c.customer):
                 seen = {t.name if v.engine == "espeak-ng" else (t.name, t.rate) for t in tuning}
                 if (v.name if v.engine == "espeak-ng" else (v.name, v.rate)) in seen:
                     problems.append(f"{c.id}: {v.name} at {v.rate} is also used in tuning")
-    for c in CALLS:
+    for c in ALL_CALLS:
         for v in (c.agent, c.customer):
             in_range = 0.85 <= v.rate <= 1.2 if v.engine == "festival" else 130 <= v.rate <= 195
             if not in_range or not -30 <= v.level_dbfs <= -13:
@@ -831,6 +1007,10 @@ def make_call(call: Call) -> tuple[dict[str, bytes], dict, dict]:
         "durationMs": duration_ms,
         "turns": turns(segments),
     }
+    if call.vocabulary:
+        script = " ".join(line.text for line in lines)
+        entry["vocabulary"] = list(call.vocabulary)
+        entry["termsSaid"] = {t: said(t, script) for t in call.vocabulary if said(t, script)}
     print(
         f"  {duration_ms} ms, {entry['turns']} turns, {len(segments)} segments; active speech "
         f"agent {levels['agent']} dBFS (target {call.agent.level_dbfs}), customer "
@@ -851,9 +1031,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_tools()
 
-    made = [make_call(call) for call in CALLS]
+    made = [make_call(call) for call in ALL_CALLS]
     files: dict[Path, bytes] = {}
-    for call, (encoded, timeline, _) in zip(CALLS, made, strict=True):
+    for call, (encoded, timeline, _) in zip(ALL_CALLS, made, strict=True):
         for name, data in encoded.items():
             files[Path(call.id) / f"{name}.ulaw"] = data
         files[Path(call.id) / "timeline.json"] = (json.dumps(timeline, indent=2) + "\n").encode()
@@ -867,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, data in files.items():
         (args.out / path).parent.mkdir(parents=True, exist_ok=True)
         (args.out / path).write_bytes(data)
-    print(f"wrote {args.out}: {len(CALLS)} calls, {len(files)} files, {size} bytes")
+    print(f"wrote {args.out}: {len(ALL_CALLS)} calls, {len(files)} files, {size} bytes")
     return 0
 
 

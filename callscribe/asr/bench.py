@@ -12,10 +12,17 @@ in batches of each requested size with ``transcribe_batch`` (what the ASR worker
 - throughput: utterances per second, and the real-time factor (processing / audio seconds);
 - accuracy: word error rate against the call's script, and how many texts equal the single
   decode's.
+
+``vocabularies`` measures what call vocabularies cost (``AsrRequest.vocabulary``): "none"
+(no utterance has one), "shared" (every utterance the same one: the calls of one tenant) and
+"mixed" (the utterances take the quality corpus's domain vocabularies and none in turn, as
+calls of several tenants do). A batch decodes in one group per prompt length
+(``FasterWhisperEngine._decode_together``); the "groups" column is their mean per batch.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -49,6 +56,8 @@ class BenchRow:
     latency_max_ms: float
     word_error_rate: float
     same_as_single: int
+    vocabulary: str = "none"
+    groups_per_batch: float = 1.0
 
     @property
     def compute_ms_per_utterance(self) -> float:
@@ -88,12 +97,44 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return errors / total if total else 0.0
 
 
+VOCABULARY_MODES = ("none", "shared", "mixed")
+
+
+def corpus_vocabularies() -> list[tuple[str, ...]]:
+    """The quality corpus's domain calls' vocabularies (``corpus.json``)."""
+    from callscribe.quality_bench import corpus_dir
+
+    manifest = json.loads((corpus_dir() / "corpus.json").read_text())
+    return [tuple(c["vocabulary"]) for c in manifest["calls"] if "vocabulary" in c]
+
+
+def vocabularies_for(mode: str, count: int) -> list[tuple[str, ...]]:
+    """Each utterance's vocabulary in a ``VOCABULARY_MODES`` mode."""
+    if mode == "none":
+        return [()] * count
+    known = corpus_vocabularies()
+    if mode == "shared":
+        return [known[0]] * count
+    cycle = [*known, ()]
+    return [cycle[i % len(cycle)] for i in range(count)]
+
+
 def measure(
-    engine, utterances: list[Utterance], batch_size: int | None, single_texts: list[str] | None
-) -> tuple[BenchRow, list[str]]:  # type: ignore[no-untyped-def]
-    """Transcribe every utterance alone (``batch_size=None``) or in batches of ``batch_size``."""
-    requests = [AsrRequest(u.audio, language="en") for u in utterances]
+    engine,  # type: ignore[no-untyped-def]
+    utterances: list[Utterance],
+    batch_size: int | None,
+    single_texts: list[str] | None,
+    vocabulary: str = "none",
+) -> tuple[BenchRow, list[str]]:
+    """Transcribe every utterance alone (``batch_size=None``) or in batches of ``batch_size``,
+    each with its vocabulary in the ``vocabulary`` mode."""
+    vocabularies = vocabularies_for(vocabulary, len(utterances))
+    requests = [
+        AsrRequest(u.audio, language="en", vocabulary=v)
+        for u, v in zip(utterances, vocabularies, strict=True)
+    ]
     size = batch_size or 1
+    groups_before = getattr(engine, "prompt_groups", 0)
     results: list[AsrResult] = []
     latencies_ms: list[float] = []
     started = time.perf_counter()
@@ -106,6 +147,8 @@ def measure(
             results.extend(engine.transcribe_batch(chunk))
         latencies_ms.extend([(time.perf_counter() - batch_started) * 1000] * len(chunk))
     wall_s = time.perf_counter() - started
+    batches = -(-len(requests) // size)
+    groups = getattr(engine, "prompt_groups", 0) - groups_before
     texts = [r.text for r in results]
     row = BenchRow(
         mode="single" if batch_size is None else "batched",
@@ -117,31 +160,41 @@ def measure(
         latency_max_ms=float(np.max(latencies_ms)),
         word_error_rate=word_error_rate([u.script for u in utterances], texts),
         same_as_single=sum(a == b for a, b in zip(texts, single_texts or texts, strict=True)),
+        vocabulary=vocabulary,
+        groups_per_batch=groups / batches if batch_size is not None else 1.0,
     )
     return row, texts
 
 
-def bench_rows(engine, batch_sizes: list[int], count: int) -> list[BenchRow]:  # type: ignore[no-untyped-def]
+def bench_rows(
+    engine,  # type: ignore[no-untyped-def]
+    batch_sizes: list[int],
+    count: int,
+    vocabularies: tuple[str, ...] = ("none",),
+) -> list[BenchRow]:
     utterances = sample_utterances(count)
     # Warm-up: the first inference of each shape pays for allocations.
     engine.transcribe_batch([AsrRequest(utterances[0].audio, language="en")])
-    single, single_texts = measure(engine, utterances, None, None)
-    rows = [single]
-    for size in batch_sizes:
-        rows.append(measure(engine, utterances, size, single_texts)[0])
+    rows = []
+    for vocabulary in vocabularies:
+        single, single_texts = measure(engine, utterances, None, None, vocabulary)
+        rows.append(single)
+        for size in batch_sizes:
+            rows.append(measure(engine, utterances, size, single_texts, vocabulary)[0])
     return rows
 
 
 def format_table(rows: list[BenchRow]) -> str:
     lines = [
         (
-            f"{'mode':<8} {'batch':>5} {'latency mean ms':>15} {'latency max ms':>14} "
+            f"{'vocabulary':<10} {'mode':<8} {'batch':>5} {'groups':>6} {'latency mean ms':>15} {'latency max ms':>14} "
             f"{'compute ms/utt':>14} {'utt/s':>7} {'RTF':>7} {'WER':>6} {'same as single':>14}"
         )
     ]
     for row in rows:
         lines.append(
-            f"{row.mode:<8} {row.batch_size:>5} {row.latency_mean_ms:>15.0f} "
+            f"{row.vocabulary:<10} {row.mode:<8} {row.batch_size:>5} "
+            f"{row.groups_per_batch:>6.2f} {row.latency_mean_ms:>15.0f} "
             f"{row.latency_max_ms:>14.0f} {row.compute_ms_per_utterance:>14.0f} "
             f"{row.utterances_per_s:>7.2f} {row.real_time_factor:>7.3f} "
             f"{row.word_error_rate:>6.3f} {row.same_as_single:>9}/{row.utterances}"
@@ -149,14 +202,19 @@ def format_table(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
-def run_asr_bench(batch_sizes: list[int], count: int, encoder_context: str | None = None) -> int:
+def run_asr_bench(
+    batch_sizes: list[int],
+    count: int,
+    encoder_context: str | None = None,
+    vocabularies: tuple[str, ...] = ("none",),
+) -> int:
     from callscribe.asr.whisper import FasterWhisperEngine
 
     settings = AsrSettings()
     if encoder_context is not None:
         settings = settings.model_copy(update={"encoder_context": encoder_context})
     engine = FasterWhisperEngine(settings)
-    rows = bench_rows(engine, batch_sizes, count)
+    rows = bench_rows(engine, batch_sizes, count, vocabularies)
     audio_s = rows[0].audio_s
     print(
         f"ASR benchmark: {settings.model} on {settings.device} ({settings.compute_type}), "

@@ -1,7 +1,8 @@
 """``RemoteAsrEngine``: the ``AsrEngine`` port as a client of the ASR worker service
 (``callscribe.asr.worker``), which is how gateway tasks reach the GPU workers in AWS.
 
-Each utterance is one ``POST /v1/transcribe`` carrying 16-bit little-endian PCM at 16 kHz.
+Each utterance is one ``POST /v1/transcribe`` carrying 16-bit little-endian PCM at 16 kHz,
+and its vocabulary as repeated ``vocabulary`` query parameters.
 
 In AWS the URL's host is a Cloud Map name with one A record per worker task. A connection kept
 alive to whichever address the name gave first would tie a gateway to one worker, so the engine
@@ -47,6 +48,7 @@ from callscribe.asr.base import (
     AsrUnavailableError,
     AsrWord,
 )
+from callscribe.asr.vocabulary import within_bounds
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ MAX_PASS_OVER_S = 30.0
 # a DNS refresh or two; until then it costs at most one failed attempt this often.
 UNANSWERED_PASS_OVER_S = 5.0
 
+# Query parameters of one request: ``vocabulary`` is repeated, one term each.
+_Query = dict[str, str | list[str]]
+
 # A host name -> its addresses. Blocking: the engine calls it in a thread.
 Resolver = Callable[[str], list[str]]
 
@@ -71,6 +76,18 @@ def resolve_addresses(host: str) -> list[str]:
     """Every address the system resolver gives for ``host``, in its order, without repeats."""
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _query(request: AsrRequest, *, word_timestamps: bool) -> _Query:
+    """The request's parameters; its vocabulary as the leading terms the worker accepts (one
+    ``vocabulary`` parameter each), since the worker refuses a request beyond the bounds."""
+    params: _Query = {"wordTimestamps": "true" if word_timestamps else "false"}
+    if request.language:
+        params["language"] = request.language
+    vocabulary = within_bounds(request.vocabulary)
+    if vocabulary:
+        params["vocabulary"] = list(vocabulary)
+    return params
 
 
 def pcm16_bytes(audio: np.ndarray) -> bytes:
@@ -180,9 +197,7 @@ class RemoteAsrEngine:
         )
 
     async def transcribe(self, request: AsrRequest) -> AsrResult:
-        params = {"wordTimestamps": "true" if request.word_timestamps else "false"}
-        if request.language:
-            params["language"] = request.language
+        params = _query(request, word_timestamps=request.word_timestamps)
         body = pcm16_bytes(request.audio)
         started = time.monotonic()
         workers = await self._current_workers()
@@ -223,9 +238,8 @@ class RemoteAsrEngine:
             self.stats.interims_shed += 1
             return None
         worker = self._random.choice(idle)
-        params = {"wordTimestamps": "false", "interim": "true"}
-        if request.language:
-            params["language"] = request.language
+        params = _query(request, word_timestamps=False)
+        params["interim"] = "true"
         self.stats.interims += 1
         worker.outstanding += 1
         decoding = asyncio.get_running_loop().create_task(
@@ -235,9 +249,7 @@ class RemoteAsrEngine:
         decoding.add_done_callback(self._interims.discard)
         return decoding
 
-    async def _send_interim(
-        self, worker: _Worker, params: dict[str, str], body: bytes
-    ) -> AsrResult:
+    async def _send_interim(self, worker: _Worker, params: _Query, body: bytes) -> AsrResult:
         try:
             return await self._attempt(worker, params, body)
         except AsrInterimShedError:
@@ -332,14 +344,14 @@ class RemoteAsrEngine:
 
     # ------------------------------------------------------------------ one attempt
 
-    async def _send(self, worker: _Worker, params: dict[str, str], body: bytes) -> AsrResult:
+    async def _send(self, worker: _Worker, params: _Query, body: bytes) -> AsrResult:
         worker.outstanding += 1
         try:
             return await self._attempt(worker, params, body)
         finally:
             worker.outstanding -= 1
 
-    async def _attempt(self, worker: _Worker, params: dict[str, str], body: bytes) -> AsrResult:
+    async def _attempt(self, worker: _Worker, params: _Query, body: bytes) -> AsrResult:
         """One request to ``worker`` (the caller counts it outstanding)."""
         self.stats.requests += 1
         try:

@@ -23,6 +23,13 @@ import numpy as np
 
 from callscribe.asr.base import AsrError, AsrRequest, AsrResult, AsrWord
 from callscribe.asr.models import resolve_model
+from callscribe.asr.vocabulary import (
+    DEFAULT_PROMPT_STYLE,
+    WHISPER_MAX_LENGTH,
+    bounded_prompt,
+    echoes_prompt,
+    prompt_ids,
+)
 from callscribe.config import AsrSettings
 from callscribe.textnorm import loop_free, normalize, repetition_loop, without_loops
 
@@ -125,6 +132,14 @@ class FasterWhisperEngine:
         self.full_window_retries = 0
         # Repetition loops that even the full window gave, cut back to one occurrence.
         self.loops_cut = 0
+        # How a request's vocabulary is worded for the decoder (``callscribe.asr.vocabulary``).
+        self.vocabulary_style = DEFAULT_PROMPT_STYLE
+        # Decodes that copied the vocabulary prompt into their text and were done again
+        # without it.
+        self.prompt_echoes = 0
+        # Decoder groups of batched decodes: one per prompt length in each batch (see
+        # ``_decode_together``), so batches / groups says what mixed vocabularies cost.
+        self.prompt_groups = 0
 
     async def transcribe(self, request: AsrRequest) -> AsrResult:
         # The port reports an utterance it cannot transcribe as AsrError, as the remote engine
@@ -169,9 +184,12 @@ class FasterWhisperEngine:
         if not np.any(request.audio):
             return self._digital_silence(request)
         self._check_languages([request])
-        result = self._transcribe_window(
-            request, self.window_frames(len(request.audio)), rounds=GREEDY_ONLY
-        )
+        frames = self.window_frames(len(request.audio))
+        result = self._transcribe_window(request, frames, rounds=GREEDY_ONLY)
+        if self._echoes_vocabulary(request, result.text):
+            result = self._transcribe_window(
+                replace(request, vocabulary=()), frames, rounds=GREEDY_ONLY
+            )
         # A loop ("and and and") is cut as in a final, but not counted among the finals' cuts.
         text = without_loops(result.text)
         return replace(result, text=text, processing_ms=(time.perf_counter() - started) * 1000)
@@ -240,8 +258,30 @@ class FasterWhisperEngine:
                 result.text[:80],
             )
             result = self._transcribe_window(request, FULL_CONTEXT_FRAMES)
+        if self._echoes_vocabulary(request, result.text):
+            result = self._transcribe_window(replace(request, vocabulary=()), frames)
         result = self._cut_loops(result)
         return replace(result, processing_ms=(time.perf_counter() - started) * 1000)
+
+    def vocabulary_prompt(self, request: AsrRequest) -> str:
+        """The prompt text that carries ``request.vocabulary`` to the decoder, bounded
+        (``callscribe.asr.vocabulary``); "" for none."""
+        if not request.vocabulary:
+            return ""
+        return bounded_prompt(
+            self._tokenizer(request.language or "en"),
+            request.vocabulary,
+            self.vocabulary_style,
+        )
+
+    def _echoes_vocabulary(self, request: AsrRequest, text: str) -> bool:
+        """Whether a decode copied its vocabulary prompt (Whisper's way of filling a window
+        it hears nothing in): then it is done again without the vocabulary, counted."""
+        if not request.vocabulary or not echoes_prompt(text, request.vocabulary):
+            return False
+        self.prompt_echoes += 1
+        log.info("a decode copied its vocabulary prompt, decoding without: %r", text[:120])
+        return True
 
     def _cut_loops(self, result: AsrResult) -> AsrResult:
         """A loop that no window avoided is cut back to one occurrence of its phrase (and its
@@ -295,6 +335,19 @@ class FasterWhisperEngine:
         ``_decoding_rounds``)."""
         self._model._context.frames = frames
         audio = self._padded(request.audio, frames)
+        hotwords = self.vocabulary_prompt(request)
+        # faster-whisper refuses a prompt plus token bound longer than Whisper's context;
+        # only an utterance over 30 s with a long vocabulary comes near it.
+        prompt_length = len(
+            prompt_ids(
+                self._tokenizer(request.language or "en"),
+                hotwords,
+                without_timestamps=not request.word_timestamps,
+            )
+        )
+        max_new_tokens = min(
+            _max_new_tokens(len(request.audio)), WHISPER_MAX_LENGTH - prompt_length
+        )
         tried: list[tuple[_Decode, list[Any], Any]] = []  # with faster-whisper's TranscriptionInfo
         for beam_size, temperature in rounds or self._decoding_rounds():
             segments, info = self._model.transcribe(
@@ -309,7 +362,10 @@ class FasterWhisperEngine:
                 no_speech_threshold=self.settings.no_speech_threshold,
                 log_prob_threshold=self.settings.log_prob_threshold,
                 temperature=[temperature],
-                max_new_tokens=_max_new_tokens(len(request.audio)),
+                max_new_tokens=max_new_tokens,
+                # The same prompt on every 30 s window of a longer utterance (an
+                # initial_prompt would reach the first window only).
+                hotwords=hotwords or None,
             )
             decoded = list(segments)  # lazily decoded: the thread-local context applies here
             quality = _Decode(
@@ -446,6 +502,16 @@ class FasterWhisperEngine:
                 )
                 for i, text in zip(again, redone, strict=True):
                     texts[i] = text
+        echoed = [
+            i
+            for i, (request, (text, _)) in enumerate(zip(requests, texts, strict=True))
+            if self._echoes_vocabulary(request, text)
+        ]
+        if echoed:
+            plain = [replace(requests[i], vocabulary=()) for i in echoed]
+            redone = self._decode_together(plain, self._features(plain, width))
+            for i, text in zip(echoed, redone, strict=True):
+                texts[i] = text
         elapsed_ms = (time.perf_counter() - started) * 1000
         return [
             self._cut_loops(
@@ -462,16 +528,54 @@ class FasterWhisperEngine:
     def _decode_together(
         self, requests: list[AsrRequest], mel: np.ndarray
     ) -> list[tuple[str, str]]:
-        """One encoder call and one ``generate`` call (per temperature round) for the batch:
-        each request's (text, language)."""
+        """Each request's (text, language), decoded from its own prompt, as faster-whisper
+        builds it for a single decode (``get_prompt``): its vocabulary's text after
+        <|startofprev|> if it has one, then the start-of-transcript sequence.
+
+        CTranslate2 decodes a batch only when <|startoftranscript|> sits at the same position
+        in every prompt, so the requests are decoded in groups of one prompt length (one
+        encoder call and one ``generate`` call per round and group): requests without a
+        vocabulary form one group, and so do those of one tenant's vocabulary. Padding the
+        shorter prompts instead would change what each decodes."""
+        tokenizers = [self._tokenizer(request.language or "en") for request in requests]
+        prompts = [
+            prompt_ids(tokenizer, self.vocabulary_prompt(request))
+            for tokenizer, request in zip(tokenizers, requests, strict=True)
+        ]
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(len(prompt), []).append(i)
+        results: list[tuple[str, str]] = [("", "")] * len(requests)
+        for members in groups.values():
+            decoded = self._decode_group(
+                [requests[i] for i in members],
+                mel[members] if len(members) < len(requests) else mel,
+                [prompts[i] for i in members],
+                [tokenizers[i] for i in members],
+            )
+            for i, result in zip(members, decoded, strict=True):
+                results[i] = result
+        self.prompt_groups += len(groups)
+        return results
+
+    def _decode_group(
+        self,
+        requests: list[AsrRequest],
+        mel: np.ndarray,
+        prompts: list[list[int]],
+        tokenizers: list[Any],
+    ) -> list[tuple[str, str]]:
+        """One encoder call and one ``generate`` call (per temperature round) for requests
+        whose prompts have one length: each request's (text, language)."""
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        tokenizers = [self._tokenizer(request.language or "en") for request in requests]
-        prompts = [[*t.sot_sequence, t.no_timestamps] for t in tokenizers]
-        token_caps = [_max_new_tokens(len(request.audio)) for request in requests]
-        # One max_length for the whole batch: the longest utterance's bound. Shorter ones are
+        token_caps = [
+            min(_max_new_tokens(len(request.audio)), WHISPER_MAX_LENGTH - len(prompt))
+            for request, prompt in zip(requests, prompts, strict=True)
+        ]
+        # One max_length for the whole group: the longest utterance's bound. Shorter ones are
         # cut back to their own bound afterwards, so their text is what a single decode gives.
-        max_length = max(len(p) for p in prompts) + max(token_caps)
+        max_length = min(WHISPER_MAX_LENGTH, len(prompts[0]) + max(token_caps))
         suppress_tokens = list(get_suppressed_tokens(tokenizers[0], [-1]))
 
         decodes: list[list[_Decode]] = [[] for _ in requests]

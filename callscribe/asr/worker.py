@@ -4,7 +4,10 @@ from many calls at once. In AWS it runs on GPU instances; gateways reach it thro
 
 ``POST /v1/transcribe`` takes one utterance as raw 16-bit little-endian PCM at 16 kHz
 (``Content-Type: application/octet-stream``) with query parameters ``language`` (ISO 639-1,
-optional: detected when absent), ``wordTimestamps`` (bool) and ``interim`` (bool), and answers
+optional: detected when absent), ``wordTimestamps`` (bool), ``interim`` (bool) and
+``vocabulary`` (repeated, one domain term each: product, plan and agent names the decoder is
+biased towards; at most ``MAX_TERMS`` terms of ``MAX_TERM_CHARS`` characters,
+``MAX_VOCABULARY_CHARS`` in all, see ``callscribe.asr.vocabulary``), and answers
 ``{"text", "words": [{"text", "startMs", "endMs", "confidence"}], "language", "audioMs",
 "processingMs", "queueMs", "batchSize"}``. ``processingMs`` is the time the batch carrying
 the utterance took, ``queueMs`` the time it waited for that batch to start.
@@ -40,6 +43,13 @@ from callscribe.asr.batching import (
     DynamicBatcher,
     InterimShedError,
     QueueFullError,
+)
+from callscribe.asr.vocabulary import (
+    MAX_TERM_CHARS,
+    MAX_TERMS,
+    MAX_VOCABULARY_CHARS,
+    VocabularyError,
+    checked,
 )
 from callscribe.aws.adapters.task_metrics import Sample
 from callscribe.config import AsrWorkerSettings
@@ -158,6 +168,19 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
                     "description": "an interim result: greedy only, and refused with 503 "
                     "interim_shed unless it can start without delaying a final",
                 },
+                {
+                    "name": "vocabulary",
+                    "in": "query",
+                    "schema": {
+                        "type": "array",
+                        "items": {"type": "string", "maxLength": MAX_TERM_CHARS},
+                        "maxItems": MAX_TERMS,
+                    },
+                    "style": "form",
+                    "explode": True,
+                    "description": "domain terms the speaker may say, one per parameter; "
+                    f"at most {MAX_VOCABULARY_CHARS} characters in all",
+                },
             ],
         },
     )
@@ -194,6 +217,10 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
         if interim_text not in _TRUE | _FALSE:
             return _error(400, "invalid_parameter", "interim must be true or false")
         interim = interim_text in _TRUE
+        try:
+            vocabulary = checked(request.query_params.getlist("vocabulary"))
+        except VocabularyError as exc:
+            return _error(400, "invalid_parameter", str(exc))
         if not body:
             return _error(400, "invalid_audio", "the body is empty: send at least one sample")
         if len(body) % 2:
@@ -210,6 +237,7 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
             # An interim's text is replaced by its final's: no word timings for it.
             word_timestamps=word_timestamps_text in _TRUE and not interim,
             interim=interim,
+            vocabulary=vocabulary,
         )
         try:
             if interim:
