@@ -12,7 +12,6 @@ import pytest
 
 from callscribe.asr.base import AsrRequest
 from callscribe.asr.vocabulary import (
-    MAX_TERMS,
     PROMPT_TOKEN_BUDGET,
     VocabularyError,
     bounded_prompt,
@@ -22,24 +21,33 @@ from callscribe.asr.vocabulary import (
     within_bounds,
 )
 from callscribe.asr.whisper import FasterWhisperEngine
+from callscribe.vocabulary import MAX_TERM_CHARS, MAX_TERMS
 from tests.speech import needs_speech_tools, speak
 
 TERMS = ("Zentrova Fibre Max", "Kestrel Gold plan", "Siobhan", "PIN")
 
 
 def test_terms_are_cleaned_and_bounded() -> None:
-    assert checked(["  Kestrel  Gold plan ", "", "kestrel gold plan", "PIN"]) == (
+    assert checked(["  Kestrel Gold plan ", "kestrel gold plan", "PIN"]) == (
         "Kestrel Gold plan",
         "PIN",
     )
-    with pytest.raises(VocabularyError, match="at most 100"):
+    # The worker's bounds are the API's (``callscribe.vocabulary``).
+    with pytest.raises(VocabularyError, match=f"at most {MAX_TERMS}"):
         checked([f"term {i}" for i in range(MAX_TERMS + 1)])
-    with pytest.raises(VocabularyError, match="at most 64"):
-        checked(["x" * 65])
-    # What a client sends: the leading terms within the bounds, too-long ones left out.
-    assert within_bounds(["x" * 65, "PIN"]) == ("PIN",)
+    with pytest.raises(VocabularyError, match=f"at most {MAX_TERM_CHARS}"):
+        checked(["x" * (MAX_TERM_CHARS + 1)])
+    with pytest.raises(VocabularyError, match="empty"):
+        checked(["PIN", " "])
+    with pytest.raises(VocabularyError, match="printable"):
+        checked(["two\nlines"])
+    # What a client sends: the terms within the bounds, too-long ones left out.
+    too_long = "x" * (MAX_TERM_CHARS + 1)
+    assert within_bounds([too_long, "PIN"]) == ("PIN",)
     assert len(within_bounds([f"term {i}" for i in range(500)])) == MAX_TERMS
-    assert checked(within_bounds(["y" * 60] * 40)) == ("y" * 60,)
+    assert checked(within_bounds([f"{i:02d}" + "y" * 45 for i in range(40)])) == tuple(
+        f"{i:02d}" + "y" * 45 for i in range(10)
+    )
 
 
 def test_the_prompt_is_faster_whispers_own(asr_engine: FasterWhisperEngine) -> None:

@@ -23,18 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-# The bounds of a vocabulary the engines take (the remote worker answers 400 beyond them). A
-# prompt is decoder context: each token costs a little on every decode, and a long one pushes
-# the model towards copying it. Whisper itself stops at 223 prompt tokens.
-MAX_TERMS = 100
-MAX_TERM_CHARS = 64
-# All terms together. More than any prompt of PROMPT_TOKEN_BUDGET tokens holds, and small
-# enough that the worst case (every character percent-encoded UTF-8) still fits an HTTP
-# request line, where the remote worker takes the terms.
-MAX_VOCABULARY_CHARS = 2000
+from callscribe.vocabulary import merge_vocabulary, vocabulary_terms
+
 # The prompt's tokens at most (about 40 short terms): the terms that do not fit are left out,
 # whole, from the end of the list. Also keeps prompt + the longest utterance's token bound
-# (256 for 30 s) inside Whisper's 448-token context.
+# (256 for 30 s) inside Whisper's 448-token context. A vocabulary within the domain's bounds
+# (``callscribe.vocabulary``: 500 characters) is about 150 tokens, so it is rarely cut.
 PROMPT_TOKEN_BUDGET = 160
 # Whisper's decoder context (``max_length`` of every Whisper model).
 WHISPER_MAX_LENGTH = 448
@@ -44,48 +38,23 @@ DEFAULT_PROMPT_STYLE = "glossary"
 
 
 class VocabularyError(ValueError):
-    """A vocabulary outside the bounds above, or a term that is not one line of text."""
+    """A vocabulary outside the domain's bounds, or a term that is not one line of text."""
 
 
 def checked(terms: Iterable[str]) -> tuple[str, ...]:
-    """The terms, stripped and without blanks or repeats (first kept), once they are within
-    the bounds; ``VocabularyError`` otherwise."""
-    kept: list[str] = []
-    seen: set[str] = set()
-    for raw in terms:
-        term = " ".join(str(raw).split())
-        if len(term) > MAX_TERM_CHARS:
-            raise VocabularyError(
-                f"vocabulary term {term[:20]!r}… is {len(term)} characters long; "
-                f"at most {MAX_TERM_CHARS}"
-            )
-        if not term or term.casefold() in seen:
-            continue
-        seen.add(term.casefold())
-        kept.append(term)
-    if len(kept) > MAX_TERMS:
-        raise VocabularyError(f"{len(kept)} vocabulary terms; at most {MAX_TERMS}")
-    total = sum(len(term) for term in kept)
-    if total > MAX_VOCABULARY_CHARS:
-        raise VocabularyError(
-            f"the vocabulary terms hold {total} characters; at most {MAX_VOCABULARY_CHARS}"
-        )
-    return tuple(kept)
+    """The terms as the domain checks a call's or a tenant's (``vocabulary_terms``: the same
+    bounds, so what the API accepted a worker accepts too); ``VocabularyError`` otherwise."""
+    try:
+        return vocabulary_terms(terms)
+    except ValueError as exc:
+        raise VocabularyError(f"vocabulary: {exc}") from exc
 
 
 def within_bounds(terms: Iterable[str]) -> tuple[str, ...]:
-    """The leading terms that keep within the bounds (a term too long is left out): what a
-    client sends a worker, which refuses more. The engine's prompt holds fewer anyway."""
-    kept: list[str] = []
-    total = 0
-    for term in terms:
-        if len(term) > MAX_TERM_CHARS or not term.strip():
-            continue
-        if len(kept) == MAX_TERMS or total + len(term) > MAX_VOCABULARY_CHARS:
-            break
-        kept.append(term)
-        total += len(term)
-    return tuple(kept)
+    """The terms that keep within the domain's bounds, in order (a term that is invalid or
+    no longer fits is left out): what a client sends a worker, which refuses more. The
+    pipeline's merged vocabulary is within them already."""
+    return merge_vocabulary((), terms).terms
 
 
 def prompt_text(terms: Sequence[str], style: str = DEFAULT_PROMPT_STYLE) -> str:

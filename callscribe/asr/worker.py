@@ -6,8 +6,8 @@ from many calls at once. In AWS it runs on GPU instances; gateways reach it thro
 (``Content-Type: application/octet-stream``) with query parameters ``language`` (ISO 639-1,
 optional: detected when absent), ``wordTimestamps`` (bool), ``interim`` (bool) and
 ``vocabulary`` (repeated, one domain term each: product, plan and agent names the decoder is
-biased towards; at most ``MAX_TERMS`` terms of ``MAX_TERM_CHARS`` characters,
-``MAX_VOCABULARY_CHARS`` in all, see ``callscribe.asr.vocabulary``), and answers
+biased towards; within the bounds of ``callscribe.vocabulary``, the same as the API's),
+and answers
 ``{"text", "words": [{"text", "startMs", "endMs", "confidence"}], "language", "audioMs",
 "processingMs", "queueMs", "batchSize"}``. ``processingMs`` is the time the batch carrying
 the utterance took, ``queueMs`` the time it waited for that batch to start.
@@ -44,16 +44,12 @@ from callscribe.asr.batching import (
     InterimShedError,
     QueueFullError,
 )
-from callscribe.asr.vocabulary import (
-    MAX_TERM_CHARS,
-    MAX_TERMS,
-    MAX_VOCABULARY_CHARS,
-    VocabularyError,
-    checked,
-)
+from callscribe.asr.vocabulary import VocabularyError, checked
 from callscribe.aws.adapters.task_metrics import Sample
 from callscribe.config import AsrWorkerSettings
 from callscribe.serving import serve_until_stopped
+from callscribe.vocabulary import BOUNDS as VOCABULARY_BOUNDS
+from callscribe.vocabulary import MAX_TERM_CHARS, MAX_TERMS
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +175,7 @@ def create_worker_app(engine: BatchAsrEngine, settings: AsrWorkerSettings) -> Fa
                     "style": "form",
                     "explode": True,
                     "description": "domain terms the speaker may say, one per parameter; "
-                    f"at most {MAX_VOCABULARY_CHARS} characters in all",
+                    f"{VOCABULARY_BOUNDS}",
                 },
             ],
         },
