@@ -33,10 +33,13 @@ class EmfPublisher:
     """Writes samples as one EMF line for ``service`` (the metrics' ``service`` dimension)."""
 
     def __init__(self, service: str, namespace: str = NAMESPACE) -> None:
-        from aws_lambda_powertools import Metrics  # the aws extra: only AWS tasks publish
+        # The aws extra: only AWS tasks publish. Ephemeral: powertools' ``Metrics`` instances
+        # share one set of metrics per process, so a line would carry whatever another part of
+        # the process (a handler run in the same interpreter) added and had not flushed.
+        from aws_lambda_powertools.metrics import EphemeralMetrics
 
         self.service = service
-        self._metrics = Metrics(namespace=namespace, service=service)
+        self._metrics = EphemeralMetrics(namespace=namespace, service=service)
 
     def publish(self, samples: Iterable[Sample]) -> None:
         from aws_lambda_powertools.metrics import MetricUnit
