@@ -14,12 +14,14 @@ import asyncio
 import json
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import httpx
 
 from callscribe.auth import create_api_key
+from callscribe.store.base import TenantVocabulary
 from callscribe.store.sqlite import SqliteStore
 from callscribe.testing.simulate import (
     ApiClient,
@@ -31,6 +33,9 @@ from callscribe.testing.simulate import (
     running_receiver,
     running_server,
 )
+
+# The demo company's own words: its name and the phrases its agents use.
+DEMO_VOCABULARY = ("Acme Streaming", "on hold", "PIN")
 
 
 def _clock(seconds: float) -> str:
@@ -69,8 +74,15 @@ async def run_demo(speed: float = 1.0, keep_data: bool = False) -> int:
             print("• starting callscribe serve (loads Whisper base, int8, CPU) …", flush=True)
             async with running_server(data_dir, receiver.url) as server:
                 print(f"• server ready at {server.base_url}", flush=True)
-                issued = create_api_key(SqliteStore(data_dir / "callscribe.sqlite3"), "demo")
+                store = SqliteStore(data_dir / "callscribe.sqlite3")
+                issued = create_api_key(store, "demo")
                 print(f"• API key created for tenant 'demo': {issued.api_id}", flush=True)
+                # What `callscribe vocabulary set --tenant demo …` keeps: without it Whisper
+                # base writes "Acme's Dreaming", "unhold" and "pen number" on this call.
+                store.put_tenant_vocabulary(
+                    TenantVocabulary("demo", DEMO_VOCABULARY, updated_at=time.time())
+                )
+                print(f"• the tenant's vocabulary: {', '.join(DEMO_VOCABULARY)}", flush=True)
                 # Opened by hand, not by the demo: the IVR prelude leaves time to sign in, and
                 # the page shows what was said before it connected.
                 print(

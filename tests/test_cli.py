@@ -122,6 +122,11 @@ def test_demo_runs_and_reports_transcripts() -> None:
     assert '"transcripts":' in out
     assert "complete=True" in out
     assert "transcripts delivered to the webhook" in out
+    # The tenant's vocabulary reaches the engine: its words come out as the company spells
+    # them (without it: "Acme's Dreaming", "pen number").
+    assert "• the tenant's vocabulary: Acme Streaming, on hold, PIN" in out
+    assert "Acme Streaming" in out.split("• playing the call")[1], out
+    assert "PIN number" in out, out
 
 
 # A user's mistakes get one line that says what is wrong, never a traceback -----------------
