@@ -727,14 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _store_args(set_access)
     set_access.set_defaults(func=cmd_connect_access_set)
-    for name, func, text in (
+    _tenant_commands(
+        access,
         ("show", cmd_connect_access_show, "show a tenant's Amazon Connect access"),
         ("clear", cmd_connect_access_clear, "remove a tenant's Amazon Connect access"),
-    ):
-        command = access.add_parser(name, help=text)
-        command.add_argument("--tenant", required=True)
-        _store_args(command)
-        command.set_defaults(func=func)
+    )
     _siprec_sources_commands(commands)
     _vocabulary_commands(commands)
 
@@ -902,11 +899,18 @@ def _vocabulary_commands(commands: Any) -> None:
     )
     _store_args(setting)
     setting.set_defaults(func=cmd_vocabulary_set)
-    for name, func, text in (
+    _tenant_commands(
+        vocabulary,
         ("show", cmd_vocabulary_show, "the tenant's vocabulary (JSON)"),
         ("clear", cmd_vocabulary_clear, "remove the tenant's vocabulary"),
-    ):
-        command = vocabulary.add_parser(name, help=text)
+    )
+
+
+def _tenant_commands(parser: Any, *commands: tuple[str, Any, str]) -> None:
+    """Subcommands (name, function, help) that take only ``--tenant`` and the store's
+    arguments: a tenant setting's ``show`` and ``clear``."""
+    for name, func, text in commands:
+        command = parser.add_parser(name, help=text)
         command.add_argument("--tenant", required=True)
         _store_args(command)
         command.set_defaults(func=func)
